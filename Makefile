@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine (see README):  make figures   |   make test
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+SEEDS ?= 0
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup data test test-fast figures all bench clean
+
+setup: $(VENV)/.installed data
+
+# torch: on x86_64 + CPython 3.11 our machines carry torch 2.14.1 / torchvision 0.29.1 on local disk (no download);
+# elsewhere pip picks what pyproject allows.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if [ "$$(uname -m)" = x86_64 ]; then $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# Fashion-MNIST: Debian package when we are root and it is missing; otherwise say how to supply it.
+data:
+	@if [ -n "$$PAPER_REPRO_DATA" ] || [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set PAPER_REPRO_DATA=<folder with the *-ubyte.gz files>"; exit 1; fi
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not claims"
+
+figures: setup
+	$(PY) -m paper_repro main --profile $(PROFILE) --seeds $(SEEDS)
+
+all: figures
+
+clean:
+	rm -rf build .pytest_cache data/cache

@@ -1,0 +1,40 @@
+"""Classic backdoor by local data poisoning with optional update scaling (boosting / model replacement).
+[C: all author repos (20 % of local non-target samples → target); FRJ-AJ BD_amp; Bagdasaryan et al. 2020]"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import ImageSet
+from ..triggers import Trigger, poison_indices
+from .base import ClientAttack
+
+
+class DataPoisoning(ClientAttack):
+    """Malicious clients trigger a fraction ``ratio`` of their **non-target** samples and relabel them ``target``
+    (the poisoned copy is made once per client and kept, like a fixed local data set), then send
+    ``boost``·Δ: boost = 1 plain poisoning, 9 = FRJ-AJ's θ_local + 8Δ, K/m = model replacement."""
+
+    def __init__(self, malicious: list[int] | np.ndarray, trigger: Trigger, target: int, ratio: float = 0.2,
+                 boost: float = 1.0, seed: int = 0):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"client poison ratio {ratio} is outside [0, 1]")
+        self.malicious = frozenset(int(m) for m in malicious)
+        self.trigger, self.target, self.ratio, self.boost, self.seed = trigger, target, ratio, boost, seed
+        self._cache: dict[int, tuple[ImageSet, np.ndarray]] = {}
+
+    def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
+        if not self.is_malicious(client_id):
+            return data
+        if client_id not in self._cache:
+            rng = np.random.default_rng([self.seed, client_id, 7])
+            nontarget = np.flatnonzero(data.y != self.target)
+            idx = np.sort(rng.choice(nontarget, size=int(self.ratio * len(nontarget)), replace=False))
+            self._cache[client_id] = (poison_indices(data, self.trigger, self.target, idx), idx)
+        return self._cache[client_id][0]
+
+    def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
+        return update * self.boost if self.is_malicious(client_id) else update
+
+    def poisoned_indices(self) -> dict[int, np.ndarray]:
+        return {cid: idx for cid, (_, idx) in self._cache.items()}

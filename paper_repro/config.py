@@ -1,0 +1,357 @@
+"""Typed, validated experiment configuration: frozen dataclasses, three profiles, a stable hash.
+
+Every field carries a docstring-comment naming its source: ``[C: ...]`` confirmed in a paper or its code,
+``[R]`` reconstructed by us (PAPER.md marking), ``ours`` a package choice (mostly to fit 2 CPU cores).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PROFILES = ("smoke", "quick", "paper")
+DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
+PARTITIONS = ("iid", "dirichlet", "shards")
+MODELS = ("tiny", "cnn", "resnet18")
+ATTACK_KINDS = ("none", "classic", "fm", "both")
+TRIGGERS = ("badnets", "blend")
+FM_STAGES = ("init", "kd")
+FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
+WEIGHTINGS = ("samples", "uniform")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    _check(value in options, f"{name}={value!r} is unknown; choose one of {list(options)}")
+
+
+def _fraction(name: str, value: float) -> None:
+    _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]; give a fraction such as 0.2")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which real data, how it is split between the server (public) and the clients."""
+
+    dataset: str = "fashion_mnist"
+    """fashion_mnist (offline, Debian package) | cifar10 (torchvision download) | synthetic_blobs (tests). ours"""
+    public_size: int = 10_000
+    """Real training images held by the server to train the FM; no client sees them. ours"""
+    client_size: int = 0
+    """Real training images spread over the clients (0 = all that remain after the public split). ours"""
+    test_size: int = 0
+    """Clean test images used for ACC/ASR (0 = the whole test split). ours"""
+    partition: str = "iid"
+    """iid | dirichlet | shards. [C: 2401.10375 uses IID and Dirichlet]"""
+    beta: float = 0.5
+    """Dirichlet concentration β (only for partition=dirichlet). [C: 0.1 in 2401.10375; 0.5 DESIGN example]"""
+    min_size: int = 10
+    """Minimum samples per client under Dirichlet (resampled until met). [C: FRJ-AJ ≥ 20; ours 10]"""
+    shards_per_client: int = 2
+    """Label shards per client (only for partition=shards). [C: McMahan et al.; author sampling.py]"""
+    split_seed: int = 0
+    """Seed of the public/client/test split. Fixed (not the run seed) so that the FM trained on the public split
+    never saw any client's data, whatever the run seed. ours"""
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.partition", self.partition, PARTITIONS)
+        _check(self.beta > 0, f"data.beta={self.beta} must be > 0 (Dirichlet concentration; 0.1 = very skewed)")
+        _check(self.public_size > 0, "data.public_size must be > 0: the FM needs public images to learn from")
+        _check(self.client_size >= 0 and self.test_size >= 0, "data.client_size/test_size must be >= 0 (0 = all)")
+        _check(self.min_size >= 1, "data.min_size must be >= 1")
+        _check(self.shards_per_client >= 1, "data.shards_per_client must be >= 1")
+
+
+@dataclass(frozen=True)
+class FMConfig:
+    """The foundation model that draws the server's synthetic set."""
+
+    source: str = "ddpm"
+    """ddpm: our class-conditional diffusion model | stable_diffusion: local text-to-image weights |
+    real_public: skip the FM and use the public real images (ablation). ours"""
+    checkpoint: str = "data/fm/fashion_mnist_ddpm"
+    """Folder of the FM weights (relative to the repository root, or absolute). ours"""
+    n_per_class: int = 200
+    """Synthetic images per class. [C: 1,000/class in 2401.10375; fewer in quick to fit 2 CPU cores]"""
+    num_inference_steps: int = 25
+    """DDIM sampling steps. ours"""
+    guidance_scale: float = 2.0
+    """Classifier-free guidance weight (1.0 = plain conditional sampling). ours"""
+    batch_size: int = 250
+    """Images per sampling batch. ours"""
+    sample_seed: int = 0
+    """Seed of the synthetic draw. Fixed by default: the server queries the FM once, and every run of a grid
+    (all seeds, attacks, defenses) shares that synthetic set; poisoning still varies with the run seed. ours"""
+    prompt_template: str = "a photo of a {}"
+    """Class prompt for stable_diffusion. [C: 2311.00144 used class prompts such as 'an airplane']"""
+
+    def __post_init__(self) -> None:
+        _choice("fm.source", self.source, FM_SOURCES)
+        _check(self.n_per_class >= 1, "fm.n_per_class must be >= 1")
+        _check(self.num_inference_steps >= 1, "fm.num_inference_steps must be >= 1")
+        _check(self.guidance_scale >= 0, "fm.guidance_scale must be >= 0")
+        _check(self.batch_size >= 1, "fm.batch_size must be >= 1")
+        _check("{}" in self.prompt_template, "fm.prompt_template needs a '{}' where the class name goes")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier trained by FL."""
+
+    name: str = "cnn"
+    """tiny (smoke) | cnn (quick) | resnet18 (CIFAR ResNet-18, paper). [C: PAPER.md §8 for resnet18]"""
+    channels_last: bool = False
+    """Train in channels_last memory format (faster on CPU, same numbers up to float rounding). ours"""
+
+    def __post_init__(self) -> None:
+        _choice("model.name", self.name, MODELS)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Who attacks and how: the FM attack poisons the synthetic set, the classic one uses malicious clients."""
+
+    kind: str = "none"
+    """none | classic (malicious clients) | fm (poisoned synthetic data) | both. [C: 2410.17573 abstract]"""
+    trigger: str = "badnets"
+    """badnets (white square, bottom-right) | blend (blended random pattern). [C: PAKDD, 3×3 white square]"""
+    trigger_size: int = 3
+    """Side of the BadNets square in pixels. [C: PAKDD]"""
+    blend_alpha: float = 0.2
+    """Blend weight of the pattern for trigger=blend. [C: Chen et al. 2017 use 0.2]"""
+    target_class: int = 0
+    """All-to-one target label. [C: 2401.10375]"""
+    poison_ratio: float = 0.2
+    """FM attack: fraction of each non-target class of the synthetic set triggered and relabelled. [C: 2401.10375]"""
+    fm_stages: tuple[str, ...] = ("init", "kd")
+    """Where the poisoned synthetic set is used: init (pre-training) and/or kd (fusion). [C: 2401.10375]"""
+    num_malicious: int = 1
+    """Classic attack: number of malicious clients, drawn once from the seed. [C: author code default 1]"""
+    client_poison_ratio: float = 0.2
+    """Classic attack: fraction of a malicious client's non-target samples triggered. [C: FRJ-AJ len // 5]"""
+    boost: float = 1.0
+    """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
+
+    def __post_init__(self) -> None:
+        _choice("attack.kind", self.kind, ATTACK_KINDS)
+        _choice("attack.trigger", self.trigger, TRIGGERS)
+        _fraction("attack.poison_ratio", self.poison_ratio)
+        _fraction("attack.client_poison_ratio", self.client_poison_ratio)
+        _fraction("attack.blend_alpha", self.blend_alpha)
+        _check(self.trigger_size >= 1, "attack.trigger_size must be >= 1")
+        _check(self.target_class >= 0, "attack.target_class must be >= 0")
+        _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
+        _check(self.boost > 0, "attack.boost must be > 0 (1 = no scaling)")
+        stages = tuple(self.fm_stages)
+        object.__setattr__(self, "fm_stages", stages)
+        for s in stages:
+            _choice("attack.fm_stages[]", s, FM_STAGES)
+
+    @property
+    def uses_fm(self) -> bool:
+        return self.kind in ("fm", "both")
+
+    @property
+    def uses_classic(self) -> bool:
+        return self.kind in ("classic", "both")
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    """The FM-integrated FL loop (FedDF-style fusion, PAPER.md §3.1)."""
+
+    num_clients: int = 20
+    """K, number of clients. [C: K = 100 cross-device in 2401.10375; fewer in quick]"""
+    clients_per_round: int = 5
+    """Clients sampled per round (without replacement). [C: 10 % of K]"""
+    num_rounds: int = 10
+    """Communication rounds. [C: 50 in 2311.00144/PAKDD]"""
+    local_epochs: int = 1
+    """Local epochs per round. [C: 3 in text scripts; R for images]"""
+    lr: float = 0.01
+    """Local SGD learning rate. [C: FRJ-AJ 0.01]"""
+    momentum: float = 0.5
+    """SGD momentum (local, init, KD). [C: FRJ-AJ 0.5]"""
+    batch_size: int = 32
+    """Batch size for local training, init and KD. [R: 32]"""
+    init_epochs: int = 10
+    """Supervised pre-training epochs on the synthetic set. [C: FRJ-AJ pre_epochs 10]"""
+    init_lr: float = 0.01
+    """Pre-training learning rate. [C: FRJ-AJ pre_lr 0.01]"""
+    kd_epochs: int = 3
+    """Distillation epochs over the synthetic set per round. [C: FRJ-AJ KD_ep 3]"""
+    kd_lr: float = 5e-4
+    """Distillation learning rate. [C: FRJ-AJ lr_KD 5e-4]"""
+    kd_alpha: float = 0.5
+    """Weight of the KL term in α·τ²·KL + (1−α)·CE. [C: FRJ-AJ 0.5]"""
+    kd_temperature: float = 1.0
+    """Distillation temperature τ. [C: FRJ-AJ 1]"""
+    fusion: bool = True
+    """Run server fusion (FedDF) each round; False = plain FedAvg after synthetic init (2311.00144). [C]"""
+    weighting: str = "samples"
+    """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
+    eval_batch_size: int = 1000
+    """Batch size for evaluation. ours"""
+
+    def __post_init__(self) -> None:
+        _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
+        _check(1 <= self.clients_per_round <= self.num_clients,
+               f"fl.clients_per_round={self.clients_per_round} must be in [1, num_clients={self.num_clients}]")
+        _check(self.num_rounds >= 0, "fl.num_rounds must be >= 0")
+        _check(self.local_epochs >= 1, "fl.local_epochs must be >= 1")
+        _check(self.init_epochs >= 0 and self.kd_epochs >= 0, "fl.init_epochs/kd_epochs must be >= 0")
+        for n in ("lr", "init_lr", "kd_lr"):
+            _check(getattr(self, n) > 0, f"fl.{n} must be > 0")
+        _check(0 <= self.momentum < 1, "fl.momentum must be in [0, 1)")
+        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "fl.batch_size/eval_batch_size must be >= 1")
+        _fraction("fl.kd_alpha", self.kd_alpha)
+        _check(self.kd_temperature > 0, "fl.kd_temperature must be > 0")
+        _choice("fl.weighting", self.weighting, WEIGHTINGS)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Which defense acts at step 3 (aggregation) and/or step 5 (post-fusion); see paper_repro.defenses."""
+
+    name: str = "none"
+    """Registry name, see ``paper_repro.defenses.names()``. ours"""
+    params: dict = field(default_factory=dict)
+    """Keyword arguments of the defense (documented in its file). ours"""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.params, dict), "defense.params must be a dict of keyword arguments")
+        # late import: defenses depend on config, not the other way round
+        from . import defenses
+
+        defenses.get(self.name, **self.params)  # raises with the list of known names / bad params
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment. Build it with :func:`load_config`."""
+
+    profile: str = "quick"
+    """smoke | quick | paper: the preset these values started from. ours"""
+    seed: int = 0
+    """The one seed every random stream is derived from (paper_repro.rng). [R: seeds {0, 1, 2}]"""
+    data: DataConfig = field(default_factory=DataConfig)
+    fm: FMConfig = field(default_factory=FMConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    device: str = "cpu"
+    """torch device (cpu, cuda). Not part of the hash: results must not depend on it beyond float rounding. ours"""
+
+    def __post_init__(self) -> None:
+        _choice("profile", self.profile, PROFILES)
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed must be a non-negative integer")
+        if self.attack.uses_classic:
+            _check(self.attack.num_malicious <= self.fl.num_clients,
+                   f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}")
+        _check(self.attack.target_class < num_classes(self.data.dataset),
+               f"attack.target_class={self.attack.target_class} is not a class of {self.data.dataset} "
+               f"(0..{num_classes(self.data.dataset) - 1})")
+        size = image_shape(self.data.dataset)[-1]
+        _check(self.attack.trigger_size <= size,
+               f"attack.trigger_size={self.attack.trigger_size} is larger than the {size}×{size} image")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, extra: dict | None = None) -> str:
+        """Hash of every field that changes results (device excluded), plus ``extra`` (data/FM hashes)."""
+        d = self.to_dict()
+        d.pop("device")
+        if extra:
+            d["_extra"] = extra
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def num_classes(dataset: str) -> int:
+    return 10
+
+
+def image_shape(dataset: str) -> tuple[int, int, int]:
+    return {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "synthetic_blobs": (1, 12, 12)}[dataset]
+
+
+_PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "data": {"dataset": "synthetic_blobs", "public_size": 200, "client_size": 400, "test_size": 200,
+                 "min_size": 4},
+        "fm": {"source": "real_public", "n_per_class": 10, "num_inference_steps": 2, "batch_size": 50},
+        "model": {"name": "tiny"},
+        "fl": {"num_clients": 4, "clients_per_round": 2, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
+               "batch_size": 16, "eval_batch_size": 200},
+    },
+    "quick": {
+        "data": {"dataset": "fashion_mnist", "public_size": 10_000, "client_size": 20_000, "test_size": 0},
+        "fm": {"source": "ddpm", "n_per_class": 200},
+        "model": {"name": "cnn", "channels_last": True},
+        "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.01,
+               "batch_size": 32, "init_epochs": 10, "kd_epochs": 3},
+    },
+    "paper": {
+        "data": {"dataset": "cifar10", "public_size": 10_000, "client_size": 0, "partition": "dirichlet",
+                 "beta": 0.1, "min_size": 20},
+        "fm": {"source": "stable_diffusion", "checkpoint": "data/fm/stable-diffusion", "n_per_class": 1000,
+               "num_inference_steps": 50, "guidance_scale": 7.5},
+        "model": {"name": "resnet18", "channels_last": True},
+        "fl": {"num_clients": 100, "clients_per_round": 10, "num_rounds": 50, "local_epochs": 3, "init_epochs": 10,
+               "kd_epochs": 3},
+        "device": "cuda",
+    },
+}
+
+
+def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in fields(obj)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; known keys: {sorted(names)}")
+    kwargs = {}
+    for k, v in overrides.items():
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
+            kwargs[k] = _apply(cur, v, f"{where}.{k}" if where != "config" else k)
+        elif dataclasses.is_dataclass(cur) and dataclasses.is_dataclass(v):
+            kwargs[k] = v
+        else:
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return replace(obj, **kwargs)
+
+
+def load_config(profile: str = "quick", **overrides: Any) -> Config:
+    """The ``profile`` preset with nested ``overrides`` applied, e.g. ``attack={"kind": "fm"}, seed=1``.
+
+    Unknown profiles or keys raise :class:`ConfigError` listing what is known; every value is validated.
+    """
+    _choice("profile", profile, PROFILES)
+    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in _PROFILE_OVERRIDES[profile].items()}
+    for section, vals in overrides.items():
+        if isinstance(vals, dict) and isinstance(preset.get(section), dict):
+            preset[section] = {**preset[section], **vals}
+        else:
+            preset[section] = vals
+    if "defense" in preset and isinstance(preset["defense"], str):
+        preset["defense"] = {"name": preset["defense"]}
+    return _apply(Config(profile=profile), preset, "config")
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` saved by :meth:`Config.to_dict` (e.g. a run's ``config.json``)."""
+    d = dict(d)
+    profile = d.pop("profile", "quick")
+    return _apply(Config(profile=profile), d, "config")

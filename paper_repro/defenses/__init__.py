@@ -1,0 +1,32 @@
+"""Defenses behind one interface, chosen by name: ``get("act_bound", **params)``.
+
+A defense may act at step 3 (``aggregate``: combine/filter client updates) and/or step 5 (``after_fusion``: act on
+the fused global model with the synthetic set). Adding one = one file with a :class:`Defense` subclass + one line in
+``REGISTRY``.
+"""
+from __future__ import annotations
+
+from .base import AggregateResult, Defense, RoundContext
+
+REGISTRY: dict[str, type[Defense]] = {
+    "none": Defense,
+}
+
+
+def names() -> list[str]:
+    """Known defense names."""
+    return sorted(REGISTRY)
+
+
+def get(name: str, **params) -> Defense:
+    """A new defense instance; unknown names raise with the known ones, bad parameters with the accepted ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown defense {name!r}; known defenses: {names()}")
+    cls = REGISTRY[name]
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters {params} for defense {name!r}: {e}") from None
+
+
+__all__ = ["AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names"]

@@ -1,0 +1,50 @@
+"""The defense interface: step 3 (aggregate client updates) and step 5 (post-fusion) hooks, both optional."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageSet
+
+
+@dataclass
+class RoundContext:
+    """What a defense may look at in one round (read-only by convention)."""
+
+    round: int
+    client_ids: np.ndarray
+    """Ids of this round's sampled clients, aligned with the rows of ``updates``."""
+    global_model: nn.Module
+    """The global model before aggregation (step 3) or after fusion (step 5)."""
+    synthetic: ImageSet
+    """The server's synthetic set (possibly poisoned: the defense must not assume it is clean)."""
+    generator: torch.Generator
+    """Randomness for this defense in this round."""
+    device: str = "cpu"
+
+
+@dataclass
+class AggregateResult:
+    """The aggregated update (P,) and, for detection defenses, the client ids they flagged."""
+
+    update: torch.Tensor
+    flagged: list[int] | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Defense:
+    """No defense: sample-weighted FedAvg at step 3, nothing at step 5."""
+
+    name = "none"
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
+        """updates (K, P), weights (K,) → aggregated update (P,)."""
+        w = weights / weights.sum()
+        return AggregateResult(w @ updates)
+
+    def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
+        """Return the model to evaluate/distribute (the same object when the defense does nothing here)."""
+        return model

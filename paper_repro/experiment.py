@@ -1,0 +1,207 @@
+"""From a config to results: build the inputs (data, partition, synthetic set, poison, attackers), run the FL
+loop, save a run folder keyed by the config hash, and reuse it on a rerun."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import defenses
+from .attacks import DataPoisoning, NoAttack
+from .config import Config, ConfigError, image_shape
+from .data import REPO_ROOT, ImageSet, load_dataset, split_public
+from .fl import FLInputs, run_federated
+from .partition import make_partition
+from .rng import np_rng, torch_gen
+from .triggers import Trigger, asr_set, poison
+
+RESULTS_VERSION = 1
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("PAPER_REPRO_RESULTS", REPO_ROOT / "data" / "results"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PAPER_REPRO_CACHE", REPO_ROOT / "data" / "cache"))
+
+
+def resolve_path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs of one run plus what must be saved with it (indices, hashes)."""
+
+    inputs: FLInputs
+    partition: list[np.ndarray]
+    fm_poisoned: np.ndarray
+    malicious: np.ndarray
+    synthetic_clean: ImageSet
+    hashes: dict
+
+
+# ------------------------------------------------------------------------------------------------ synthetic set
+def load_fm(cfg: Config, public: ImageSet | None = None):
+    """The configured foundation model (checks that a DDPM was trained on this config's public split)."""
+    from .fm import ClassConditionalDDPM, FMCheckpointError
+
+    path = resolve_path(cfg.fm.checkpoint)
+    if cfg.fm.source == "ddpm":
+        fm = ClassConditionalDDPM.load(path)
+        trained_on = fm.info.get("train_data_digest")
+        if public is not None and trained_on and trained_on != public.digest():
+            raise FMCheckpointError(
+                f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
+                f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
+                "it was trained, or train a new FM with `python -m paper_repro.fm train`.")
+        return fm
+    if cfg.fm.source == "stable_diffusion":
+        from .fm import StableDiffusionFM
+
+        c, h, _ = image_shape(cfg.data.dataset)
+        classes = public.classes if public is not None else load_dataset(cfg.data.dataset)[1].classes
+        return StableDiffusionFM.load(path, classes, cfg.fm.prompt_template, resolution=h, channels=c)
+    raise ConfigError(f"fm.source={cfg.fm.source!r} has no model to load")
+
+
+def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple[ImageSet, str]:
+    """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it."""
+    f = cfg.fm
+    if f.source == "real_public":  # ablation/smoke: the first n_per_class public images of every class
+        idx = np.concatenate([np.flatnonzero(public.y == c)[:f.n_per_class] for c in range(public.num_classes)])
+        s = public.subset(np.sort(idx))
+        return s, s.digest()
+    fm = load_fm(cfg, public)
+    key_src = {"source": f.source, "fm": fm.digest(), "n": f.n_per_class, "steps": f.num_inference_steps,
+               "guidance": f.guidance_scale, "seed": f.sample_seed, "prompt": f.prompt_template}
+    key = Config().hash(key_src)
+    path = cache_dir() / "synthetic" / f"{f.source}_{key}.npz"
+    if path.exists():
+        z = np.load(path)
+        s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
+        return s, s.digest()
+    s = fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
+                    num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
+                    batch_size=f.batch_size, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src))
+    os.replace(tmp, path)
+    return s, s.digest()
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+def prepare(cfg: Config, progress: bool = True) -> Prepared:
+    """Data, public split, partition, synthetic set, FM poisoning, malicious clients: all from ``cfg.seed``."""
+    d, a = cfg.data, cfg.attack
+    train, test = load_dataset(d.dataset)
+    splits = split_public(train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed)
+    parts = make_partition(splits.clients.y, cfg.fl.num_clients, d.partition, np_rng(cfg.seed, "partition"),
+                           beta=d.beta, min_size=d.min_size, shards_per_client=d.shards_per_client)
+    clean, syn_digest = synthetic_set(cfg, splits.public, progress)
+    trigger = Trigger(a.trigger, a.trigger_size, a.blend_alpha, seed=0)
+    fm_idx = np.zeros(0, np.int64)
+    syn_init = syn_kd = clean
+    if a.uses_fm:
+        poisoned, fm_idx = poison(clean, trigger, a.target_class, a.poison_ratio, np_rng(cfg.seed, "fm_poison"))
+        syn_init = poisoned if "init" in a.fm_stages else clean
+        syn_kd = poisoned if "kd" in a.fm_stages else clean
+    malicious = np.zeros(0, np.int64)
+    attack = NoAttack()
+    if a.uses_classic:
+        malicious = np.sort(np_rng(cfg.seed, "malicious").choice(cfg.fl.num_clients, a.num_malicious, replace=False))
+        attack = DataPoisoning(malicious, trigger, a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed)
+    inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test,
+                      asr_set(splits.test, trigger, a.target_class), attack, a.target_class)
+    hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
+              "synthetic": syn_digest, "results_version": RESULTS_VERSION}
+    return Prepared(inputs, parts, fm_idx, malicious, clean, hashes)
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class RunResult:
+    """``history``: one row per round (round 0 = after initialisation); ``final``: last row as a dict."""
+
+    history: pd.DataFrame
+    run_dir: Path
+    cached: bool = False
+
+    @property
+    def final(self) -> dict:
+        return self.history.iloc[-1].to_dict()
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.run_dir / "config.json").read_text())["config"]
+
+
+def run_name(cfg: Config, key: str) -> str:
+    return f"{cfg.profile}_{cfg.attack.kind}_{cfg.defense.name}_{cfg.data.partition}_s{cfg.seed}_{key}"
+
+
+def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True,
+                   force: bool = False) -> RunResult:
+    """Run one experiment, or load it if a finished run with the same config hash exists (``force`` re-runs it
+    into a fresh folder and only then replaces the old one)."""
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    prep = prepare(cfg, progress)
+    key = cfg.hash(prep.hashes)
+    run_dir = results_dir / run_name(cfg, key)
+    if (run_dir / "metrics.csv").exists() and not force:
+        return RunResult(pd.read_csv(run_dir / "metrics.csv"), run_dir, cached=True)
+    defense = defenses.get(cfg.defense.name, **cfg.defense.params)
+    t0 = time.perf_counter()
+    out = run_federated(cfg, prep.inputs, defense, progress)
+    history = pd.DataFrame(out.history)
+    history.insert(0, "seed", cfg.seed)
+    history.insert(0, "defense", cfg.defense.name)
+    history.insert(0, "attack", cfg.attack.kind)
+    history["total_seconds"] = time.perf_counter() - t0
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=results_dir))
+    meta = {"config": cfg.to_dict(), "config_hash": key, "hashes": prep.hashes,
+            "provenance": "reconstruction of arXiv 2410.17573 (see PAPER.md); not the paper's numbers",
+            "torch": torch.__version__, "python": platform.python_version()}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=list))
+    np.savez_compressed(tmp / "indices.npz", fm_poisoned=prep.fm_poisoned, malicious=prep.malicious,
+                        **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
+                        **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()})
+    (tmp / "flagged.json").write_text(json.dumps(out.flagged))
+    history.to_csv(tmp / "metrics.csv", index=False)
+    if run_dir.exists():  # only reached with force=True: swap in the new run, then drop the old one
+        old = run_dir.with_name(run_dir.name + ".old")
+        os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, run_dir)
+    return RunResult(history, run_dir)
+
+
+def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
+    """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened)."""
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    frames = []
+    for m in sorted(results_dir.glob("*/metrics.csv")):
+        meta = json.loads((m.parent / "config.json").read_text())
+        c = meta["config"]
+        if profile and c["profile"] != profile:
+            continue
+        df = pd.read_csv(m)
+        df["profile"], df["partition"], df["beta"] = c["profile"], c["data"]["partition"], c["data"]["beta"]
+        df["poison_ratio"], df["run"] = c["attack"]["poison_ratio"], m.parent.name
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,26 @@
+"""Named random streams derived from one seed, so each purpose (partition, poisoning, client k at round t) is
+independent of the others and of the order in which they are asked for. No global RNG is touched."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+
+def derive_seed(seed: int, *purpose: object) -> int:
+    """A 63-bit seed from the run seed and a purpose path, e.g. ``derive_seed(0, "client", 3, "round", 7)``."""
+    key = "/".join([str(seed), *map(str, purpose)]).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def np_rng(seed: int, *purpose: object) -> np.random.Generator:
+    """A numpy Generator for one purpose."""
+    return np.random.default_rng(derive_seed(seed, *purpose))
+
+
+def torch_gen(seed: int, *purpose: object, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch Generator for one purpose."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, *purpose))
+    return g

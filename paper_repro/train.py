@@ -1,0 +1,114 @@
+"""Training primitives: supervised epochs, local client training, FedDF distillation, evaluation, and the flat
+view of a model's state that aggregators work on."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ------------------------------------------------------------------------------------------------ flat state
+def state_keys(model: nn.Module) -> list[str]:
+    """Floating-point state entries (parameters and BN running statistics; never integer counters such as
+    ``num_batches_tracked``, PAPER.md §9 trap 3)."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point()]
+
+
+def flat_state(model: nn.Module) -> torch.Tensor:
+    """All floating-point state as one vector (P,)."""
+    sd = model.state_dict()
+    return torch.cat([sd[k].detach().reshape(-1).float() for k in state_keys(model)])
+
+
+def load_flat_state(model: nn.Module, vec: torch.Tensor) -> nn.Module:
+    """Write a (P,) vector back into ``model``'s floating-point state (in place on ``model``; returns it)."""
+    sd = model.state_dict()
+    i = 0
+    with torch.no_grad():
+        for k in state_keys(model):
+            n = sd[k].numel()
+            sd[k].copy_(vec[i:i + n].view_as(sd[k]))
+            i += n
+    if i != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, model state has {i}")
+    return model
+
+
+def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
+    if channels_last and x.dim() == 4:
+        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
+                     batch_size: int, generator: torch.Generator, channels_last: bool = False) -> nn.Module:
+    """Cross-entropy SGD on (x, y) for ``epochs``, batches in an order drawn from ``generator``; trains ``model``
+    in place and returns it. A fresh optimiser per call (the author code re-creates it every round)."""
+    model, x = _prep(model, x, channels_last)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
+                batch_size: int, generator: torch.Generator, channels_last: bool = False) -> torch.Tensor:
+    """Step 2 for one client: copy the global model, train on the client's data, return its flat state (P,).
+
+    Written per client on purpose: it is the reference that a batched engine must match.
+    """
+    model = copy.deepcopy(global_model)
+    train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last)
+    return flat_state(model)
+
+
+def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, epochs: int,
+            lr: float, momentum: float, batch_size: int, alpha: float, temperature: float,
+            generator: torch.Generator, channels_last: bool = False) -> nn.Module:
+    """Step 4, FedDF fusion on the synthetic set: minimise α·τ²·KL(σ(t/τ) ‖ σ(s/τ)) + (1−α)·CE(s, y) with the
+    student in train mode; teacher logits are matched per sample index (PAPER.md §9 trap 12). [C: FRJ-AJ]"""
+    student, x = _prep(student, x, channels_last)
+    student.train()
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum)
+    t_prob = F.softmax(teacher_logits / temperature, dim=1)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+            s = student(x[idx])
+            kl = F.kl_div(F.log_softmax(s / temperature, dim=1), t_prob[idx], reduction="batchmean")
+            loss = alpha * temperature ** 2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return student
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False
+                   ) -> torch.Tensor:
+    """Logits (N, C) in eval mode, in large batches."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for xb in x.split(batch_size):
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        out.append(model(xb).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             channels_last: bool = False) -> float:
+    """Fraction of (x, y) classified correctly (NaN on an empty set)."""
+    if len(y) == 0:
+        return float("nan")
+    return (predict_logits(model, x, batch_size, channels_last).argmax(1) == y).float().mean().item()

@@ -1,0 +1,83 @@
+"""Backdoor triggers as pure functions on uint8 (N, C, H, W) images, and the FM poisoning step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import ImageSet
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger: ``apply(x)`` returns triggered copies of uint8 images (N, C, H, W); never modifies ``x``."""
+
+    kind: str = "badnets"
+    size: int = 3
+    alpha: float = 0.2
+    seed: int = 0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "badnets":
+            return badnets_patch(x, self.size)
+        if self.kind == "blend":
+            return blend(x, blend_pattern(x.shape[1:], self.seed), self.alpha)
+        raise ValueError(f"unknown trigger {self.kind!r}; choose badnets or blend")
+
+
+def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
+    """White ``size``×``size`` square in the bottom-right corner, on uint8 before normalisation.
+    [C: PAKDD paper; FRJ-AJ `[-3:, -3:, :] = 255`]"""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"trigger size {size} is larger than the {h}×{w} image")
+    out = np.array(x, dtype=np.uint8, copy=True)
+    out[..., h - size:, w - size:] = value
+    return out
+
+
+def blend_pattern(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A fixed uniform-noise pattern (C, H, W) for the blended trigger. [C: Chen et al. 2017, 'Hello Kitty' or
+    random noise]"""
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def blend(x: np.ndarray, pattern: np.ndarray, alpha: float = 0.2) -> np.ndarray:
+    """(1 − α)·x + α·pattern, rounded to uint8."""
+    out = (1 - alpha) * x.astype(np.float32) + alpha * pattern.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def poison(data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.random.Generator
+           ) -> tuple[ImageSet, np.ndarray]:
+    """Trigger and relabel to ``target`` a fraction ``ratio`` of **each non-target class** (rounded down), in place
+    of the originals (set size unchanged). Returns the new set and the sorted poisoned indices; ``data`` is not
+    touched. [C: 2401.10375 ρ per non-target class; R: replace, not append]"""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"poison ratio {ratio} is outside [0, 1]")
+    if not 0 <= target < data.num_classes:
+        raise ValueError(f"target class {target} is not in 0..{data.num_classes - 1}")
+    chosen = []
+    for c in range(data.num_classes):
+        if c == target:
+            continue
+        idx = np.flatnonzero(data.y == c)
+        chosen.append(rng.choice(idx, size=int(ratio * len(idx)), replace=False))
+    idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    return poison_indices(data, trigger, target, idx), idx
+
+
+def poison_indices(data: ImageSet, trigger: Trigger, target: int, idx: np.ndarray) -> ImageSet:
+    """A copy of ``data`` with ``idx`` triggered and relabelled to ``target``."""
+    x, y = data.x.copy(), data.y.copy()
+    if len(idx):
+        x[idx] = trigger.apply(data.x[idx])
+        y[idx] = target
+    return data.with_arrays(x, y)
+
+
+def asr_set(test: ImageSet, trigger: Trigger, target: int) -> ImageSet:
+    """The ASR test set: every non-target test image with the trigger, labels kept (true labels).
+    [C: author code excludes the target class]"""
+    keep = np.flatnonzero(test.y != target)
+    return test.subset(keep).with_arrays(x=trigger.apply(test.x[keep]))

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from paper_repro.data import DataNotFoundError, ImageSet, load_fashion_mnist, split_public, to_float, to_uint8
+
+
+def test_imageset_validates_and_is_read_only():
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        ImageSet(np.zeros((2, 4, 4), np.uint8), np.zeros(2), ("a",))
+    with pytest.raises(ValueError, match="labels"):
+        ImageSet(np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 3]), ("a", "b"))
+    src = np.zeros((2, 1, 4, 4), np.uint8)
+    s = ImageSet(src, np.array([0, 1]), ("a", "b"))
+    src[0] = 9  # the set holds its own copy
+    assert s.x.sum() == 0 and not s.x.flags.writeable
+
+
+def test_float_roundtrip_is_exact_on_uint8():
+    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    t = to_float(x)
+    assert t.min() == -1 and t.max() == 1
+    assert np.array_equal(to_uint8(t), x)
+
+
+def test_public_split_is_disjoint_from_clients_and_seeded(blobs):
+    train, test = blobs
+    s = split_public(train, test, public_size=100, client_size=300, test_size=50, seed=0)
+    s2 = split_public(train, test, public_size=100, client_size=300, test_size=50, seed=0)
+    assert len(s.public) == 100 and len(s.clients) == 300 and len(s.test) == 50
+    assert s.public.digest() == s2.public.digest()
+    pub = {r.tobytes() for r in s.public.x}
+    # blobs are noisy, so identical rows would mean the same sample landed on both sides
+    assert not any(r.tobytes() in pub for r in s.clients.x)
+    with pytest.raises(ValueError, match="exceeds"):
+        split_public(train, test, public_size=500, client_size=500)
+
+
+def test_missing_fashion_mnist_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_REPRO_DATA", str(tmp_path))
+    monkeypatch.setattr("paper_repro.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(download=False)
+
+
+def test_fashion_mnist_loads_when_installed():
+    try:
+        train, test = load_fashion_mnist(download=False)
+    except DataNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (make data installs it)")
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert (train.counts() == 6000).all()
+    assert abs(train.x.mean() / 255 - 0.2860) < 1e-3

@@ -1,0 +1,80 @@
+"""Smoke tier: the real code path end to end on tiny data, every attack kind."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import paper_repro as pr
+from paper_repro.fm import FMCheckpointError
+
+
+def _run(tmp_path, progress=False, **kw):
+    return pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path, progress=progress)
+
+
+@pytest.mark.parametrize("kind", ["none", "classic", "fm", "both"])
+def test_every_attack_kind_runs_and_saves_a_run_folder(tmp_path, kind):
+    res = _run(tmp_path, attack={"kind": kind, "boost": 2.0})
+    h = res.history
+    assert list(h["round"]) == [0, 1, 2]
+    assert h[["acc", "asr"]].notna().all().all() and h["acc"].between(0, 1).all()
+    assert {"local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds"} <= set(h.columns)
+    assert set(res.final) >= {"acc", "asr", "round"}
+    saved = pd.read_csv(res.run_dir / "metrics.csv")
+    pd.testing.assert_frame_equal(saved, h, check_dtype=False)
+    meta = json.loads((res.run_dir / "config.json").read_text())
+    assert meta["config"]["attack"]["kind"] == kind and "synthetic" in meta["hashes"]
+    idx = np.load(res.run_dir / "indices.npz")
+    assert (len(idx["fm_poisoned"]) > 0) == (kind in ("fm", "both"))
+    assert (len(idx["malicious"]) == 1) == (kind in ("classic", "both"))
+    if kind in ("classic", "both"):
+        assert any(k.startswith("client_poisoned_") for k in idx.files)
+
+
+def test_same_seed_same_metrics_and_rerun_is_a_cache_hit(tmp_path):
+    a = _run(tmp_path / "a", attack={"kind": "fm"})
+    b = _run(tmp_path / "b", attack={"kind": "fm"})
+    metrics = ["acc", "asr"]
+    pd.testing.assert_frame_equal(a.history[metrics], b.history[metrics])
+    c = _run(tmp_path / "a", attack={"kind": "fm"})
+    assert c.cached and c.run_dir == a.run_dir
+    d = _run(tmp_path / "a", attack={"kind": "fm"}, seed=1)
+    assert d.run_dir != a.run_dir and not d.cached
+
+
+def test_force_rerun_replaces_the_folder_only_when_finished(tmp_path):
+    a = _run(tmp_path, attack={"kind": "none"})
+    (a.run_dir / "marker").write_text("old")
+    b = pr.run_experiment(pr.load_config("smoke"), results_dir=tmp_path, progress=False, force=True)
+    assert b.run_dir == a.run_dir and not (b.run_dir / "marker").exists()
+    assert not list(tmp_path.glob(".tmp_*")) and not list(tmp_path.glob("*.old"))
+
+
+@pytest.mark.parametrize("stages", [("init",), ("kd",), ("init", "kd")])
+def test_fm_stage_variants_use_the_poisoned_set_where_asked(stages):
+    cfg = pr.load_config("smoke", attack={"kind": "fm", "fm_stages": stages})
+    prep = pr.prepare(cfg, progress=False)
+    inp = prep.inputs
+    assert (inp.synthetic_init.digest() != prep.synthetic_clean.digest()) == ("init" in stages)
+    assert (inp.synthetic_kd.digest() != prep.synthetic_clean.digest()) == ("kd" in stages)
+    assert len(prep.fm_poisoned) == int(0.2 * 10) * 9  # ρ of each of the 9 non-target classes
+
+
+def test_ddpm_source_runs_and_rejects_a_checkpoint_of_another_public_split(tmp_path, tiny_fm_dir):
+    res = _run(tmp_path, attack={"kind": "fm"}, fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)})
+    assert len(res.history) == 3
+    from paper_repro.experiment import cache_dir
+    assert list((cache_dir() / "synthetic").glob("ddpm_*.npz")), "synthetic set is cached by hash"
+    with pytest.raises(FMCheckpointError, match="different public split"):
+        pr.prepare(pr.load_config("smoke", data={"public_size": 150},
+                                  fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)}))
+    with pytest.raises(FMCheckpointError, match="No FM checkpoint"):
+        pr.prepare(pr.load_config("smoke", fm={"source": "ddpm", "checkpoint": str(tmp_path / "missing")}))
+
+
+def test_load_results_collects_runs(tmp_path):
+    _run(tmp_path, attack={"kind": "none"})
+    _run(tmp_path, attack={"kind": "fm"})
+    df = pr.load_results(tmp_path)
+    assert set(df["attack"]) == {"none", "fm"} and {"partition", "poison_ratio", "run"} <= set(df.columns)

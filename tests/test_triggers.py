@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from paper_repro.data import ImageSet
+from paper_repro.triggers import Trigger, asr_set, badnets_patch, blend, poison
+
+
+def test_badnets_sets_exactly_the_bottom_right_square_and_copies():
+    # Prepare
+    x = np.zeros((2, 1, 5, 5), np.uint8)
+    # Execute
+    y = badnets_patch(x, 3)
+    # Assert
+    assert x.sum() == 0, "input must not change"
+    assert (y[:, :, 2:, 2:] == 255).all() and y.sum() == 2 * 9 * 255
+
+
+def test_badnets_too_large_raises():
+    with pytest.raises(ValueError, match="larger than"):
+        badnets_patch(np.zeros((1, 1, 2, 2), np.uint8), 3)
+
+
+def test_blend_is_the_convex_combination():
+    x = np.full((1, 1, 2, 2), 100, np.uint8)
+    pat = np.full((1, 2, 2), 200, np.uint8)
+    assert (blend(x, pat, 0.25) == 125).all()
+
+
+def test_poison_takes_ratio_of_each_nontarget_class_and_leaves_input_untouched():
+    # Prepare: 3 classes × 10 images
+    data = ImageSet(np.zeros((30, 1, 6, 6), np.uint8), np.repeat(np.arange(3), 10), ("a", "b", "c"))
+    before = data.x.copy(), data.y.copy()
+    # Execute
+    new, idx = poison(data, Trigger("badnets", 3), target=0, ratio=0.3, rng=np.random.default_rng(0))
+    # Assert
+    assert len(idx) == 6 and set(data.y[idx]) == {1, 2}
+    assert (np.bincount(data.y[idx]) [1:] == 3).all()
+    assert (new.y[idx] == 0).all() and (new.x[idx][:, :, 3:, 3:] == 255).all()
+    untouched = np.setdiff1d(np.arange(30), idx)
+    assert (new.x[untouched] == 0).all() and np.array_equal(new.y[untouched], data.y[untouched])
+    assert np.array_equal(data.x, before[0]) and np.array_equal(data.y, before[1])
+    with pytest.raises(ValueError):
+        data.x[0, 0, 0, 0] = 1  # read-only: in-place poisoning is impossible
+
+
+@pytest.mark.parametrize("ratio", [-0.01, 1.01])
+def test_poison_ratio_outside_unit_interval_raises(tiny_set, ratio):
+    with pytest.raises(ValueError, match="outside"):
+        poison(tiny_set, Trigger(), 0, ratio, np.random.default_rng(0))
+
+
+def test_asr_set_drops_the_target_class_and_triggers_the_rest(tiny_set):
+    s = asr_set(tiny_set, Trigger("badnets", 2), target=2)
+    assert list(s.y) == [0, 1, 1]
+    assert (s.x[:, :, 2:, 2:] == 255).all()
