@@ -293,7 +293,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                  "min_size": 4},
         "fm": {"source": "real_public", "n_per_class": 10, "num_inference_steps": 2, "batch_size": 50},
         "model": {"name": "tiny"},
-        "fl": {"num_clients": 4, "clients_per_round": 2, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
+        "fl": {"num_clients": 6, "clients_per_round": 5, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
                "batch_size": 16, "eval_batch_size": 200},
     },
     "quick": {

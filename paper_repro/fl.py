@@ -57,6 +57,16 @@ def evaluate(model: nn.Module, inp: FLInputs, cfg: Config) -> dict[str, float]:
     return {"acc": acc, "asr": asr}
 
 
+def detection_rates(flagged: list[int], ids: np.ndarray, malicious: frozenset) -> dict[str, float]:
+    """TPR = flagged malicious / sampled malicious, FPR = flagged benign / sampled benign (NaN when undefined)."""
+    mal = [int(k) for k in ids if int(k) in malicious]
+    ben = [int(k) for k in ids if int(k) not in malicious]
+    f = set(flagged)
+    return {"num_flagged": len(flagged),
+            "tpr": sum(k in f for k in mal) / len(mal) if mal else float("nan"),
+            "fpr": sum(k in f for k in ben) / len(ben) if ben else float("nan")}
+
+
 def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool = True) -> FLOutput:
     """Run ``cfg.fl.num_rounds`` rounds; one history row per round (round 0 = after synthetic initialisation)."""
     fl, dev, cl, seed = cfg.fl, cfg.device, cfg.model.channels_last, cfg.seed
@@ -94,13 +104,13 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         row["local_seconds"] = time.perf_counter() - t
         # 3. aggregation through the defense (robust aggregators / detectors act here)
         t = time.perf_counter()
-        ctx = RoundContext(rnd, ids, model, inp.synthetic_kd, torch_gen(seed, "defense", rnd), dev)
+        ctx = RoundContext(rnd, ids, model, inp.synthetic_kd, torch_gen(seed, "defense", rnd), dev, fl.num_rounds)
         agg = defense.aggregate(updates_t, sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids)), ctx)
         load_flat_state(model, g + agg.update)
         flagged = sorted(int(f) for f in (agg.flagged or []))
         out.flagged.append(flagged)
         row["aggregate_seconds"] = time.perf_counter() - t
-        row["num_flagged"] = len(flagged)
+        row.update(detection_rates(flagged, ids, inp.attack.malicious))
         # 4. server fusion: distil toward the mean logits of the admitted clients' local models [C: FedDF]
         t = time.perf_counter()
         if fl.fusion and fl.kd_epochs > 0:

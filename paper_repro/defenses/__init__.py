@@ -6,11 +6,36 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 """
 from __future__ import annotations
 
+from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
+from .detectors import GeminiGuard, WeiDetect
+from .mars import MARS
+from .mm_bm import MMBM
+from .mmac import MMAC
+from .pruning import Pruning
+from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
 
 REGISTRY: dict[str, type[Defense]] = {
     "none": Defense,
+    "norm_clip": NormClip,
+    "dp": DP,
+    "krum": Krum,
+    "multi_krum": MultiKrum,
+    "median": Median,
+    "trimmed_mean": TrimmedMean,
+    "flame": Flame,
+    "foolsgold": FoolsGold,
+    "mars": MARS,
+    "geminiguard": GeminiGuard,
+    "weidetect": WeiDetect,
+    "pruning": Pruning,
+    "mm_bm": MMBM,
+    "mmac": MMAC,
+    "act_bound": ActBound,
 }
+
+# where each defense acts: step 3 (aggregation), step 5 (post-fusion)
+STEP5 = {"pruning", "mm_bm", "mmac", "act_bound"}
 
 
 def names() -> list[str]:

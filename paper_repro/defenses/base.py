@@ -24,6 +24,14 @@ class RoundContext:
     generator: torch.Generator
     """Randomness for this defense in this round."""
     device: str = "cpu"
+    num_rounds: int = 0
+    """Total rounds of the run (a defense may act only in the final one)."""
+    malicious: frozenset = frozenset()
+    """Ground truth for metrics only (TPR/FPR); a defense must not read it."""
+
+    @property
+    def is_final(self) -> bool:
+        return self.round >= self.num_rounds
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""Detection defenses known only from their abstracts; **reconstructions, not the published algorithms**
+(PAPER.md §5.2). Both reject the flagged clients' updates (FedAvg of the rest) and report them.
+
+- ``geminiguard`` (Lyu et al., arXiv 2503.23288, "Two Heads Are Better than One"): a model-weight analysis combined
+  with a latent-space analysis. [R] weight score = cosine distance of Δ_i to the coordinate-wise median update;
+  latent score = distance of the local model's mean penultimate embedding of the synthetic set to the median
+  embedding; each turned into a robust z-score (median/MAD); flag if their mean exceeds ``threshold``.
+- ``weidetect`` (Sameera K. M. et al., arXiv 2504.04367): [R] score = accuracy of each local model on the server's
+  validation set (here the synthetic set, possibly poisoned); fit a Weibull distribution to the scores (MLE,
+  scipy) and flag clients whose CDF value is below ``alpha``.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from .. import aggregators as agg
+from ..train import flat_state, load_flat_state, predict_logits
+from .activation_bounds import relu_sites
+from .base import AggregateResult, Defense, RoundContext
+
+
+def robust_z(v: np.ndarray) -> np.ndarray:
+    """(v − median)/(1.4826·MAD); zeros when MAD is 0."""
+    med = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - med))
+    return (v - med) / mad if mad > 0 else np.zeros_like(v)
+
+
+def _local_models(ctx: RoundContext, updates: torch.Tensor):
+    g = flat_state(ctx.global_model)
+    local = copy.deepcopy(ctx.global_model)
+    for u in updates:
+        yield load_flat_state(local, g + u)
+
+
+def _result(updates, weights, ctx: RoundContext, flag: np.ndarray, info: dict) -> AggregateResult:
+    keep = np.flatnonzero(~flag) if (~flag).any() else np.arange(len(flag))
+    flagged = [int(k) for k, f in zip(ctx.client_ids, flag) if f]
+    return AggregateResult(agg.fedavg(updates[keep], weights[keep]), flagged, info)
+
+
+@torch.no_grad()
+def penultimate_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean activation of the last ReLU over ``x`` (D,)."""
+    site = relu_sites(model)[-1]
+    acc = []
+    h = dict(model.named_modules())[site].register_forward_hook(lambda _m, _i, o: acc.append(o.flatten(1)))
+    try:
+        predict_logits(model, x)
+    finally:
+        h.remove()
+    return torch.cat(acc).float().mean(0)
+
+
+class GeminiGuard(Defense):
+    name = "geminiguard"
+
+    def __init__(self, threshold: float = 2.5, per_class: int = 20):
+        self.threshold, self.per_class = threshold, per_class
+
+    def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
+        med = updates.median(0).values
+        cos = torch.nn.functional.cosine_similarity(updates, med[None], dim=1)
+        w_score = robust_z((1 - cos).numpy())
+        idx = np.concatenate([np.flatnonzero(ctx.synthetic.y == c)[: self.per_class]
+                              for c in range(ctx.synthetic.num_classes)])
+        x = ctx.synthetic.subset(idx).tensors(ctx.device)[0]
+        emb = torch.stack([penultimate_embedding(m, x) for m in _local_models(ctx, updates)])
+        l_score = robust_z((emb - emb.median(0).values).norm(dim=1).numpy())
+        score = (w_score + l_score) / 2
+        return _result(updates, weights, ctx, score > self.threshold,
+                       {"weight_z": w_score.tolist(), "latent_z": l_score.tolist()})
+
+
+class WeiDetect(Defense):
+    name = "weidetect"
+
+    def __init__(self, alpha: float = 0.05):
+        self.alpha = alpha
+
+    def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
+        x, y = ctx.synthetic.tensors(ctx.device)
+        scores = np.array([(predict_logits(m, x).argmax(1) == y).float().mean().item()
+                           for m in _local_models(ctx, updates)])
+        if len(scores) < 3 or np.ptp(scores) == 0:
+            return _result(updates, weights, ctx, np.zeros(len(scores), bool), {"scores": scores.tolist()})
+        c, loc, scale = stats.weibull_min.fit(np.clip(scores, 1e-6, None), floc=0)
+        cdf = stats.weibull_min.cdf(scores, c, loc, scale)
+        return _result(updates, weights, ctx, cdf < self.alpha, {"scores": scores.tolist(), "cdf": cdf.tolist()})

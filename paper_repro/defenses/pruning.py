@@ -1,0 +1,48 @@
+"""Post-training pruning: after fusion, silence the ``fraction`` of channels of the last hidden layer with the
+lowest mean activation on the server's synthetic set (dormant channels carry backdoors; Liu et al. 2018 "Fine-
+Pruning"; used as a baseline with 20 % by 2401.10375). [C: p = 20 %; R: ranking data = synthetic set, site = last
+ReLU] Implemented as bounds of 0 (pruned) / +inf (kept) on a :class:`BoundedModel`, so the weights stay untouched."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .activation_bounds import BoundedModel, resolve_sites
+from .base import Defense, RoundContext
+
+
+@torch.no_grad()
+def mean_activations(model: nn.Module, x: torch.Tensor, site: str, batch_size: int = 500) -> torch.Tensor:
+    """Mean activation per channel/neuron of module ``site`` over ``x``."""
+    acc = []
+    h = dict(model.named_modules())[site].register_forward_hook(
+        lambda _m, _i, out: acc.append(out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()))
+    was = model.training
+    model.eval()
+    try:
+        for xb in x.split(batch_size):
+            model(xb)
+    finally:
+        h.remove()
+        model.train(was)
+    return torch.cat(acc).mean(0)
+
+
+class Pruning(Defense):
+    """Prune ``fraction`` of the channels at ``site`` (default: the last ReLU) after every fusion."""
+
+    name = "pruning"
+
+    def __init__(self, fraction: float = 0.2, site: str = "last", schedule: str = "every_round"):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction={fraction} must be in [0, 1)")
+        self.fraction, self.site, self.schedule = fraction, site, schedule
+
+    def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
+        if self.schedule == "final" and not ctx.is_final:
+            return model
+        site = resolve_sites(model, "last" if self.site == "last" else [self.site])[0]
+        act = mean_activations(model, ctx.synthetic.tensors(ctx.device)[0], site)
+        bound = torch.full_like(act, float("inf"))
+        bound[act.argsort()[: int(self.fraction * len(act))]] = 0.0
+        return BoundedModel(model, {site: bound})

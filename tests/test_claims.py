@@ -1,0 +1,49 @@
+"""Claim tier: the quick profile (Fashion-MNIST, shipped FM checkpoint, seed 0) shows the attacks working.
+
+Thresholds are the issue's targets; they are not tuned to the measured numbers. Minutes on 2 CPU cores.
+"""
+import pytest
+
+import paper_repro as pr
+from paper_repro.data import DataNotFoundError, load_dataset, split_public
+from paper_repro.experiment import load_fm, synthetic_set
+
+pytestmark = pytest.mark.claims
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    try:
+        load_dataset("fashion_mnist")
+    except DataNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("claims")
+    return {k: pr.run_experiment(pr.load_config("quick", attack={"kind": k}, seed=0), results_dir=out,
+                                 progress=False).final for k in ("none", "classic", "fm")}
+
+
+def test_clean_run_is_accurate_and_not_backdoored(quick_runs):
+    assert quick_runs["none"]["acc"] >= 0.80
+    assert quick_runs["none"]["asr"] <= 0.05
+
+
+def test_fm_attack_plants_the_backdoor_without_any_malicious_client(quick_runs):
+    assert quick_runs["fm"]["asr"] >= 0.90
+    assert quick_runs["fm"]["acc"] >= quick_runs["none"]["acc"] - 0.05  # stealthy: clean accuracy barely moves
+
+
+def test_classic_attack_asr_clearly_above_clean(quick_runs):
+    assert quick_runs["classic"]["asr"] >= quick_runs["none"]["asr"] + 0.20
+
+
+def test_shipped_fm_draws_images_a_real_data_classifier_recognises():
+    from paper_repro.fm.quality import synthetic_accuracy
+
+    cfg = pr.load_config("quick")
+    train, test = load_dataset("fashion_mnist")
+    sp = split_public(train, test, cfg.data.public_size, cfg.data.client_size, seed=cfg.data.split_seed)
+    load_fm(cfg, sp.public)  # the shipped checkpoint matches this public split
+    syn, _ = synthetic_set(cfg, sp.public, progress=False)
+    q = synthetic_accuracy(syn, sp.clients, sp.test)
+    assert q["real_test_acc"] >= 0.85
+    assert q["synthetic_acc"] >= 0.80
