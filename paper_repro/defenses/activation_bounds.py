@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-GRANULARITIES = ("channel", "layer")
+GRANULARITIES = ("channel", "neuron", "layer")
 
 
 def relu_sites(model: nn.Module) -> list[str]:
@@ -50,6 +50,15 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
     raise ValueError(f"unknown site preset {sites!r}; use all, mmbm3, hidden, last or a list of module names")
 
 
+def _broadcast(b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Bound shapes: (1,) per layer, (C,) per channel, out.shape[1:] per neuron → broadcastable to ``out``."""
+    if b.numel() == 1:
+        return b.reshape(())
+    if b.dim() == 1 and out.dim() > 2 and b.shape[0] == out.shape[1]:
+        return b.view(1, -1, *([1] * (out.dim() - 2)))
+    return b.unsqueeze(0)
+
+
 class BoundedModel(nn.Module):
     """``model`` with a ← min(a, b_site) at each site while this wrapper runs; only ``bounds`` are trainable.
 
@@ -69,8 +78,7 @@ class BoundedModel(nn.Module):
         handles = []
         for site, b in zip(self.sites, self.bounds):
             def hook(_m, _inp, out, b=b):
-                shape = (1, -1) + (1,) * (out.dim() - 2) if b.numel() > 1 else ()
-                return torch.minimum(out, b.clamp_min(0).view(shape).to(out.dtype))
+                return torch.minimum(out, _broadcast(b.clamp_min(0), out).to(out.dtype))
             handles.append(self._modules_by_name[site].register_forward_hook(hook))
         try:
             yield
@@ -99,8 +107,9 @@ class BoundedModel(nn.Module):
 @torch.no_grad()
 def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granularity: str = "channel",
                     quantile: float = 1.0, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Per site, the largest activation over ``x`` (per channel/neuron, or per layer); with ``quantile`` < 1 the
-    per-sample maxima are reduced by that quantile instead of max. Used as the data-driven initial bound."""
+    """Per site, the largest activation over ``x``: per channel (max over space and samples), per neuron (channel ×
+    position, max over samples) or per layer; with ``quantile`` < 1 the per-sample values are reduced by that
+    quantile instead of the max (robust to a poisoned minority). Used as the data-driven initial bound."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
     mods = dict(model.named_modules())
@@ -109,8 +118,9 @@ def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granula
     for s in sites:
         def hook(_m, _i, out, s=s):
             a = out.detach().float()
-            a = a.flatten(2).amax(2) if a.dim() > 2 else a  # (B, C): max over space
-            per_sample[s].append(a.amax(1, keepdim=True) if granularity == "layer" else a)
+            if granularity != "neuron":
+                a = a.flatten(2).amax(2) if a.dim() > 2 else a  # (B, C): max over space
+            per_sample[s].append(a.flatten(1).amax(1, keepdim=True) if granularity == "layer" else a)
         handles.append(mods[s].register_forward_hook(hook))
     was = model.training
     model.eval()
@@ -123,9 +133,9 @@ def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granula
         model.train(was)
     out = {}
     for s, chunks in per_sample.items():
-        a = torch.cat(chunks)  # (N, C)
-        v = a.amax(0) if quantile >= 1.0 else torch.quantile(a, quantile, dim=0)
-        out[s] = v.clamp_min(1e-6) if granularity == "channel" else v.reshape(1).clamp_min(1e-6)
+        a = torch.cat(chunks)  # (N, C) per channel, (N, C, H, W) per neuron, (N, 1) per layer
+        v = a.amax(0) if quantile >= 1.0 else torch.quantile(a.flatten(1), quantile, dim=0).view(a.shape[1:])
+        out[s] = v.clamp_min(1e-6)
     return out
 
 

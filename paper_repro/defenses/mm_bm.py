@@ -27,7 +27,7 @@ class MMBM(ActBound):
         super().__init__(sites=sites, granularity=granularity, per_class=per_class, init=init, init_value=init_value,
                          epochs=epochs, lr=lr, batch_size=batch_size, c0=c0, growth=growth,
                          target_agreement=target_agreement, adapt_every=adapt_every, adapt_after=adapt_after,
-                         trim=0.0, warm_start=False, schedule=schedule, penalty="l2")
+                         trim=0.0, warm_start=False, schedule=schedule, penalty="l2", init_quantile=1.0)
 
     def fit_data(self, ctx: RoundContext) -> torch.Tensor:
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""
