@@ -2,6 +2,7 @@
 
     python -m paper_repro run --profile quick --attack fm --defense none --seed 0
     python -m paper_repro main --profile quick      # the main job: no-defense runs + their figures
+    python -m paper_repro grid --profile quick --seeds 0 1 2   # every defense × attack × partition → CSV
 """
 from __future__ import annotations
 
@@ -64,8 +65,19 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures")
     m.add_argument("--profile", default="quick")
     m.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g = sub.add_parser("grid", help="every defense × attack × {iid, dirichlet 0.5}: final ACC/ASR table (CSV)")
+    g.add_argument("--profile", default="quick")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g.add_argument("--defenses", nargs="+", default=None)
+    g.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    if a.cmd == "run":
+    if a.cmd == "grid":
+        from .grid import run_grid
+
+        df = run_grid(a.profile, a.defenses, seeds=tuple(a.seeds), out_csv=a.out)
+        cols = ["acc", "asr", "tpr", "fpr", "overhead"]
+        print(df.groupby(["partition", "attack", "defense"])[cols].mean().round(3).to_string())
+    elif a.cmd == "run":
         res = run_experiment(_cfg(a.profile, a.attack, a.defense, a.seed, a.partition))
         print(res.history.to_string(index=False))
         print(f"{'cached' if res.cached else 'saved'}: {res.run_dir}")

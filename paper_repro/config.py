@@ -88,6 +88,9 @@ class FMConfig:
     """DDIM sampling steps. ours"""
     guidance_scale: float = 2.0
     """Classifier-free guidance weight (1.0 = plain conditional sampling). ours"""
+    eta: float = 1.0
+    """DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like). With the shipped FM, η = 1 raised the real-classifier
+    accuracy on samples from 0.75 to 0.87 (25 steps, guidance 2; guidance 4 fell to 0.36). ours"""
     batch_size: int = 250
     """Images per sampling batch. ours"""
     sample_seed: int = 0
@@ -101,6 +104,7 @@ class FMConfig:
         _check(self.n_per_class >= 1, "fm.n_per_class must be >= 1")
         _check(self.num_inference_steps >= 1, "fm.num_inference_steps must be >= 1")
         _check(self.guidance_scale >= 0, "fm.guidance_scale must be >= 0")
+        _check(0 <= self.eta <= 1, "fm.eta must be in [0, 1]")
         _check(self.batch_size >= 1, "fm.batch_size must be >= 1")
         _check("{}" in self.prompt_template, "fm.prompt_template needs a '{}' where the class name goes")
 
@@ -296,11 +300,16 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "fl": {"num_clients": 6, "clients_per_round": 5, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
                "batch_size": 16, "eval_batch_size": 200},
     },
+    # quick: 2 CPU cores. Deviations from the paper grid, each for speed: Fashion-MNIST, 20 clients (5/round), 10
+    # rounds, 200 synthetic images/class, 5,000 test images, local lr 0.05; classic attack with 4 of 20 clients
+    # (20 %, MARS's ratio) scaling their update ×5 (MARS's MRA scale) and poisoning 50 % of their non-target data,
+    # because one plain attacker is washed out by fusion in 10 rounds (measured ASR 0.03).
     "quick": {
-        "data": {"dataset": "fashion_mnist", "public_size": 10_000, "client_size": 20_000, "test_size": 0},
+        "data": {"dataset": "fashion_mnist", "public_size": 10_000, "client_size": 20_000, "test_size": 5_000},
         "fm": {"source": "ddpm", "n_per_class": 200},
         "model": {"name": "cnn", "channels_last": True},
-        "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.01,
+        "attack": {"num_malicious": 4, "boost": 5.0, "client_poison_ratio": 0.5},
+        "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.05,
                "batch_size": 32, "init_epochs": 10, "kd_epochs": 3},
     },
     "paper": {

@@ -85,16 +85,17 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple
         return s, s.digest()
     fm = load_fm(cfg, public)
     key_src = {"source": f.source, "fm": fm.digest(), "n": f.n_per_class, "steps": f.num_inference_steps,
-               "guidance": f.guidance_scale, "seed": f.sample_seed, "prompt": f.prompt_template}
+               "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed, "prompt": f.prompt_template}
     key = Config().hash(key_src)
     path = cache_dir() / "synthetic" / f"{f.source}_{key}.npz"
     if path.exists():
         z = np.load(path)
         s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
         return s, s.digest()
+    kw = {"eta": f.eta} if f.source == "ddpm" else {}
     s = fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
                     num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
-                    batch_size=f.batch_size, progress=progress)
+                    batch_size=f.batch_size, progress=progress, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src))

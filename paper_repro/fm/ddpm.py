@@ -159,11 +159,13 @@ class ClassConditionalDDPM:
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.inference_mode()
     def generate(self, n_per_class: int, generator: torch.Generator | None = None, num_inference_steps: int = 25,
-                 guidance_scale: float = 2.0, batch_size: int = 250, progress: bool = True) -> ImageSet:
+                 guidance_scale: float = 2.0, batch_size: int = 250, progress: bool = True, eta: float = 0.0
+                 ) -> ImageSet:
         """Class-balanced synthetic set: ``n_per_class`` images of every class, labels in class order.
 
         1. labels 0…C−1 each repeated ``n_per_class`` times; 2. per batch, start from N(0, I) drawn with
-        ``generator``; 3. DDIM steps with classifier-free guidance ε = ε_∅ + w·(ε_c − ε_∅); 4. map to uint8.
+        ``generator``; 3. DDIM steps with classifier-free guidance ε = ε_∅ + w·(ε_c − ε_∅) (``eta`` = 0
+        deterministic DDIM, 1 = DDPM-like ancestral noise); 4. map to uint8.
         """
         from diffusers import DDIMScheduler
 
@@ -187,7 +189,7 @@ class ClassConditionalDDPM:
                     e = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample
                     e_c, e_u = e.chunk(2)
                     eps = e_u + guidance_scale * (e_c - e_u)
-                x = sched.step(eps, t, x).prev_sample
+                x = sched.step(eps, t, x, eta=eta, generator=gen).prev_sample
             out.append(to_uint8(x))
             bar.update(len(y))
         bar.close()

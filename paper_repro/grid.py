@@ -1,0 +1,46 @@
+"""Grids of experiments (defense × attack × partition × seed) summarised into one tidy table."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import defenses
+from .config import load_config
+from .experiment import default_results_dir, run_experiment
+
+PARTITIONS = {"iid": {"partition": "iid"}, "dirichlet0.5": {"partition": "dirichlet", "beta": 0.5}}
+
+
+def summarise(history: pd.DataFrame) -> dict:
+    """Final ACC/ASR, mean TPR/FPR over rounds, and the defense's share of a round's time."""
+    rounds = history[history["round"] > 0]
+    last = history.iloc[-1]
+    return {"acc": last["acc"], "asr": last["asr"], "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
+            "defense_seconds": rounds["defense_seconds"].mean(), "round_seconds": rounds["round_seconds"].mean(),
+            "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean()}
+
+
+def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
+             attacks: tuple[str, ...] = ("none", "classic", "fm"), partitions: tuple[str, ...] = tuple(PARTITIONS),
+             seeds: tuple[int, ...] = (0,), results_dir: str | Path | None = None, out_csv: str | Path | None = None,
+             progress: bool = True, **overrides) -> pd.DataFrame:
+    """Run (or load from cache) every combination; one row per run; written to ``out_csv`` (default
+    ``<results>/grid_<profile>.csv``)."""
+    names = defense_names or defenses.names()
+    rows = []
+    combos = list(itertools.product(names, attacks, partitions, seeds))
+    for name, attack, part, seed in tqdm(combos, desc="grid", disable=not progress):
+        cfg = load_config(profile, attack={"kind": attack}, defense={"name": name}, data=PARTITIONS[part], seed=seed,
+                          **overrides)
+        res = run_experiment(cfg, results_dir=results_dir, progress=False)
+        rows.append({"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
+                     "run": res.run_dir.name})
+    df = pd.DataFrame(rows)
+    out = Path(out_csv) if out_csv else (Path(results_dir) if results_dir else default_results_dir()) / \
+        f"grid_{profile}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    return df
