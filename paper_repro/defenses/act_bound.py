@@ -36,20 +36,22 @@ class ActBound(Defense):
     (2) ``epochs`` of MM-BM's objective, trimmed: fidelity ‖f_b(x) − f(x)‖² on the (1 − ``trim``) best-fitting
     images of each batch + c·Σ_l‖b_l‖₂, c adapted toward ``target_agreement``.
 
-    Why these defaults (measured on the quick profile, FM attack, seed 0; see the closing note of issue 4): MM-BM's
-    own recipe — per-channel bounds from the data maximum, 50 images/class — left the FM backdoor in place
-    (ASR 0.81–0.92) even when fitted on *clean* synthetic images, because a 3×3 corner trigger raises activations
-    only at a few spatial positions that per-channel bounds cannot single out. Per-neuron bounds (channel ×
-    position) at the 0.8 quantile removed it (ASR 0.99 → 0.08, −1 point ACC). Refinement epochs trade a little ASR
-    for ACC; fitting images are sampled class-balanced by their (possibly poisoned) label, which caps the poisoned
-    share of the fitting set at one class (all-to-one poison carries the target label).
+    Why these defaults (quick profile, seed 0, fused model after 4 rounds; reproduced by
+    ``python benchmarks/act_bound_knobs.py``): MM-BM's own recipe — per-channel bounds from the data maximum,
+    50 images/class — left the FM backdoor in place (ASR 0.81–0.92), even when fitted on *clean* synthetic images, because a 3×3 corner trigger
+    raises activations at a few spatial positions that a per-channel bound cannot single out. Per-neuron bounds
+    (channel × position) at the 0.9 quantile removed it: FM attack ASR 0.91 → 0.07 at −1.4 points ACC, classic
+    attack ASR 0.98 → 0.12 at −1.2 points (0.8: lower ASR, −7/−10 points ACC). Fitting images are sampled
+    class-balanced by their (possibly poisoned) label, which caps the poisoned share of the fitting set at one class
+    of ten (all-to-one poison carries the target label); on the whole synthetic set (18 % poisoned) the 0.9 quantile
+    lets the FM backdoor through (ASR 0.995). Refinement epochs mostly trade ASR back for ACC.
 
     Parameters (all [R]):
       sites: module names or a preset of :func:`resolve_sites` ("hidden": all ReLUs but the first).
       granularity: "neuron" (channel × position), "channel" (MM-BM) or "layer".
       per_class: synthetic images per label used for fitting (MM-BM: 50); 0 = the whole synthetic set.
       init: "data_max" (the ``init_quantile`` quantile of the activations) or "constant" (``init_value``).
-      init_quantile: 1.0 = maximum (MM-BM-like); 0.8 assumes a poisoned share of the fitting set below 20 %.
+      init_quantile: 1.0 = maximum (MM-BM-like); 0.9 assumes a poisoned share of the fitting set below 10 %.
       epochs, lr, batch_size: Adam on the bounds only (MM-BM: 50 epochs, lr 0.1, batch 200).
       c0, growth, target_agreement, adapt_every, adapt_after: the multiplier schedule (MM-BM: 0.5, 1.2, 0.95, 10, 10).
       trim: fraction of each batch with the largest fidelity loss left out of the fidelity term and of the agreement
@@ -61,7 +63,7 @@ class ActBound(Defense):
     name = "act_bound"
 
     def __init__(self, sites: str | list[str] = "hidden", granularity: str = "neuron", per_class: int = 50,
-                 init: str = "data_max", init_value: float = 8.0, init_quantile: float = 0.8, epochs: int = 5,
+                 init: str = "data_max", init_value: float = 8.0, init_quantile: float = 0.9, epochs: int = 5,
                  lr: float = 0.01, batch_size: int = 200, c0: float = 0.05, growth: float = 1.2,
                  target_agreement: float = 0.95, adapt_every: int = 2, adapt_after: int = 0, trim: float = 0.25,
                  warm_start: bool = False, schedule: str = "every_round", penalty: str = "l2"):
