@@ -38,8 +38,9 @@ class ActBound(Defense):
 
     Why these defaults (quick profile, seed 0, fused model after 4 rounds; reproduced by
     ``python benchmarks/act_bound_knobs.py``): MM-BM's own recipe — per-channel bounds from the data maximum,
-    50 images/class — left the FM backdoor in place (ASR 0.81–0.92), even when fitted on *clean* synthetic images, because a 3×3 corner trigger
-    raises activations at a few spatial positions that a per-channel bound cannot single out. Per-neuron bounds
+    50 images/class — left the FM backdoor in place (ASR 0.81–0.92 with real public images as the synthetic set),
+    even when fitted on the *clean* set, because a 3×3 corner trigger raises activations at a few spatial positions
+    that a per-channel bound cannot single out. Per-neuron bounds
     (channel × position) at the 0.9 quantile removed it: FM attack ASR 0.91 → 0.07 at −1.4 points ACC, classic
     attack ASR 0.98 → 0.12 at −1.2 points (0.8: lower ASR, −7/−10 points ACC). Fitting images are sampled
     class-balanced by their (possibly poisoned) label, which caps the poisoned share of the fitting set at one class
