@@ -2,6 +2,7 @@
 loop, save a run folder keyed by the config hash, and reuse it on a rerun."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -53,23 +54,41 @@ class Prepared:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic set
+def checkpoint_digest(folder: Path) -> str:
+    """Hash of every file of an FM checkpoint folder (names and bytes): the FM's part of a cache key, computed
+    without loading the model."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_public_split(path: Path, public: ImageSet) -> None:
+    """Refuse a DDPM checkpoint trained on another public split: its samples could leak client data."""
+    from .fm import FMCheckpointError
+    from .fm.ddpm import CONFIG_FILE, ClassConditionalDDPM
+
+    if not (path / CONFIG_FILE).exists():
+        ClassConditionalDDPM.load(path)  # raises the missing-checkpoint error with its fix
+    trained_on = json.loads((path / CONFIG_FILE).read_text()).get("info", {}).get("train_data_digest")
+    if trained_on and trained_on != public.digest():
+        raise FMCheckpointError(
+            f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
+            f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
+            "it was trained, or train a new FM with `python -m paper_repro.fm train`.")
+
+
 def load_fm(cfg: Config, public: ImageSet | None = None):
-    """The configured foundation model (checks that a DDPM was trained on this config's public split)."""
-    from .fm import ClassConditionalDDPM, FMCheckpointError
+    """The configured foundation model (a DDPM must have been trained on this config's public split)."""
+    from .fm import ClassConditionalDDPM, StableDiffusionFM
 
     path = resolve_path(cfg.fm.checkpoint)
     if cfg.fm.source == "ddpm":
-        fm = ClassConditionalDDPM.load(path)
-        trained_on = fm.info.get("train_data_digest")
-        if public is not None and trained_on and trained_on != public.digest():
-            raise FMCheckpointError(
-                f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
-                f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
-                "it was trained, or train a new FM with `python -m paper_repro.fm train`.")
-        return fm
+        if public is not None:
+            check_public_split(path, public)
+        return ClassConditionalDDPM.load(path)
     if cfg.fm.source == "stable_diffusion":
-        from .fm import StableDiffusionFM
-
         c, h, _ = image_shape(cfg.data.dataset)
         classes = public.classes if public is not None else load_dataset(cfg.data.dataset)[1].classes
         return StableDiffusionFM.load(path, classes, cfg.fm.prompt_template, resolution=h, channels=c)
@@ -83,23 +102,29 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple
         idx = np.concatenate([np.flatnonzero(public.y == c)[:f.n_per_class] for c in range(public.num_classes)])
         s = public.subset(np.sort(idx))
         return s, s.digest()
-    fm = load_fm(cfg, public)
-    key_src = {"source": f.source, "fm": fm.digest(), "n": f.n_per_class, "steps": f.num_inference_steps,
-               "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed, "prompt": f.prompt_template}
+    path = resolve_path(f.checkpoint)
+    if f.source == "ddpm":
+        check_public_split(path, public)
+    elif not path.is_dir():
+        load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
+    key_src = {"source": f.source, "fm": checkpoint_digest(path), "n": f.n_per_class,
+               "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
+               "prompt": f.prompt_template}
     key = Config().hash(key_src)
-    path = cache_dir() / "synthetic" / f"{f.source}_{key}.npz"
-    if path.exists():
-        z = np.load(path)
+    cache = cache_dir() / "synthetic" / f"{f.source}_{key}.npz"
+    if cache.exists():
+        z = np.load(cache)
         s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
         return s, s.digest()
+    fm = load_fm(cfg, public)
     kw = {"eta": f.eta} if f.source == "ddpm" else {}
     s = fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
                     num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
                     batch_size=f.batch_size, progress=progress, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src))
-    os.replace(tmp, path)
+    os.replace(tmp, cache)
     return s, s.digest()
 
 

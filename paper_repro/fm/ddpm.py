@@ -140,7 +140,7 @@ class ClassConditionalDDPM:
             raise FMCheckpointError(f"No FM checkpoint at {folder} ({CONFIG_FILE} and unet/ expected). {how}")
         try:
             meta = json.loads((folder / CONFIG_FILE).read_text())
-            unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+            unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, low_cpu_mem_usage=False)
         except Exception as e:
             raise FMCheckpointError(f"FM checkpoint at {folder} is unreadable ({type(e).__name__}: {e}). "
                                     f"Delete it and re-create it. {how}") from None
