@@ -19,7 +19,7 @@ import torch
 from . import defenses
 from .attacks import DataPoisoning, NoAttack
 from .config import Config, ConfigError, image_shape
-from .data import REPO_ROOT, ImageSet, load_dataset, split_public
+from .data import REPO_ROOT, ImageSet, Splits, load_dataset, split_public
 from .fl import FLInputs, run_federated
 from .partition import make_partition
 from .rng import np_rng, torch_gen
@@ -129,11 +129,18 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ prepare
+def public_splits(cfg: Config) -> Splits:
+    """The config's dataset split into the server's public split, the client pool and the test set (split seed
+    ``cfg.data.split_seed``, independent of the run seed)."""
+    d = cfg.data
+    train, test = load_dataset(d.dataset)
+    return split_public(train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed)
+
+
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
     """Data, public split, partition, synthetic set, FM poisoning, malicious clients: all from ``cfg.seed``."""
     d, a = cfg.data, cfg.attack
-    train, test = load_dataset(d.dataset)
-    splits = split_public(train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed)
+    splits = public_splits(cfg)
     parts = make_partition(splits.clients.y, cfg.fl.num_clients, d.partition, np_rng(cfg.seed, "partition"),
                            beta=d.beta, min_size=d.min_size, shards_per_client=d.shards_per_client)
     clean, syn_digest = synthetic_set(cfg, splits.public, progress)

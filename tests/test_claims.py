@@ -5,8 +5,8 @@ Thresholds are the issue's targets; they are not tuned to the measured numbers. 
 import pytest
 
 import paper_repro as pr
-from paper_repro.data import DataNotFoundError, load_dataset, split_public
-from paper_repro.experiment import load_fm, synthetic_set
+from paper_repro.data import DataNotFoundError, load_dataset
+from paper_repro.experiment import load_fm, public_splits, synthetic_set
 
 pytestmark = pytest.mark.claims
 
@@ -40,8 +40,7 @@ def test_shipped_fm_draws_images_a_real_data_classifier_recognises():
     from paper_repro.fm.quality import synthetic_accuracy
 
     cfg = pr.load_config("quick")
-    train, test = load_dataset("fashion_mnist")
-    sp = split_public(train, test, cfg.data.public_size, cfg.data.client_size, seed=cfg.data.split_seed)
+    sp = public_splits(cfg)
     load_fm(cfg, sp.public)  # the shipped checkpoint matches this public split
     syn, _ = synthetic_set(cfg, sp.public, progress=False)
     q = synthetic_accuracy(syn, sp.clients, sp.test)

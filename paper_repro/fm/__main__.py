@@ -6,7 +6,6 @@ import shlex
 import sys
 
 from ..config import load_config
-from ..data import load_dataset, split_public
 from .ddpm import ClassConditionalDDPM, DDPMTrainConfig
 
 
@@ -17,11 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--profile", default="quick")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=DDPMTrainConfig.steps)
-    t.add_argument("--seed", type=int, default=0, help="seed of the public split and of FM training")
+    t.add_argument("--seed", type=int, default=0, help="seed of FM training (the public split uses data.split_seed)")
     a = p.parse_args(argv)
-    cfg = load_config(a.profile, seed=a.seed)
-    train, test = load_dataset(cfg.data.dataset)
-    public = split_public(train, test, cfg.data.public_size, cfg.data.client_size, seed=cfg.seed).public
+    from ..experiment import public_splits
+
+    public = public_splits(load_config(a.profile)).public
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(steps=a.steps, seed=a.seed), progress=False)
     command = "python -m paper_repro.fm " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     fm.save(a.out, command=command)
