@@ -105,23 +105,14 @@ class BoundedModel(nn.Module):
 
 
 @torch.no_grad()
-def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granularity: str = "channel",
-                    quantile: float = 1.0, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Per site, the largest activation over ``x``: per channel (max over space and samples), per neuron (channel ×
-    position, max over samples) or per layer; with ``quantile`` < 1 the per-sample values are reduced by that
-    quantile instead of the max (robust to a poisoned minority). Used as the data-driven initial bound."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
+def record_activations(model: nn.Module, x: torch.Tensor, sites: list[str], reduce=lambda a: a,
+                       batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Run ``model`` in eval mode over ``x`` and return, per site, ``reduce`` (B, …) → (B, …) of the site's output,
+    concatenated over batches. Hooks are removed and the training flag restored afterwards."""
     mods = dict(model.named_modules())
-    per_sample: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    handles = []
-    for s in sites:
-        def hook(_m, _i, out, s=s):
-            a = out.detach().float()
-            if granularity != "neuron":
-                a = a.flatten(2).amax(2) if a.dim() > 2 else a  # (B, C): max over space
-            per_sample[s].append(a.flatten(1).amax(1, keepdim=True) if granularity == "layer" else a)
-        handles.append(mods[s].register_forward_hook(hook))
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    handles = [mods[s].register_forward_hook(lambda _m, _i, out, s=s: chunks[s].append(reduce(out.detach().float())))
+               for s in sites]
     was = model.training
     model.eval()
     try:
@@ -131,9 +122,31 @@ def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granula
         for h in handles:
             h.remove()
         model.train(was)
+    return {s: torch.cat(c) for s, c in chunks.items()}
+
+
+def spatial_max(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, C) max over space; (B, F) unchanged."""
+    return a.flatten(2).amax(2) if a.dim() > 2 else a
+
+
+def spatial_mean(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, C) mean over space; (B, F) unchanged."""
+    return a.flatten(2).mean(2) if a.dim() > 2 else a
+
+
+def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granularity: str = "channel",
+                    quantile: float = 1.0, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Per site, the largest activation over ``x``: per channel (max over space and samples), per neuron (channel ×
+    position, max over samples) or per layer; with ``quantile`` < 1 the per-sample values are reduced by that
+    quantile instead of the max (robust to a poisoned minority). Used as the data-driven initial bound."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
+    reduce = {"neuron": lambda a: a, "channel": spatial_max,
+              "layer": lambda a: a.flatten(1).amax(1, keepdim=True)}[granularity]
     out = {}
-    for s, chunks in per_sample.items():
-        a = torch.cat(chunks)  # (N, C) per channel, (N, C, H, W) per neuron, (N, 1) per layer
+    for s, a in record_activations(model, x, sites, reduce, batch_size).items():
+        # a: (N, C) per channel, (N, C, H, W) per neuron, (N, 1) per layer
         v = a.amax(0) if quantile >= 1.0 else torch.quantile(a.flatten(1), quantile, dim=0).view(a.shape[1:])
         out[s] = v.clamp_min(1e-6)
     return out

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import aggregators as agg
 from ..train import flat_state, load_flat_state, predict_logits
-from .activation_bounds import relu_sites
+from .activation_bounds import record_activations, relu_sites
 from .base import AggregateResult, Defense, RoundContext
 
 
@@ -44,17 +44,10 @@ def _result(updates, weights, ctx: RoundContext, flag: np.ndarray, info: dict) -
     return AggregateResult(agg.fedavg(updates[keep], weights[keep]), flagged, info)
 
 
-@torch.no_grad()
 def penultimate_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean activation of the last ReLU over ``x`` (D,)."""
     site = relu_sites(model)[-1]
-    acc = []
-    h = dict(model.named_modules())[site].register_forward_hook(lambda _m, _i, o: acc.append(o.flatten(1)))
-    try:
-        predict_logits(model, x)
-    finally:
-        h.remove()
-    return torch.cat(acc).float().mean(0)
+    return record_activations(model, x, [site], lambda a: a.flatten(1))[site].mean(0)
 
 
 class GeminiGuard(Defense):

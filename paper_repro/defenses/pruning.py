@@ -7,25 +7,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activation_bounds import BoundedModel, resolve_sites
+from .activation_bounds import BoundedModel, record_activations, resolve_sites, spatial_mean
 from .base import Defense, RoundContext
 
 
-@torch.no_grad()
-def mean_activations(model: nn.Module, x: torch.Tensor, site: str, batch_size: int = 500) -> torch.Tensor:
+def mean_activations(model: nn.Module, x: torch.Tensor, site: str) -> torch.Tensor:
     """Mean activation per channel/neuron of module ``site`` over ``x``."""
-    acc = []
-    h = dict(model.named_modules())[site].register_forward_hook(
-        lambda _m, _i, out: acc.append(out.float().flatten(2).mean(2) if out.dim() > 2 else out.float()))
-    was = model.training
-    model.eval()
-    try:
-        for xb in x.split(batch_size):
-            model(xb)
-    finally:
-        h.remove()
-        model.train(was)
-    return torch.cat(acc).mean(0)
+    return record_activations(model, x, [site], spatial_mean)[site].mean(0)
 
 
 class Pruning(Defense):
