@@ -44,3 +44,10 @@ def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return df
+
+
+def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
+    """One row per defense, one column per (metric, attack), mean over seeds, for one partition."""
+    sub = df[df["partition"] == partition]
+    wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
+    return wide.reindex(columns=["none", "classic", "fm"], level=1)
