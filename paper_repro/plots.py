@@ -61,12 +61,38 @@ def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: 
 
 
 def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Write ``fig`` as ``path``.png/.pdf (suffix of ``path`` ignored); returns the files written."""
+    """Write ``fig`` as ``path``.png/.pdf (an image suffix on ``path`` is dropped); returns the files written."""
     path = Path(path)
+    if path.suffix.lstrip(".") in ("png", "pdf", "svg", "jpg"):
+        path = path.with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for f in formats:
-        p = path.with_suffix("." + f)
+        p = path.parent / f"{path.name}.{f}"  # not with_suffix: names may hold dots (dirichlet0.5)
         fig.savefig(p, dpi=dpi, bbox_inches="tight")
         out.append(p)
     return out
+
+
+def defense_heatmap(table: pd.DataFrame, title: str = ""):
+    """Heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as returned by
+    ``paper_repro.grid.pivot`` (columns (metric, attack)). Cell text = the value."""
+    metrics = [m for m in ("acc", "asr") if m in table.columns.get_level_values(0)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.32 * len(table) + 1.6))
+    axes = np.atleast_1d(axes)
+    for ax, m, cmap in zip(axes, metrics, ("Greens", "Reds")):
+        sub = table[m]
+        im = ax.imshow(sub.values.astype(float), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(sub.shape[1]), [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
+                      fontsize=8)
+        ax.set_yticks(range(sub.shape[0]), sub.index, fontsize=8)
+        for i in range(sub.shape[0]):
+            for j in range(sub.shape[1]):
+                v = sub.values[i, j]
+                ax.text(j, i, "–" if pd.isna(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if (not pd.isna(v) and v > 0.6) else "black")
+        ax.set_title({"acc": "final ACC (clean test)", "asr": "final ASR (triggered → target)"}[m], fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

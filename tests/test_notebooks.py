@@ -10,7 +10,8 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 # figure files (stem → suffixes) a notebook must write into figures_dir in the smoke profile
 EXPECTED_FIGURES = {"01_foundation_model": ["nb01_fm_samples_smoke"],
                     "02_poison_synthetic_data": ["nb02_synthetic_poisoned_smoke"],
-                    "03_fl_without_defense": ["nb03_acc_asr_smoke"]}
+                    "03_fl_without_defense": ["nb03_acc_asr_smoke"],
+                    "04_fl_with_defenses": ["nb04_defenses_iid_smoke", "nb04_defenses_dirichlet0.5_smoke"]}
 
 
 def test_notebooks_found():
