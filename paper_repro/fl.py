@@ -94,10 +94,12 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         t = time.perf_counter()
         g = flat_state(model)
         updates, teachers = [], []
+        client_ctx = defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
         for k in ids:
             x, y = client_tensors[k]
             theta = local_train(model, x, y, fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
-                                torch_gen(seed, "client", int(k), "round", rnd), cl)
+                                torch_gen(seed, "client", int(k), "round", rnd), cl,
+                                context=client_ctx)
             teachers.append(theta)  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
             updates.append(inp.attack.craft_update(int(k), theta - g))
         updates_t = torch.stack(updates)  # (K, P)

@@ -2,6 +2,7 @@
 view of a model's state that aggregators work on."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -60,13 +61,16 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
 
 
 def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
-                batch_size: int, generator: torch.Generator, channels_last: bool = False) -> torch.Tensor:
+                batch_size: int, generator: torch.Generator, channels_last: bool = False,
+                context=None) -> torch.Tensor:
     """Step 2 for one client: copy the global model, train on the client's data, return its flat state (P,).
+    ``context(model)``, if given, is a context manager active during training (e.g. activation bounds).
 
     Written per client on purpose: it is the reference that a batched engine must match.
     """
     model = copy.deepcopy(global_model)
-    train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last)
+    with context(model) if context is not None else contextlib.nullcontext():
+        train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last)
     return flat_state(model)
 
 

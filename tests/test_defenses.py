@@ -128,3 +128,16 @@ def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, att
     assert {"tpr", "fpr", "num_flagged", "defense_seconds"} <= set(h.columns)
     if attack in ("classic", "both") and h["num_flagged"].iloc[1:].sum() and h["tpr"].iloc[1:].notna().any():
         assert h["tpr"].iloc[1:].dropna().between(0, 1).all()
+
+
+def test_act_bound_shipped_to_clients_clamps_their_training(tmp_path):
+    d = pr.defenses.get("act_bound", deploy="clients", epochs=1)
+    assert d.client_context() is None  # nothing to ship before the first fit
+    net, x = _relu_net(), torch.randn(16, 1, 6, 6)
+    d.bounds = {"1": torch.zeros(4)}
+    with d.client_context()(net):
+        out = net(x)
+    torch.testing.assert_close(out, net[5](net[4](net[3](net[2](torch.zeros(16, 4, 6, 6))))))
+    cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound",
+                                                                  "params": {"deploy": "clients", "epochs": 1}})
+    assert len(pr.run_experiment(cfg, results_dir=tmp_path, progress=False).history) == 3

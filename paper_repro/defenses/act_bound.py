@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from ..rng import derive_seed
-from .activation_bounds import BoundedModel, fit_bounds, max_activations, resolve_sites
+from .activation_bounds import BoundedModel, clip_hooks, fit_bounds, max_activations, resolve_sites
 from .base import Defense, RoundContext
 
 INITS = ("data_max", "constant")
@@ -59,6 +59,8 @@ class ActBound(Defense):
         (PAPER.md §4.6 remedy 1; 0 = plain MM-BM).
       warm_start: start from last round's bounds instead of re-initialising (off: the model moves every round).
       schedule: "every_round" or "final" (fit only after the last fusion).
+      deploy: "server" (bounds only in the served/evaluated model) or "clients" (clients also train under last
+        round's bounds; gradients vanish above a bound).
     """
 
     name = "act_bound"
@@ -67,24 +69,33 @@ class ActBound(Defense):
                  init: str = "data_max", init_value: float = 8.0, init_quantile: float = 0.9, epochs: int = 5,
                  lr: float = 0.01, batch_size: int = 200, c0: float = 0.05, growth: float = 1.2,
                  target_agreement: float = 0.95, adapt_every: int = 2, adapt_after: int = 0, trim: float = 0.25,
-                 warm_start: bool = False, schedule: str = "every_round", penalty: str = "l2"):
+                 warm_start: bool = False, schedule: str = "every_round", penalty: str = "l2",
+                 deploy: str = "server"):
         if init not in INITS:
             raise ValueError(f"init={init!r}; choose one of {INITS}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if not 0 <= trim < 1:
             raise ValueError(f"trim={trim} must be in [0, 1)")
+        if deploy not in ("server", "clients"):
+            raise ValueError(f"deploy={deploy!r}; choose server or clients")
         if penalty not in ("l2", "none"):
             raise ValueError(f"penalty={penalty!r}; choose l2 or none")
         self.sites, self.granularity, self.per_class = sites, granularity, per_class
         self.init, self.init_value, self.epochs, self.lr, self.batch_size = init, init_value, epochs, lr, batch_size
         self.c0, self.growth, self.target_agreement = c0, growth, target_agreement
         self.adapt_every, self.adapt_after, self.trim = adapt_every, adapt_after, trim
-        self.warm_start, self.schedule, self.penalty = warm_start, schedule, penalty
+        self.warm_start, self.schedule, self.penalty, self.deploy = warm_start, schedule, penalty, deploy
         self.init_quantile = init_quantile
         self.bounds: dict | None = None
         self.c = c0
         self.log: dict = {}
+
+    def client_context(self):
+        if self.deploy != "clients" or self.bounds is None:
+            return None
+        bounds = self.bounds
+        return lambda model: clip_hooks(model, bounds)
 
     def fit_data(self, ctx: RoundContext):
         idx = fit_subset(ctx.synthetic.y, self.per_class, derive_seed(ctx.round, "act_bound_fit"))

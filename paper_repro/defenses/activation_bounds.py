@@ -59,6 +59,22 @@ def _broadcast(b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return b.unsqueeze(0)
 
 
+@contextmanager
+def clip_hooks(model: nn.Module, bounds: dict[str, torch.Tensor]):
+    """While active, the output a of each module named in ``bounds`` becomes min(a, max(b, 0))."""
+    mods = dict(model.named_modules())
+    handles = []
+    for site, b in bounds.items():
+        def hook(_m, _inp, out, b=b):
+            return torch.minimum(out, _broadcast(b.clamp_min(0), out).to(out.dtype))
+        handles.append(mods[site].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class BoundedModel(nn.Module):
     """``model`` with a ← min(a, b_site) at each site while this wrapper runs; only ``bounds`` are trainable.
 
@@ -71,20 +87,9 @@ class BoundedModel(nn.Module):
         object.__setattr__(self, "model", model)
         self.sites = list(bounds)
         self.bounds = nn.ParameterList([nn.Parameter(b.detach().clone().float()) for b in bounds.values()])
-        self._modules_by_name = dict(model.named_modules())
 
-    @contextmanager
     def _clipping(self):
-        handles = []
-        for site, b in zip(self.sites, self.bounds):
-            def hook(_m, _inp, out, b=b):
-                return torch.minimum(out, _broadcast(b.clamp_min(0), out).to(out.dtype))
-            handles.append(self._modules_by_name[site].register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return clip_hooks(self.model, dict(zip(self.sites, self.bounds)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._clipping():

@@ -53,6 +53,11 @@ class Defense:
         w = weights / weights.sum()
         return AggregateResult(w @ updates)
 
+    def client_context(self):
+        """None, or a function model → context manager under which a client trains its copy of the global model
+        (e.g. with the server's activation bounds active)."""
+        return None
+
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         """Return the model to evaluate/distribute (the same object when the defense does nothing here)."""
         return model
