@@ -51,3 +51,19 @@ def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "
     sub = df[df["partition"] == partition]
     wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
     return wide.reindex(columns=["none", "classic", "fm"], level=1)
+
+
+def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
+    """The grid table rebuilt from whatever finished run folders exist (no run is started)."""
+    from .experiment import load_results
+
+    df = load_results(results_dir, profile)
+    if df.empty:
+        return df
+    rows = []
+    for run, h in df.groupby("run"):
+        h = h.sort_values("round")
+        part = "iid" if h["partition"].iloc[0] == "iid" else f"{h['partition'].iloc[0]}{h['beta'].iloc[0]:g}"
+        rows.append({"defense": h["defense"].iloc[0], "attack": h["attack"].iloc[0], "partition": part,
+                     "seed": int(h["seed"].iloc[0]), **summarise(h), "run": run})
+    return pd.DataFrame(rows)

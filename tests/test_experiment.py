@@ -78,3 +78,15 @@ def test_load_results_collects_runs(tmp_path):
     _run(tmp_path, attack={"kind": "fm"})
     df = pr.load_results(tmp_path)
     assert set(df["attack"]) == {"none", "fm"} and {"partition", "poison_ratio", "run"} <= set(df.columns)
+
+
+def test_grid_writes_a_table_and_collect_rebuilds_it_from_run_folders(tmp_path):
+    from paper_repro import grid
+
+    df = grid.run_grid("smoke", ["none", "median"], attacks=("none", "fm"), partitions=("iid",),
+                       results_dir=tmp_path, progress=False)
+    assert len(df) == 4 and (tmp_path / "grid_smoke.csv").exists()
+    again = grid.collect(tmp_path, "smoke").set_index(["defense", "attack"]).sort_index()
+    pd.testing.assert_series_equal(again["asr"], df.set_index(["defense", "attack"]).sort_index()["asr"])
+    table = grid.pivot(df, "iid")
+    assert list(table.index) == ["median", "none"] and ("asr", "fm") in table.columns
