@@ -43,6 +43,19 @@ class AggregateResult:
     info: dict = field(default_factory=dict)
 
 
+def local_models(ctx: RoundContext, updates: torch.Tensor):
+    """Yield each client's local model θ_i = G_t + Δ_i, reusing one copy of the global model (valid until the next
+    item is drawn)."""
+    import copy
+
+    from ..train import flat_state, load_flat_state
+
+    g = flat_state(ctx.global_model)
+    local = copy.deepcopy(ctx.global_model)
+    for u in updates:
+        yield load_flat_state(local, g + u)
+
+
 class Defense:
     """No defense: sample-weighted FedAvg at step 3, nothing at step 5."""
 

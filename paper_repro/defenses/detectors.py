@@ -11,17 +11,15 @@
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 
 from .. import aggregators as agg
-from ..train import flat_state, load_flat_state, predict_logits
+from ..train import predict_logits
 from .activation_bounds import record_activations, relu_sites
-from .base import AggregateResult, Defense, RoundContext
+from .base import AggregateResult, Defense, RoundContext, local_models
 
 
 def robust_z(v: np.ndarray) -> np.ndarray:
@@ -29,13 +27,6 @@ def robust_z(v: np.ndarray) -> np.ndarray:
     med = np.median(v)
     mad = 1.4826 * np.median(np.abs(v - med))
     return (v - med) / mad if mad > 0 else np.zeros_like(v)
-
-
-def _local_models(ctx: RoundContext, updates: torch.Tensor):
-    g = flat_state(ctx.global_model)
-    local = copy.deepcopy(ctx.global_model)
-    for u in updates:
-        yield load_flat_state(local, g + u)
 
 
 def _result(updates, weights, ctx: RoundContext, flag: np.ndarray, info: dict) -> AggregateResult:
@@ -63,7 +54,7 @@ class GeminiGuard(Defense):
         idx = np.concatenate([np.flatnonzero(ctx.synthetic.y == c)[: self.per_class]
                               for c in range(ctx.synthetic.num_classes)])
         x = ctx.synthetic.subset(idx).tensors(ctx.device)[0]
-        emb = torch.stack([penultimate_embedding(m, x) for m in _local_models(ctx, updates)])
+        emb = torch.stack([penultimate_embedding(m, x) for m in local_models(ctx, updates)])
         l_score = robust_z((emb - emb.median(0).values).norm(dim=1).numpy())
         score = (w_score + l_score) / 2
         return _result(updates, weights, ctx, score > self.threshold,
@@ -79,7 +70,7 @@ class WeiDetect(Defense):
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         x, y = ctx.synthetic.tensors(ctx.device)
         scores = np.array([(predict_logits(m, x).argmax(1) == y).float().mean().item()
-                           for m in _local_models(ctx, updates)])
+                           for m in local_models(ctx, updates)])
         if len(scores) < 3 or np.ptp(scores) == 0:
             return _result(updates, weights, ctx, np.zeros(len(scores), bool), {"scores": scores.tolist()})
         c, loc, scale = stats.weibull_min.fit(np.clip(scores, 1e-6, None), floc=0)

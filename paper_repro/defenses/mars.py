@@ -15,16 +15,13 @@ from their *backdoor energy* (PAPER.md §5.1), following the paper where the pub
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 from torch import nn
 
 from .. import aggregators as agg
-from ..train import load_flat_state
-from .base import AggregateResult, Defense, RoundContext
+from .base import AggregateResult, Defense, RoundContext, local_models
 
 
 @torch.no_grad()
@@ -104,12 +101,7 @@ class MARS(Defense):
         return np.flatnonzero(labels == good)
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
-        from ..train import flat_state
-
-        g = flat_state(ctx.global_model)
-        local = copy.deepcopy(ctx.global_model)
-        cbes = np.stack([concentrated_energy(backdoor_energy(load_flat_state(local, g + u)), self.kappa)
-                         for u in updates])
+        cbes = np.stack([concentrated_energy(backdoor_energy(m), self.kappa) for m in local_models(ctx, updates)])
         accepted = self.select(cbes)
         flagged = [int(k) for i, k in enumerate(ctx.client_ids) if i not in set(accepted.tolist())]
         return AggregateResult(agg.fedavg(updates[accepted], weights[accepted]), flagged, dict(self.last))
