@@ -159,7 +159,8 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test,
                       asr_set(splits.test, trigger, a.target_class), attack, a.target_class)
     hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
-              "synthetic": syn_digest, "results_version": RESULTS_VERSION}
+              "synthetic": syn_digest, "results_version": RESULTS_VERSION,
+              "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params)}
     return Prepared(inputs, parts, fm_idx, malicious, clean, hashes)
 
 

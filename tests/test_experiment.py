@@ -90,3 +90,24 @@ def test_grid_writes_a_table_and_collect_rebuilds_it_from_run_folders(tmp_path):
     pd.testing.assert_series_equal(again["asr"], df.set_index(["defense", "attack"]).sort_index()["asr"])
     table = grid.pivot(df, "iid")
     assert list(table.index) == ["median", "none"] and ("asr", "fm") in table.columns
+
+
+def test_run_key_covers_the_defense_defaults(monkeypatch):
+    # Prepare: the same config, before and after a default of the defense changes
+    cfg = pr.load_config("smoke", defense={"name": "act_bound"})
+    before = pr.prepare(cfg, progress=False).hashes
+    monkeypatch.setitem(pr.defenses.REGISTRY, "act_bound",
+                        type("ActBound2", (pr.defenses.REGISTRY["act_bound"],),
+                             {"__init__": lambda self, epochs=7, **kw: super(type(self), self).__init__(epochs=epochs,
+                                                                                                       **kw)}))
+    # Execute
+    after = pr.prepare(cfg, progress=False).hashes
+    # Assert: the resolved parameters differ, so the run key does
+    assert before["defense"]["epochs"] != after["defense"]["epochs"]
+    assert cfg.hash(before) != cfg.hash(after)
+
+
+def test_resolved_params_names_unknown_parameters():
+    assert pr.defenses.resolved_params("krum", {"num_malicious": 3})["num_malicious"] == 3
+    with pytest.raises(ValueError, match="accepted"):
+        pr.defenses.resolved_params("krum", {"num_maliciuos": 3})

@@ -6,6 +6,8 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 """
 from __future__ import annotations
 
+import inspect
+
 from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
 from .detectors import GeminiGuard, WeiDetect
@@ -54,4 +56,19 @@ def get(name: str, **params) -> Defense:
         raise ValueError(f"bad parameters {params} for defense {name!r}: {e}") from None
 
 
-__all__ = ["AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names"]
+def resolved_params(name: str, params: dict | None = None) -> dict:
+    """Every constructor parameter of defense ``name``: its defaults with ``params`` applied. Part of a run's cache
+    key, so that changing a default re-runs the experiments it affects instead of reusing stale results."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown defense {name!r}; known defenses: {names()}")
+    sig = inspect.signature(REGISTRY[name].__init__)
+    out = {k: p.default for k, p in sig.parameters.items()
+           if k != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
+    unknown = set(params or {}) - set(sig.parameters)
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
+    out.update(params or {})
+    return out
+
+
+__all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names"]
