@@ -70,8 +70,42 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
     g.add_argument("--defenses", nargs="+", default=None)
     g.add_argument("--out", default=None)
+    r2 = sub.add_parser("results", help="recompute every table the figure notebooks read (grid, ablations, F3, F1)")
+    r2.add_argument("--profile", default="quick")
+    r2.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r2.add_argument("--defenses", nargs="+", default=None)
+    r2.add_argument("--tables-dir", default=None)
+    t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
+    t.add_argument("--profile", default="quick")
+    t.add_argument("--tables-dir", default=None)
+    for name, what in (("figures", "the figure notebooks (from the tables) → figures/"),
+                       ("notebooks", "the numbered notebooks 01–05 through papermill")):
+        f = sub.add_parser(name, help=what)
+        f.add_argument("--profile", default="quick")
+        f.add_argument("--tables-dir", default=None)
+        f.add_argument("--figures-dir", default=str(FIGURES))
+        f.add_argument("--out", default=None, help="folder for the executed copies (default build/notebooks)")
     a = p.parse_args(argv)
-    if a.cmd == "grid":
+    if a.cmd in ("figures", "notebooks"):
+        from . import batch
+        from .tables import TABLES_DIR
+
+        paths = batch.figure_notebooks() if a.cmd == "figures" else batch.numbered_notebooks()
+        out = a.out or batch.BUILD_DIR / a.cmd
+        t0 = time.perf_counter()
+        done = batch.run_notebooks(paths, out, profile=a.profile, tables_dir=str(a.tables_dir or TABLES_DIR),
+                                   figures_dir=str(Path(a.figures_dir).resolve()))
+        print(json.dumps({"notebooks": done, "seconds": round(time.perf_counter() - t0, 1), "executed": str(out)},
+                         indent=2))
+    elif a.cmd == "results":
+        from .tables import compute_tables
+
+        print(json.dumps(compute_tables(a.profile, tuple(a.seeds), a.defenses, tables_dir=a.tables_dir), indent=2))
+    elif a.cmd == "tables":
+        from .tables import export_tables
+
+        print("\n".join(str(p) for p in export_tables(a.profile, tables_dir=a.tables_dir)))
+    elif a.cmd == "grid":
         from .grid import run_grid
 
         df = run_grid(a.profile, a.defenses, seeds=tuple(a.seeds), out_csv=a.out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,9 @@ from . import defenses
 from .config import load_config
 from .experiment import default_results_dir, run_experiment
 
+# reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
+DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
+                 "mars", "geminiguard", "weidetect", "pruning", "mm_bm", "mmac", "act_bound"]
 PARTITIONS = {"iid": {"partition": "iid"}, "dirichlet0.5": {"partition": "dirichlet", "beta": 0.5}}
 
 
@@ -33,8 +37,7 @@ def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
     rows = []
     combos = list(itertools.product(names, attacks, partitions, seeds))
     for name, attack, part, seed in tqdm(combos, desc="grid", disable=not progress):
-        cfg = load_config(profile, attack={"kind": attack}, defense={"name": name}, data=PARTITIONS[part], seed=seed,
-                          **overrides)
+        cfg = grid_config(profile, attack, name, part, seed, **overrides)
         res = run_experiment(cfg, results_dir=results_dir, progress=False)
         rows.append({"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
                      "run": res.run_dir.name})
@@ -50,20 +53,62 @@ def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "
     """One row per defense, one column per (metric, attack), mean over seeds, for one partition."""
     sub = df[df["partition"] == partition]
     wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
-    return wide.reindex(columns=["none", "classic", "fm"], level=1)
+    wide = wide.reindex(columns=["none", "classic", "fm"], level=1)
+    order = [d for d in DEFENSE_ORDER if d in wide.index] + sorted(set(wide.index) - set(DEFENSE_ORDER))
+    return wide.reindex(order)
 
 
-def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
-    """The grid table rebuilt from whatever finished run folders exist (no run is started)."""
+def grid_config(profile: str, attack: str, defense: str, partition: str, seed: int, **overrides):
+    """The config of one grid cell (``partition`` a key of :data:`PARTITIONS`)."""
+    return load_config(profile, attack={"kind": attack}, defense={"name": defense}, data=PARTITIONS[partition],
+                       seed=seed, **overrides)
+
+
+def _grid_runs(results_dir: str | Path | None, profile: str) -> pd.DataFrame:
+    """Per-round rows of the finished runs whose config is exactly a grid cell's (ablation variants left out),
+    with a ``partition`` column named as in :data:`PARTITIONS`."""
     from .experiment import load_results
 
     df = load_results(results_dir, profile)
     if df.empty:
         return df
+    base = Path(results_dir) if results_dir is not None else default_results_dir()
+    keep = {}
+    for run, h in df.groupby("run"):
+        part = "iid" if h["partition"].iloc[0] == "iid" else f"{h['partition'].iloc[0]}{h['beta'].iloc[0]:g}"
+        if part not in PARTITIONS:
+            continue
+        stored = json.loads((base / run / "config.json").read_text())["config"]
+        want = grid_config(profile, h["attack"].iloc[0], h["defense"].iloc[0], part, int(h["seed"].iloc[0]))
+        if stored == json.loads(json.dumps(want.to_dict(), default=list)):
+            keep[run] = part
+    df = df[df["run"].isin(keep)].copy()
+    df["partition"] = df["run"].map(keep)
+    return df
+
+
+def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
+    """The grid table rebuilt from whatever finished grid runs exist (no run is started)."""
+    df = _grid_runs(results_dir, profile)
+    if df.empty:
+        return df
     rows = []
     for run, h in df.groupby("run"):
         h = h.sort_values("round")
-        part = "iid" if h["partition"].iloc[0] == "iid" else f"{h['partition'].iloc[0]}{h['beta'].iloc[0]:g}"
-        rows.append({"defense": h["defense"].iloc[0], "attack": h["attack"].iloc[0], "partition": part,
-                     "seed": int(h["seed"].iloc[0]), **summarise(h), "run": run})
-    return pd.DataFrame(rows)
+        first = h.iloc[0]
+        rows.append({"defense": first["defense"], "attack": first["attack"], "partition": first["partition"],
+                     "seed": int(first["seed"]), **summarise(h), "run": run})
+    return pd.DataFrame(rows).sort_values(["partition", "defense", "attack", "seed"], ignore_index=True)
+
+
+ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "acc", "asr", "tpr", "fpr", "num_flagged",
+                 "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds", "round_seconds"]
+
+
+def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
+    """Per-round metrics of every finished grid run (tidy; the data of F2, F5 and F7)."""
+    df = _grid_runs(results_dir, profile)
+    if df.empty:
+        return df
+    return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(["partition", "defense", "attack", "seed", "round"],
+                                                                   ignore_index=True)

@@ -96,3 +96,157 @@ def defense_heatmap(table: pd.DataFrame, title: str = ""):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def asr_rounds(history: pd.DataFrame, defenses: list[str], title: str = ""):
+    """ASR per round (mean ± std over seeds), one panel per attack, one line per defense."""
+    attacks = [a for a in ("classic", "fm", "none") if a in set(history["attack"])]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.6 * len(attacks), 3.8), sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        sub = history[history["attack"] == attack]
+        for name in defenses:
+            g = sub[sub["defense"] == name]
+            if g.empty:
+                continue
+            st = g.groupby("round")["asr"].agg(["mean", "std"])
+            ax.plot(st.index, st["mean"], marker="o", ms=3, label=name, lw=2.2 if name == "act_bound" else 1.2)
+            ax.fill_between(st.index, st["mean"] - st["std"].fillna(0), st["mean"] + st["std"].fillna(0), alpha=0.15)
+        ax.set_title(ATTACK_LABELS.get(attack, attack), fontsize=9)
+        ax.set_xlabel("FL round (0 = after synthetic initialisation)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ASR (triggered non-target → target)")
+    axes[0][-1].legend(fontsize=8, loc="center right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
+    """F3: per attack (columns) and model (rows: no defense / act_bound), histograms of the per-image mean activation
+    of the trigger-sensitive units, clean vs triggered inputs (``paper_repro.analysis.activation_scores``)."""
+    attacks = [a for a in ("none", "classic", "fm") if a in set(scores["attack"])]
+    models = [m for m in ("no defense", "act_bound") if m in set(scores["model"])]
+    fig, axes = plt.subplots(len(models), len(attacks), figsize=(4.2 * len(attacks), 2.8 * len(models)),
+                             squeeze=False, sharex="col")
+    for j, attack in enumerate(attacks):
+        sub = scores[scores["attack"] == attack]
+        edges = np.linspace(0, max(float(sub["score"].max()), 1e-3), bins + 1)
+        for i, model in enumerate(models):
+            ax = axes[i][j]
+            for inp, color in (("clean", "tab:blue"), ("triggered", "tab:red")):
+                s = sub[(sub["model"] == model) & (sub["input"] == inp)]["score"]
+                ax.hist(s, bins=edges, alpha=0.55, color=color, label=f"{inp} (mean {s.mean():.2f})")
+            ax.set_title(f"{ATTACK_LABELS.get(attack, attack)} — {model}", fontsize=8)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("test images")
+            if i == len(models) - 1:
+                ax.set_xlabel(f"mean activation of the top trigger units ({sub['site'].iloc[0]})", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def unit_profile(profile: pd.DataFrame, top: int = 40, title: str = ""):
+    """The ``top`` units the trigger raises most: mean activation on clean and triggered inputs, clean 99th
+    percentile, and the learned bound (``paper_repro.analysis.unit_profile``)."""
+    p = profile.head(top)
+    x = np.arange(len(p))
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(p) + 2), 3.6))
+    ax.bar(x - 0.2, p["clean_mean"], 0.4, label="clean: mean", color="tab:blue")
+    ax.bar(x + 0.2, p["triggered_mean"], 0.4, label="triggered: mean", color="tab:red")
+    ax.plot(x, p["clean_p99"], "b_", ms=10, mew=2, label="clean: 99th percentile")
+    ax.plot(x, p["bound"], "k_", ms=12, mew=2.5, label="learned upper bound")
+    ax.set_xticks(x, p["unit"], rotation=90, fontsize=6)
+    ax.set_xlabel(f"unit of {p['site'].iloc[0]} (sorted by how much the trigger raises it)")
+    ax.set_ylabel("activation (post-ReLU)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ablation(df: pd.DataFrame, title: str = ""):
+    """F6: one panel per ablation; x = the varied value, ASR (solid) and ACC (dashed) per defense, mean ± std over
+    seeds. ``df`` columns: ablation, label, value, defense, acc, asr (``paper_repro.ablations``)."""
+    names = list(dict.fromkeys(df["ablation"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        sub = df[df["ablation"] == name]
+        order = list(dict.fromkeys(sub["value"].astype(str)))
+        for k, (d, g) in enumerate(sub.groupby("defense", sort=False)):
+            st = g.assign(v=g["value"].astype(str)).groupby("v")[["acc", "asr"]].agg(["mean", "std"]).reindex(order)
+            x = [order.index(v) for v in st.index]
+            color = f"C{k}"
+            ax.errorbar(x, st[("asr", "mean")], st[("asr", "std")].fillna(0), marker="o", ms=4, color=color,
+                        label=f"{d}: ASR")
+            ax.errorbar(x, st[("acc", "mean")], st[("acc", "std")].fillna(0), marker="s", ms=3, ls="--",
+                        color=color, alpha=0.7, label=f"{d}: ACC")
+        ax.set_xticks(range(len(order)), order, fontsize=8)
+        ax.set_xlabel(sub["label"].iloc[0], fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final ACC (dashed) / ASR (solid)")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def overhead(grid: pd.DataFrame, title: str = ""):
+    """F7: seconds per round split into the defense's share and the rest of the round (mean over runs), one bar per
+    defense, the share in % written beside it."""
+    g = grid.groupby("defense")[["defense_seconds", "round_seconds"]].mean().sort_values("defense_seconds")
+    rest = g["round_seconds"] - g["defense_seconds"]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(g) + 1.4))
+    y = np.arange(len(g))
+    ax.barh(y, rest, color="lightgray", label="rest of the round (local training, fusion, evaluation)")
+    ax.barh(y, g["defense_seconds"], left=rest, color="tab:orange", label="defense")
+    for i, (d, s) in enumerate(g.iterrows()):
+        ax.text(s["round_seconds"] * 1.01, i, f"{100 * s['defense_seconds'] / s['round_seconds']:.1f} %",
+                va="center", fontsize=7)
+    ax.set_yticks(y, g.index, fontsize=8)
+    ax.set_xlabel("wall-clock seconds per FL round")
+    ax.set_xlim(0, g["round_seconds"].max() * 1.15)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def table(df: pd.DataFrame, title: str = "", col_width: float = 1.4, fontsize: int = 7):
+    """A DataFrame drawn as a figure (for tables such as T1 that must also exist as PNG/PDF)."""
+    fig, ax = plt.subplots(figsize=(col_width * len(df.columns) + 0.5, 0.28 * len(df) + 0.9))
+    ax.axis("off")
+    t = ax.table(cellText=df.astype(str).values, colLabels=list(df.columns), loc="center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(fontsize)
+    t.scale(1, 1.25)
+    t.auto_set_column_width(list(range(len(df.columns))))
+    for (r, _), cell in t.get_celld().items():
+        if r == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("#e8e8e8")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(df: pd.DataFrame, title: str = ""):
+    """ASR (x) against ACC (y), one labelled point per row of ``df`` (columns variant, acc, asr): lower right is
+    better."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, r in df.reset_index(drop=True).iterrows():
+        ax.scatter(r["asr"], r["acc"], s=40, color=f"C{i % 10}")
+        ax.annotate(r["variant"], (r["asr"], r["acc"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xlabel("ASR (triggered non-target → target), lower is better")
+    ax.set_ylabel("ACC (clean test), higher is better")
+    ax.set_xlim(-0.03, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

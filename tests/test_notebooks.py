@@ -1,5 +1,6 @@
 """Smoke tier: every notebook runs top to bottom under papermill in the `smoke` profile, and is stored commit-ready
 (a `parameters` cell, outputs stripped)."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -7,18 +8,22 @@ import pytest
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+FIGURE_NOTEBOOKS = sorted((NOTEBOOKS_DIR / "figures").glob("*.ipynb"))
+README = NOTEBOOKS_DIR.parent / "README.md"
 # figure files (stem → suffixes) a notebook must write into figures_dir in the smoke profile
 EXPECTED_FIGURES = {"01_foundation_model": ["nb01_fm_samples_smoke"],
                     "02_poison_synthetic_data": ["nb02_synthetic_poisoned_smoke"],
                     "03_fl_without_defense": ["nb03_acc_asr_smoke"],
-                    "04_fl_with_defenses": ["nb04_defenses_iid_smoke", "nb04_defenses_dirichlet0.5_smoke"]}
+                    "04_fl_with_defenses": ["nb04_defenses_iid_smoke", "nb04_defenses_dirichlet0.5_smoke"],
+                    "05_activation_bounds_walkthrough": ["nb05_unit_profile_smoke", "nb05_activations_smoke",
+                                                         "nb05_knobs_smoke"]}
 
 
 def test_notebooks_found():
     assert NOTEBOOKS, f"no notebooks in {NOTEBOOKS_DIR}"
 
 
-@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb_path", NOTEBOOKS + FIGURE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_commit_ready(nb_path):
     nb = nbformat.read(nb_path, as_version=4)
     assert nb.cells[0].cell_type == "markdown", "the first cell must state the claim/figure, inputs, deviations"
@@ -50,3 +55,31 @@ def test_notebook_runs_in_smoke(nb_path, tmp_path, monkeypatch):
     for stem in EXPECTED_FIGURES.get(nb_path.stem, []):
         for suffix in (".png", ".pdf"):
             assert (figures / (stem + suffix)).is_file(), f"{nb_path.name} did not write {stem}{suffix}"
+
+
+def readme_figures() -> list[str]:
+    """Stems of the figures the README's figure table promises (``figures/<stem>.png``)."""
+    return sorted(set(re.findall(r"`figures/([\w.\-]+)\.png`", README.read_text())))
+
+
+@pytest.fixture(scope="module")
+def figure_batch(tmp_path_factory):
+    """Every figure notebook run once through papermill against the committed quick tables."""
+    pytest.importorskip("papermill")
+    from paper_repro import batch
+
+    tmp = tmp_path_factory.mktemp("figure_batch")
+    batch.run_notebooks(FIGURE_NOTEBOOKS, tmp / "executed", progress=False, profile="quick",
+                        figures_dir=str(tmp / "figures"))
+    return tmp / "figures"
+
+
+def test_figure_notebooks_found_and_readme_lists_figures():
+    assert len(FIGURE_NOTEBOOKS) >= 8, FIGURE_NOTEBOOKS
+    assert len(readme_figures()) >= 10, "the README's figure table lists too few figures"
+
+
+@pytest.mark.parametrize("stem", readme_figures())
+def test_every_readme_figure_is_rebuilt_from_the_committed_tables(figure_batch, stem):
+    for suffix in (".png", ".pdf"):
+        assert (figure_batch / (stem + suffix)).is_file(), f"no figure notebook wrote {stem}{suffix}"

@@ -1,0 +1,153 @@
+"""The small tidy tables committed under ``data/tables`` that the figure notebooks read (so that every figure
+rebuilds in seconds from a fresh clone), how they are exported from the run folders, and T1 (our numbers beside the
+published ones)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import REPO_ROOT, ImageSet
+
+TABLES_DIR = REPO_ROOT / "data" / "tables"
+
+
+def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, suffix: str = "csv") -> Path:
+    """``<tables_dir>/<kind>_<profile>.<suffix>``, e.g. ``grid_quick.csv``."""
+    return Path(tables_dir or TABLES_DIR) / f"{kind}_{profile}.{suffix}"
+
+
+def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame:
+    """A committed table; a missing one raises with the command that writes it."""
+    p = table_path(kind, profile, tables_dir)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist. Write it with `python -m paper_repro results --profile "
+                                f"{profile}` (runs the experiments) or use the committed quick tables "
+                                f"(tables_dir={TABLES_DIR}).")
+    return pd.read_csv(p)
+
+
+# --------------------------------------------------------------------------------------------- F1 samples
+def export_samples(clean: ImageSet, poisoned: ImageSet, poisoned_idx: np.ndarray, path: str | Path,
+                   per_class: int = 8, seed: int = 0) -> Path:
+    """``per_class`` random images per label of the clean and of the poisoned synthetic set (with a flag for the
+    triggered ones) into one small .npz."""
+    rng = np.random.default_rng(seed)
+    flag = np.zeros(len(poisoned), bool)
+    flag[np.asarray(poisoned_idx, dtype=np.int64)] = True
+
+    def pick(s: ImageSet) -> np.ndarray:
+        return np.concatenate([rng.permutation(np.flatnonzero(s.y == c))[:per_class] for c in range(s.num_classes)])
+
+    ic, ip = pick(clean), pick(poisoned)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, clean_x=clean.x[ic], clean_y=clean.y[ic], poisoned_x=poisoned.x[ip],
+                        poisoned_y=poisoned.y[ip], poisoned_flag=flag[ip], classes=np.array(clean.classes))
+    return path
+
+
+def load_samples(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray]:
+    """(clean, poisoned, indices of the triggered images in ``poisoned``) from :func:`export_samples`."""
+    z = np.load(path)
+    classes = tuple(str(c) for c in z["classes"])
+    return (ImageSet(z["clean_x"], z["clean_y"], classes), ImageSet(z["poisoned_x"], z["poisoned_y"], classes),
+            np.flatnonzero(z["poisoned_flag"]))
+
+
+# ----------------------------------------------------------------------------------------------- T1
+PUBLISHED = TABLES_DIR / "published.csv"
+
+
+def compare_published(grid: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """T1: every published cell (PAPER.md §7) beside our mean ± std over seeds for the matching
+    (attack, defense, partition) of the grid. ACC/ASR in %."""
+    pub = published if published is not None else pd.read_csv(PUBLISHED)
+    stats = grid.groupby(["attack", "defense", "partition"])[["acc", "asr"]].agg(["mean", "std", "count"])
+    rows = []
+    for _, p in pub.iterrows():
+        key = (p["ours_attack"], p["ours_defense"], p["ours_partition"])
+        r = {"source": p["source"], "setting": p["setting"], "published ACC": _pct(p["acc"]),
+             "published ASR": _pct(p["asr"])}
+        if key in stats.index:
+            s = stats.loc[key]
+            r["ours ACC"] = _pm(s[("acc", "mean")], s[("acc", "std")])
+            r["ours ASR"] = _pm(s[("asr", "mean")], s[("asr", "std")])
+            r["seeds"] = int(s[("acc", "count")])
+        else:
+            r["ours ACC"] = r["ours ASR"] = "not run"
+            r["seeds"] = 0
+        r["ours (attack / defense / partition)"] = " / ".join(key)
+        r["differs"] = p["differs"]
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _pct(v) -> str:
+    return "–" if pd.isna(v) else f"{float(v):.1f}"
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ± {100 * std:.1f}")
+
+
+# ------------------------------------------------------------------------------------------ recompute
+def export_tables(profile: str = "quick", results_dir: str | Path | None = None,
+                  tables_dir: str | Path | None = None) -> list[Path]:
+    """Grid table and per-round table from the finished run folders (no run is started)."""
+    from .grid import collect, collect_rounds
+
+    out = []
+    for kind, df in (("grid", collect(results_dir, profile)), ("rounds", collect_rounds(results_dir, profile))):
+        p = table_path(kind, profile, tables_dir)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(p, index=False, float_format="%.5g")
+        out.append(p)
+    return out
+
+
+def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defense_names: list[str] | None = None,
+                   ablation_seeds: tuple[int, ...] | None = None, results_dir: str | Path | None = None,
+                   tables_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Everything the figure notebooks read, recomputed (cached runs are reused): the defense grid, the ablations,
+    the activation study (F3) and the F1 samples; then the tables are exported. Returns seconds per step."""
+    import json
+    import resource
+    import time
+
+    from . import analysis
+    from .ablations import run_ablations
+    from .config import load_config
+    from .experiment import prepare
+    from .grid import run_grid
+
+    seconds = {}
+    t = time.perf_counter()
+    prep = prepare(load_config(profile, attack={"kind": "fm"}, seed=seeds[0]), progress)
+    export_samples(prep.synthetic_clean, prep.inputs.synthetic_kd, prep.fm_poisoned,
+                   table_path("samples", profile, tables_dir, "npz"))
+    seconds["synthetic_set_and_samples"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run_grid(profile, defense_names, seeds=tuple(seeds), results_dir=results_dir, progress=progress)
+    seconds["grid"] = time.perf_counter() - t
+    t = time.perf_counter()
+    abl = run_ablations(profile, seeds=tuple(ablation_seeds or seeds[:1]), results_dir=results_dir, progress=progress)
+    abl.to_csv(table_path("ablations", profile, tables_dir), index=False, float_format="%.5g")
+    seconds["ablations"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scores, metrics = analysis.activation_study(profile, seed=seeds[0], progress=progress)
+    scores.to_csv(table_path("activations", profile, tables_dir), index=False, float_format="%.4g")
+    metrics.to_csv(table_path("activation_metrics", profile, tables_dir), index=False, float_format="%.5g")
+    seconds["activation_study"] = time.perf_counter() - t
+    export_tables(profile, results_dir, tables_dir)
+    summary = {"profile": profile, "seeds": list(seeds), "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    table_path("results", profile, tables_dir, "json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def seeds_text(df: pd.DataFrame) -> str:
+    """"seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles."""
+    s = sorted(int(x) for x in df["seed"].unique())
+    return f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
