@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine (see README):  make figures   |   make test
+# make results recomputes the tables the figures read; make all = results + figures + notebooks.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ SEEDS ?= 0
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup data test test-fast figures all bench clean
+.PHONY: setup data test test-fast figures results notebooks main all bench clean
 
 setup: $(VENV)/.installed data
 
@@ -34,10 +35,23 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not claims"
 
-figures: setup
+# every figure from the committed tables in data/tables (figure notebooks through papermill; ~1 minute)
+figures: $(VENV)/.installed
+	$(PY) -m paper_repro figures --profile $(PROFILE)
+
+# recompute those tables: defense grid (SEEDS), ablations, activation study, F1 samples (runs are cached)
+results: setup
+	$(PY) -m paper_repro results --profile $(PROFILE) --seeds $(SEEDS)
+
+# the numbered notebooks 01-05 through papermill (executed copies in build/notebooks/notebooks)
+notebooks: setup
+	$(PY) -m paper_repro notebooks --profile $(PROFILE)
+
+# the no-defense main job alone (clean / classic / FM attack) with F1/F2
+main: setup
 	$(PY) -m paper_repro main --profile $(PROFILE) --seeds $(SEEDS)
 
-all: figures
+all: results figures notebooks
 
 clean:
 	rm -rf build .pytest_cache data/cache

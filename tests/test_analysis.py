@@ -1,0 +1,103 @@
+"""Analysis (F3, notebook 05), ablations (F6) and the committed tables (T1, F1): smoke tier."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import paper_repro as pr
+from paper_repro import analysis, grid, tables
+from paper_repro.ablations import ABLATIONS, run_ablations
+from paper_repro.train import flat_state
+
+
+@pytest.fixture(scope="module")
+def fm_run():
+    return analysis.train_and_bound(pr.load_config("smoke", attack={"kind": "fm"}), progress=False)
+
+
+def test_bounded_activations_never_exceed_the_learned_bounds(fm_run):
+    site = list(fm_run.bounds)[-1]
+    clean, trig = fm_run.paired_inputs(40)
+    for x in (clean, trig):
+        a = fm_run.activations(x, site, bounded=True)
+        assert (a <= fm_run.bounds[site].flatten() + 1e-6).all()
+    # and the unbounded model does exceed them somewhere (the bounds do something)
+    assert (fm_run.activations(trig, site, bounded=False) > fm_run.bounds[site].flatten() + 1e-6).any()
+
+
+def test_paired_inputs_are_the_same_images_with_and_without_the_trigger(fm_run):
+    clean, trig = fm_run.paired_inputs(30)
+    assert clean.shape == trig.shape
+    diff = (clean != trig).flatten(1).any(1)
+    assert diff.all()  # every image carries the trigger ...
+    changed = (clean != trig).any(0).any(0)  # ... and only inside the trigger patch
+    assert changed.sum() <= fm_run.cfg.attack.trigger_size ** 2
+
+
+def test_unit_profile_is_sorted_by_the_trigger_effect_and_carries_the_bounds(fm_run):
+    prof = analysis.unit_profile(fm_run, n=40)
+    assert prof["trigger_gap"].is_monotonic_decreasing
+    site = prof["site"].iloc[0]
+    b = fm_run.bounds[site].flatten().numpy()
+    np.testing.assert_allclose(prof["bound"].to_numpy(), b[prof["unit"].to_numpy()])
+
+
+def test_activation_scores_are_tidy(fm_run):
+    s = analysis.activation_scores(fm_run, n=30, top_k=5)
+    assert set(s["model"]) == {"no defense", "act_bound"} and set(s["input"]) == {"clean", "triggered"}
+    assert len(s) == 4 * 30 and (s["attack"] == "fm").all()
+
+
+def test_knob_sweep_leaves_the_weights_untouched(fm_run):
+    before = flat_state(fm_run.model).clone()
+    sweep = analysis.knob_sweep(fm_run, {"q1": {"init_quantile": 1.0}, "chan": {"granularity": "channel"}},
+                                progress=False)
+    assert list(sweep["variant"]) == ["no defense", "q1", "chan"]
+    assert torch.equal(before, flat_state(fm_run.model))
+
+
+def test_ablation_default_point_shares_the_grid_run(tmp_path):
+    g = grid.run_grid("smoke", ["act_bound"], attacks=("fm",), partitions=("iid",), results_dir=tmp_path,
+                      progress=False)
+    abl = run_ablations("smoke", ["penalty_weight"], results_dir=tmp_path, progress=False)
+    assert list(abl["value"]) == list(ABLATIONS["penalty_weight"].values)
+    default = abl[abl["value"] == pr.defenses.resolved_params("act_bound")["c0"]]
+    assert default["run"].item() == g["run"].item()
+    # the grid table leaves the ablation variants out
+    assert len(grid.collect(tmp_path, "smoke")) == 1
+
+
+def test_unknown_ablation_names_the_known_ones():
+    with pytest.raises(ValueError, match="poison_ratio"):
+        run_ablations("smoke", ["poison_share"])
+
+
+def test_samples_round_trip(tmp_path):
+    prep = pr.prepare(pr.load_config("smoke", attack={"kind": "fm"}), progress=False)
+    p = tables.export_samples(prep.synthetic_clean, prep.inputs.synthetic_kd, prep.fm_poisoned, tmp_path / "s.npz",
+                              per_class=3)
+    clean, poisoned, flagged = tables.load_samples(p)
+    assert len(clean) == 3 * clean.num_classes and clean.classes == prep.synthetic_clean.classes
+    assert len(flagged) and (poisoned.y[flagged] == pr.load_config("smoke").attack.target_class).all()
+
+
+def test_missing_table_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="paper_repro results"):
+        tables.read_table("grid", "quick", tmp_path)
+
+
+def test_compare_published_matches_our_cells_and_marks_missing_ones():
+    g = pd.DataFrame({"attack": ["fm", "fm"], "defense": ["none", "none"], "partition": ["iid", "iid"],
+                      "seed": [0, 1], "acc": [0.8, 0.9], "asr": [0.9, 1.0]})
+    pub = pd.DataFrame({"source": ["a", "b"], "setting": ["x", "y"], "acc": [60.0, None], "asr": [90.0, 95.0],
+                        "ours_attack": ["fm", "classic"], "ours_defense": ["none", "none"],
+                        "ours_partition": ["iid", "iid"], "differs": ["", ""]})
+    t = tables.compare_published(g, pub)
+    assert t.loc[0, "ours ACC"] == "85.0 ± 7.1" and t.loc[0, "seeds"] == 2
+    assert t.loc[1, "ours ASR"] == "not run" and t.loc[1, "published ACC"] == "–"
+
+
+def test_committed_published_table_points_at_grid_cells():
+    pub = pd.read_csv(tables.PUBLISHED)
+    assert set(pub["ours_defense"]) <= set(pr.defenses.names())
+    assert set(pub["ours_partition"]) <= set(grid.PARTITIONS)
