@@ -20,6 +20,7 @@ TRIGGERS = ("badnets", "blend")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
+ENGINES = ("loop", "batched")
 
 
 class ConfigError(ValueError):
@@ -207,8 +208,12 @@ class FLConfig:
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
     eval_batch_size: int = 1000
     """Batch size for evaluation. ours"""
+    engine: str = "loop"
+    """Local training: loop (per client, the reference) | batched (the round's clients as one vmapped computation,
+    paper_repro.engine; same results up to float rounding, tested). Like ``device``, not part of the run key. ours"""
 
     def __post_init__(self) -> None:
+        _choice("fl.engine", self.engine, ENGINES)
         _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
         _check(1 <= self.clients_per_round <= self.num_clients,
                f"fl.clients_per_round={self.clients_per_round} must be in [1, num_clients={self.num_clients}]")
@@ -274,13 +279,25 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def result_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the execution details that do not change results beyond float rounding
+        (``device``, ``fl.engine``): what the run key hashes and what two runs must share to be the same run."""
+        return strip_execution(self.to_dict())
+
     def hash(self, extra: dict | None = None) -> str:
-        """Hash of every field that changes results (device excluded), plus ``extra`` (data/FM hashes)."""
-        d = self.to_dict()
-        d.pop("device")
+        """Hash of every field that changes results (execution details excluded), plus ``extra`` (data/FM hashes)."""
+        d = self.result_dict()
         if extra:
             d["_extra"] = extra
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def strip_execution(d: dict) -> dict:
+    """A config dict (``Config.to_dict`` or a saved one) without ``device`` and ``fl.engine``."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    d.pop("device", None)
+    d.get("fl", {}).pop("engine", None)
+    return d
 
 
 def num_classes(dataset: str) -> int:

@@ -16,6 +16,7 @@ from .attacks import ClientAttack
 from .config import Config
 from .data import ImageSet
 from .defenses import Defense, RoundContext
+from .engine import batched_local_train
 from .models import build_model
 from .rng import derive_seed, np_rng, torch_gen
 from .train import accuracy, distill, flat_state, load_flat_state, local_train, predict_logits, train_supervised
@@ -93,15 +94,16 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         # 2. local training (malicious clients train on poisoned data and may scale their update)
         t = time.perf_counter()
         g = flat_state(model)
-        updates, teachers = [], []
         client_ctx = defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
-        for k in ids:
-            x, y = client_tensors[k]
-            theta = local_train(model, x, y, fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
-                                torch_gen(seed, "client", int(k), "round", rnd), cl,
-                                context=client_ctx)
-            teachers.append(theta)  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
-            updates.append(inp.attack.craft_update(int(k), theta - g))
+        gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
+        if fl.engine == "batched":
+            thetas = list(batched_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
+                                              fl.momentum, fl.batch_size, gens, cl, context=client_ctx))
+        else:
+            thetas = [local_train(model, *client_tensors[k], fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
+                                  gen, cl, context=client_ctx) for k, gen in zip(ids, gens)]
+        teachers = thetas  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
+        updates = [inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)]
         updates_t = torch.stack(updates)  # (K, P)
         row["local_seconds"] = time.perf_counter() - t
         # 3. aggregation through the defense (robust aggregators / detectors act here)

@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import defenses
-from .config import load_config
+from .config import load_config, strip_execution
 from .experiment import default_results_dir, run_experiment
 
 # reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
@@ -80,7 +80,7 @@ def _grid_runs(results_dir: str | Path | None, profile: str) -> pd.DataFrame:
             continue
         stored = json.loads((base / run / "config.json").read_text())["config"]
         want = grid_config(profile, h["attack"].iloc[0], h["defense"].iloc[0], part, int(h["seed"].iloc[0]))
-        if stored == json.loads(json.dumps(want.to_dict(), default=list)):
+        if strip_execution(stored) == json.loads(json.dumps(want.result_dict(), default=list)):
             keep[run] = part
     df = df[df["run"].isin(keep)].copy()
     df["partition"] = df["run"].map(keep)

@@ -53,6 +53,8 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+            if not len(idx):  # a client without data does not move (instead of a NaN loss)
+                continue
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,92 @@
+"""Batched local training: the sampled clients of a round trained together as one computation.
+
+``torch.func.vmap`` over a stacked copy of the parameters (one slice per client) turns each convolution into a
+grouped one and each matrix product into a batched one; every client keeps its own data order (its generator draws
+the same permutations as in :func:`paper_repro.train.local_train`), its own SGD momentum buffer and its own number of
+steps (clients whose data ran out are masked, not updated). Batches are padded to ``batch_size`` with zero-weight
+samples so that the loss of a short last batch is the mean over its real samples, as in the reference loop.
+
+The plain per-client loop (:func:`paper_repro.train.local_train`) stays the reference implementation; this engine
+must match it (``tests/test_engine.py``) and falls back to it for models it cannot batch (BatchNorm, whose running
+statistics are per-client state updated in place).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .train import flat_state, local_train, state_keys
+
+
+def can_batch(model: nn.Module) -> bool:
+    """True when the model has no buffers (e.g. no BatchNorm), so clients differ only in their parameters."""
+    return not any(True for _ in model.buffers())
+
+
+def _schedules(sizes: list[int], epochs: int, batch_size: int, generators: list[torch.Generator]):
+    """Per client, the list of its index batches over all epochs, drawn exactly as the reference loop draws them."""
+    out = []
+    for n, g in zip(sizes, generators):
+        steps = []
+        for _ in range(epochs):
+            steps.extend(b for b in torch.randperm(n, generator=g).split(batch_size) if len(b))
+        out.append(steps)
+    return out
+
+
+def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,
+                        lr: float, momentum: float, batch_size: int, generators: list[torch.Generator],
+                        channels_last: bool = False, context=None) -> torch.Tensor:
+    """Step 2 for K clients at once: returns their flat states (K, P), row k = client k trained from
+    ``global_model`` on ``data[k]`` with ``generators[k]``. Same semantics as K calls of
+    :func:`paper_repro.train.local_train` (SGD with momentum, fresh optimiser, mean cross-entropy per batch).
+    ``channels_last`` only matters for the fallback loop (under vmap the batched kernels choose the layout)."""
+    if len(data) != len(generators):
+        raise ValueError(f"{len(data)} clients but {len(generators)} generators")
+    if not can_batch(global_model):
+        return torch.stack([local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last,
+                                        context) for (x, y), g in zip(data, generators)])
+    k_clients = len(data)
+    model = copy.deepcopy(global_model).train()
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach().unsqueeze(0).repeat(k_clients, *([1] * p.dim())) for n, p in model.named_parameters()}
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()}
+    sched = _schedules([len(x) for x, _ in data], epochs, batch_size, generators)
+    num_steps = max((len(s) for s in sched), default=0)
+
+    def loss(p: dict, xb: torch.Tensor, yb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (xb,))
+        return (F.cross_entropy(out, yb, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+
+    grads_fn = vmap(grad(loss))
+    template = next((x for x, _ in data if len(x)), None)
+    if template is None:  # nobody has data: nobody moves
+        return torch.stack([flat_state(global_model)] * k_clients)
+    zero_x = torch.zeros((batch_size, *template.shape[1:]), dtype=template.dtype)
+    zero_y, zero_w = torch.zeros(batch_size, dtype=torch.long), torch.zeros(batch_size)
+    with context(model) if context is not None else contextlib.nullcontext():
+        for s in range(num_steps):
+            xs, ys, ws, active = [], [], [], []
+            for (x, y), steps in zip(data, sched):
+                if s >= len(steps):  # this client's data ran out (or it has none): compute on zeros, update nothing
+                    xs.append(zero_x), ys.append(zero_y), ws.append(zero_w), active.append(False)
+                    continue
+                idx, n = steps[s], len(steps[s])
+                if n < batch_size:  # short last batch: pad with zero-weight copies of its first sample
+                    idx = torch.cat([idx, idx[:1].expand(batch_size - n)])
+                xs.append(x[idx]), ys.append(y[idx]), active.append(True)
+                ws.append(torch.cat([torch.ones(n), torch.zeros(batch_size - n)]))
+            g = grads_fn(params, torch.stack(xs), torch.stack(ys), torch.stack(ws))
+            a = torch.tensor(active)
+            with torch.no_grad():
+                for n in names:  # torch.optim.SGD (dampening 0): buf = m·buf + g (buf starts at 0), p -= lr·buf
+                    mask = a.view(-1, *([1] * (params[n].dim() - 1)))
+                    bufs[n] = torch.where(mask, momentum * bufs[n] + g[n], bufs[n])
+                    params[n] = params[n] - lr * mask * bufs[n]
+    keys = state_keys(model)
+    return torch.cat([params[k].reshape(k_clients, -1).float() for k in keys], dim=1)
