@@ -1,0 +1,237 @@
+"""Speed, measured side by side in one run (issue 6). Not a test: numbers depend on the machine and its load.
+
+    python benchmarks/speed.py                        # everything; JSON in benchmarks/results/speed_<cpu|cuda>.json
+    python benchmarks/speed.py --parts engines flops  # a subset: peak engines flower flops sampler
+    python benchmarks/speed.py --rounds 5
+
+Workload (issue 6): Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
+batch 32, the quick profile's CNN, SGD lr 0.05 momentum 0.5. Seconds per round of local training:
+
+- ``batched``: our engine (``paper_repro.engine``, the round's clients as one vmapped computation);
+- ``loop``: our per-client reference loop (``paper_repro.train.local_train``, channels_last as in quick);
+- ``research_loop``: the authors' style — deep copy per client, a DataLoader, default memory format;
+- ``flower``: Flower 1.41 simulation (Ray), same model, data and hyper-parameters, ``num_cpus`` per actor 1
+  (fastest here) and 2; Ray start-up reported separately.
+
+Plus the fp32 matmul peak of this machine, the achieved FLOP rate of client training (FLOPs counted by
+``torch.utils.flop_counter``), and synthetic images per second of our DDPM sampler vs the stock diffusers loop
+(one UNet call per branch of classifier-free guidance, no inference mode) at equal steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paper_repro.data import load_dataset
+from paper_repro.engine import batched_local_train
+from paper_repro.models import build_model
+from paper_repro.train import flat_state, local_train
+
+OUT = Path(__file__).resolve().parent / "results"
+NUM_CLIENTS, PER_ROUND, EPOCHS, BATCH, LR, MOMENTUM = 100, 10, 1, 32, 0.05, 0.5
+
+
+def workload(seed: int = 0):
+    train, _ = load_dataset("fashion_mnist")
+    x, y = train.tensors()
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), NUM_CLIENTS)
+    clients = [(x[p], y[p]) for p in parts]
+    model = build_model("cnn", (1, 28, 28), 10, seed=seed)
+    return clients, model
+
+
+def sampled(rnd: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng([seed, rnd]).choice(NUM_CLIENTS, PER_ROUND, replace=False))
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """fp32 GFLOP/s of an n×n matmul, best of ``reps``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def research_local_train(model, x, y, seed):
+    m = copy.deepcopy(model).train()
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True,
+                                     generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
+    for _ in range(EPOCHS):
+        for xb, yb in dl:
+            opt.zero_grad()
+            F.cross_entropy(m(xb), yb).backward()
+            opt.step()
+    return flat_state(m)
+
+
+def engines(clients, model, rounds: int) -> dict:
+    """Median seconds per round of each engine, interleaved round by round so that load drifts hit all alike."""
+    fns = {
+        "batched": lambda ids, r: batched_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
+                                                      [torch.Generator().manual_seed(int(k) + 1000 * r) for k in ids]),
+        "loop": lambda ids, r: torch.stack([local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH,
+                                                        torch.Generator().manual_seed(int(k) + 1000 * r), True)
+                                            for k in ids]),
+        "research_loop": lambda ids, r: torch.stack([research_local_train(model, *clients[k], int(k) + 1000 * r)
+                                                     for k in ids]),
+    }
+    times = {k: [] for k in fns}
+    for r in range(rounds + 1):  # round 0 warms up
+        ids = sampled(r)
+        for name, fn in fns.items():
+            dt = _timed(lambda: fn(ids, r))
+            if r:
+                times[name].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()} | {"rounds": rounds}
+
+
+def client_flops(model, clients) -> float:
+    """FLOPs of local training in one round (forward + backward over every sampled client's data, 1 epoch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = copy.deepcopy(model)
+    xb, yb = clients[0][0][:BATCH], clients[0][1][:BATCH]
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(m(xb), yb).backward()
+    per_sample = fc.get_total_flops() / BATCH
+    return per_sample * sum(len(clients[k][0]) for k in sampled(1)) * EPOCHS
+
+
+def flower(clients, model, rounds: int, num_cpus: int) -> dict:
+    """Flower 1.41 simulation of the same workload; seconds per round from the strategy's own clock."""
+    try:
+        import flwr
+        from flwr.client import ClientApp, NumPyClient
+        from flwr.common import Context, ndarrays_to_parameters
+        from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+        from flwr.server.strategy import FedAvg
+        from flwr.simulation import run_simulation
+    except ImportError:
+        return {"skipped": "flwr not installed: pip install -e '.[flower]'"}
+    data = [(cx.numpy(), cy.numpy()) for cx, cy in clients]
+    init = [v.detach().numpy() for v in model.state_dict().values()]
+    keys = list(model.state_dict())
+    stamps: list[float] = []
+
+    class Client(NumPyClient):
+        def __init__(self, cid: int):
+            self.cid = cid
+
+        def fit(self, parameters, config):
+            torch.set_num_threads(num_cpus)
+            m = build_model("cnn", (1, 28, 28), 10, seed=0)
+            m.load_state_dict({k: torch.from_numpy(v) for k, v in zip(keys, parameters)})
+            x, y = data[self.cid]
+            research_local_train(m, torch.from_numpy(x), torch.from_numpy(y), self.cid)
+            return [v.detach().numpy() for v in m.state_dict().values()], len(y), {}
+
+    def client_fn(context: Context):
+        return Client(int(context.node_config["partition-id"])).to_client()
+
+    class TimedFedAvg(FedAvg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            stamps.append(time.perf_counter())
+            return super().configure_fit(server_round, parameters, client_manager)
+
+    def server_fn(context: Context):
+        strategy = TimedFedAvg(fraction_fit=PER_ROUND / NUM_CLIENTS, fraction_evaluate=0.0,
+                               min_fit_clients=PER_ROUND, min_available_clients=NUM_CLIENTS,
+                               initial_parameters=ndarrays_to_parameters(init))
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds + 1))
+
+    t0 = time.perf_counter()
+    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
+                   num_supernodes=NUM_CLIENTS,
+                   backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": torch.get_num_threads(), "log_to_driver": False}})
+    total = time.perf_counter() - t0
+    stamps.append(time.perf_counter())
+    per_round = np.diff(stamps)[1:]  # drop round 1 (actor start-up)
+    return {"flwr": flwr.__version__, "num_cpus_per_actor": num_cpus, "seconds_per_round": float(np.median(per_round)),
+            "startup_and_first_round": float(stamps[1] - t0) if len(stamps) > 1 else total, "total": total}
+
+
+def sampler(steps: int = 25, n_per_class: int = 10) -> dict:
+    """Images/s of our sampler vs the stock diffusers loop, same weights, steps and guidance."""
+    from diffusers import DDIMScheduler
+
+    from paper_repro.data import REPO_ROOT
+    from paper_repro.fm import ClassConditionalDDPM
+
+    fm = ClassConditionalDDPM.load(REPO_ROOT / "data/fm/fashion_mnist_ddpm")
+    n = n_per_class * len(fm.classes)
+    t_ours = _timed(lambda: fm.generate(n_per_class, torch.Generator().manual_seed(0), steps, 2.0, 250, False, 1.0))
+
+    def stock():
+        tc = fm.train_config
+        sched = DDIMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
+                              clip_sample=True)
+        sched.set_timesteps(steps)
+        y = torch.arange(len(fm.classes)).repeat_interleave(n_per_class)
+        null = torch.full_like(y, len(fm.classes))
+        x = torch.randn((n, *fm.shape), generator=torch.Generator().manual_seed(0))
+        for t in sched.timesteps:
+            e_c = fm.unet(x, t, class_labels=y).sample
+            e_u = fm.unet(x, t, class_labels=null).sample
+            x = sched.step(e_u + 2.0 * (e_c - e_u), t, x, eta=1.0).prev_sample.detach()
+
+    t_stock = _timed(stock)
+    return {"images": n, "steps": steps, "ours_images_per_s": n / t_ours, "stock_images_per_s": n / t_stock,
+            "ratio": t_stock / t_ours}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--parts", nargs="+", default=["peak", "engines", "flops", "flower", "sampler"])
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args(argv)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    res = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+           "device": dev, "workload": dict(num_clients=NUM_CLIENTS, per_round=PER_ROUND, epochs=EPOCHS, batch=BATCH)}
+    clients, model = workload()
+    if "peak" in a.parts:
+        res["matmul_peak_gflops"] = matmul_peak()
+    if "engines" in a.parts:
+        res["engines_seconds_per_round"] = engines(clients, model, a.rounds)
+    if "flops" in a.parts:
+        res["client_gflop_per_round"] = client_flops(model, clients) / 1e9
+    if "flower" in a.parts:
+        res["flower"] = [flower(clients, model, a.rounds, c) for c in (1, 2)]
+    if "sampler" in a.parts:
+        res["sampler"] = sampler()
+    e = res.get("engines_seconds_per_round")
+    if e:
+        res["ratios"] = {"loop / batched": e["loop"] / e["batched"],
+                         "research_loop / batched": e["research_loop"] / e["batched"]}
+        fl = [f for f in res.get("flower", []) if "seconds_per_round" in f]
+        for f in fl:
+            key = f"flower(num_cpus={f['num_cpus_per_actor']}) / batched"
+            res["ratios"][key] = f["seconds_per_round"] / e["batched"]
+        if "client_gflop_per_round" in res and "matmul_peak_gflops" in res:
+            res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
+                                                for k, v in e.items() if k != "rounds"}
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"speed_{dev}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
