@@ -22,6 +22,14 @@ def quick_runs(tmp_path_factory):
                                  progress=False).final for k in ("none", "classic", "fm")}
 
 
+@pytest.fixture(scope="module")
+def defended_runs(quick_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("claims_defended")
+    return {(d, k): pr.run_experiment(pr.load_config("quick", attack={"kind": k}, defense={"name": d}, seed=0),
+                                      results_dir=out, progress=False).final
+            for d, k in (("act_bound", "fm"), ("median", "fm"), ("median", "classic"))}
+
+
 def test_clean_run_is_accurate_and_not_backdoored(quick_runs):
     assert quick_runs["none"]["acc"] >= 0.80
     assert quick_runs["none"]["asr"] <= 0.05
@@ -46,3 +54,14 @@ def test_shipped_fm_draws_images_a_real_data_classifier_recognises():
     q = synthetic_accuracy(syn, sp.clients, sp.test)
     assert q["real_test_acc"] >= 0.85
     assert q["synthetic_acc"] >= 0.80
+
+
+def test_act_bound_removes_most_of_the_fm_backdoor_at_little_accuracy_cost(quick_runs, defended_runs):
+    r = defended_runs[("act_bound", "fm")]
+    assert r["asr"] <= 0.5 * quick_runs["fm"]["asr"]
+    assert r["acc"] >= quick_runs["none"]["acc"] - 0.03
+
+
+def test_update_comparing_defense_stops_the_classic_attack_but_not_the_fm_attack(quick_runs, defended_runs):
+    assert defended_runs[("median", "classic")]["asr"] <= quick_runs["classic"]["asr"] - 0.5
+    assert defended_runs[("median", "fm")]["asr"] >= 0.8  # no malicious client to find: the backdoor stays
