@@ -95,6 +95,16 @@ def load_fm(cfg: Config, public: ImageSet | None = None):
     raise ConfigError(f"fm.source={cfg.fm.source!r} has no model to load")
 
 
+def draw_synthetic(fm, cfg: Config, progress: bool = True) -> ImageSet:
+    """``cfg.fm.n_per_class`` images per class from ``fm`` with the config's sampler settings and sample seed (no
+    cache: :func:`synthetic_set` caches the draw of the configured checkpoint)."""
+    f = cfg.fm
+    kw = {"eta": f.eta} if f.source == "ddpm" else {}
+    return fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
+                       num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
+                       batch_size=f.batch_size, progress=progress, **kw)
+
+
 def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple[ImageSet, str]:
     """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it."""
     f = cfg.fm
@@ -116,11 +126,7 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple
         z = np.load(cache)
         s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
         return s, s.digest()
-    fm = load_fm(cfg, public)
-    kw = {"eta": f.eta} if f.source == "ddpm" else {}
-    s = fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
-                    num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
-                    batch_size=f.batch_size, progress=progress, **kw)
+    s = draw_synthetic(load_fm(cfg, public), cfg, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src))

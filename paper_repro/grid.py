@@ -112,3 +112,28 @@ def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick"
         return df
     return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(["partition", "defense", "attack", "seed", "round"],
                                                                    ignore_index=True)
+
+
+def markdown(df: pd.DataFrame, partition: str) -> str:
+    """The grid for one partition as a Markdown table: final ACC / ASR per attack (mean ± std over seeds), mean
+    TPR/FPR under the classic attack, the defense's share of a round's time, and the number of seeds."""
+    sub = df[df["partition"] == partition]
+    lines = ["| defense | no attack | classic | FM attack | TPR (classic) | FPR (classic) | overhead | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = [d for d in DEFENSE_ORDER if d in set(sub["defense"])]
+
+    def cell(g: pd.DataFrame) -> str:
+        if g.empty:
+            return "–"
+        if len(g) == 1:
+            return f"{g['acc'].iloc[0]:.3f} / {g['asr'].iloc[0]:.3f}"
+        return f"{g['acc'].mean():.3f} ± {g['acc'].std():.3f} / {g['asr'].mean():.3f} ± {g['asr'].std():.3f}"
+
+    for d in order:
+        g = sub[sub["defense"] == d]
+        cl = g[g["attack"] == "classic"]
+        seeds = sorted(int(s) for s in g["seed"].unique())
+        lines.append(f"| {d} | " + " | ".join(cell(g[g["attack"] == a]) for a in ("none", "classic", "fm")) +
+                     f" | {cl['tpr'].mean():.2f} | {cl['fpr'].mean():.2f} | {100 * g['overhead'].mean():.1f}% | "
+                     f"{','.join(map(str, seeds))} |")
+    return "\n".join(lines)
