@@ -174,13 +174,14 @@ def ablation(df: pd.DataFrame, title: str = ""):
     seeds. ``df`` columns: ablation, label, value, defense, acc, asr (``paper_repro.ablations``)."""
     names = list(dict.fromkeys(df["ablation"]))
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False, sharey=True)
+    colors = {d: f"C{i}" for i, d in enumerate(dict.fromkeys(df["defense"]))}  # one colour per defense everywhere
     for ax, name in zip(axes[0], names):
         sub = df[df["ablation"] == name]
         order = list(dict.fromkeys(sub["value"].astype(str)))
-        for k, (d, g) in enumerate(sub.groupby("defense", sort=False)):
+        for d, g in sub.groupby("defense", sort=False):
             st = g.assign(v=g["value"].astype(str)).groupby("v")[["acc", "asr"]].agg(["mean", "std"]).reindex(order)
             x = [order.index(v) for v in st.index]
-            color = f"C{k}"
+            color = colors[d]
             ax.errorbar(x, st[("asr", "mean")], st[("asr", "std")].fillna(0), marker="o", ms=4, color=color,
                         label=f"{d}: ASR")
             ax.errorbar(x, st[("acc", "mean")], st[("acc", "std")].fillna(0), marker="s", ms=3, ls="--",
@@ -190,7 +191,11 @@ def ablation(df: pd.DataFrame, title: str = ""):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final ACC (dashed) / ASR (solid)")
-    axes[0][-1].legend(fontsize=7, loc="center right")
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7, loc="center left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
