@@ -59,12 +59,18 @@ def train_and_bound(cfg: Config, progress: bool = True, **act_bound_params) -> B
     """Train ``cfg`` without defense, then fit ``act_bound`` (``act_bound_params`` override its defaults)."""
     prep = prepare(cfg, progress)
     model = run_federated(cfg, prep.inputs, defenses.get("none"), progress).model
-    d = defenses.get("act_bound", **act_bound_params)
-    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), model, prep.inputs.synthetic_kd,
-                       torch_gen(cfg.seed, "analysis_act_bound"), cfg.device, cfg.fl.num_rounds)
-    served = d.after_fusion(model, ctx)
+    d, served = fit_act_bound(cfg, prep, model, act_bound_params)
     plain, bounded = evaluate(model, prep.inputs, cfg), evaluate(served, prep.inputs, cfg)
     return BoundedRun(cfg, prep, model, d, {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]})
+
+
+def fit_act_bound(cfg: Config, prep: Prepared, model: nn.Module, params: dict) -> tuple[defenses.Defense, nn.Module]:
+    """A fresh act_bound defense (``params`` override its defaults) fitted once, as after the last fusion, on the
+    run's synthetic set; returns it and the bounded model it serves (``model``'s weights stay untouched)."""
+    d = defenses.get("act_bound", **params)
+    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), model, prep.inputs.synthetic_kd,
+                       torch_gen(cfg.seed, "analysis_act_bound"), cfg.device, cfg.fl.num_rounds)
+    return d, d.after_fusion(model, ctx)
 
 
 def trigger_units(clean: torch.Tensor, trig: torch.Tensor, top_k: int) -> np.ndarray:
@@ -126,11 +132,8 @@ def knob_sweep(run: BoundedRun, variants: dict[str, dict], progress: bool = True
     rows = [{"variant": "no defense", "acc": run.metrics["acc"], "asr": run.metrics["asr"], "fit_seconds": 0.0}]
     cfg = run.cfg
     for label, params in tqdm(variants.items(), desc="variants", disable=not progress):
-        d = defenses.get("act_bound", **params)
-        ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), run.model, run.prep.inputs.synthetic_kd,
-                           torch_gen(cfg.seed, "analysis_act_bound"), cfg.device, cfg.fl.num_rounds)
         t = time.perf_counter()
-        served = d.after_fusion(run.model, ctx)
+        _, served = fit_act_bound(cfg, run.prep, run.model, params)
         dt = time.perf_counter() - t
         rows.append({"variant": label, **evaluate(served, run.prep.inputs, cfg), "fit_seconds": dt})
     return pd.DataFrame(rows)
