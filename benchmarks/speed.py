@@ -7,24 +7,36 @@
 Workload (issue 6): Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
 batch 32, the quick profile's CNN, SGD lr 0.05 momentum 0.5. Seconds per round of local training:
 
-- ``batched``: our engine (``paper_repro.engine``, the round's clients as one vmapped computation);
-- ``loop``: our per-client reference loop (``paper_repro.train.local_train``, channels_last as in quick);
+- ``loop``: our per-client reference loop (``paper_repro.train.local_train``, channels_last as in quick; what
+  ``fl.engine="auto"`` runs on CPU), fp32;
+- ``loop_bf16``: the same with ``fl.precision="bf16"`` (autocast; tests/test_engine.py bounds the difference);
+- ``batched`` / ``batched_bf16``: the round's clients as one vmapped computation (``paper_repro.engine``; what
+  ``auto`` runs on a GPU);
 - ``research_loop``: the authors' style — deep copy per client, a DataLoader, default memory format;
 - ``flower``: Flower 1.41 simulation (Ray), same model, data and hyper-parameters, ``num_cpus`` per actor 1
   (fastest here) and 2; Ray start-up reported separately.
 
 Plus the fp32 matmul peak of this machine, the achieved FLOP rate of client training (FLOPs counted by
-``torch.utils.flop_counter``), and synthetic images per second of our DDPM sampler vs the stock diffusers loop
-(one UNet call per branch of classifier-free guidance, no inference mode) at equal steps.
+``torch.utils.flop_counter``; bf16 FLOPs are set against the fp32 peak, as the issue asks), synthetic images per
+second of our DDPM sampler (fp32, bf16, bf16 + torch.compile) vs a stock diffusers loop (``torch.no_grad`` as in
+diffusers' pipelines, fp32, one UNet call per guidance branch) at equal steps, with the real-classifier accuracy of
+the fp32 and bf16 samples; each defense's overhead per round from the committed grid table; and the peak RSS of the
+quick main job (``python -m paper_repro main --profile quick``, run afresh in a temporary results folder).
+
+The ``ours`` engine in the ratios is the fastest of our engines on this machine.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,15 +95,21 @@ def research_local_train(model, x, y, seed):
 
 def engines(clients, model, rounds: int) -> dict:
     """Median seconds per round of each engine, interleaved round by round so that load drifts hit all alike."""
-    fns = {
-        "batched": lambda ids, r: batched_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
-                                                      [torch.Generator().manual_seed(int(k) + 1000 * r) for k in ids]),
-        "loop": lambda ids, r: torch.stack([local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH,
-                                                        torch.Generator().manual_seed(int(k) + 1000 * r), True)
-                                            for k in ids]),
-        "research_loop": lambda ids, r: torch.stack([research_local_train(model, *clients[k], int(k) + 1000 * r)
-                                                     for k in ids]),
-    }
+    def gens(ids, r):
+        return [torch.Generator().manual_seed(int(k) + 1000 * r) for k in ids]
+
+    def batched(precision):
+        return lambda ids, r: batched_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
+                                                  gens(ids, r), precision=precision)
+
+    def loop(precision):
+        return lambda ids, r: torch.stack([local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH, g, True,
+                                                       precision=precision) for k, g in zip(ids, gens(ids, r))])
+
+    fns = {"loop": loop("fp32"), "loop_bf16": loop("bf16"), "batched": batched("fp32"),
+           "batched_bf16": batched("bf16"),
+           "research_loop": lambda ids, r: torch.stack([research_local_train(model, *clients[k], int(k) + 1000 * r)
+                                                        for k in ids])}
     times = {k: [] for k in fns}
     for r in range(rounds + 1):  # round 0 warms up
         ids = sampled(r)
@@ -168,17 +186,30 @@ def flower(clients, model, rounds: int, num_cpus: int) -> dict:
             "startup_and_first_round": float(stamps[1] - t0) if len(stamps) > 1 else total, "total": total}
 
 
-def sampler(steps: int = 25, n_per_class: int = 10) -> dict:
-    """Images/s of our sampler vs the stock diffusers loop, same weights, steps and guidance."""
+def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
+    """Images/s of our sampler (fp32, bf16, bf16 + compile) vs the stock diffusers loop, same weights, steps,
+    guidance and batch; real-classifier accuracy of the fp32 and bf16 samples."""
     from diffusers import DDIMScheduler
 
     from paper_repro.data import REPO_ROOT
     from paper_repro.fm import ClassConditionalDDPM
+    from paper_repro.fm.quality import synthetic_accuracy
 
     fm = ClassConditionalDDPM.load(REPO_ROOT / "data/fm/fashion_mnist_ddpm")
     n = n_per_class * len(fm.classes)
-    t_ours = _timed(lambda: fm.generate(n_per_class, torch.Generator().manual_seed(0), steps, 2.0, 250, False, 1.0))
+    samples = {}
 
+    def ours(precision, compile=False):
+        def go():
+            samples[precision] = fm.generate(n_per_class, torch.Generator().manual_seed(0), steps, 2.0, n, False,
+                                             1.0, precision=precision, compile=compile)
+        return go
+
+    out = {"images": n, "steps": steps}
+    out["compile_first_call_s"] = _timed(lambda: fm.generate(1, torch.Generator().manual_seed(0), 1, 2.0, n, False,
+                                                             1.0, precision="bf16", compile=True))
+
+    @torch.no_grad()
     def stock():
         tc = fm.train_config
         sched = DDIMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
@@ -190,16 +221,57 @@ def sampler(steps: int = 25, n_per_class: int = 10) -> dict:
         for t in sched.timesteps:
             e_c = fm.unet(x, t, class_labels=y).sample
             e_u = fm.unet(x, t, class_labels=null).sample
-            x = sched.step(e_u + 2.0 * (e_c - e_u), t, x, eta=1.0).prev_sample.detach()
+            x = sched.step(e_u + 2.0 * (e_c - e_u), t, x, eta=1.0).prev_sample
 
-    t_stock = _timed(stock)
-    return {"images": n, "steps": steps, "ours_images_per_s": n / t_ours, "stock_images_per_s": n / t_stock,
-            "ratio": t_stock / t_ours}
+    variants = {"stock": stock, "ours_fp32": ours("fp32"), "ours_bf16": ours("bf16"),
+                "ours_bf16_compiled": ours("bf16", compile=True)}
+    times = {k: [] for k in variants}
+    for _ in range(2):  # interleaved, best of two
+        for k, fn in variants.items():
+            times[k].append(_timed(fn))
+    ips = {k: n / min(v) for k, v in times.items()}
+    out |= {"images_per_s": ips, "ratio_vs_stock": {k: v / ips["stock"] for k, v in ips.items() if k != "stock"}}
+    from paper_repro.data import load_dataset
+
+    train, test = load_dataset("fashion_mnist")
+    out["real_classifier_accuracy"] = {p: synthetic_accuracy(s, train, test, epochs=1)["synthetic_acc"]
+                                       for p, s in samples.items()}
+    return out
+
+
+def overheads() -> dict:
+    """Mean defense overhead per round (share of a round's seconds) from the committed quick grid table."""
+    import pandas as pd
+
+    from paper_repro.tables import table_path
+
+    path = table_path("grid", "quick")
+    if not path.exists():
+        return {"skipped": f"{path} missing: python -m paper_repro grid --profile quick"}
+    df = pd.read_csv(path)
+    g = df.groupby("defense")[["defense_seconds", "round_seconds", "overhead"]].mean().round(4)
+    return g.sort_values("overhead").to_dict(orient="index")
+
+
+def peak_rss_main_job() -> dict:
+    """Peak resident memory of ``python -m paper_repro main --profile quick`` run afresh (temporary results and run
+    cache; the shipped FM and the synthetic-set cache are reused)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = os.environ | {"PAPER_REPRO_RESULTS": tmp}
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "paper_repro", "main", "--profile", "quick"], env=env,
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        secs = time.perf_counter() - t
+    if proc.returncode:
+        return {"failed": proc.stderr[-2000:]}
+    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    return {"peak_rss_gb": rss_kb * 1024 / 1e9, "seconds": secs}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
-    p.add_argument("--parts", nargs="+", default=["peak", "engines", "flops", "flower", "sampler"])
+    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss"]
+    p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -216,14 +288,19 @@ def main(argv=None) -> dict:
         res["flower"] = [flower(clients, model, a.rounds, c) for c in (1, 2)]
     if "sampler" in a.parts:
         res["sampler"] = sampler()
+    if "overhead" in a.parts:
+        res["defense_overhead_quick"] = overheads()
+    if "rss" in a.parts:
+        res["quick_main_job"] = peak_rss_main_job()
     e = res.get("engines_seconds_per_round")
     if e:
-        res["ratios"] = {"loop / batched": e["loop"] / e["batched"],
-                         "research_loop / batched": e["research_loop"] / e["batched"]}
+        ours = min((k for k in e if k not in ("rounds", "research_loop")), key=e.get)
+        res["ours"] = ours
+        res["ratios"] = {f"{k} / ours({ours})": e[k] / e[ours] for k in e if k not in ("rounds", ours)}
         fl = [f for f in res.get("flower", []) if "seconds_per_round" in f]
         for f in fl:
-            key = f"flower(num_cpus={f['num_cpus_per_actor']}) / batched"
-            res["ratios"][key] = f["seconds_per_round"] / e["batched"]
+            key = f"flower(num_cpus={f['num_cpus_per_actor']}) / ours({ours})"
+            res["ratios"][key] = f["seconds_per_round"] / e[ours]
         if "client_gflop_per_round" in res and "matmul_peak_gflops" in res:
             res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
                                                 for k, v in e.items() if k != "rounds"}

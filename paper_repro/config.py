@@ -20,7 +20,8 @@ TRIGGERS = ("badnets", "blend")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
-ENGINES = ("loop", "batched")
+ENGINES = ("auto", "loop", "batched")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -94,6 +95,13 @@ class FMConfig:
     accuracy on samples from 0.75 to 0.87 (25 steps, guidance 2; guidance 4 fell to 0.36). ours"""
     batch_size: int = 250
     """Images per sampling batch. ours"""
+    precision: str = "fp32"
+    """UNet arithmetic while sampling (ddpm source): fp32 | bf16 (``torch.autocast``; the scheduler stays fp32).
+    bf16 draws different images from the same seed, so it is part of the cache key; fp32 keeps the key it had
+    before this option existed. benchmarks/speed.py reports its speed and the real-classifier accuracy of both. ours"""
+    compile: bool = False
+    """Sample through ``torch.compile`` (C++ compiler needed on CPU; ~1 min compile, then faster). An execution
+    detail like ``device``: same images up to float rounding, not part of any key. ours"""
     sample_seed: int = 0
     """Seed of the synthetic draw. Fixed by default: the server queries the FM once, and every run of a grid
     (all seeds, attacks, defenses) shares that synthetic set; poisoning still varies with the run seed. ours"""
@@ -107,6 +115,7 @@ class FMConfig:
         _check(self.guidance_scale >= 0, "fm.guidance_scale must be >= 0")
         _check(0 <= self.eta <= 1, "fm.eta must be in [0, 1]")
         _check(self.batch_size >= 1, "fm.batch_size must be >= 1")
+        _choice("fm.precision", self.precision, PRECISIONS)
         _check("{}" in self.prompt_template, "fm.prompt_template needs a '{}' where the class name goes")
 
 
@@ -208,12 +217,20 @@ class FLConfig:
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
     eval_batch_size: int = 1000
     """Batch size for evaluation. ours"""
-    engine: str = "loop"
+    engine: str = "auto"
     """Local training: loop (per client, the reference) | batched (the round's clients as one vmapped computation,
-    paper_repro.engine; same results up to float rounding, tested). Like ``device``, not part of the run key. ours"""
+    paper_repro.engine; same results up to float rounding, tested) | auto (batched on a GPU, loop on CPU, where
+    benchmarks/speed.py measured vmapped grouped convolutions slower than the channels_last loop). Like ``device``,
+    not part of the run key. ours"""
+    precision: str = "fp32"
+    """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
+    products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the
+    numbers (tests/test_engine.py bounds how much), so it is part of the run key; fp32 runs keep the key they had
+    before this option existed. ours"""
 
     def __post_init__(self) -> None:
         _choice("fl.engine", self.engine, ENGINES)
+        _choice("fl.precision", self.precision, PRECISIONS)
         _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
         _check(1 <= self.clients_per_round <= self.num_clients,
                f"fl.clients_per_round={self.clients_per_round} must be in [1, num_clients={self.num_clients}]")
@@ -281,7 +298,8 @@ class Config:
 
     def result_dict(self) -> dict[str, Any]:
         """``to_dict`` without the execution details that do not change results beyond float rounding
-        (``device``, ``fl.engine``): what the run key hashes and what two runs must share to be the same run."""
+        (``device``, ``fl.engine``, ``fm.compile``): what the run key hashes and what two runs must share to be the
+        same run."""
         return strip_execution(self.to_dict())
 
     def hash(self, extra: dict | None = None) -> str:
@@ -292,11 +310,20 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+# Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key.
+LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
+
+
 def strip_execution(d: dict) -> dict:
-    """A config dict (``Config.to_dict`` or a saved one) without ``device`` and ``fl.engine``."""
+    """A config dict (``Config.to_dict`` or a saved one) without ``device``, ``fl.engine`` and ``fm.compile``, and
+    without the :data:`LATER_FIELDS` that are at their defaults."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     d.pop("device", None)
     d.get("fl", {}).pop("engine", None)
+    d.get("fm", {}).pop("compile", None)
+    for (section, name), default in LATER_FIELDS.items():
+        if d.get(section, {}).get(name, default) == default:
+            d.get(section, {}).pop(name, None)
     return d
 
 

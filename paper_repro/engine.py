@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .train import flat_state, local_train, state_keys
+from .train import autocast, flat_state, local_train, state_keys
 
 
 def can_batch(model: nn.Module) -> bool:
@@ -41,16 +41,17 @@ def _schedules(sizes: list[int], epochs: int, batch_size: int, generators: list[
 
 def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,
                         lr: float, momentum: float, batch_size: int, generators: list[torch.Generator],
-                        channels_last: bool = False, context=None) -> torch.Tensor:
+                        channels_last: bool = False, context=None, precision: str = "fp32") -> torch.Tensor:
     """Step 2 for K clients at once: returns their flat states (K, P), row k = client k trained from
     ``global_model`` on ``data[k]`` with ``generators[k]``. Same semantics as K calls of
     :func:`paper_repro.train.local_train` (SGD with momentum, fresh optimiser, mean cross-entropy per batch).
-    ``channels_last`` only matters for the fallback loop (under vmap the batched kernels choose the layout)."""
+    ``channels_last`` only matters for the fallback loop (under vmap the batched kernels choose the layout);
+    ``precision="bf16"`` computes the gradients under bf16 autocast (the SGD update stays fp32)."""
     if len(data) != len(generators):
         raise ValueError(f"{len(data)} clients but {len(generators)} generators")
     if not can_batch(global_model):
         return torch.stack([local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last,
-                                        context) for (x, y), g in zip(data, generators)])
+                                        context, precision) for (x, y), g in zip(data, generators)])
     k_clients = len(data)
     model = copy.deepcopy(global_model).train()
     names = [n for n, _ in model.named_parameters()]
@@ -81,7 +82,8 @@ def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, 
                     idx = torch.cat([idx, idx[:1].expand(batch_size - n)])
                 xs.append(x[idx]), ys.append(y[idx]), active.append(True)
                 ws.append(torch.cat([torch.ones(n), torch.zeros(batch_size - n)]))
-            g = grads_fn(params, torch.stack(xs), torch.stack(ys), torch.stack(ws))
+            with autocast(template.device.type, precision):
+                g = grads_fn(params, torch.stack(xs), torch.stack(ys), torch.stack(ws))
             a = torch.tensor(active)
             with torch.no_grad():
                 for n in names:  # torch.optim.SGD (dampening 0): buf = m·buf + g (buf starts at 0), p -= lr·buf

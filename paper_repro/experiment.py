@@ -99,7 +99,7 @@ def draw_synthetic(fm, cfg: Config, progress: bool = True) -> ImageSet:
     """``cfg.fm.n_per_class`` images per class from ``fm`` with the config's sampler settings and sample seed (no
     cache: :func:`synthetic_set` caches the draw of the configured checkpoint)."""
     f = cfg.fm
-    kw = {"eta": f.eta} if f.source == "ddpm" else {}
+    kw = {"eta": f.eta, "precision": f.precision, "compile": f.compile} if f.source == "ddpm" else {}
     return fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
                        num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
                        batch_size=f.batch_size, progress=progress, **kw)
@@ -119,7 +119,7 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True) -> tuple
         load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
     key_src = {"source": f.source, "fm": checkpoint_digest(path), "n": f.n_per_class,
                "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
-               "prompt": f.prompt_template}
+               "prompt": f.prompt_template, **({"precision": f.precision} if f.precision != "fp32" else {})}
     key = Config().hash(key_src)
     cache = cache_dir() / "synthetic" / f"{f.source}_{key}.npz"
     if cache.exists():

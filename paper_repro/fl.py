@@ -96,12 +96,13 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         g = flat_state(model)
         client_ctx = defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
         gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
-        if fl.engine == "batched":
+        if fl.engine == "batched" or (fl.engine == "auto" and str(dev).startswith("cuda")):
             thetas = list(batched_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
-                                              fl.momentum, fl.batch_size, gens, cl, context=client_ctx))
+                                              fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
+                                              precision=fl.precision))
         else:
             thetas = [local_train(model, *client_tensors[k], fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
-                                  gen, cl, context=client_ctx) for k, gen in zip(ids, gens)]
+                                  gen, cl, context=client_ctx, precision=fl.precision) for k, gen in zip(ids, gens)]
         teachers = thetas  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
         updates = [inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)]
         updates_t = torch.stack(updates)  # (K, P)

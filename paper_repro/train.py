@@ -43,11 +43,21 @@ def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Mo
     return model, x
 
 
+def autocast(device_type: str, precision: str = "fp32"):
+    """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (convolutions and matrix products in bf16, losses and
+    reductions in fp32, parameters untouched), a no-op context for ``"fp32"``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r} is unknown; choose 'fp32' or 'bf16'")
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 # ------------------------------------------------------------------------------------------------ training
 def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
-                     batch_size: int, generator: torch.Generator, channels_last: bool = False) -> nn.Module:
+                     batch_size: int, generator: torch.Generator, channels_last: bool = False,
+                     precision: str = "fp32") -> nn.Module:
     """Cross-entropy SGD on (x, y) for ``epochs``, batches in an order drawn from ``generator``; trains ``model``
-    in place and returns it. A fresh optimiser per call (the author code re-creates it every round)."""
+    in place and returns it. A fresh optimiser per call (the author code re-creates it every round).
+    ``precision="bf16"`` runs forward and backward under bf16 autocast (see :func:`autocast`)."""
     model, x = _prep(model, x, channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -55,7 +65,8 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             if not len(idx):  # a client without data does not move (instead of a NaN loss)
                 continue
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with autocast(x.device.type, precision):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -64,7 +75,7 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
 
 def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
                 batch_size: int, generator: torch.Generator, channels_last: bool = False,
-                context=None) -> torch.Tensor:
+                context=None, precision: str = "fp32") -> torch.Tensor:
     """Step 2 for one client: copy the global model, train on the client's data, return its flat state (P,).
     ``context(model)``, if given, is a context manager active during training (e.g. activation bounds).
 
@@ -72,7 +83,7 @@ def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
     """
     model = copy.deepcopy(global_model)
     with context(model) if context is not None else contextlib.nullcontext():
-        train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last)
+        train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last, precision)
     return flat_state(model)
 
 
