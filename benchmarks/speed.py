@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from paper_repro.models import build_model
 from paper_repro.train import flat_state, local_train
 
 OUT = Path(__file__).resolve().parent / "results"
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU every part reports the GPU's figures
 NUM_CLIENTS, PER_ROUND, EPOCHS, BATCH, LR, MOMENTUM = 100, 10, 1, 32, 0.05, 0.5
 
 
@@ -57,8 +57,8 @@ def workload(seed: int = 0):
     train, _ = load_dataset("fashion_mnist")
     x, y = train.tensors()
     parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), NUM_CLIENTS)
-    clients = [(x[p], y[p]) for p in parts]
-    model = build_model("cnn", (1, 28, 28), 10, seed=seed)
+    clients = [(x[p].to(DEV), y[p].to(DEV)) for p in parts]
+    model = build_model("cnn", (1, 28, 28), 10, seed=seed).to(DEV)
     return clients, model
 
 
@@ -68,15 +68,19 @@ def sampled(rnd: int, seed: int = 0) -> np.ndarray:
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     """fp32 GFLOP/s of an n×n matmul, best of ``reps``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
     return 2 * n ** 3 / best / 1e9
 
 
 def _timed(fn) -> float:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
     t = time.perf_counter()
     fn()
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -124,8 +128,8 @@ def client_flops(model, clients) -> float:
     """FLOPs of local training in one round (forward + backward over every sampled client's data, 1 epoch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = copy.deepcopy(model)
-    xb, yb = clients[0][0][:BATCH], clients[0][1][:BATCH]
+    m = copy.deepcopy(model).cpu()
+    xb, yb = clients[0][0][:BATCH].cpu(), clients[0][1][:BATCH].cpu()
     with FlopCounterMode(display=False) as fc:
         F.cross_entropy(m(xb), yb).backward()
     per_sample = fc.get_total_flops() / BATCH
@@ -143,8 +147,8 @@ def flower(clients, model, rounds: int, num_cpus: int) -> dict:
         from flwr.simulation import run_simulation
     except ImportError:
         return {"skipped": "flwr not installed: pip install -e '.[flower]'"}
-    data = [(cx.numpy(), cy.numpy()) for cx, cy in clients]
-    init = [v.detach().numpy() for v in model.state_dict().values()]
+    data = [(cx.cpu().numpy(), cy.cpu().numpy()) for cx, cy in clients]  # Flower's clients run on the CPU here
+    init = [v.detach().cpu().numpy() for v in model.state_dict().values()]
     keys = list(model.state_dict())
     stamps: list[float] = []
 
@@ -196,6 +200,7 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
     from paper_repro.fm.quality import synthetic_accuracy
 
     fm = ClassConditionalDDPM.load(REPO_ROOT / "data/fm/fashion_mnist_ddpm")
+    fm.unet.to(DEV)
     n = n_per_class * len(fm.classes)
     samples = {}
 
@@ -206,8 +211,8 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
         return go
 
     out = {"images": n, "steps": steps}
-    out["compile_first_call_s"] = _timed(lambda: fm.generate(1, torch.Generator().manual_seed(0), 1, 2.0, n, False,
-                                                             1.0, precision="bf16", compile=True))
+    out["compile_first_call_s"] = _timed(lambda: fm.generate(n_per_class, torch.Generator().manual_seed(0), 1, 2.0, n,
+                                                             False, 1.0, precision="bf16", compile=True))
 
     @torch.no_grad()
     def stock():
@@ -217,7 +222,8 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
         sched.set_timesteps(steps)
         y = torch.arange(len(fm.classes)).repeat_interleave(n_per_class)
         null = torch.full_like(y, len(fm.classes))
-        x = torch.randn((n, *fm.shape), generator=torch.Generator().manual_seed(0))
+        x = torch.randn((n, *fm.shape), generator=torch.Generator().manual_seed(0)).to(DEV)
+        y, null = y.to(DEV), null.to(DEV)
         for t in sched.timesteps:
             e_c = fm.unet(x, t, class_labels=y).sample
             e_u = fm.unet(x, t, class_labels=null).sample
@@ -259,12 +265,16 @@ def peak_rss_main_job() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = os.environ | {"PAPER_REPRO_RESULTS": tmp}
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "paper_repro", "main", "--profile", "quick"], env=env,
-                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
-        secs = time.perf_counter() - t
-    if proc.returncode:
-        return {"failed": proc.stderr[-2000:]}
-    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+        cmd = [sys.executable, "-m", "paper_repro", "main", "--profile", "quick", "--out", tmp]
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1],
+                                    stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not Ray's or any other child's)
+            secs = time.perf_counter() - t
+            if os.waitstatus_to_exitcode(status):
+                err.seek(0)
+                return {"failed": err.read()[-2000:].decode(errors="replace")}
+    rss_kb = usage.ru_maxrss  # KiB on Linux
     return {"peak_rss_gb": rss_kb * 1024 / 1e9, "seconds": secs}
 
 

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures")
     m.add_argument("--profile", default="quick")
     m.add_argument("--seeds", type=int, nargs="+", default=[0])
+    m.add_argument("--out", default=str(FIGURES), help="folder for its figures and summary (default figures/)")
     g = sub.add_parser("grid", help="every defense × attack × {iid, dirichlet 0.5}: final ACC/ASR table (CSV)")
     g.add_argument("--profile", default="quick")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         print(res.history.to_string(index=False))
         print(f"{'cached' if res.cached else 'saved'}: {res.run_dir}")
     else:
-        print(json.dumps(main_job(a.profile, a.seeds), indent=2))
+        print(json.dumps(main_job(a.profile, a.seeds, Path(a.out)), indent=2))
 
 
 if __name__ == "__main__":

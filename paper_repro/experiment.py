@@ -87,7 +87,9 @@ def load_fm(cfg: Config, public: ImageSet | None = None):
     if cfg.fm.source == "ddpm":
         if public is not None:
             check_public_split(path, public)
-        return ClassConditionalDDPM.load(path)
+        fm = ClassConditionalDDPM.load(path)
+        fm.unet.to(cfg.device)  # sample where the run trains (the noise is drawn on the CPU either way)
+        return fm
     if cfg.fm.source == "stable_diffusion":
         c, h, _ = image_shape(cfg.data.dataset)
         classes = public.classes if public is not None else load_dataset(cfg.data.dataset)[1].classes

@@ -183,9 +183,11 @@ class ClassConditionalDDPM:
         out = []
         batches = list(torch.split(labels, batch_size))
         unet = torch.compile(self.unet, dynamic=False) if compile else self.unet
+        dev = next(self.unet.parameters()).device  # noise drawn on the CPU generator, so any device draws alike
         bar = tqdm(total=len(labels), desc="sample FM", unit="img", disable=not progress)
         for y in batches:
-            x = torch.randn((len(y), *self.shape), generator=gen)
+            x = torch.randn((len(y), *self.shape), generator=gen).to(dev)
+            y = y.to(dev)
             null = torch.full_like(y, n_cls)
             for t in sched.timesteps:
                 with autocast(x.device.type, precision):
@@ -196,7 +198,7 @@ class ClassConditionalDDPM:
                         e_c, e_u = e.chunk(2)
                         eps = e_u + guidance_scale * (e_c - e_u)
                 x = sched.step(eps, t, x, eta=eta, generator=gen).prev_sample
-            out.append(to_uint8(x))
+            out.append(to_uint8(x.cpu()))
             bar.update(len(y))
         bar.close()
         return ImageSet(np.concatenate(out), labels.numpy(), self.classes)
