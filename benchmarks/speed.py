@@ -10,6 +10,8 @@ batch 32, the quick profile's CNN, SGD lr 0.05 momentum 0.5. Seconds per round o
 - ``loop``: our per-client reference loop (``paper_repro.train.local_train``, channels_last as in quick; what
   ``fl.engine="auto"`` runs on CPU), fp32;
 - ``loop_bf16``: the same with ``fl.precision="bf16"`` (autocast; tests/test_engine.py bounds the difference);
+- ``threads`` / ``threads_bf16``: the same loop, two clients at once on one intra-op thread each
+  (``fl.engine="threads"``);
 - ``batched`` / ``batched_bf16``: the round's clients as one vmapped computation (``paper_repro.engine``; what
   ``auto`` runs on a GPU);
 - ``research_loop``: the authors' style — deep copy per client, a DataLoader, default memory format;
@@ -44,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from paper_repro.data import load_dataset
-from paper_repro.engine import batched_local_train
+from paper_repro.engine import batched_local_train, threaded_local_train
 from paper_repro.models import build_model
 from paper_repro.train import flat_state, local_train
 
@@ -110,7 +112,12 @@ def engines(clients, model, rounds: int) -> dict:
         return lambda ids, r: torch.stack([local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH, g, True,
                                                        precision=precision) for k, g in zip(ids, gens(ids, r))])
 
-    fns = {"loop": loop("fp32"), "loop_bf16": loop("bf16"), "batched": batched("fp32"),
+    def threads(precision):
+        return lambda ids, r: threaded_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
+                                                   gens(ids, r), True, precision=precision)
+
+    fns = {"loop": loop("fp32"), "loop_bf16": loop("bf16"), "threads": threads("fp32"),
+           "threads_bf16": threads("bf16"), "batched": batched("fp32"),
            "batched_bf16": batched("bf16"),
            "research_loop": lambda ids, r: torch.stack([research_local_train(model, *clients[k], int(k) + 1000 * r)
                                                         for k in ids])}

@@ -20,7 +20,7 @@ TRIGGERS = ("badnets", "blend")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
-ENGINES = ("auto", "loop", "batched")
+ENGINES = ("auto", "loop", "threads", "batched")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -218,10 +218,10 @@ class FLConfig:
     eval_batch_size: int = 1000
     """Batch size for evaluation. ours"""
     engine: str = "auto"
-    """Local training: loop (per client, the reference) | batched (the round's clients as one vmapped computation,
-    paper_repro.engine; same results up to float rounding, tested) | auto (batched on a GPU, loop on CPU, where
-    benchmarks/speed.py measured vmapped grouped convolutions slower than the channels_last loop). Like ``device``,
-    not part of the run key. ours"""
+    """Local training: loop (per client, the reference) | threads (the same loop, as many clients at once as torch
+    has intra-op threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
+    (batched on a GPU, loop on CPU). All give the same results up to float rounding (tests/test_engine.py), so like
+    ``device`` the engine is not part of the run key; benchmarks/speed.py measures them side by side. ours"""
     precision: str = "fp32"
     """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
     products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the

@@ -16,7 +16,7 @@ from .attacks import ClientAttack
 from .config import Config
 from .data import ImageSet
 from .defenses import Defense, RoundContext
-from .engine import batched_local_train
+from .engine import batched_local_train, threaded_local_train
 from .models import build_model
 from .rng import derive_seed, np_rng, torch_gen
 from .train import accuracy, distill, flat_state, load_flat_state, local_train, predict_logits, train_supervised
@@ -100,6 +100,10 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
             thetas = list(batched_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
                                               fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
                                               precision=fl.precision))
+        elif fl.engine == "threads":
+            thetas = list(threaded_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
+                                               fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
+                                               precision=fl.precision))
         else:
             thetas = [local_train(model, *client_tensors[k], fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
                                   gen, cl, context=client_ctx, precision=fl.precision) for k, gen in zip(ids, gens)]
