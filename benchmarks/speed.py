@@ -244,8 +244,6 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
             times[k].append(_timed(fn))
     ips = {k: n / min(v) for k, v in times.items()}
     out |= {"images_per_s": ips, "ratio_vs_stock": {k: v / ips["stock"] for k, v in ips.items() if k != "stock"}}
-    from paper_repro.data import load_dataset
-
     train, test = load_dataset("fashion_mnist")
     out["real_classifier_accuracy"] = {p: synthetic_accuracy(s, train, test, epochs=1)["synthetic_acc"]
                                        for p, s in samples.items()}
@@ -291,9 +289,9 @@ def main(argv=None) -> dict:
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     res = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-           "device": dev, "workload": dict(num_clients=NUM_CLIENTS, per_round=PER_ROUND, epochs=EPOCHS, batch=BATCH)}
+           "device": DEV.type,
+           "workload": dict(num_clients=NUM_CLIENTS, per_round=PER_ROUND, epochs=EPOCHS, batch=BATCH)}
     clients, model = workload()
     if "peak" in a.parts:
         res["matmul_peak_gflops"] = matmul_peak()
@@ -322,7 +320,7 @@ def main(argv=None) -> dict:
             res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
                                                 for k, v in e.items() if k != "rounds"}
     OUT.mkdir(exist_ok=True)
-    (OUT / f"speed_{dev}.json").write_text(json.dumps(res, indent=2))
+    (OUT / f"speed_{DEV.type}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return res
 

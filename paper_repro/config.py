@@ -310,17 +310,19 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+# Execution details: they change results at most by float rounding, so no key holds them (besides ``device``).
+EXECUTION_FIELDS = (("fl", "engine"), ("fm", "compile"))
 # Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key.
 LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
 
 
 def strip_execution(d: dict) -> dict:
-    """A config dict (``Config.to_dict`` or a saved one) without ``device``, ``fl.engine`` and ``fm.compile``, and
+    """A config dict (``Config.to_dict`` or a saved one) without ``device`` and the :data:`EXECUTION_FIELDS`, and
     without the :data:`LATER_FIELDS` that are at their defaults."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     d.pop("device", None)
-    d.get("fl", {}).pop("engine", None)
-    d.get("fm", {}).pop("compile", None)
+    for section, name in EXECUTION_FIELDS:
+        d.get(section, {}).pop(name, None)
     for (section, name), default in LATER_FIELDS.items():
         if d.get(section, {}).get(name, default) == default:
             d.get(section, {}).pop(name, None)

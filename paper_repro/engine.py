@@ -53,6 +53,16 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
         torch.set_num_threads(threads)
 
 
+def train_clients(engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
+                  *args, **kwargs) -> torch.Tensor:
+    """Step 2 with the configured ``fl.engine``: ``loop`` (one client after another), ``threads``, ``batched``, or
+    ``auto`` (batched on a GPU, loop elsewhere). Arguments after ``data`` as in :func:`batched_local_train`."""
+    if engine == "batched" or (engine == "auto" and str(device).startswith("cuda")):
+        return batched_local_train(global_model, data, *args, **kwargs)
+    workers = None if engine == "threads" else 1  # one worker: local_train per client in turn, the reference loop
+    return threaded_local_train(global_model, data, *args, workers=workers, **kwargs)
+
+
 def can_batch(model: nn.Module) -> bool:
     """True when the model has no buffers (e.g. no BatchNorm), so clients differ only in their parameters."""
     return not any(True for _ in model.buffers())

@@ -16,10 +16,10 @@ from .attacks import ClientAttack
 from .config import Config
 from .data import ImageSet
 from .defenses import Defense, RoundContext
-from .engine import batched_local_train, threaded_local_train
+from .engine import train_clients
 from .models import build_model
 from .rng import derive_seed, np_rng, torch_gen
-from .train import accuracy, distill, flat_state, load_flat_state, local_train, predict_logits, train_supervised
+from .train import accuracy, distill, flat_state, load_flat_state, predict_logits, train_supervised
 
 
 @dataclass
@@ -96,17 +96,8 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         g = flat_state(model)
         client_ctx = defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
         gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
-        if fl.engine == "batched" or (fl.engine == "auto" and str(dev).startswith("cuda")):
-            thetas = list(batched_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
-                                              fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
-                                              precision=fl.precision))
-        elif fl.engine == "threads":
-            thetas = list(threaded_local_train(model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
-                                               fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
-                                               precision=fl.precision))
-        else:
-            thetas = [local_train(model, *client_tensors[k], fl.local_epochs, fl.lr, fl.momentum, fl.batch_size,
-                                  gen, cl, context=client_ctx, precision=fl.precision) for k, gen in zip(ids, gens)]
+        thetas = list(train_clients(fl.engine, dev, model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
+                                    fl.momentum, fl.batch_size, gens, cl, context=client_ctx, precision=fl.precision))
         teachers = thetas  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
         updates = [inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)]
         updates_t = torch.stack(updates)  # (K, P)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import PRECISIONS
+
 
 # ------------------------------------------------------------------------------------------------ flat state
 def state_keys(model: nn.Module) -> list[str]:
@@ -46,8 +48,8 @@ def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Mo
 def autocast(device_type: str, precision: str = "fp32"):
     """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (convolutions and matrix products in bf16, losses and
     reductions in fp32, parameters untouched), a no-op context for ``"fp32"``."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={precision!r} is unknown; choose 'fp32' or 'bf16'")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; choose one of {list(PRECISIONS)}")
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
