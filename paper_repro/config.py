@@ -216,12 +216,20 @@ class FLConfig:
     weighting: str = "samples"
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
     eval_batch_size: int = 1000
-    """Batch size for evaluation. ours"""
+    """Images per forward pass in evaluation and for the teachers' logits: an execution detail (same predictions up
+    to float rounding, not part of any key). Large on a GPU; on a CPU a few dozen images stay in cache, which made
+    evaluation ~3× faster than 1,000 (quick: 32). ours"""
     engine: str = "auto"
     """Local training: loop (per client, the reference) | threads (the same loop, as many clients at once as torch
     has intra-op threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
     (batched on a GPU, loop on CPU). All give the same results up to float rounding (tests/test_engine.py), so like
     ``device`` the engine is not part of the run key; benchmarks/speed.py measures them side by side. ours"""
+    share_training: bool = True
+    """A run whose defense acts only at step 5 on a view of the fused model (act_bound, mm_bm, mmac, pruning:
+    ``Defense.trains_like_none``) replays the per-round weights of the same run without a defense instead of
+    training again: same results (tests/test_fl.py), only the defense's own work is done. Costs one saved trajectory
+    per no-defense run (rounds × parameters × 4 bytes: 18 MB in quick). An execution detail, not part of any key.
+    ours"""
     precision: str = "fp32"
     """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
     products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the
@@ -298,7 +306,7 @@ class Config:
 
     def result_dict(self) -> dict[str, Any]:
         """``to_dict`` without the execution details that do not change results beyond float rounding
-        (``device``, ``fl.engine``, ``fm.compile``): what the run key hashes and what two runs must share to be the
+        (``device`` and the :data:`EXECUTION_FIELDS`): what the run key hashes and what two runs must share to be the
         same run."""
         return strip_execution(self.to_dict())
 
@@ -311,7 +319,7 @@ class Config:
 
 
 # Execution details: they change results at most by float rounding, so no key holds them (besides ``device``).
-EXECUTION_FIELDS = (("fl", "engine"), ("fm", "compile"))
+EXECUTION_FIELDS = (("fl", "engine"), ("fl", "eval_batch_size"), ("fl", "share_training"), ("fm", "compile"))
 # Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key.
 LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
 
@@ -358,7 +366,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"name": "cnn", "channels_last": True},
         "attack": {"num_malicious": 4, "boost": 5.0, "client_poison_ratio": 0.5},
         "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.05,
-               "kd_lr": 2.5e-3, "batch_size": 32, "init_epochs": 10, "kd_epochs": 3},
+               "kd_lr": 2.5e-3, "batch_size": 32, "init_epochs": 10, "kd_epochs": 3, "eval_batch_size": 32},
     },
     "paper": {
         "data": {"dataset": "cifar10", "public_size": 10_000, "client_size": 0, "partition": "dirichlet",
@@ -367,7 +375,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                "num_inference_steps": 50, "guidance_scale": 7.5},
         "model": {"name": "resnet18", "channels_last": True},
         "fl": {"num_clients": 100, "clients_per_round": 10, "num_rounds": 50, "local_epochs": 3, "init_epochs": 10,
-               "kd_epochs": 3},
+               "kd_epochs": 3, "share_training": False},  # a ResNet-18 trajectory of 50 rounds would be 2.3 GB
         "device": "cuda",
     },
 }

@@ -9,7 +9,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,15 @@ import torch
 
 from . import defenses
 from .attacks import DataPoisoning, NoAttack
-from .config import Config, ConfigError, image_shape
+from .config import Config, ConfigError, DefenseConfig, image_shape
 from .data import REPO_ROOT, ImageSet, Splits, load_dataset, split_public
-from .fl import FLInputs, run_federated
+from .fl import FLInputs, Trajectory, run_federated
 from .partition import make_partition
 from .rng import np_rng, torch_gen
 from .triggers import Trigger, asr_set, poison
 
 RESULTS_VERSION = 1
+TRAJECTORY = "trajectory.pt"
 
 
 def default_results_dir() -> Path:
@@ -195,18 +196,24 @@ def run_name(cfg: Config, key: str) -> str:
 
 
 def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True,
-                   force: bool = False) -> RunResult:
+                   force: bool = False, record_trajectory: bool = False) -> RunResult:
     """Run one experiment, or load it if a finished run with the same config hash exists (``force`` re-runs it
-    into a fresh folder and only then replaces the old one)."""
+    into a fresh folder and only then replaces the old one). ``record_trajectory`` also saves the run's
+    :class:`~paper_repro.fl.Trajectory` (re-running a cached run that lacks one)."""
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     prep = prepare(cfg, progress)
     key = cfg.hash(prep.hashes)
     run_dir = results_dir / run_name(cfg, key)
-    if (run_dir / "metrics.csv").exists() and not force:
+    have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
+    if (run_dir / "metrics.csv").exists() and have_trajectory and not force:
         return RunResult(pd.read_csv(run_dir / "metrics.csv"), run_dir, cached=True)
     defense = defenses.get(cfg.defense.name, **cfg.defense.params)
+    replay = None
+    if cfg.fl.share_training and cfg.defense.name != "none" and defense.trains_like_none:
+        replay = training_trajectory(cfg, results_dir, progress)
     t0 = time.perf_counter()
-    out = run_federated(cfg, prep.inputs, defense, progress)
+    out = run_federated(cfg, prep.inputs, defense, progress, init_cache=cache_dir() / "init", replay=replay,
+                        record=record_trajectory)
     history = pd.DataFrame(out.history)
     history.insert(0, "seed", cfg.seed)
     history.insert(0, "defense", cfg.defense.name)
@@ -223,6 +230,8 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
                         **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()})
     (tmp / "flagged.json").write_text(json.dumps(out.flagged))
     history.to_csv(tmp / "metrics.csv", index=False)
+    if out.trajectory is not None:
+        out.trajectory.save(tmp / TRAJECTORY)
     if run_dir.exists():  # only reached with force=True: swap in the new run, then drop the old one
         old = run_dir.with_name(run_dir.name + ".old")
         os.replace(run_dir, old)
@@ -231,6 +240,14 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     else:
         os.replace(tmp, run_dir)
     return RunResult(history, run_dir)
+
+
+def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True) -> Trajectory:
+    """The per-round weights of ``cfg`` without a defense (run, or loaded from that run's folder), which every
+    defense with ``trains_like_none`` shares."""
+    base = replace(cfg, defense=DefenseConfig())
+    res = run_experiment(base, results_dir, progress, record_trajectory=True)
+    return Trajectory.load(res.run_dir / TRAJECTORY)
 
 
 def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:

@@ -4,8 +4,12 @@ training, (3) aggregation through the defense, (4) FedDF fusion on the synthetic
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +49,7 @@ class FLOutput:
     history: list[dict] = field(default_factory=list)
     model: nn.Module | None = None
     flagged: list[list[int]] = field(default_factory=list)
+    trajectory: Trajectory | None = None
 
 
 def evaluate(model: nn.Module, inp: FLInputs, cfg: Config) -> dict[str, float]:
@@ -68,59 +73,102 @@ def detection_rates(flagged: list[int], ids: np.ndarray, malicious: frozenset) -
             "fpr": sum(k in f for k in ben) / len(ben) if ben else float("nan")}
 
 
-def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool = True) -> FLOutput:
-    """Run ``cfg.fl.num_rounds`` rounds; one history row per round (round 0 = after synthetic initialisation)."""
-    fl, dev, cl, seed = cfg.fl, cfg.device, cfg.model.channels_last, cfg.seed
-    out = FLOutput()
-    x_kd, y_kd = inp.synthetic_kd.tensors(dev)
-    client_tensors = [c.tensors(dev) for c in (inp.attack.local_data(k, d) for k, d in enumerate(inp.clients))]
-    sizes = torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
+def initial_model(cfg: Config, inp: FLInputs, cache: Path | None = None) -> tuple[nn.Module, bool]:
+    """Step 0: the global model trained on the synthetic init set, and whether it came from ``cache``.
 
-    # 0. initialise the global model by supervised training on the synthetic set [C: 2401.10375]
-    t0 = time.perf_counter()
-    model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, derive_seed(seed, "model_init")).to(dev)
+    Every run of a grid that shares the seed and the synthetic init set (all defenses, both partitions, the
+    classic attack beside no attack) starts from the same model, so with a ``cache`` folder it is trained once and
+    loaded afterwards, keyed by a hash of everything that produced it."""
+    fl, dev, cl = cfg.fl, cfg.device, cfg.model.channels_last
+    init_seed = derive_seed(cfg.seed, "model_init")
+    model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, init_seed).to(dev)
+    src = {"model": cfg.model.name, "shape": list(inp.test.shape), "classes": inp.test.num_classes,
+           "init_seed": init_seed, "order_seed": cfg.seed, "synthetic": inp.synthetic_init.digest(),
+           "epochs": fl.init_epochs, "lr": fl.init_lr, "momentum": fl.momentum, "batch_size": fl.batch_size}
+    path = None
+    if cache is not None:
+        key = hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache) / f"{cfg.model.name}_{key}.pt"
+        if path.exists():
+            model.load_state_dict(torch.load(path, map_location=dev))
+            return model, True
     xi, yi = inp.synthetic_init.tensors(dev)
     train_supervised(model, xi, yi, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
-                     torch_gen(seed, "init"), cl)
-    out.history.append({"round": 0, **evaluate(model, inp, cfg), "init_seconds": time.perf_counter() - t0})
+                     torch_gen(cfg.seed, "init"), cl)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return model, False
+
+
+@dataclass
+class Trajectory:
+    """The global model after initialisation and after every fusion, with each round's sampled clients and the
+    timings of steps 1–4: what a run shares with every run whose defense acts only at step 5 on a view of the fused
+    model (:attr:`Defense.trains_like_none`), since such a defense leaves the weights, and so every later round, as
+    without it. Recorded by a no-defense run, replayed by :func:`run_federated`."""
+
+    states: torch.Tensor
+    """(R + 1, P): flat state after initialisation (row 0) and after the fusion of round r (row r)."""
+    client_ids: list[np.ndarray]
+    rows: list[dict]
+    """Per round: the step 1–4 columns of its history row (seconds, detection rates)."""
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp")
+        torch.save({"states": self.states, "client_ids": [a.tolist() for a in self.client_ids], "rows": self.rows},
+                   tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Trajectory:
+        d = torch.load(path)
+        return cls(d["states"], [np.asarray(a, dtype=np.int64) for a in d["client_ids"]], d["rows"])
+
+
+TRAINING_COLUMNS = ("local_seconds", "aggregate_seconds", "fusion_seconds", "num_flagged", "tpr", "fpr")
+
+
+def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool = True,
+                  init_cache: Path | None = None, replay: Trajectory | None = None, record: bool = False) -> FLOutput:
+    """Run ``cfg.fl.num_rounds`` rounds; one history row per round (round 0 = after synthetic initialisation).
+    ``init_cache``: folder where the initial model is cached (:func:`initial_model`). ``record``: keep the
+    :class:`Trajectory` in ``out.trajectory``. ``replay``: take steps 0–4 of every round from a recorded trajectory
+    instead of computing them (only for a defense with ``trains_like_none``; the results are the same)."""
+    fl, dev, cl, seed = cfg.fl, cfg.device, cfg.model.channels_last, cfg.seed
+    if replay is not None and not defense.trains_like_none:
+        raise ValueError(f"defense {defense.name!r} changes training, so it cannot replay a no-defense trajectory")
+    out = FLOutput()
+    t0 = time.perf_counter()
+    if replay is None:
+        # 0. initialise the global model by supervised training on the synthetic set [C: 2401.10375]
+        model, cached = initial_model(cfg, inp, init_cache)
+    else:
+        model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, 0).to(dev)
+        load_flat_state(model, replay.states[0].to(dev))
+        cached = True
+    out.history.append({"round": 0, **evaluate(model, inp, cfg), "init_seconds": time.perf_counter() - t0,
+                        "init_cached": cached})
     out.model = model
-    sample_rng = np_rng(seed, "client_sampling")
+    states, ids_seen, rows_seen = [flat_state(model)] if record else [], [], []
+    train = None if replay is not None else _RoundTrainer(cfg, inp, defense)
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
-        row: dict = {"round": rnd}
         t_round = time.perf_counter()
-        # 1. sample clients without replacement
-        ids = np.sort(sample_rng.choice(fl.num_clients, size=fl.clients_per_round, replace=False))
-        # 2. local training (malicious clients train on poisoned data and may scale their update)
-        t = time.perf_counter()
-        g = flat_state(model)
-        client_ctx = defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
-        gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
-        thetas = list(train_clients(fl.engine, dev, model, [client_tensors[k] for k in ids], fl.local_epochs, fl.lr,
-                                    fl.momentum, fl.batch_size, gens, cl, context=client_ctx, precision=fl.precision))
-        teachers = thetas  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
-        updates = [inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)]
-        updates_t = torch.stack(updates)  # (K, P)
-        row["local_seconds"] = time.perf_counter() - t
-        # 3. aggregation through the defense (robust aggregators / detectors act here)
-        t = time.perf_counter()
-        ctx = RoundContext(rnd, ids, model, inp.synthetic_kd, torch_gen(seed, "defense", rnd), dev, fl.num_rounds)
-        agg = defense.aggregate(updates_t, sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids)), ctx)
-        load_flat_state(model, g + agg.update)
-        flagged = sorted(int(f) for f in (agg.flagged or []))
+        ctx = RoundContext(rnd, np.zeros(0, np.int64), model, inp.synthetic_kd, torch_gen(seed, "defense", rnd), dev,
+                           fl.num_rounds, eval_batch_size=fl.eval_batch_size, channels_last=cl)
+        if replay is None:  # steps 1-4
+            ctx.client_ids, flagged, row = train(model, rnd, ctx)
+        else:
+            ctx.client_ids, flagged, row = replay.client_ids[rnd - 1], [], {"round": rnd, **replay.rows[rnd - 1]}
+            load_flat_state(model, replay.states[rnd].to(dev))
         out.flagged.append(flagged)
-        row["aggregate_seconds"] = time.perf_counter() - t
-        row.update(detection_rates(flagged, ids, inp.attack.malicious))
-        # 4. server fusion: distil toward the mean logits of the admitted clients' local models [C: FedDF]
-        t = time.perf_counter()
-        if fl.fusion and fl.kd_epochs > 0:
-            admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-            tmp = copy.deepcopy(model)
-            logits = torch.stack([predict_logits(load_flat_state(tmp, teachers[i]), x_kd, fl.eval_batch_size, cl)
-                                  for i in admitted]).mean(0)  # (N_syn, C)
-            distill(model, x_kd, y_kd, logits, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
-                    fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
-        row["fusion_seconds"] = time.perf_counter() - t
+        if record:
+            states.append(flat_state(model))
+            ids_seen.append(ctx.client_ids)
+            rows_seen.append({k: row[k] for k in TRAINING_COLUMNS})
         # 5. post-fusion defense (acts on a view of the model; the distributed weights stay as fused)
         t = time.perf_counter()
         ctx.global_model = model
@@ -131,6 +179,61 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         row.update(evaluate(served, inp, cfg))
         row["eval_seconds"] = time.perf_counter() - t
         row["round_seconds"] = time.perf_counter() - t_round
+        if replay is not None:  # the round as it would have taken: replayed steps 1-4 + this run's steps 5-6
+            row["round_seconds"] += row["local_seconds"] + row["aggregate_seconds"] + row["fusion_seconds"]
+            row["shared_training"] = True
         out.history.append(row)
         out.model = served
+    if record:
+        out.trajectory = Trajectory(torch.stack(states), ids_seen, rows_seen)
     return out
+
+
+class _RoundTrainer:
+    """Steps 1–4 of a round, in place on the global model: sample clients, local training, aggregation through the
+    defense, FedDF fusion. Returns the sampled ids, the flagged ids and the round's history row so far."""
+
+    def __init__(self, cfg: Config, inp: FLInputs, defense: Defense):
+        self.cfg, self.inp, self.defense = cfg, inp, defense
+        dev = cfg.device
+        self.x_kd, self.y_kd = inp.synthetic_kd.tensors(dev)
+        self.client_tensors = [c.tensors(dev) for c in (inp.attack.local_data(k, d) for k, d in enumerate(inp.clients))]
+        self.sizes = torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
+        self.sample_rng = np_rng(cfg.seed, "client_sampling")
+
+    def __call__(self, model: nn.Module, rnd: int, ctx: RoundContext) -> tuple[np.ndarray, list[int], dict]:
+        fl, dev, cl, seed, inp = self.cfg.fl, self.cfg.device, self.cfg.model.channels_last, self.cfg.seed, self.inp
+        row: dict = {"round": rnd}
+        # 1. sample clients without replacement
+        ids = np.sort(self.sample_rng.choice(fl.num_clients, size=fl.clients_per_round, replace=False))
+        ctx.client_ids = ids
+        # 2. local training (malicious clients train on poisoned data and may scale their update)
+        t = time.perf_counter()
+        g = flat_state(model)
+        client_ctx = self.defense.client_context()  # e.g. last round's activation bounds, if shipped to clients
+        gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
+        thetas = list(train_clients(fl.engine, dev, model, [self.client_tensors[k] for k in ids], fl.local_epochs,
+                                    fl.lr, fl.momentum, fl.batch_size, gens, cl, context=client_ctx,
+                                    precision=fl.precision))
+        teachers = thetas  # the KD teacher uses the un-scaled local model [C: FRJ-AJ]
+        updates = torch.stack([inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)])  # (K, P)
+        row["local_seconds"] = time.perf_counter() - t
+        # 3. aggregation through the defense (robust aggregators / detectors act here)
+        t = time.perf_counter()
+        w = self.sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids))
+        agg = self.defense.aggregate(updates, w, ctx)
+        load_flat_state(model, g + agg.update)
+        flagged = sorted(int(f) for f in (agg.flagged or []))
+        row["aggregate_seconds"] = time.perf_counter() - t
+        row.update(detection_rates(flagged, ids, inp.attack.malicious))
+        # 4. server fusion: distil toward the mean logits of the admitted clients' local models [C: FedDF]
+        t = time.perf_counter()
+        if fl.fusion and fl.kd_epochs > 0:
+            admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
+            tmp = copy.deepcopy(model)
+            logits = torch.stack([predict_logits(load_flat_state(tmp, teachers[i]), self.x_kd, fl.eval_batch_size,
+                                                 cl) for i in admitted]).mean(0)  # (N_syn, C)
+            distill(model, self.x_kd, self.y_kd, logits, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size,
+                    fl.kd_alpha, fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
+        row["fusion_seconds"] = time.perf_counter() - t
+        return ids, flagged, row

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import paper_repro as pr
 from paper_repro.fm import FMCheckpointError
@@ -111,3 +112,39 @@ def test_resolved_params_names_unknown_parameters():
     assert pr.defenses.resolved_params("krum", {"num_malicious": 3})["num_malicious"] == 3
     with pytest.raises(ValueError, match="accepted"):
         pr.defenses.resolved_params("krum", {"num_maliciuos": 3})
+
+
+@pytest.mark.parametrize("name,params", [("act_bound", {}), ("pruning", {}), ("mm_bm", {"epochs": 5})])
+def test_a_post_fusion_defense_replays_the_no_defense_training_with_the_same_results(tmp_path, name, params):
+    kw = {"attack": {"kind": "fm"}, "defense": {"name": name, "params": params}}
+    full = _run(tmp_path / "full", fl={"share_training": False}, **kw)
+    shared = _run(tmp_path / "shared", **kw)
+    assert "shared_training" not in full.history and shared.history["shared_training"].iloc[1:].all()
+    cols = ["round", "acc", "asr"]
+    pd.testing.assert_frame_equal(shared.history[cols], full.history[cols])
+    assert full.run_dir.name == shared.run_dir.name  # an execution detail: same run key
+    (base,) = [p for p in (tmp_path / "shared").iterdir() if p.name.startswith("smoke_fm_none_")]
+    states = pr.fl.Trajectory.load(base / "trajectory.pt").states
+    assert states.shape[0] == 3  # after init, after rounds 1 and 2
+    assert (states[1] != states[2]).any()
+
+
+def test_a_defense_that_changes_training_trains_itself(tmp_path):
+    res = _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound", "params": {"deploy": "clients"}})
+    assert "shared_training" not in res.history
+    assert not any(p.name.startswith("smoke_fm_none_") for p in tmp_path.iterdir())
+    cfg = pr.load_config("smoke", defense={"name": "krum"})
+    prep = pr.experiment.prepare(cfg, progress=False)
+    traj = pr.fl.Trajectory(torch.zeros(3, 1), [np.arange(5)] * 2, [{}] * 2)
+    with pytest.raises(ValueError, match="cannot replay"):
+        pr.fl.run_federated(cfg, prep.inputs, pr.defenses.get("krum"), progress=False, replay=traj)
+
+
+def test_runs_that_share_seed_and_synthetic_set_start_from_one_cached_initial_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path / "cache"))
+    a = _run(tmp_path / "a", attack={"kind": "classic"}, defense={"name": "krum"})
+    b = _run(tmp_path / "b", attack={"kind": "none"}, defense={"name": "median"}, data={"partition": "dirichlet"})
+    c = pr.run_experiment(pr.load_config("smoke", seed=1), results_dir=tmp_path / "c", progress=False)
+    assert not a.history["init_cached"].iloc[0] and not c.history["init_cached"].iloc[0]
+    assert b.history["init_cached"].iloc[0]
+    assert a.history["acc"].iloc[0] == b.history["acc"].iloc[0]

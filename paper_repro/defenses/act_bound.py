@@ -94,6 +94,10 @@ class ActBound(Defense):
         self.c = c0
         self.log: dict = {}
 
+    @property
+    def trains_like_none(self) -> bool:
+        return self.deploy == "server"  # bounds shipped to clients change their training
+
     def client_context(self):
         if self.deploy != "clients" or self.bounds is None:
             return None
@@ -115,7 +119,7 @@ class ActBound(Defense):
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:
             return model
-        x = self.fit_data(ctx)
+        x = ctx.as_input(self.fit_data(ctx))
         sites = resolve_sites(model, self.sites)
         bounded = BoundedModel(model, self.initial_bounds(model, x, sites))
         self.log = fit_bounds(bounded, x, self.epochs, self.lr, self.c if self.warm_start else self.c0, self.growth,

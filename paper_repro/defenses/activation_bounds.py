@@ -221,13 +221,17 @@ def fit_bounds(bounded: BoundedModel, x: torch.Tensor, epochs: int, lr: float, c
 
 
 def reverse_engineer(model: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int, steps: int,
-                     lr: float, momentum: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                     lr: float, momentum: float, generator: torch.Generator, channels_last: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """MMAC's backdoor-like samples: per class t, ``per_class`` uniform images in [−1, 1] optimised with SGD to
     maximise the margin z_t − max_{j≠t} z_j of the original model. [C: MMAC mmac.py; inputs here in [−1, 1]
     because our models see Normalize(0.5, 0.5)]"""
     model.eval()
     t = torch.arange(num_classes).repeat_interleave(per_class)
-    xr = (torch.rand((len(t), *shape), generator=generator) * 2 - 1).requires_grad_(True)
+    xr = torch.rand((len(t), *shape), generator=generator) * 2 - 1
+    if channels_last and xr.dim() == 4:  # the format the model trained in (same values, faster)
+        xr = xr.contiguous(memory_format=torch.channels_last)
+    xr.requires_grad_(True)
     opt = torch.optim.SGD([xr], lr=lr, momentum=momentum)
     for _ in range(steps):
         loss = -margin(model(xr), t).sum()

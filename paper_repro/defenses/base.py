@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet
+from ..train import predict_logits
 
 
 @dataclass
@@ -28,6 +29,17 @@ class RoundContext:
     """Total rounds of the run (a defense may act only in the final one)."""
     malicious: frozenset = frozenset()
     """Ground truth for metrics only (TPR/FPR); a defense must not read it."""
+    eval_batch_size: int = 1000
+    channels_last: bool = False
+    """How the run evaluates models (``fl.eval_batch_size``, ``model.channels_last``), used by :meth:`predict`."""
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory format the run trains in (a channels_last model is slow on contiguous images)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``model``'s logits on ``x``, batched as the run evaluates."""
+        return predict_logits(model, x, self.eval_batch_size, self.channels_last)
 
     @property
     def is_final(self) -> bool:
@@ -60,6 +72,14 @@ class Defense:
     """No defense: sample-weighted FedAvg at step 3, nothing at step 5."""
 
     name = "none"
+
+    @property
+    def trains_like_none(self) -> bool:
+        """True when the defense acts only at step 5, on a view of the fused model: it aggregates as FedAvg and ships
+        nothing to clients, so the weights after every round are those of the run without a defense, and such a
+        run replays that run's training (``fl.Trajectory``) instead of repeating it."""
+        cls = type(self)
+        return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
         """updates (K, P), weights (K,) → aggregated update (P,)."""

@@ -17,7 +17,6 @@ from scipy import stats
 from torch import nn
 
 from .. import aggregators as agg
-from ..train import predict_logits
 from .activation_bounds import record_activations, relu_sites
 from .base import AggregateResult, Defense, RoundContext, local_models
 
@@ -69,7 +68,7 @@ class WeiDetect(Defense):
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         x, y = ctx.synthetic.tensors(ctx.device)
-        scores = np.array([(predict_logits(m, x).argmax(1) == y).float().mean().item()
+        scores = np.array([(ctx.predict(m, x).argmax(1) == y).float().mean().item()
                            for m in local_models(ctx, updates)])
         if len(scores) < 3 or np.ptp(scores) == 0:
             return _result(updates, weights, ctx, np.zeros(len(scores), bool), {"scores": scores.tolist()})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from ..train import predict_logits
 from .act_bound import ActBound, fit_subset
 from .base import RoundContext
 
@@ -33,5 +32,5 @@ class MMBM(ActBound):
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""
         idx = fit_subset(ctx.synthetic.y, self.per_class, ctx.round)
         x, y = ctx.synthetic.subset(idx).tensors(ctx.device)
-        keep = predict_logits(ctx.global_model, x).argmax(1) == y
+        keep = ctx.predict(ctx.global_model, x).argmax(1) == y
         return x[keep] if keep.any() else x

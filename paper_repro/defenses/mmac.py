@@ -35,9 +35,9 @@ class MMAC(ActBound):
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:
             return model
-        x = self.fit_data(ctx)
+        x = ctx.as_input(self.fit_data(ctx))
         xr, tr = reverse_engineer(model, tuple(x.shape[1:]), ctx.synthetic.num_classes, self.re_per_class,
-                                  self.re_steps, self.re_lr, self.re_momentum, ctx.generator)
+                                  self.re_steps, self.re_lr, self.re_momentum, ctx.generator, ctx.channels_last)
         sites = resolve_sites(model, self.sites)
         bounded = BoundedModel(model, self.initial_bounds(model, x, sites))
         self.log = fit_bounds(bounded, x, self.epochs, self.lr, self.c0, self.growth, self.target_agreement,
