@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import defenses
 from .config import load_config
-from .experiment import run_experiment
+from .experiment import run_many
 
 
 @dataclass(frozen=True)
@@ -50,25 +49,21 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def run_ablations(profile: str = "quick", names: list[str] | None = None, seeds: tuple[int, ...] = (0,),
-                  results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+                  results_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> pd.DataFrame:
     """Run (or load from cache) every point of the chosen ablations; one tidy row per run."""
     unknown = set(names or []) - set(ABLATIONS)
     if unknown:
         raise ValueError(f"unknown ablations {sorted(unknown)}; known: {sorted(ABLATIONS)}")
-    jobs = []
-    for a in (ABLATIONS[n] for n in (names or ABLATIONS)):
-        for v in a.values:
-            for d in a.defenses:
-                for s in seeds:
-                    jobs.append((a, v, d, s))
-    rows = []
-    for a, v, d, s in tqdm(jobs, desc="ablations", disable=not progress):
+    points = [(a, v, d, s) for a in (ABLATIONS[n] for n in (names or ABLATIONS)) for v in a.values
+              for d in a.defenses for s in seeds]
+    cfgs = []
+    for a, v, d, s in points:
         kw = _merge({"defense": {"name": d}}, a.overrides(v))
         # a parameter at its default is left out, so that the point shares its cached run with the defense grid
         defaults = defenses.resolved_params(d)
         kw["defense"]["params"] = {k: x for k, x in kw["defense"].get("params", {}).items() if defaults.get(k) != x}
-        cfg = load_config(profile, seed=s, **kw)
-        res = run_experiment(cfg, results_dir=results_dir, progress=False)
-        rows.append({"ablation": a.name, "label": a.label, "value": v, "defense": d, "seed": s,
-                     "acc": res.final["acc"], "asr": res.final["asr"], "run": res.run_dir.name})
-    return pd.DataFrame(rows)
+        cfgs.append(load_config(profile, seed=s, **kw))
+    results = run_many(cfgs, results_dir, jobs, progress, desc="ablations")
+    return pd.DataFrame([{"ablation": a.name, "label": a.label, "value": v, "defense": d, "seed": s,
+                          "acc": res.final["acc"], "asr": res.final["asr"], "run": res.run_dir.name}
+                         for (a, v, d, s), res in zip(points, results)])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from . import defenses
 from .attacks import DataPoisoning, NoAttack
@@ -208,9 +209,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     if (run_dir / "metrics.csv").exists() and have_trajectory and not force:
         return RunResult(pd.read_csv(run_dir / "metrics.csv"), run_dir, cached=True)
     defense = defenses.get(cfg.defense.name, **cfg.defense.params)
-    replay = None
-    if cfg.fl.share_training and cfg.defense.name != "none" and defense.trains_like_none:
-        replay = training_trajectory(cfg, results_dir, progress)
+    replay = training_trajectory(cfg, results_dir, progress) if _replays(cfg) else None
     t0 = time.perf_counter()
     out = run_federated(cfg, prep.inputs, defense, progress, init_cache=cache_dir() / "init", replay=replay,
                         record=record_trajectory)
@@ -238,8 +237,73 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         os.replace(tmp, run_dir)
         shutil.rmtree(old)
     else:
-        os.replace(tmp, run_dir)
+        try:
+            os.replace(tmp, run_dir)
+        except OSError:  # another process finished the same run first: keep its folder
+            if not (run_dir / "metrics.csv").exists():
+                raise
+            shutil.rmtree(tmp)
     return RunResult(history, run_dir)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_one(args: tuple) -> RunResult:
+    cfg, results_dir, record = args
+    return run_experiment(cfg, results_dir, progress=False, record_trajectory=record)
+
+
+def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: int = 1, progress: bool = True,
+             desc: str = "runs") -> list[RunResult]:
+    """:func:`run_experiment` for every config (cached ones are loaded), ``jobs`` at a time in worker processes with
+    an equal share of torch's threads each; results in the order of ``cfgs``.
+
+    On a CPU, small convolutions do not keep several threads busy, so two one-thread runs side by side finish
+    sooner than two two-thread runs in turn (benchmarks/speed.py, part ``jobs``); the numbers agree up to float
+    rounding (one thread sums in another order than two), so ``jobs=1`` is what reproduces the committed tables
+    bit for bit. Runs whose defense replays a no-defense run (``fl.share_training``) start after that run."""
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} must be >= 1")
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    def key(c: Config) -> str:
+        return json.dumps(c.to_dict(), sort_keys=True, default=list)
+
+    bases = [replace(c, defense=DefenseConfig()) for c in cfgs if _replays(c)]
+    need = {key(b) for b in bases}
+    first, then = [], []  # (position, args); a run that another one replays records its trajectory
+    seen: dict[str, int] = {}
+    for i, c in enumerate([*cfgs, *bases]):  # bases missing from cfgs run too, before their replays
+        k = key(c)
+        if k in seen:
+            continue
+        seen[k] = i
+        (then if _replays(c) else first).append((i, (c, results_dir, k in need)))
+    out: dict[int, RunResult] = {}
+    bar = tqdm(total=len(first) + len(then), desc=desc, disable=not progress)
+    if jobs == 1:
+        for i, args in first + then:
+            out[i] = _run_one(args)
+            bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        with cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), _worker_init, (threads,)) as pool:
+            for phase in (first, then):
+                futures = {pool.submit(_run_one, args): i for i, args in phase}
+                for f in cf.as_completed(futures):
+                    out[futures[f]] = f.result()
+                    bar.update()
+    bar.close()
+    return [out[seen[key(c)]] for c in cfgs]
+
+
+def _replays(cfg: Config) -> bool:
+    return (cfg.fl.share_training and cfg.defense.name != "none"
+            and defenses.get(cfg.defense.name, **cfg.defense.params).trains_like_none)
 
 
 def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True) -> Trajectory:

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import defenses
 from .config import load_config, strip_execution
-from .experiment import default_results_dir, run_experiment
+from .experiment import default_results_dir, run_many
 
 # reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
 DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
@@ -30,17 +29,15 @@ def summarise(history: pd.DataFrame) -> dict:
 def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
              attacks: tuple[str, ...] = ("none", "classic", "fm"), partitions: tuple[str, ...] = tuple(PARTITIONS),
              seeds: tuple[int, ...] = (0,), results_dir: str | Path | None = None, out_csv: str | Path | None = None,
-             progress: bool = True, **overrides) -> pd.DataFrame:
-    """Run (or load from cache) every combination; one row per run; written to ``out_csv`` (default
-    ``<results>/grid_<profile>.csv``)."""
+             progress: bool = True, jobs: int = 1, **overrides) -> pd.DataFrame:
+    """Run (or load from cache) every combination, ``jobs`` at a time (:func:`~paper_repro.experiment.run_many`);
+    one row per run; written to ``out_csv`` (default ``<results>/grid_<profile>.csv``)."""
     names = defense_names or defenses.names()
-    rows = []
     combos = list(itertools.product(names, attacks, partitions, seeds))
-    for name, attack, part, seed in tqdm(combos, desc="grid", disable=not progress):
-        cfg = grid_config(profile, attack, name, part, seed, **overrides)
-        res = run_experiment(cfg, results_dir=results_dir, progress=False)
-        rows.append({"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
-                     "run": res.run_dir.name})
+    cfgs = [grid_config(profile, attack, name, part, seed, **overrides) for name, attack, part, seed in combos]
+    results = run_many(cfgs, results_dir, jobs, progress, desc="grid")
+    rows = [{"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
+             "run": res.run_dir.name} for (name, attack, part, seed), res in zip(combos, results)]
     df = pd.DataFrame(rows)
     out = Path(out_csv) if out_csv else (Path(results_dir) if results_dir else default_results_dir()) / \
         f"grid_{profile}.csv"

@@ -109,9 +109,10 @@ def export_tables(profile: str = "quick", results_dir: str | Path | None = None,
 
 def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defense_names: list[str] | None = None,
                    ablation_seeds: tuple[int, ...] | None = None, results_dir: str | Path | None = None,
-                   tables_dir: str | Path | None = None, progress: bool = True) -> dict:
+                   tables_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> dict:
     """Everything the figure notebooks read, recomputed (cached runs are reused): the defense grid, the ablations,
-    the activation study (F3) and the F1 samples; then the tables are exported. Returns seconds per step."""
+    the activation study (F3) and the F1 samples; then the tables are exported. ``jobs`` runs side by side
+    (:func:`~paper_repro.experiment.run_many`). Returns seconds per step."""
     import json
     import resource
     import time
@@ -129,10 +130,11 @@ def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defens
                    table_path("samples", profile, tables_dir, "npz"))
     seconds["synthetic_set_and_samples"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_grid(profile, defense_names, seeds=tuple(seeds), results_dir=results_dir, progress=progress)
+    run_grid(profile, defense_names, seeds=tuple(seeds), results_dir=results_dir, progress=progress, jobs=jobs)
     seconds["grid"] = time.perf_counter() - t
     t = time.perf_counter()
-    abl = run_ablations(profile, seeds=tuple(ablation_seeds or seeds[:1]), results_dir=results_dir, progress=progress)
+    abl = run_ablations(profile, seeds=tuple(ablation_seeds or seeds[:1]), results_dir=results_dir, progress=progress,
+                        jobs=jobs)
     abl.to_csv(table_path("ablations", profile, tables_dir), index=False, float_format="%.5g")
     seconds["ablations"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -141,8 +143,10 @@ def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defens
     metrics.to_csv(table_path("activation_metrics", profile, tables_dir), index=False, float_format="%.5g")
     seconds["activation_study"] = time.perf_counter() - t
     export_tables(profile, results_dir, tables_dir)
-    summary = {"profile": profile, "seeds": list(seeds), "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    summary = {"profile": profile, "seeds": list(seeds), "jobs": jobs,
+               "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "total_seconds": round(sum(seconds.values()), 1), "peak_rss_mb": round(rss / 1024, 1)}
     table_path("results", profile, tables_dir, "json").write_text(json.dumps(summary, indent=2))
     return summary
 

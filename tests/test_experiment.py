@@ -148,3 +148,19 @@ def test_runs_that_share_seed_and_synthetic_set_start_from_one_cached_initial_mo
     assert not a.history["init_cached"].iloc[0] and not c.history["init_cached"].iloc[0]
     assert b.history["init_cached"].iloc[0]
     assert a.history["acc"].iloc[0] == b.history["acc"].iloc[0]
+
+
+def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
+    cfgs = [pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": n}) for n in ("act_bound", "krum")]
+    cfgs.append(pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "pruning"}))
+    cfgs.append(cfgs[0])  # a repeated config runs once
+    one = pr.experiment.run_many(cfgs, tmp_path / "one", jobs=1, progress=False)
+    two = pr.experiment.run_many(cfgs, tmp_path / "two", jobs=2, progress=False)
+    assert [r.run_dir.name for r in one] == [r.run_dir.name for r in two]
+    assert one[0].run_dir == one[3].run_dir
+    # the replayed runs' no-defense base ran first, in both
+    assert len(list((tmp_path / "two").glob("smoke_fm_none_*/trajectory.pt"))) == 1
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a.history[["acc", "asr"]], b.history[["acc", "asr"]], atol=0.02)
+    with pytest.raises(ValueError, match="jobs"):
+        pr.experiment.run_many(cfgs, tmp_path, jobs=0)
