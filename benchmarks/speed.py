@@ -1,7 +1,8 @@
 """Speed, measured side by side in one run (issue 6). Not a test: numbers depend on the machine and its load.
 
     python benchmarks/speed.py                        # everything; JSON in benchmarks/results/speed_<cpu|cuda>.json
-    python benchmarks/speed.py --parts engines flops  # a subset: peak engines flower flops sampler
+    python benchmarks/speed.py --parts engines flops  # a subset: peak engines flower flops sampler overhead rss
+                                                      #   eval recompute jobs (--merge keeps the other parts)
     python benchmarks/speed.py --rounds 5
 
 Workload (issue 6): Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
@@ -24,6 +25,9 @@ second of our DDPM sampler (fp32, bf16, bf16 + torch.compile) vs a stock diffuse
 diffusers' pipelines, fp32, one UNet call per guidance branch) at equal steps, with the real-classifier accuracy of
 the fp32 and bf16 samples; each defense's overhead per round from the committed grid table; and the peak RSS of the
 quick main job (``python -m paper_repro main --profile quick``, run afresh in a temporary results folder).
+For the recompute (``make results``): evaluation batch sizes (``eval``), one quick run under each execution change —
+evaluation batches, init cache, act_bound replaying the no-defense weights (``recompute``) — and runs two at a time
+in worker processes vs one at a time (``jobs``).
 
 The ``ours`` engine in the ratios is the fastest of our engines on this machine.
 """
@@ -283,11 +287,107 @@ def peak_rss_main_job() -> dict:
     return {"peak_rss_gb": rss_kb * 1024 / 1e9, "seconds": secs}
 
 
+def eval_batches(n: int = 10_000, reps: int = 3) -> dict:
+    """Seconds to classify ``n`` Fashion-MNIST-sized images with the quick CNN: batches of 1,000 with only the images
+    in channels_last (how evaluation ran before), of 1,000 and of 32 with model and images in channels_last (now)."""
+    model = build_model("cnn", (1, 28, 28), 10, 0).to(DEV)
+    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(DEV)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, m, xx, bs in (("bs1000_input_only_channels_last", model, xc, 1000),
+                            ("bs1000_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc,
+                             1000),
+                            ("bs32_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc, 32)):
+        m.eval()
+
+        def run(m=m, xx=xx, bs=bs):
+            with torch.inference_mode():
+                for xb in xx.split(bs):
+                    m(xb)
+
+        run()
+        out[name] = statistics.median(_timed(run) for _ in range(reps))
+    out["speedup_bs32_vs_before"] = out["bs1000_input_only_channels_last"] / out["bs32_channels_last"]
+    return out
+
+
+class _FreshRuns:
+    """Temporary results and cache folders for runs measured afresh; the synthetic-set cache is shared (linked) so
+    that no part re-draws the FM's images."""
+
+    def __enter__(self):
+        from paper_repro.experiment import cache_dir
+
+        self._tmp = tempfile.TemporaryDirectory()
+        root = Path(self._tmp.name)
+        (root / "cache").mkdir()
+        syn = cache_dir() / "synthetic"
+        if syn.exists():
+            (root / "cache" / "synthetic").symlink_to(syn.resolve())
+        self._env = {k: os.environ.get(k) for k in ("PAPER_REPRO_RESULTS", "PAPER_REPRO_CACHE")}
+        os.environ["PAPER_REPRO_RESULTS"], os.environ["PAPER_REPRO_CACHE"] = str(root / "results"), str(root / "cache")
+        return root
+
+    def __exit__(self, *exc):
+        for k, v in self._env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._tmp.cleanup()
+
+
+def recompute_parts() -> dict:
+    """One quick run (FM attack, IID, seed 0) measured afresh under each of this session's execution changes, side by
+    side: evaluation batches of 1,000 vs 32 (``fl.eval_batch_size``), the initial model trained vs loaded from the
+    init cache, and act_bound trained in full vs replaying the no-defense run's weights (``fl.share_training``)."""
+    from paper_repro.config import load_config
+    from paper_repro.experiment import run_experiment
+
+    def run(**kw) -> dict:
+        t = time.perf_counter()
+        res = run_experiment(load_config("quick", attack={"kind": "fm"}, **kw), progress=False, force=True)
+        return {"seconds": time.perf_counter() - t, "acc": float(res.final["acc"]), "asr": float(res.final["asr"])}
+
+    out = {}
+    with _FreshRuns():
+        out["eval_bs1000_init_trained"] = run(fl={"eval_batch_size": 1000})
+        out["eval_bs32_init_cached"] = run()
+        with _FreshRuns():
+            out["eval_bs32_init_trained"] = run()
+        out["act_bound_full"] = run(defense="act_bound", fl={"share_training": False})
+        out["act_bound_replay"] = run(defense="act_bound")  # the no-defense run above holds no trajectory: re-run
+        out["act_bound_replay_again"] = run(defense="act_bound")
+    out["speedup_run"] = out["eval_bs1000_init_trained"]["seconds"] / out["eval_bs32_init_cached"]["seconds"]
+    out["speedup_act_bound_replay"] = out["act_bound_full"]["seconds"] / out["act_bound_replay_again"]["seconds"]
+    return out
+
+
+def jobs_side_by_side(n: int = 4) -> dict:
+    """``n`` distinct quick runs (seeds 100…) one at a time with all threads vs two at a time in worker processes
+    with one thread each (``run_many(jobs=2)``), afresh; throughput ratio and the largest ACC/ASR difference."""
+    from paper_repro.config import load_config
+    from paper_repro.experiment import run_many
+
+    cfgs = [load_config("quick", attack={"kind": k}, seed=100 + i) for i, k in enumerate(["fm", "classic"] * (n // 2))]
+    out = {}
+    for jobs in (1, 2):
+        with _FreshRuns():
+            t = time.perf_counter()
+            res = run_many(cfgs, jobs=jobs, progress=False)
+            out[f"jobs{jobs}_seconds"] = time.perf_counter() - t
+            out[f"jobs{jobs}_final"] = [(float(r.final["acc"]), float(r.final["asr"])) for r in res]
+    out["speedup_jobs2"] = out["jobs1_seconds"] / out["jobs2_seconds"]
+    out["max_abs_diff_acc_asr"] = float(np.abs(np.array(out["jobs1_final"]) - np.array(out["jobs2_final"])).max())
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
-    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss"]
+    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss", "eval", "recompute", "jobs"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--merge", action="store_true", help="keep the other parts of the saved JSON")
     a = p.parse_args(argv)
     res = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
            "device": DEV.type,
@@ -307,6 +407,12 @@ def main(argv=None) -> dict:
         res["defense_overhead_quick"] = overheads()
     if "rss" in a.parts:
         res["quick_main_job"] = peak_rss_main_job()
+    if "eval" in a.parts:
+        res["eval_seconds_per_10k_images"] = eval_batches()
+    if "recompute" in a.parts:
+        res["quick_run"] = recompute_parts()
+    if "jobs" in a.parts:
+        res["jobs"] = jobs_side_by_side()
     e = res.get("engines_seconds_per_round")
     if e:
         ours = min((k for k in e if k not in ("rounds", "research_loop")), key=e.get)
@@ -320,7 +426,10 @@ def main(argv=None) -> dict:
             res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
                                                 for k, v in e.items() if k != "rounds"}
     OUT.mkdir(exist_ok=True)
-    (OUT / f"speed_{DEV.type}.json").write_text(json.dumps(res, indent=2))
+    path = OUT / f"speed_{DEV.type}.json"
+    if a.merge and path.exists():  # a subset of parts updates its entries of the last full run
+        res = {**json.loads(path.read_text()), **res}
+    path.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return res
 

@@ -18,9 +18,11 @@ from . import defenses
 from .config import Config, load_config
 from .defenses import RoundContext
 from .defenses.activation_bounds import clip_hooks, record_activations
-from .experiment import Prepared, prepare
+from .experiment import Prepared, prepare, training_trajectory
 from .fl import evaluate, run_federated
+from .models import build_model
 from .rng import torch_gen
+from .train import load_flat_state
 
 
 @dataclass
@@ -56,9 +58,17 @@ class BoundedRun:
 
 
 def train_and_bound(cfg: Config, progress: bool = True, **act_bound_params) -> BoundedRun:
-    """Train ``cfg`` without defense, then fit ``act_bound`` (``act_bound_params`` override its defaults)."""
+    """Train ``cfg`` without defense, then fit ``act_bound`` (``act_bound_params`` override its defaults).
+
+    With ``fl.share_training`` (default) the final weights come from the no-defense run's saved trajectory in the
+    results folder (:func:`~paper_repro.experiment.training_trajectory`: run once, then loaded), the very run that
+    the grid's act_bound cell replays."""
     prep = prepare(cfg, progress)
-    model = run_federated(cfg, prep.inputs, defenses.get("none"), progress).model
+    if cfg.fl.share_training:
+        model = build_model(cfg.model.name, prep.inputs.test.shape, prep.inputs.test.num_classes, 0).to(cfg.device)
+        load_flat_state(model, training_trajectory(cfg, progress=progress).states[-1].to(cfg.device))
+    else:
+        model = run_federated(cfg, prep.inputs, defenses.get("none"), progress).model
     d, served = fit_act_bound(cfg, prep, model, act_bound_params)
     plain, bounded = evaluate(model, prep.inputs, cfg), evaluate(served, prep.inputs, cfg)
     return BoundedRun(cfg, prep, model, d, {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]})

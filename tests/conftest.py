@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("PAPER_REPRO_CACHE", os.path.join(os.path.dirname(__file__), "..", "build", "test-cache"))
+os.environ.setdefault("PAPER_REPRO_RESULTS", os.path.join(os.path.dirname(__file__), "..", "build", "test-results"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
