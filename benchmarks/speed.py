@@ -342,8 +342,9 @@ def recompute_parts() -> dict:
     side: evaluation batches of 1,000 vs 32 (``fl.eval_batch_size``), the initial model trained vs loaded from the
     init cache, and act_bound trained in full vs replaying the no-defense run's weights (``fl.share_training``)."""
     from paper_repro.config import load_config
-    from paper_repro.experiment import run_experiment
+    from paper_repro.experiment import keep_freed_memory, run_experiment
 
+    keep_freed_memory()  # as the command line does
     def run(**kw) -> dict:
         t = time.perf_counter()
         res = run_experiment(load_config("quick", attack={"kind": "fm"}, **kw), progress=False, force=True)
@@ -367,8 +368,9 @@ def jobs_side_by_side(n: int = 4) -> dict:
     """``n`` distinct quick runs (seeds 100…) one at a time with all threads vs two at a time in worker processes
     with one thread each (``run_many(jobs=2)``), afresh; throughput ratio and the largest ACC/ASR difference."""
     from paper_repro.config import load_config
-    from paper_repro.experiment import run_many
+    from paper_repro.experiment import keep_freed_memory, run_many
 
+    keep_freed_memory()  # as the command line and the workers do
     cfgs = [load_config("quick", attack={"kind": k}, seed=100 + i) for i, k in enumerate(["fm", "classic"] * (n // 2))]
     out = {}
     for jobs in (1, 2):
