@@ -403,18 +403,12 @@ def main(argv=None) -> dict:
         res["client_gflop_per_round"] = client_flops(model, clients) / 1e9
     if "flower" in a.parts:
         res["flower"] = [flower(clients, model, a.rounds, c) for c in (1, 2)]
-    if "sampler" in a.parts:
-        res["sampler"] = sampler()
-    if "overhead" in a.parts:
-        res["defense_overhead_quick"] = overheads()
-    if "rss" in a.parts:
-        res["quick_main_job"] = peak_rss_main_job()
-    if "eval" in a.parts:
-        res["eval_seconds_per_10k_images"] = eval_batches()
-    if "recompute" in a.parts:
-        res["quick_run"] = recompute_parts()
-    if "jobs" in a.parts:
-        res["jobs"] = jobs_side_by_side()
+    standalone = {"sampler": ("sampler", sampler), "overhead": ("defense_overhead_quick", overheads),
+                  "rss": ("quick_main_job", peak_rss_main_job), "eval": ("eval_seconds_per_10k_images", eval_batches),
+                  "recompute": ("quick_run", recompute_parts), "jobs": ("jobs", jobs_side_by_side)}
+    for part, (key, fn) in standalone.items():
+        if part in a.parts:
+            res[key] = fn()
     e = res.get("engines_seconds_per_round")
     if e:
         ours = min((k for k in e if k not in ("rounds", "research_loop")), key=e.get)

@@ -227,9 +227,9 @@ class FLConfig:
     share_training: bool = True
     """A run whose defense acts only at step 5 on a view of the fused model (act_bound, mm_bm, mmac, pruning:
     ``Defense.trains_like_none``) replays the per-round weights of the same run without a defense instead of
-    training again: same results (tests/test_fl.py), only the defense's own work is done. Costs one saved trajectory
-    per no-defense run (rounds × parameters × 4 bytes: 18 MB in quick). An execution detail, not part of any key.
-    ours"""
+    training again: same results (tests/test_experiment.py), only the defense's own work is done. Costs one saved
+    trajectory per no-defense run (rounds × parameters × 4 bytes: 18 MB in quick). An execution detail, not part of
+    any key. ours"""
     precision: str = "fp32"
     """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
     products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the
