@@ -20,9 +20,7 @@ from .defenses import RoundContext
 from .defenses.activation_bounds import clip_hooks, record_activations
 from .experiment import Prepared, prepare, training_trajectory
 from .fl import evaluate, run_federated
-from .models import build_model
 from .rng import torch_gen
-from .train import load_flat_state
 
 
 @dataclass
@@ -65,8 +63,7 @@ def train_and_bound(cfg: Config, progress: bool = True, **act_bound_params) -> B
     the grid's act_bound cell replays."""
     prep = prepare(cfg, progress)
     if cfg.fl.share_training:
-        model = build_model(cfg.model.name, prep.inputs.test.shape, prep.inputs.test.num_classes, 0).to(cfg.device)
-        load_flat_state(model, training_trajectory(cfg, progress=progress).states[-1].to(cfg.device))
+        model = training_trajectory(cfg, progress=progress).model_at(cfg, prep.inputs)
     else:
         model = run_federated(cfg, prep.inputs, defenses.get("none"), progress).model
     d, served = fit_act_bound(cfg, prep, model, act_bound_params)

@@ -209,7 +209,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     if (run_dir / "metrics.csv").exists() and have_trajectory and not force:
         return RunResult(pd.read_csv(run_dir / "metrics.csv"), run_dir, cached=True)
     defense = defenses.get(cfg.defense.name, **cfg.defense.params)
-    replay = training_trajectory(cfg, results_dir, progress) if _replays(cfg) else None
+    replay = training_trajectory(cfg, results_dir, progress) if _replays(cfg, defense) else None
     t0 = time.perf_counter()
     out = run_federated(cfg, prep.inputs, defense, progress, init_cache=cache_dir() / "init", replay=replay,
                         record=record_trajectory)
@@ -285,6 +285,7 @@ def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: in
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+
     def key(c: Config) -> str:
         return json.dumps(c.to_dict(), sort_keys=True, default=list)
 
@@ -319,9 +320,11 @@ def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: in
     return [out[seen[key(c)]] for c in cfgs]
 
 
-def _replays(cfg: Config) -> bool:
-    return (cfg.fl.share_training and cfg.defense.name != "none"
-            and defenses.get(cfg.defense.name, **cfg.defense.params).trains_like_none)
+def _replays(cfg: Config, defense: defenses.Defense | None = None) -> bool:
+    """Whether ``cfg``'s run replays its no-defense run (``defense``: its instance, if already built)."""
+    if not cfg.fl.share_training or cfg.defense.name == "none":
+        return False
+    return (defense or defenses.get(cfg.defense.name, **cfg.defense.params)).trains_like_none
 
 
 def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True) -> Trajectory:

@@ -90,17 +90,23 @@ def initial_model(cfg: Config, inp: FLInputs, cache: Path | None = None) -> tupl
         key = hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache) / f"{cfg.model.name}_{key}.pt"
         if path.exists():
-            model.load_state_dict(torch.load(path, map_location=dev))
+            model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
             return model, True
     xi, yi = inp.synthetic_init.tensors(dev)
     train_supervised(model, xi, yi, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
                      torch_gen(cfg.seed, "init"), cl)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        _save_atomic(model.state_dict(), path)
     return model, False
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then renamed: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -117,15 +123,18 @@ class Trajectory:
     """Per round: the step 1–4 columns of its history row (seconds, detection rates)."""
 
     def save(self, path: Path) -> None:
-        tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp")
-        torch.save({"states": self.states, "client_ids": [a.tolist() for a in self.client_ids], "rows": self.rows},
-                   tmp)
-        os.replace(tmp, path)
+        _save_atomic({"states": self.states, "client_ids": [a.tolist() for a in self.client_ids],
+                      "rows": self.rows}, path)
 
     @classmethod
     def load(cls, path: Path) -> Trajectory:
-        d = torch.load(path)
+        d = torch.load(path, weights_only=True)
         return cls(d["states"], [np.asarray(a, dtype=np.int64) for a in d["client_ids"]], d["rows"])
+
+    def model_at(self, cfg: Config, inp: FLInputs, rnd: int = -1) -> nn.Module:
+        """A fresh model of ``cfg`` holding the weights after round ``rnd`` (0 = initialisation, -1 = the last)."""
+        model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, 0).to(cfg.device)
+        return load_flat_state(model, self.states[rnd].to(cfg.device))
 
 
 TRAINING_COLUMNS = ("local_seconds", "aggregate_seconds", "fusion_seconds", "num_flagged", "tpr", "fpr")
@@ -146,9 +155,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, progress: bool =
         # 0. initialise the global model by supervised training on the synthetic set [C: 2401.10375]
         model, cached = initial_model(cfg, inp, init_cache)
     else:
-        model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, 0).to(dev)
-        load_flat_state(model, replay.states[0].to(dev))
-        cached = True
+        model, cached = replay.model_at(cfg, inp, 0), True
     out.history.append({"round": 0, **evaluate(model, inp, cfg), "init_seconds": time.perf_counter() - t0,
                         "init_cached": cached})
     out.model = model

@@ -39,9 +39,15 @@ def load_flat_state(model: nn.Module, vec: torch.Tensor) -> nn.Module:
     return model
 
 
+def as_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images ``x`` (N, C, H, W) in channels_last memory format when asked (same values; fast only when the model's
+    weights are in that format too), anything else unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
     if channels_last and x.dim() == 4:
-        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        return model.to(memory_format=torch.channels_last), as_format(x, True)
     return model, x
 
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..train import as_format
+
 GRANULARITIES = ("channel", "neuron", "layer")
 
 
@@ -228,10 +230,8 @@ def reverse_engineer(model: nn.Module, shape: tuple[int, ...], num_classes: int,
     because our models see Normalize(0.5, 0.5)]"""
     model.eval()
     t = torch.arange(num_classes).repeat_interleave(per_class)
-    xr = torch.rand((len(t), *shape), generator=generator) * 2 - 1
-    if channels_last and xr.dim() == 4:  # the format the model trained in (same values, faster)
-        xr = xr.contiguous(memory_format=torch.channels_last)
-    xr.requires_grad_(True)
+    # in the format the model trained in (same values, faster)
+    xr = as_format(torch.rand((len(t), *shape), generator=generator) * 2 - 1, channels_last).requires_grad_(True)
     opt = torch.optim.SGD([xr], lr=lr, momentum=momentum)
     for _ in range(steps):
         loss = -margin(model(xr), t).sum()

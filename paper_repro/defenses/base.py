@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet
-from ..train import predict_logits
+from ..train import as_format, predict_logits
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RoundContext:
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory format the run trains in (a channels_last model is slow on contiguous images)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        return as_format(x, self.channels_last)
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``model``'s logits on ``x``, batched as the run evaluates."""
