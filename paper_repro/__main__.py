@@ -1,127 +1,117 @@
-"""Command line.
-
-    python -m paper_repro run --profile quick --attack fm --defense none --seed 0
-    python -m paper_repro main --profile quick      # the main job: no-defense runs + their figures
-    python -m paper_repro grid --profile quick --seeds 0 1 2   # every defense × attack × partition → CSV
-"""
+"""Command line (``python -m paper_repro --help``). Heavy imports happen after the arguments are parsed."""
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from . import plots
-from .config import load_config
-from .data import REPO_ROOT
-from .experiment import keep_freed_memory, prepare, run_experiment
+from .store import REPO_ROOT
 
 FIGURES = REPO_ROOT / "figures"
+EXAMPLES = """examples:
+  python -m paper_repro run --profile quick --attack fm --defense act_bound --seed 0
+  python -m paper_repro main --profile quick              # no-defense runs + figures F1, F2
+  python -m paper_repro grid --profile quick --seeds 0 1 2 --jobs 2
+  python -m paper_repro results --profile quick          # every table the figure notebooks read
+  python -m paper_repro figures                          # every figure from the committed tables
+"""
 
 
-def _cfg(profile: str, attack: str, defense: str, seed: int, partition: str | None = None):
-    data = {"partition": partition} if partition else {}
-    return load_config(profile, attack={"kind": attack}, defense={"name": defense}, data=data, seed=seed)
-
-
-def main_job(profile: str, seeds: list[int], out: Path = FIGURES) -> dict:
-    """Runs clean / classic / FM attack without defense and writes F1 (synthetic samples, clean and poisoned),
-    F2 (ACC/ASR per round) and a summary JSON. Returns the summary."""
-    t0 = time.perf_counter()
-    runs = [run_experiment(_cfg(profile, a, "none", s)) for a in ("none", "classic", "fm") for s in seeds]
-    hist = pd.concat([r.history for r in runs], ignore_index=True)
-    fig = plots.rounds(hist, title=f"F2 — no defense, {profile} profile, seeds {seeds} (reconstruction, not the "
-                                   "paper's numbers)")
-    written = plots.savefig(fig, out / "fig02_acc_asr_no_defense")
-    prep = prepare(_cfg(profile, "fm", "none", seeds[0]), progress=False)
-    clean, poisoned = prep.synthetic_clean, prep.inputs.synthetic_kd
-    written += plots.savefig(plots.sample_grid(clean, title=f"F1a — clean synthetic set drawn by the FM ({profile})"),
-                             out / "fig01a_synthetic_clean")
-    written += plots.savefig(plots.sample_grid(poisoned, highlight=prep.fm_poisoned,
-                                               title="F1b — FM attack: poisoned synthetic set (red = triggered, "
-                                                     "relabelled to class 0)"), out / "fig01b_synthetic_poisoned")
-    final = hist.groupby(["attack", "seed"]).tail(1)
-    summary = {"profile": profile, "seeds": seeds,
-               "final": final[["attack", "seed", "acc", "asr"]].to_dict(orient="records"),
-               "seconds": round(time.perf_counter() - t0, 1),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "figures": [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in written]}
-    (out / f"main_job_{profile}.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m paper_repro")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m paper_repro", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Reproducibility package (a reconstruction) for 'Securing Federated "
+                                            "Learning against Backdoor Threats with Foundation Model Integration'.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="one experiment (cached by config hash)")
-    r.add_argument("--profile", default="quick")
-    r.add_argument("--attack", default="none")
-    r.add_argument("--defense", default="none")
-    r.add_argument("--partition", default=None)
+
+    def profile(q):
+        q.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"), help="preset (quick)")
+
+    def jobs(q):
+        q.add_argument("--jobs", type=int, default=1,
+                       help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding")
+
+    r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
+    profile(r)
+    r.add_argument("--attack", default="none", help="attack name: none, classic, fm, both")
+    r.add_argument("--defense", default="none", help="defense name (see paper_repro.defenses.names())")
+    r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"))
     r.add_argument("--seed", type=int, default=0)
-    m = sub.add_parser("main", help="the main job: no-defense runs and their figures")
-    m.add_argument("--profile", default="quick")
+    m = sub.add_parser("main", help="the main job: no-defense runs and their figures F1, F2")
+    profile(m)
     m.add_argument("--seeds", type=int, nargs="+", default=[0])
     m.add_argument("--out", default=str(FIGURES), help="folder for its figures and summary (default figures/)")
     g = sub.add_parser("grid", help="every defense × attack × {iid, dirichlet 0.5}: final ACC/ASR table (CSV)")
-    g.add_argument("--profile", default="quick")
+    profile(g)
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
-    g.add_argument("--defenses", nargs="+", default=None)
-    g.add_argument("--out", default=None)
-    g.add_argument("--jobs", type=int, default=1, help="runs side by side in worker processes (default 1)")
+    g.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
+    g.add_argument("--out", default=None, help="CSV path (default <results>/grid_<profile>.csv)")
+    jobs(g)
     r2 = sub.add_parser("results", help="recompute every table the figure notebooks read (grid, ablations, F3, F1)")
-    r2.add_argument("--profile", default="quick")
+    profile(r2)
     r2.add_argument("--seeds", type=int, nargs="+", default=[0])
-    r2.add_argument("--defenses", nargs="+", default=None)
-    r2.add_argument("--tables-dir", default=None)
-    r2.add_argument("--jobs", type=int, default=1,
-                    help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding")
+    r2.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
+    r2.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
+    jobs(r2)
     t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
-    t.add_argument("--profile", default="quick")
-    t.add_argument("--tables-dir", default=None)
+    profile(t)
+    t.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
     for name, what in (("figures", "the figure notebooks (from the tables) → figures/"),
                        ("notebooks", "the numbered notebooks 01–05 through papermill")):
         f = sub.add_parser(name, help=what)
-        f.add_argument("--profile", default="quick")
-        f.add_argument("--tables-dir", default=None)
-        f.add_argument("--figures-dir", default=str(FIGURES))
+        profile(f)
+        f.add_argument("--tables-dir", default=None, help="tables to read (default data/tables)")
+        f.add_argument("--figures-dir", default=str(FIGURES), help="where figures go (default figures/)")
         f.add_argument("--out", default=None, help="folder for the executed copies (default build/notebooks)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    from .options import RunOptions
+    from .runner import keep_freed_memory
+
     keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
+    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs} if "jobs" in a else {}))
     if a.cmd in ("figures", "notebooks"):
-        from . import batch
+        from . import notebooks
         from .tables import TABLES_DIR
 
-        paths = batch.figure_notebooks() if a.cmd == "figures" else batch.numbered_notebooks()
-        out = a.out or batch.BUILD_DIR / a.cmd
+        paths = notebooks.figure_notebooks() if a.cmd == "figures" else notebooks.numbered_notebooks()
+        out = a.out or notebooks.BUILD_DIR / a.cmd
         t0 = time.perf_counter()
-        done = batch.run_notebooks(paths, out, profile=a.profile, tables_dir=str(a.tables_dir or TABLES_DIR),
-                                   figures_dir=str(Path(a.figures_dir).resolve()))
+        done = notebooks.run_notebooks(paths, out, profile=a.profile, tables_dir=str(a.tables_dir or TABLES_DIR),
+                                       figures_dir=str(Path(a.figures_dir).resolve()))
         print(json.dumps({"notebooks": done, "seconds": round(time.perf_counter() - t0, 1), "executed": str(out)},
                          indent=2))
     elif a.cmd == "results":
-        from .tables import compute_tables
+        from .studies.compute import compute_tables
 
         print(json.dumps(compute_tables(a.profile, tuple(a.seeds), a.defenses, tables_dir=a.tables_dir,
-                                         jobs=a.jobs), indent=2))
+                                        options=opts), indent=2))
     elif a.cmd == "tables":
-        from .tables import export_tables
+        from .studies.compute import export_tables
 
         print("\n".join(str(p) for p in export_tables(a.profile, tables_dir=a.tables_dir)))
     elif a.cmd == "grid":
-        from .grid import run_grid
+        from .studies.grid import run_grid
 
-        df = run_grid(a.profile, a.defenses, seeds=tuple(a.seeds), out_csv=a.out, jobs=a.jobs)
+        df = run_grid(a.profile, a.defenses, seeds=tuple(a.seeds), out_csv=a.out, options=opts)
         cols = ["acc", "asr", "tpr", "fpr", "overhead"]
         print(df.groupby(["partition", "attack", "defense"])[cols].mean().round(3).to_string())
     elif a.cmd == "run":
-        res = run_experiment(_cfg(a.profile, a.attack, a.defense, a.seed, a.partition))
+        from .profiles import load_config
+        from .runner import run_experiment
+
+        data = {"partition": a.partition} if a.partition else {}
+        cfg = load_config(a.profile, attack={"kind": a.attack}, defense={"name": a.defense}, data=data, seed=a.seed)
+        res = run_experiment(cfg, options=opts)
         print(res.history.to_string(index=False))
         print(f"{'cached' if res.cached else 'saved'}: {res.run_dir}")
     else:
+        from .studies.main_job import main_job
+
         print(json.dumps(main_job(a.profile, a.seeds, Path(a.out)), indent=2))
 
 

@@ -1,26 +1,25 @@
-"""Typed, validated experiment configuration: frozen dataclasses, three profiles, a stable hash.
+"""The science config: frozen dataclasses of everything that changes a run's numbers, each value validated on
+construction. Presets and overrides are in :mod:`paper_repro.profiles`; execution settings (device, engine, ...)
+in :mod:`paper_repro.options`; which fields enter a run's key in :mod:`paper_repro.results`.
 
-Every field carries a docstring-comment naming its source: ``[C: ...]`` confirmed in a paper or its code,
-``[R]`` reconstructed by us (PAPER.md marking), ``ours`` a package choice (mostly to fit 2 CPU cores).
+Every field's docstring names its source: ``[C: ...]`` confirmed in a paper or its code, ``[R]`` reconstructed by us,
+``ours`` a package choice (mostly to fit 2 CPU cores); see docs/paper.md.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field, fields, replace
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 PROFILES = ("smoke", "quick", "paper")
 DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
-ATTACK_KINDS = ("none", "classic", "fm", "both")
 TRIGGERS = ("badnets", "blend")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
-ENGINES = ("auto", "loop", "threads", "batched")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -39,6 +38,11 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
 
 def _fraction(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]; give a fraction such as 0.2")
+
+
+def _positive(name: str, value: float) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+           f"{name}={value} must be a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -94,14 +98,12 @@ class FMConfig:
     """DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like). With the shipped FM, η = 1 raised the real-classifier
     accuracy on samples from 0.75 to 0.87 (25 steps, guidance 2; guidance 4 fell to 0.36). ours"""
     batch_size: int = 250
-    """Images per sampling batch. ours"""
+    """Images per sampling batch. Part of the synthetic set's cache key: the noise is drawn batch by batch, so
+    another batch size draws other images. ours"""
     precision: str = "fp32"
     """UNet arithmetic while sampling (ddpm source): fp32 | bf16 (``torch.autocast``; the scheduler stays fp32).
     bf16 draws different images from the same seed, so it is part of the cache key; fp32 keeps the key it had
     before this option existed. benchmarks/speed.py reports its speed and the real-classifier accuracy of both. ours"""
-    compile: bool = False
-    """Sample through ``torch.compile`` (C++ compiler needed on CPU; ~1 min compile, then faster). An execution
-    detail like ``device``: same images up to float rounding, not part of any key. ours"""
     sample_seed: int = 0
     """Seed of the synthetic draw. Fixed by default: the server queries the FM once, and every run of a grid
     (all seeds, attacks, defenses) shares that synthetic set; poisoning still varies with the run seed. ours"""
@@ -137,7 +139,8 @@ class AttackConfig:
     """Who attacks and how: the FM attack poisons the synthetic set, the classic one uses malicious clients."""
 
     kind: str = "none"
-    """none | classic (malicious clients) | fm (poisoned synthetic data) | both. [C: 2410.17573 abstract]"""
+    """Registry name, see ``paper_repro.attacks.names()``: none | classic (malicious clients) | fm (poisoned
+    synthetic data) | both. [C: 2410.17573 abstract]"""
     trigger: str = "badnets"
     """badnets (white square, bottom-right) | blend (blended random pattern). [C: PAKDD, 3×3 white square]"""
     trigger_size: int = 3
@@ -158,7 +161,8 @@ class AttackConfig:
     """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
 
     def __post_init__(self) -> None:
-        _choice("attack.kind", self.kind, ATTACK_KINDS)
+        _check(isinstance(self.kind, str) and bool(self.kind), "attack.kind must be an attack name, see "
+               "paper_repro.attacks.names()")
         _choice("attack.trigger", self.trigger, TRIGGERS)
         _fraction("attack.poison_ratio", self.poison_ratio)
         _fraction("attack.client_poison_ratio", self.client_poison_ratio)
@@ -166,19 +170,12 @@ class AttackConfig:
         _check(self.trigger_size >= 1, "attack.trigger_size must be >= 1")
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
-        _check(self.boost > 0, "attack.boost must be > 0 (1 = no scaling)")
+        _positive("attack.boost", self.boost)
         stages = tuple(self.fm_stages)
         object.__setattr__(self, "fm_stages", stages)
         for s in stages:
             _choice("attack.fm_stages[]", s, FM_STAGES)
 
-    @property
-    def uses_fm(self) -> bool:
-        return self.kind in ("fm", "both")
-
-    @property
-    def uses_classic(self) -> bool:
-        return self.kind in ("classic", "both")
 
 
 @dataclass(frozen=True)
@@ -215,21 +212,6 @@ class FLConfig:
     """Run server fusion (FedDF) each round; False = plain FedAvg after synthetic init (2311.00144). [C]"""
     weighting: str = "samples"
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
-    eval_batch_size: int = 1000
-    """Images per forward pass in evaluation and for the teachers' logits: an execution detail (same predictions up
-    to float rounding, not part of any key). Large on a GPU; on a CPU a few dozen images stay in cache, which made
-    evaluation ~3× faster than 1,000 (quick: 32). ours"""
-    engine: str = "auto"
-    """Local training: loop (per client, the reference) | threads (the same loop, as many clients at once as torch
-    has intra-op threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
-    (batched on a GPU, loop on CPU). All give the same results up to float rounding (tests/test_engine.py), so like
-    ``device`` the engine is not part of the run key; benchmarks/speed.py measures them side by side. ours"""
-    share_training: bool = True
-    """A run whose defense acts only at step 5 on a view of the fused model (act_bound, mm_bm, mmac, pruning:
-    ``Defense.trains_like_none``) replays the per-round weights of the same run without a defense instead of
-    training again: same results (tests/test_experiment.py), only the defense's own work is done. Costs one saved
-    trajectory per no-defense run (rounds × parameters × 4 bytes: 18 MB in quick). An execution detail, not part of
-    any key. ours"""
     precision: str = "fp32"
     """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
     products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the
@@ -237,7 +219,6 @@ class FLConfig:
     before this option existed. ours"""
 
     def __post_init__(self) -> None:
-        _choice("fl.engine", self.engine, ENGINES)
         _choice("fl.precision", self.precision, PRECISIONS)
         _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
         _check(1 <= self.clients_per_round <= self.num_clients,
@@ -245,12 +226,11 @@ class FLConfig:
         _check(self.num_rounds >= 0, "fl.num_rounds must be >= 0")
         _check(self.local_epochs >= 1, "fl.local_epochs must be >= 1")
         _check(self.init_epochs >= 0 and self.kd_epochs >= 0, "fl.init_epochs/kd_epochs must be >= 0")
-        for n in ("lr", "init_lr", "kd_lr"):
-            _check(getattr(self, n) > 0, f"fl.{n} must be > 0")
+        for n in ("lr", "init_lr", "kd_lr", "kd_temperature"):
+            _positive(f"fl.{n}", getattr(self, n))
         _check(0 <= self.momentum < 1, "fl.momentum must be in [0, 1)")
-        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "fl.batch_size/eval_batch_size must be >= 1")
+        _check(self.batch_size >= 1, "fl.batch_size must be >= 1")
         _fraction("fl.kd_alpha", self.kd_alpha)
-        _check(self.kd_temperature > 0, "fl.kd_temperature must be > 0")
         _choice("fl.weighting", self.weighting, WEIGHTINGS)
 
 
@@ -264,11 +244,9 @@ class DefenseConfig:
     """Keyword arguments of the defense (documented in its file). ours"""
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and bool(self.name), "defense.name must be a defense name, see "
+               "paper_repro.defenses.names()")
         _check(isinstance(self.params, dict), "defense.params must be a dict of keyword arguments")
-        # late import: defenses depend on config, not the other way round
-        from . import defenses
-
-        defenses.get(self.name, **self.params)  # raises with the list of known names / bad params
 
 
 @dataclass(frozen=True)
@@ -285,15 +263,12 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
-    device: str = "cpu"
-    """torch device (cpu, cuda). Not part of the hash: results must not depend on it beyond float rounding. ours"""
 
     def __post_init__(self) -> None:
         _choice("profile", self.profile, PROFILES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed must be a non-negative integer")
-        if self.attack.uses_classic:
-            _check(self.attack.num_malicious <= self.fl.num_clients,
-                   f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}")
+        _check(self.attack.num_malicious <= self.fl.num_clients,
+               f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}")
         _check(self.attack.target_class < num_classes(self.data.dataset),
                f"attack.target_class={self.attack.target_class} is not a class of {self.data.dataset} "
                f"(0..{num_classes(self.data.dataset) - 1})")
@@ -304,38 +279,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def result_dict(self) -> dict[str, Any]:
-        """``to_dict`` without the execution details that do not change results beyond float rounding
-        (``device`` and the :data:`EXECUTION_FIELDS`): what the run key hashes and what two runs must share to be the
-        same run."""
-        return strip_execution(self.to_dict())
-
-    def hash(self, extra: dict | None = None) -> str:
-        """Hash of every field that changes results (execution details excluded), plus ``extra`` (data/FM hashes)."""
-        d = self.result_dict()
-        if extra:
-            d["_extra"] = extra
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
-
-
-# Execution details: they change results at most by float rounding, so no key holds them (besides ``device``).
-EXECUTION_FIELDS = (("fl", "engine"), ("fl", "eval_batch_size"), ("fl", "share_training"), ("fm", "compile"))
-# Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key.
-LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
-
-
-def strip_execution(d: dict) -> dict:
-    """A config dict (``Config.to_dict`` or a saved one) without ``device`` and the :data:`EXECUTION_FIELDS`, and
-    without the :data:`LATER_FIELDS` that are at their defaults."""
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    d.pop("device", None)
-    for section, name in EXECUTION_FIELDS:
-        d.get(section, {}).pop(name, None)
-    for (section, name), default in LATER_FIELDS.items():
-        if d.get(section, {}).get(name, default) == default:
-            d.get(section, {}).pop(name, None)
-    return d
-
 
 def num_classes(dataset: str) -> int:
     return 10
@@ -343,80 +286,3 @@ def num_classes(dataset: str) -> int:
 
 def image_shape(dataset: str) -> tuple[int, int, int]:
     return {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "synthetic_blobs": (1, 12, 12)}[dataset]
-
-
-_PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {
-        "data": {"dataset": "synthetic_blobs", "public_size": 200, "client_size": 400, "test_size": 200,
-                 "min_size": 4},
-        "fm": {"source": "real_public", "n_per_class": 10, "num_inference_steps": 2, "batch_size": 50},
-        "model": {"name": "tiny"},
-        "fl": {"num_clients": 6, "clients_per_round": 5, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
-               "batch_size": 16, "eval_batch_size": 200},
-    },
-    # quick: 2 CPU cores. Deviations from the paper grid, each for speed: Fashion-MNIST, 20 clients (5/round), 10
-    # rounds, 200 synthetic images/class, 5,000 test images, local lr 0.05 with KD lr 2.5e-3 (the author code's
-    # 20:1 local:KD ratio; 0.01/5e-4 gave ACC 0.82 after 10 rounds, 0.05/5e-4 let local training wash out the FM
-    # backdoor that the paper's pipeline keeps, ASR 0.83); classic attack with 4 of 20 clients
-    # (20 %, MARS's ratio) scaling their update ×5 (MARS's MRA scale) and poisoning 50 % of their non-target data,
-    # because one plain attacker is washed out by fusion in 10 rounds (measured ASR 0.03).
-    "quick": {
-        "data": {"dataset": "fashion_mnist", "public_size": 10_000, "client_size": 20_000, "test_size": 5_000},
-        "fm": {"source": "ddpm", "n_per_class": 200},
-        "model": {"name": "cnn", "channels_last": True},
-        "attack": {"num_malicious": 4, "boost": 5.0, "client_poison_ratio": 0.5},
-        "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.05,
-               "kd_lr": 2.5e-3, "batch_size": 32, "init_epochs": 10, "kd_epochs": 3, "eval_batch_size": 32},
-    },
-    "paper": {
-        "data": {"dataset": "cifar10", "public_size": 10_000, "client_size": 0, "partition": "dirichlet",
-                 "beta": 0.1, "min_size": 20},
-        "fm": {"source": "stable_diffusion", "checkpoint": "data/fm/stable-diffusion", "n_per_class": 1000,
-               "num_inference_steps": 50, "guidance_scale": 7.5},
-        "model": {"name": "resnet18", "channels_last": True},
-        "fl": {"num_clients": 100, "clients_per_round": 10, "num_rounds": 50, "local_epochs": 3, "init_epochs": 10,
-               "kd_epochs": 3, "share_training": False},  # a ResNet-18 trajectory of 50 rounds would be 2.3 GB
-        "device": "cuda",
-    },
-}
-
-
-def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(obj)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; known keys: {sorted(names)}")
-    kwargs = {}
-    for k, v in overrides.items():
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
-            kwargs[k] = _apply(cur, v, f"{where}.{k}" if where != "config" else k)
-        elif dataclasses.is_dataclass(cur) and dataclasses.is_dataclass(v):
-            kwargs[k] = v
-        else:
-            kwargs[k] = tuple(v) if isinstance(v, list) else v
-    return replace(obj, **kwargs)
-
-
-def load_config(profile: str = "quick", **overrides: Any) -> Config:
-    """The ``profile`` preset with nested ``overrides`` applied, e.g. ``attack={"kind": "fm"}, seed=1``.
-
-    Unknown profiles or keys raise :class:`ConfigError` listing what is known; every value is validated.
-    """
-    _choice("profile", profile, PROFILES)
-    preset = {k: dict(v) if isinstance(v, dict) else v for k, v in _PROFILE_OVERRIDES[profile].items()}
-    for section, vals in overrides.items():
-        if isinstance(vals, dict) and isinstance(preset.get(section), dict):
-            preset[section] = {**preset[section], **vals}
-        else:
-            preset[section] = vals
-    if "defense" in preset and isinstance(preset["defense"], str):
-        preset["defense"] = {"name": preset["defense"]}
-    return _apply(Config(profile=profile), preset, "config")
-
-
-def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a :class:`Config` saved by :meth:`Config.to_dict` (e.g. a run's ``config.json``)."""
-    d = dict(d)
-    profile = d.pop("profile", "quick")
-    return _apply(Config(profile=profile), d, "config")

@@ -7,17 +7,21 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .rng import np_rng
+
+if TYPE_CHECKING:
+    import torch
+
+from .store import REPO_ROOT  # noqa: F401  (re-exported: data paths are relative to it)
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -86,6 +90,8 @@ class ImageSet:
 
     def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images (x/255 − 0.5)/0.5 and labels. [C: author code Normalize(0.5, 0.5)]"""
+        import torch
+
         return to_float(self.x, device), torch.tensor(self.y, device=device)
 
     @staticmethod
@@ -95,12 +101,16 @@ class ImageSet:
 
 def to_float(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 (N, C, H, W) → float32 in [−1, 1]."""
+    import torch
+
     t = torch.tensor(np.asarray(x), device=device)  # copy: inputs are read-only
     return t.float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float in [−1, 1] → uint8 (rounded, clipped)."""
+    import torch
+
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
@@ -189,7 +199,7 @@ def make_synthetic_blobs(n_train: int = 1200, n_test: int = 300, size: int = 12,
     return ImageSet(*draw(n_train), names), ImageSet(*draw(n_test), names)
 
 
-def load_dataset(name: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+def load_dataset(name: str) -> tuple[ImageSet, ImageSet]:
     """(train, test) of a dataset named in ``config.DATASETS``."""
     if name == "fashion_mnist":
         return load_fashion_mnist()
@@ -223,3 +233,11 @@ def split_public(train: ImageSet, test: ImageSet, public_size: int, client_size:
     return Splits(train.subset(np.sort(perm[:public_size])),
                   train.subset(np.sort(perm[public_size:public_size + client_size])),
                   test.subset(test_idx))
+
+
+def public_splits(cfg) -> Splits:
+    """A config's dataset split into the server's public split (the FM's training data), the client pool and the
+    test set, by ``cfg.data.split_seed`` (independent of the run seed, so the FM never saw a client's image)."""
+    d = cfg.data
+    train, test = load_dataset(d.dataset)
+    return split_public(train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed)

@@ -1,4 +1,5 @@
-"""Classifiers: a tiny net (smoke), a small CNN (quick, Fashion-MNIST) and the CIFAR ResNet-18 (paper)."""
+"""Classifiers: a tiny net (smoke), a small CNN (quick, Fashion-MNIST) and the CIFAR ResNet-18 (paper); and the
+flat view of a model's state (one vector) that aggregators and defenses work on."""
 from __future__ import annotations
 
 import torch
@@ -91,3 +92,29 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, seed: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODEL_REGISTRY[name](in_channels=shape[0], num_classes=num_classes, size=shape[-1])
+
+
+def state_keys(model: nn.Module) -> list[str]:
+    """Floating-point state entries (parameters and BN running statistics; never integer counters such as
+    ``num_batches_tracked``, PAPER.md §9 trap 3)."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point()]
+
+
+def flat_state(model: nn.Module) -> torch.Tensor:
+    """All floating-point state as one vector (P,)."""
+    sd = model.state_dict()
+    return torch.cat([sd[k].detach().reshape(-1).float() for k in state_keys(model)])
+
+
+def load_flat_state(model: nn.Module, vec: torch.Tensor) -> nn.Module:
+    """Write a (P,) vector back into ``model``'s floating-point state (in place on ``model``; returns it)."""
+    sd = model.state_dict()
+    i = 0
+    with torch.no_grad():
+        for k in state_keys(model):
+            n = sd[k].numel()
+            sd[k].copy_(vec[i:i + n].view_as(sd[k]))
+            i += n
+    if i != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, model state has {i}")
+    return model

@@ -1,6 +1,7 @@
 """The small tidy tables committed under ``data/tables`` that the figure notebooks read (so that every figure
-rebuilds in seconds from a fresh clone), how they are exported from the run folders, and T1 (our numbers beside the
-published ones)."""
+rebuilds in seconds from a fresh clone), and T1 (our numbers beside the published ones). Table I/O only: importing
+this module (and :mod:`paper_repro.plots`) does not import torch; the tables are computed by
+:mod:`paper_repro.studies.compute`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import REPO_ROOT, ImageSet
+from .data import ImageSet
+from .store import REPO_ROOT
 
 TABLES_DIR = REPO_ROOT / "data" / "tables"
 
@@ -61,7 +63,7 @@ PUBLISHED = TABLES_DIR / "published.csv"
 
 
 def compare_published(grid: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
-    """T1: every published cell (PAPER.md §7) beside our mean ± std over seeds for the matching
+    """T1: every published cell (docs/paper.md, "Published numbers") beside our mean ± std over seeds for the matching
     (attack, defense, partition) of the grid. ACC/ASR in %."""
     pub = published if published is not None else pd.read_csv(PUBLISHED)
     stats = grid.groupby(["attack", "defense", "partition"])[["acc", "asr"]].agg(["mean", "std", "count"])
@@ -90,65 +92,6 @@ def _pct(v) -> str:
 
 def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ± {100 * std:.1f}")
-
-
-# ------------------------------------------------------------------------------------------ recompute
-def export_tables(profile: str = "quick", results_dir: str | Path | None = None,
-                  tables_dir: str | Path | None = None) -> list[Path]:
-    """Grid table and per-round table from the finished run folders (no run is started)."""
-    from .grid import collect, collect_rounds
-
-    out = []
-    for kind, df in (("grid", collect(results_dir, profile)), ("rounds", collect_rounds(results_dir, profile))):
-        p = table_path(kind, profile, tables_dir)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(p, index=False, float_format="%.5g")
-        out.append(p)
-    return out
-
-
-def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defense_names: list[str] | None = None,
-                   ablation_seeds: tuple[int, ...] | None = None, results_dir: str | Path | None = None,
-                   tables_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> dict:
-    """Everything the figure notebooks read, recomputed (cached runs are reused): the defense grid, the ablations,
-    the activation study (F3) and the F1 samples; then the tables are exported. ``jobs`` runs side by side
-    (:func:`~paper_repro.experiment.run_many`). Returns seconds per step."""
-    import json
-    import resource
-    import time
-
-    from . import analysis
-    from .ablations import run_ablations
-    from .config import load_config
-    from .experiment import prepare
-    from .grid import run_grid
-
-    seconds = {}
-    t = time.perf_counter()
-    prep = prepare(load_config(profile, attack={"kind": "fm"}, seed=seeds[0]), progress)
-    export_samples(prep.synthetic_clean, prep.inputs.synthetic_kd, prep.fm_poisoned,
-                   table_path("samples", profile, tables_dir, "npz"))
-    seconds["synthetic_set_and_samples"] = time.perf_counter() - t
-    t = time.perf_counter()
-    run_grid(profile, defense_names, seeds=tuple(seeds), results_dir=results_dir, progress=progress, jobs=jobs)
-    seconds["grid"] = time.perf_counter() - t
-    t = time.perf_counter()
-    abl = run_ablations(profile, seeds=tuple(ablation_seeds or seeds[:1]), results_dir=results_dir, progress=progress,
-                        jobs=jobs)
-    abl.to_csv(table_path("ablations", profile, tables_dir), index=False, float_format="%.5g")
-    seconds["ablations"] = time.perf_counter() - t
-    t = time.perf_counter()
-    scores, metrics = analysis.activation_study(profile, seed=seeds[0], progress=progress)
-    scores.to_csv(table_path("activations", profile, tables_dir), index=False, float_format="%.4g")
-    metrics.to_csv(table_path("activation_metrics", profile, tables_dir), index=False, float_format="%.5g")
-    seconds["activation_study"] = time.perf_counter() - t
-    export_tables(profile, results_dir, tables_dir)
-    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    summary = {"profile": profile, "seeds": list(seeds), "jobs": jobs,
-               "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "total_seconds": round(sum(seconds.values()), 1), "peak_rss_mb": round(rss / 1024, 1)}
-    table_path("results", profile, tables_dir, "json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def seeds_text(df: pd.DataFrame) -> str:

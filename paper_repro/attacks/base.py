@@ -1,22 +1,45 @@
-"""The client-attack interface: what a malicious client trains on, and what update it sends."""
+"""The attack interface: hooks on the server's synthetic set (the FM attack) and on the clients (classic attacks).
+Every hook defaults to "no attack", so an attack overrides only the side it acts on."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..config import Config
 from ..data import ImageSet
+from ..triggers import Trigger
 
 
-class ClientAttack:
-    """Hooks called by the FL loop for every sampled client; benign clients pass through unchanged."""
+def config_trigger(cfg: Config) -> Trigger:
+    """The trigger a config asks for (the same for the FM and the classic attack, and for the ASR test set)."""
+    a = cfg.attack
+    return Trigger(a.trigger, a.trigger_size, a.blend_alpha, seed=0)
 
+
+class Attack:
+    """No attack: the synthetic set stays clean and every client is benign."""
+
+    name = "none"
     malicious: frozenset[int] = frozenset()
+    """Ids of the malicious clients (ground truth for TPR/FPR; the FL loop never shows it to a defense)."""
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> Attack:
+        """The attack as ``cfg.attack`` describes it, its randomness drawn from ``cfg.seed``."""
+        return cls()
+
+    # --- the foundation model's side
+    def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
+        """(set used to initialise the global model, set used for fusion, indices poisoned); ``clean`` is never
+        modified."""
+        return clean, clean, np.zeros(0, np.int64)
+
+    # --- the clients' side
     def is_malicious(self, client_id: int) -> bool:
         return int(client_id) in self.malicious
 
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
-        """The data the client trains on (a new set for malicious clients; ``data`` is never modified)."""
+        """The data client ``client_id`` trains on (a new set for malicious clients; ``data`` is never modified)."""
         return data
 
     def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
@@ -26,7 +49,3 @@ class ClientAttack:
     def poisoned_indices(self) -> dict[int, np.ndarray]:
         """Per malicious client, the local indices it poisoned (saved with the run)."""
         return {}
-
-
-class NoAttack(ClientAttack):
-    """All clients benign."""

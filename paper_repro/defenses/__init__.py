@@ -2,7 +2,7 @@
 
 A defense may act at step 3 (``aggregate``: combine/filter client updates) and/or step 5 (``after_fusion``: act on
 the fused global model with the synthetic set). Adding one = one file with a :class:`Defense` subclass + one line in
-``REGISTRY``.
+``REGISTRY`` (or :func:`register` from your own code).
 """
 from __future__ import annotations
 
@@ -36,13 +36,18 @@ REGISTRY: dict[str, type[Defense]] = {
     "act_bound": ActBound,
 }
 
-# where each defense acts: step 3 (aggregation), step 5 (post-fusion)
-STEP5 = {"pruning", "mm_bm", "mmac", "act_bound"}
-
 
 def names() -> list[str]:
     """Known defense names."""
     return sorted(REGISTRY)
+
+
+def register(name: str, cls: type[Defense]) -> type[Defense]:
+    """Add a defense under ``name`` (usable as ``defense.name``); returns ``cls``, so it works as a decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise TypeError(f"{cls!r} is not a subclass of paper_repro.defenses.Defense")
+    REGISTRY[name] = cls
+    return cls
 
 
 def get(name: str, **params) -> Defense:
@@ -71,4 +76,4 @@ def resolved_params(name: str, params: dict | None = None) -> dict:
     return out
 
 
-__all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names"]
+__all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names", "register"]

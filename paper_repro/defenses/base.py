@@ -1,14 +1,16 @@
 """The defense interface: step 3 (aggregate client updates) and step 5 (post-fusion) hooks, both optional."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data import ImageSet
-from ..train import as_format, predict_logits
+from ..models import flat_state, load_flat_state
+from ..training import as_format, predict_logits
 
 
 @dataclass
@@ -27,11 +29,10 @@ class RoundContext:
     device: str = "cpu"
     num_rounds: int = 0
     """Total rounds of the run (a defense may act only in the final one)."""
-    malicious: frozenset = frozenset()
-    """Ground truth for metrics only (TPR/FPR); a defense must not read it."""
     eval_batch_size: int = 1000
     channels_last: bool = False
-    """How the run evaluates models (``fl.eval_batch_size``, ``model.channels_last``), used by :meth:`predict`."""
+    """How the run evaluates models (``RunOptions.eval_batch_size``, ``model.channels_last``), used by
+    :meth:`predict`."""
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory format the run trains in (a channels_last model is slow on contiguous images)."""
@@ -52,16 +53,11 @@ class AggregateResult:
 
     update: torch.Tensor
     flagged: list[int] | None = None
-    info: dict = field(default_factory=dict)
 
 
 def local_models(ctx: RoundContext, updates: torch.Tensor):
     """Yield each client's local model θ_i = G_t + Δ_i, reusing one copy of the global model (valid until the next
     item is drawn)."""
-    import copy
-
-    from ..train import flat_state, load_flat_state
-
     g = flat_state(ctx.global_model)
     local = copy.deepcopy(ctx.global_model)
     for u in updates:
@@ -77,7 +73,7 @@ class Defense:
     def trains_like_none(self) -> bool:
         """True when the defense acts only at step 5, on a view of the fused model: it aggregates as FedAvg and ships
         nothing to clients, so the weights after every round are those of the run without a defense, and such a
-        run replays that run's training (``fl.Trajectory``) instead of repeating it."""
+        run replays that run's training (:mod:`paper_repro.replay`) instead of repeating it."""
         cls = type(self)
         return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
 

@@ -17,8 +17,8 @@ from scipy import stats
 from torch import nn
 
 from .. import aggregators as agg
-from .activation_bounds import record_activations, relu_sites
 from .base import AggregateResult, Defense, RoundContext, local_models
+from .clipping import record_activations, relu_sites
 
 
 def robust_z(v: np.ndarray) -> np.ndarray:
@@ -28,10 +28,10 @@ def robust_z(v: np.ndarray) -> np.ndarray:
     return (v - med) / mad if mad > 0 else np.zeros_like(v)
 
 
-def _result(updates, weights, ctx: RoundContext, flag: np.ndarray, info: dict) -> AggregateResult:
+def _result(updates, weights, ctx: RoundContext, flag: np.ndarray) -> AggregateResult:
     keep = np.flatnonzero(~flag) if (~flag).any() else np.arange(len(flag))
     flagged = [int(k) for k, f in zip(ctx.client_ids, flag) if f]
-    return AggregateResult(agg.fedavg(updates[keep], weights[keep]), flagged, info)
+    return AggregateResult(agg.fedavg(updates[keep], weights[keep]), flagged)
 
 
 def penultimate_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -41,10 +41,14 @@ def penultimate_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class GeminiGuard(Defense):
+    """Flag clients whose weight score and latent score (robust z-scores, see the module docstring) average above
+    ``threshold``; the latent score uses ``per_class`` synthetic images of every label. [R]"""
+
     name = "geminiguard"
 
     def __init__(self, threshold: float = 2.5, per_class: int = 20):
         self.threshold, self.per_class = threshold, per_class
+        self.last: dict = {}
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         med = updates.median(0).values
@@ -56,22 +60,28 @@ class GeminiGuard(Defense):
         emb = torch.stack([penultimate_embedding(m, x) for m in local_models(ctx, updates)])
         l_score = robust_z((emb - emb.median(0).values).norm(dim=1).numpy())
         score = (w_score + l_score) / 2
-        return _result(updates, weights, ctx, score > self.threshold,
-                       {"weight_z": w_score.tolist(), "latent_z": l_score.tolist()})
+        self.last = {"weight_z": w_score.tolist(), "latent_z": l_score.tolist()}  # this round's scores, to inspect
+        return _result(updates, weights, ctx, score > self.threshold)
 
 
 class WeiDetect(Defense):
+    """Flag clients whose accuracy on the synthetic set lies in the lower ``alpha`` tail of a Weibull distribution
+    fitted to all sampled clients' accuracies (nobody is flagged with fewer than three clients or equal scores). [R]"""
+
     name = "weidetect"
 
     def __init__(self, alpha: float = 0.05):
         self.alpha = alpha
+        self.last: dict = {}
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         x, y = ctx.synthetic.tensors(ctx.device)
         scores = np.array([(ctx.predict(m, x).argmax(1) == y).float().mean().item()
                            for m in local_models(ctx, updates)])
         if len(scores) < 3 or np.ptp(scores) == 0:
-            return _result(updates, weights, ctx, np.zeros(len(scores), bool), {"scores": scores.tolist()})
+            self.last = {"scores": scores.tolist()}
+            return _result(updates, weights, ctx, np.zeros(len(scores), bool))
         c, loc, scale = stats.weibull_min.fit(np.clip(scores, 1e-6, None), floc=0)
         cdf = stats.weibull_min.cdf(scores, c, loc, scale)
-        return _result(updates, weights, ctx, cdf < self.alpha, {"scores": scores.tolist(), "cdf": cdf.tolist()})
+        self.last = {"scores": scores.tolist(), "cdf": cdf.tolist()}  # this round's scores, to inspect
+        return _result(updates, weights, ctx, cdf < self.alpha)

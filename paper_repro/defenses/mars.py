@@ -77,6 +77,10 @@ def two_means_w1(cbes: np.ndarray, iters: int = 50) -> np.ndarray:
 
 
 class MARS(Defense):
+    """Split the round's local models into two clusters of concentrated backdoor energy and keep one (steps 1–5 of
+    the module docstring); ``kappa`` % per layer, ``epsilon`` the W1 distance below which everyone is accepted,
+    ``keep`` which cluster survives. [C: MARS paper]"""
+
     name = "mars"
 
     def __init__(self, kappa: float = 5.0, epsilon: float = 0.03, keep: str = "low_energy"):
@@ -104,4 +108,4 @@ class MARS(Defense):
         cbes = np.stack([concentrated_energy(backdoor_energy(m), self.kappa) for m in local_models(ctx, updates)])
         accepted = self.select(cbes)
         flagged = [int(k) for i, k in enumerate(ctx.client_ids) if i not in set(accepted.tolist())]
-        return AggregateResult(agg.fedavg(updates[accepted], weights[accepted]), flagged, dict(self.last))
+        return AggregateResult(agg.fedavg(updates[accepted], weights[accepted]), flagged)

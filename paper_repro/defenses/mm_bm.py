@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import legacy_rng
 from .act_bound import ActBound, fit_subset
 from .base import RoundContext
 
@@ -26,11 +27,11 @@ class MMBM(ActBound):
         super().__init__(sites=sites, granularity=granularity, per_class=per_class, init=init, init_value=init_value,
                          epochs=epochs, lr=lr, batch_size=batch_size, c0=c0, growth=growth,
                          target_agreement=target_agreement, adapt_every=adapt_every, adapt_after=adapt_after,
-                         trim=0.0, warm_start=False, schedule=schedule, penalty="l2", init_quantile=1.0)
+                         trim=0.0, schedule=schedule, penalty="l2", init_quantile=1.0)
 
     def fit_data(self, ctx: RoundContext) -> torch.Tensor:
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""
-        idx = fit_subset(ctx.synthetic.y, self.per_class, ctx.round)
+        idx = fit_subset(ctx.synthetic.y, self.per_class, legacy_rng(ctx.round))  # by round, as first defined
         x, y = ctx.synthetic.subset(idx).tensors(ctx.device)
         keep = ctx.predict(ctx.global_model, x).argmax(1) == y
         return x[keep] if keep.any() else x

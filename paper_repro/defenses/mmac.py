@@ -14,8 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from .act_bound import ActBound
-from .activation_bounds import BoundedModel, fit_bounds, resolve_sites, reverse_engineer
 from .base import RoundContext
+from .clipping import BoundedModel, fit_bounds, resolve_sites, reverse_engineer
 
 
 class MMAC(ActBound):
@@ -29,7 +29,7 @@ class MMAC(ActBound):
         super().__init__(sites=sites, granularity=granularity, per_class=per_class, init=init, init_value=init_value,
                          epochs=epochs, lr=lr, batch_size=batch_size, c0=c0, growth=growth,
                          target_agreement=target_agreement, adapt_every=adapt_every, adapt_after=adapt_after,
-                         trim=0.0, warm_start=False, schedule=schedule, penalty="none", init_quantile=1.0)
+                         trim=0.0, schedule=schedule, penalty="none", init_quantile=1.0)
         self.re_per_class, self.re_steps, self.re_lr, self.re_momentum = re_per_class, re_steps, re_lr, re_momentum
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:

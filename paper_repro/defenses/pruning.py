@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activation_bounds import BoundedModel, record_activations, resolve_sites, spatial_mean
 from .base import Defense, RoundContext
+from .clipping import BoundedModel, record_activations, resolve_sites, spatial_mean
 
 
 def mean_activations(model: nn.Module, x: torch.Tensor, site: str) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import aggregators as agg
+from ..models import flat_state
 from .base import AggregateResult, Defense, RoundContext
 
 
@@ -98,8 +99,6 @@ class Flame(Defense):
         self.noise_lambda = noise_lambda
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
-        from ..train import flat_state
-
         g = flat_state(ctx.global_model)
         u, accepted = agg.flame_select(updates, weights, g, self.noise_lambda, ctx.generator)
         return AggregateResult(u, _flagged(ctx, accepted))
@@ -114,6 +113,7 @@ class FoolsGold(Defense):
     def __init__(self, kappa: float = 1.0):
         self.kappa = kappa
         self.history: dict[int, torch.Tensor] = {}
+        self.last: dict = {}
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         for i, k in enumerate(ctx.client_ids):
@@ -122,4 +122,5 @@ class FoolsGold(Defense):
         alpha = agg.foolsgold_weights(hist, self.kappa)
         update = agg.foolsgold(updates, weights, hist, self.kappa)
         accepted = [i for i, a in enumerate(alpha.tolist()) if a > 0.5]
-        return AggregateResult(update, _flagged(ctx, accepted), {"weights": alpha.tolist()})
+        self.last = {"weights": alpha.tolist()}  # this round's FoolsGold weights, to inspect
+        return AggregateResult(update, _flagged(ctx, accepted))

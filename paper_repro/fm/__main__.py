@@ -5,7 +5,8 @@ import argparse
 import shlex
 import sys
 
-from ..config import load_config
+from ..data import public_splits
+from ..profiles import load_config
 from .ddpm import ClassConditionalDDPM, DDPMTrainConfig
 
 
@@ -18,8 +19,6 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=DDPMTrainConfig.steps)
     t.add_argument("--seed", type=int, default=0, help="seed of FM training (the public split uses data.split_seed)")
     a = p.parse_args(argv)
-    from ..experiment import public_splits
-
     public = public_splits(load_config(a.profile)).public
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(steps=a.steps, seed=a.seed), progress=False)
     command = "python -m paper_repro.fm " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))

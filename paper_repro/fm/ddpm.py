@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet, to_uint8
 from ..rng import torch_gen
-from ..train import autocast
+from ..training import autocast
 
 CONFIG_FILE = "fm_config.json"
 

@@ -7,7 +7,7 @@ import numpy as np
 from ..data import ImageSet
 from ..models import build_model
 from ..rng import derive_seed, torch_gen
-from ..train import accuracy, predict_logits, train_supervised
+from ..training import accuracy, predict_logits, train_supervised
 
 
 def synthetic_accuracy(synthetic: ImageSet, real_train: ImageSet, real_test: ImageSet, epochs: int = 3,

@@ -1,4 +1,5 @@
-"""Learned upper bounds on hidden activations (the machinery behind ``act_bound``, ``mm_bm`` and ``mmac``).
+"""Activation clipping, the machinery behind ``act_bound``, ``mm_bm``, ``mmac`` and ``pruning``: learned upper bounds
+on hidden activations.
 
 A :class:`BoundedModel` wraps a frozen model and, only while *it* runs, replaces the output a of each bounded
 module by min(a, b) with per-channel (or per-neuron, or per-layer) bounds b ≥ 0. The wrapped model's parameters
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..train import as_format
+from ..training import as_format
 
 GRANULARITIES = ("channel", "neuron", "layer")
 

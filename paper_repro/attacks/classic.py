@@ -1,19 +1,24 @@
-"""Classic backdoor by local data poisoning with optional update scaling (boosting / model replacement).
-[C: all author repos (20 % of local non-target samples → target); FRJ-AJ BD_amp; Bagdasaryan et al. 2020]"""
+"""``classic`` — the malicious-client backdoor: local data poisoning with optional update scaling (boosting /
+model replacement). [C: all author repositories (20 % of local non-target samples → target); FRJ-AJ ``BD_amp``;
+Bagdasaryan et al. 2020]"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..config import Config
 from ..data import ImageSet
+from ..rng import legacy_rng, np_rng
 from ..triggers import Trigger, poison_indices
-from .base import ClientAttack
+from .base import Attack, config_trigger
 
 
-class DataPoisoning(ClientAttack):
+class DataPoisoning(Attack):
     """Malicious clients trigger a fraction ``ratio`` of their **non-target** samples and relabel them ``target``
-    (the poisoned copy is made once per client and kept, like a fixed local data set), then send
-    ``boost``·Δ: boost = 1 plain poisoning, 9 = FRJ-AJ's θ_local + 8Δ, K/m = model replacement."""
+    (the poisoned copy is made once per client and kept, like a fixed local data set), then send ``boost``·Δ:
+    boost = 1 plain poisoning, 9 = FRJ-AJ's θ_local + 8Δ, K/m = model replacement."""
+
+    name = "classic"
 
     def __init__(self, malicious: list[int] | np.ndarray, trigger: Trigger, target: int, ratio: float = 0.2,
                  boost: float = 1.0, seed: int = 0):
@@ -23,11 +28,18 @@ class DataPoisoning(ClientAttack):
         self.trigger, self.target, self.ratio, self.boost, self.seed = trigger, target, ratio, boost, seed
         self._cache: dict[int, tuple[ImageSet, np.ndarray]] = {}
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> DataPoisoning:
+        """``attack.num_malicious`` clients drawn once from the seed, poisoning as ``cfg.attack`` says."""
+        a = cfg.attack
+        malicious = np.sort(np_rng(cfg.seed, "malicious").choice(cfg.fl.num_clients, a.num_malicious, replace=False))
+        return cls(malicious, config_trigger(cfg), a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed)
+
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
         if not self.is_malicious(client_id):
             return data
         if client_id not in self._cache:
-            rng = np.random.default_rng([self.seed, client_id, 7])
+            rng = legacy_rng(self.seed, client_id, 7)
             nontarget = np.flatnonzero(data.y != self.target)
             idx = np.sort(rng.choice(nontarget, size=int(self.ratio * len(nontarget)), replace=False))
             self._cache[client_id] = (poison_indices(data, self.trigger, self.target, idx), idx)

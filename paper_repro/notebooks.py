@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import REPO_ROOT
+from .store import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_NB_DIR = NOTEBOOKS_DIR / "figures"

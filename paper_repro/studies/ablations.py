@@ -8,9 +8,10 @@ from typing import Callable
 
 import pandas as pd
 
-from . import defenses
-from .config import load_config
-from .experiment import run_many
+from .. import defenses
+from ..options import RunOptions
+from ..profiles import load_config
+from ..runner import run_many
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def run_ablations(profile: str = "quick", names: list[str] | None = None, seeds: tuple[int, ...] = (0,),
-                  results_dir: str | Path | None = None, progress: bool = True, jobs: int = 1) -> pd.DataFrame:
+                  results_dir: str | Path | None = None, progress: bool = True,
+                  options: RunOptions | None = None) -> pd.DataFrame:
     """Run (or load from cache) every point of the chosen ablations; one tidy row per run."""
     unknown = set(names or []) - set(ABLATIONS)
     if unknown:
@@ -63,7 +65,7 @@ def run_ablations(profile: str = "quick", names: list[str] | None = None, seeds:
         defaults = defenses.resolved_params(d)
         kw["defense"]["params"] = {k: x for k, x in kw["defense"].get("params", {}).items() if defaults.get(k) != x}
         cfgs.append(load_config(profile, seed=s, **kw))
-    results = run_many(cfgs, results_dir, jobs, progress, desc="ablations")
+    results = run_many(cfgs, results_dir, progress=progress, desc="ablations", options=options)
     return pd.DataFrame([{"ablation": a.name, "label": a.label, "value": v, "defense": d, "seed": s,
                           "acc": res.final["acc"], "asr": res.final["asr"], "run": res.run_dir.name}
                          for (a, v, d, s), res in zip(points, results)])

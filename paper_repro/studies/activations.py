@@ -14,13 +14,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import defenses
-from .config import Config, load_config
-from .defenses import RoundContext
-from .defenses.activation_bounds import clip_hooks, record_activations
-from .experiment import Prepared, prepare, training_trajectory
-from .fl import evaluate, run_federated
-from .rng import torch_gen
+from .. import defenses
+from ..config import Config
+from ..defenses import RoundContext
+from ..defenses.clipping import clip_hooks, record_activations
+from ..fl import evaluate_served, run_federated
+from ..inputs import Prepared, prepare
+from ..options import RunOptions
+from ..profiles import load_config
+from ..rng import torch_gen
+from ..runner import training_trajectory
 
 
 @dataclass
@@ -29,6 +32,7 @@ class BoundedRun:
     fusion, on the run's own — possibly poisoned — synthetic set)."""
 
     cfg: Config
+    opts: RunOptions
     prep: Prepared
     model: nn.Module
     defense: defenses.Defense
@@ -39,12 +43,16 @@ class BoundedRun:
     def bounds(self) -> dict[str, torch.Tensor]:
         return self.defense.bounds
 
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """ACC/ASR of ``model`` on this run's test sets."""
+        return evaluate_served(model, self.cfg, self.prep.inputs, self.opts)
+
     def paired_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` clean non-target test images and the same images with the trigger."""
         test, target = self.prep.inputs.test, self.cfg.attack.target_class
         keep = np.flatnonzero(test.y != target)[:n]
-        clean = test.subset(keep).tensors(self.cfg.device)[0]
-        trig = self.prep.inputs.asr_test.subset(np.arange(len(keep))).tensors(self.cfg.device)[0]
+        clean = test.subset(keep).tensors(self.opts.device)[0]
+        trig = self.prep.inputs.asr_test.subset(np.arange(len(keep))).tensors(self.opts.device)[0]
         return clean, trig
 
     def activations(self, x: torch.Tensor, site: str, bounded: bool) -> torch.Tensor:
@@ -55,29 +63,34 @@ class BoundedRun:
             return record_activations(self.model, x, [site])[site].flatten(1)
 
 
-def train_and_bound(cfg: Config, progress: bool = True, **act_bound_params) -> BoundedRun:
+def train_and_bound(cfg: Config, progress: bool = True, options: RunOptions | None = None, results_dir=None,
+                    **act_bound_params) -> BoundedRun:
     """Train ``cfg`` without defense, then fit ``act_bound`` (``act_bound_params`` override its defaults).
 
-    With ``fl.share_training`` (default) the final weights come from the no-defense run's saved trajectory in the
-    results folder (:func:`~paper_repro.experiment.training_trajectory`: run once, then loaded), the very run that
+    With ``options.share_training`` (default) the final weights come from the no-defense run's saved trajectory in
+    the results folder (:func:`~paper_repro.runner.training_trajectory`: run once, then loaded), the very run that
     the grid's act_bound cell replays."""
-    prep = prepare(cfg, progress)
-    if cfg.fl.share_training:
-        model = training_trajectory(cfg, progress=progress).model_at(cfg, prep.inputs)
+    opts = options or RunOptions.for_profile(cfg.profile)
+    prep = prepare(cfg, progress, opts)
+    if opts.share_training:
+        model = training_trajectory(cfg, results_dir, progress, opts).model_at(cfg, prep.inputs, device=opts.device)
     else:
-        model = run_federated(cfg, prep.inputs, defenses.get("none"), progress).model
-    d, served = fit_act_bound(cfg, prep, model, act_bound_params)
-    plain, bounded = evaluate(model, prep.inputs, cfg), evaluate(served, prep.inputs, cfg)
-    return BoundedRun(cfg, prep, model, d, {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]})
+        model = run_federated(cfg, prep.inputs, defenses.get("none"), opts, progress).model
+    run = BoundedRun(cfg, opts, prep, model, defenses.get("act_bound"), {})
+    run.defense, served = fit_act_bound(run, act_bound_params)
+    plain, bounded = run.evaluate(model), run.evaluate(served)
+    run.metrics = {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]}
+    return run
 
 
-def fit_act_bound(cfg: Config, prep: Prepared, model: nn.Module, params: dict) -> tuple[defenses.Defense, nn.Module]:
+def fit_act_bound(run: BoundedRun, params: dict) -> tuple[defenses.Defense, nn.Module]:
     """A fresh act_bound defense (``params`` override its defaults) fitted once, as after the last fusion, on the
-    run's synthetic set; returns it and the bounded model it serves (``model``'s weights stay untouched)."""
+    run's synthetic set; returns it and the bounded model it serves (``run.model``'s weights stay untouched)."""
+    cfg = run.cfg
     d = defenses.get("act_bound", **params)
-    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), model, prep.inputs.synthetic_kd,
-                       torch_gen(cfg.seed, "analysis_act_bound"), cfg.device, cfg.fl.num_rounds)
-    return d, d.after_fusion(model, ctx)
+    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), run.model, run.prep.inputs.synthetic_kd,
+                       torch_gen(cfg.seed, "analysis_act_bound"), run.opts.device, cfg.fl.num_rounds)
+    return d, d.after_fusion(run.model, ctx)
 
 
 def trigger_units(clean: torch.Tensor, trig: torch.Tensor, top_k: int) -> np.ndarray:
@@ -120,12 +133,13 @@ def activation_scores(run: BoundedRun, site: str | None = None, n: int = 500, to
 
 
 def activation_study(profile: str = "quick", seed: int = 0, attacks: tuple[str, ...] = ("none", "classic", "fm"),
-                     n: int = 500, top_k: int = 20, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     n: int = 500, top_k: int = 20, progress: bool = True, results_dir=None,
+                     options: RunOptions | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """F3's data: for each attack, train without defense, fit act_bound once, and score clean vs triggered inputs.
     Returns (scores, metrics): tidy per-image scores and one row of ACC/ASR (plain and bounded) per attack."""
     scores, metrics = [], []
     for attack in tqdm(attacks, desc="activation study", disable=not progress):
-        run = train_and_bound(load_config(profile, attack={"kind": attack}, seed=seed), progress=False)
+        run = train_and_bound(load_config(profile, attack={"kind": attack}, seed=seed), False, options, results_dir)
         scores.append(activation_scores(run, n=n, top_k=top_k))
         metrics.append({"attack": attack, "seed": seed, **run.metrics})
     return pd.concat(scores, ignore_index=True), pd.DataFrame(metrics)
@@ -137,10 +151,9 @@ def knob_sweep(run: BoundedRun, variants: dict[str, dict], progress: bool = True
     import time
 
     rows = [{"variant": "no defense", "acc": run.metrics["acc"], "asr": run.metrics["asr"], "fit_seconds": 0.0}]
-    cfg = run.cfg
     for label, params in tqdm(variants.items(), desc="variants", disable=not progress):
         t = time.perf_counter()
-        _, served = fit_act_bound(cfg, run.prep, run.model, params)
+        _, served = fit_act_bound(run, params)
         dt = time.perf_counter() - t
-        rows.append({"variant": label, **evaluate(served, run.prep.inputs, cfg), "fit_seconds": dt})
+        rows.append({"variant": label, **run.evaluate(served), "fit_seconds": dt})
     return pd.DataFrame(rows)

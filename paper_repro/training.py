@@ -1,5 +1,5 @@
-"""Training primitives: supervised epochs, local client training, FedDF distillation, evaluation, and the flat
-view of a model's state that aggregators work on."""
+"""Training primitives on one model: supervised epochs, one client's local training, FedDF distillation, and
+batched prediction; bf16 autocast and the channels_last memory format as options."""
 from __future__ import annotations
 
 import contextlib
@@ -10,33 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRECISIONS
-
-
-# ------------------------------------------------------------------------------------------------ flat state
-def state_keys(model: nn.Module) -> list[str]:
-    """Floating-point state entries (parameters and BN running statistics; never integer counters such as
-    ``num_batches_tracked``, PAPER.md §9 trap 3)."""
-    return [k for k, v in model.state_dict().items() if v.is_floating_point()]
-
-
-def flat_state(model: nn.Module) -> torch.Tensor:
-    """All floating-point state as one vector (P,)."""
-    sd = model.state_dict()
-    return torch.cat([sd[k].detach().reshape(-1).float() for k in state_keys(model)])
-
-
-def load_flat_state(model: nn.Module, vec: torch.Tensor) -> nn.Module:
-    """Write a (P,) vector back into ``model``'s floating-point state (in place on ``model``; returns it)."""
-    sd = model.state_dict()
-    i = 0
-    with torch.no_grad():
-        for k in state_keys(model):
-            n = sd[k].numel()
-            sd[k].copy_(vec[i:i + n].view_as(sd[k]))
-            i += n
-    if i != vec.numel():
-        raise ValueError(f"vector has {vec.numel()} entries, model state has {i}")
-    return model
+from .models import flat_state, load_flat_state
 
 
 def as_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -137,3 +111,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     if len(y) == 0:
         return float("nan")
     return (predict_logits(model, x, batch_size, channels_last).argmax(1) == y).float().mean().item()
+
+
+def ensemble_logits(model: nn.Module, states: torch.Tensor, x: torch.Tensor, batch_size: int = 1000,
+                    channels_last: bool = False) -> torch.Tensor:
+    """Mean logits (N, C) on ``x`` of the models whose flat states are the rows of ``states`` (K, P), built on a copy
+    of ``model`` (which is not modified): the FedDF teacher ensemble."""
+    tmp = copy.deepcopy(model)
+    return torch.stack([predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last) for s in states]).mean(0)

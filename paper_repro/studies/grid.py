@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import defenses
-from .config import load_config, strip_execution
-from .experiment import default_results_dir, run_many
+from .. import defenses
+from ..options import RunOptions
+from ..profiles import load_config
+from ..results import key_dict, load_results
+from ..runner import run_many
+from ..store import default_results_dir
 
 # reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
 DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
@@ -29,13 +32,13 @@ def summarise(history: pd.DataFrame) -> dict:
 def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
              attacks: tuple[str, ...] = ("none", "classic", "fm"), partitions: tuple[str, ...] = tuple(PARTITIONS),
              seeds: tuple[int, ...] = (0,), results_dir: str | Path | None = None, out_csv: str | Path | None = None,
-             progress: bool = True, jobs: int = 1, **overrides) -> pd.DataFrame:
-    """Run (or load from cache) every combination, ``jobs`` at a time (:func:`~paper_repro.experiment.run_many`);
-    one row per run; written to ``out_csv`` (default ``<results>/grid_<profile>.csv``)."""
+             progress: bool = True, options: RunOptions | None = None, **overrides) -> pd.DataFrame:
+    """Run (or load from cache) every combination (:func:`~paper_repro.runner.run_many`, ``options.jobs`` at a
+    time); one row per run; written to ``out_csv`` (default ``<results>/grid_<profile>.csv``)."""
     names = defense_names or defenses.names()
     combos = list(itertools.product(names, attacks, partitions, seeds))
     cfgs = [grid_config(profile, attack, name, part, seed, **overrides) for name, attack, part, seed in combos]
-    results = run_many(cfgs, results_dir, jobs, progress, desc="grid")
+    results = run_many(cfgs, results_dir, progress=progress, desc="grid", options=options)
     rows = [{"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
              "run": res.run_dir.name} for (name, attack, part, seed), res in zip(combos, results)]
     df = pd.DataFrame(rows)
@@ -64,8 +67,6 @@ def grid_config(profile: str, attack: str, defense: str, partition: str, seed: i
 def _grid_runs(results_dir: str | Path | None, profile: str) -> pd.DataFrame:
     """Per-round rows of the finished runs whose config is exactly a grid cell's (ablation variants left out),
     with a ``partition`` column named as in :data:`PARTITIONS`."""
-    from .experiment import load_results
-
     df = load_results(results_dir, profile)
     if df.empty:
         return df
@@ -77,7 +78,7 @@ def _grid_runs(results_dir: str | Path | None, profile: str) -> pd.DataFrame:
             continue
         stored = json.loads((base / run / "config.json").read_text())["config"]
         want = grid_config(profile, h["attack"].iloc[0], h["defense"].iloc[0], part, int(h["seed"].iloc[0]))
-        if strip_execution(stored) == json.loads(json.dumps(want.result_dict(), default=list)):
+        if key_dict(stored) == json.loads(json.dumps(key_dict(want.to_dict()), default=list)):
             keep[run] = part
     df = df[df["run"].isin(keep)].copy()
     df["partition"] = df["run"].map(keep)
@@ -109,28 +110,3 @@ def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick"
         return df
     return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(["partition", "defense", "attack", "seed", "round"],
                                                                    ignore_index=True)
-
-
-def markdown(df: pd.DataFrame, partition: str) -> str:
-    """The grid for one partition as a Markdown table: final ACC / ASR per attack (mean ± std over seeds), mean
-    TPR/FPR under the classic attack, the defense's share of a round's time, and the number of seeds."""
-    sub = df[df["partition"] == partition]
-    lines = ["| defense | no attack | classic | FM attack | TPR (classic) | FPR (classic) | overhead | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
-    order = [d for d in DEFENSE_ORDER if d in set(sub["defense"])]
-
-    def cell(g: pd.DataFrame) -> str:
-        if g.empty:
-            return "–"
-        if len(g) == 1:
-            return f"{g['acc'].iloc[0]:.3f} / {g['asr'].iloc[0]:.3f}"
-        return f"{g['acc'].mean():.3f} ± {g['acc'].std():.3f} / {g['asr'].mean():.3f} ± {g['asr'].std():.3f}"
-
-    for d in order:
-        g = sub[sub["defense"] == d]
-        cl = g[g["attack"] == "classic"]
-        seeds = sorted(int(s) for s in g["seed"].unique())
-        lines.append(f"| {d} | " + " | ".join(cell(g[g["attack"] == a]) for a in ("none", "classic", "fm")) +
-                     f" | {cl['tpr'].mean():.2f} | {cl['fpr'].mean():.2f} | {100 * g['overhead'].mean():.1f}% | "
-                     f"{','.join(map(str, seeds))} |")
-    return "\n".join(lines)

@@ -1,13 +1,14 @@
-"""Batched local training: the sampled clients of a round trained together as one computation.
+"""Step 2 engines, the local training of a round's clients: one after another (the reference loop), side by side on
+threads, or batched as one computation.
 
-``torch.func.vmap`` over a stacked copy of the parameters (one slice per client) turns each convolution into a
+Batched: ``torch.func.vmap`` over a stacked copy of the parameters (one slice per client) turns each convolution into a
 grouped one and each matrix product into a batched one; every client keeps its own data order (its generator draws
-the same permutations as in :func:`paper_repro.train.local_train`), its own SGD momentum buffer and its own number of
-steps (clients whose data ran out are masked, not updated). Batches are padded to ``batch_size`` with zero-weight
+the same permutations as in :func:`paper_repro.training.local_train`), its own SGD momentum buffer and its own
+number of steps (clients whose data ran out are masked, not updated). Batches are padded to ``batch_size`` with zero-weight
 samples so that the loss of a short last batch is the mean over its real samples, as in the reference loop.
 
-The plain per-client loop (:func:`paper_repro.train.local_train`) stays the reference implementation; this engine
-must match it (``tests/test_engine.py``) and falls back to it for models it cannot batch (BatchNorm, whose running
+The plain per-client loop (:func:`paper_repro.training.local_train`) stays the reference implementation; this engine
+must match it (``tests/test_local_training.py``) and falls back to it for models it cannot batch (BatchNorm, whose running
 statistics are per-client state updated in place). :func:`threaded_local_train` is the CPU counterpart: the same loop,
 several clients at once on one thread each.
 """
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .train import autocast, flat_state, local_train, state_keys
+from .models import flat_state, state_keys
+from .training import autocast, local_train
 
 
 def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,
@@ -30,7 +32,7 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
                          channels_last: bool = False, context=None, precision: str = "fp32",
                          workers: int | None = None) -> torch.Tensor:
     """Step 2 for K clients, ``workers`` of them at a time (default: torch's intra-op thread count), each on one
-    thread: the per-client loop of :func:`paper_repro.train.local_train`, run side by side the way Flower's actors
+    thread: the per-client loop of :func:`paper_repro.training.local_train`, run side by side the way Flower's actors
     run, but in one process. Small convolutions (batch 32 of 28×28) do not keep two intra-op threads busy, two
     clients do. Same results as the loop up to float rounding (one thread sums in a different order than two).
     torch's intra-op thread count is set to 1 for the duration and restored afterwards."""
@@ -55,7 +57,7 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
 
 def train_clients(engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
                   *args, **kwargs) -> torch.Tensor:
-    """Step 2 with the configured ``fl.engine``: ``loop`` (one client after another), ``threads``, ``batched``, or
+    """Step 2 with the run's engine (:attr:`paper_repro.options.RunOptions.engine`): ``loop`` (one client after another), ``threads``, ``batched``, or
     ``auto`` (batched on a GPU, loop elsewhere). Arguments after ``data`` as in :func:`batched_local_train`."""
     if engine == "batched" or (engine == "auto" and str(device).startswith("cuda")):
         return batched_local_train(global_model, data, *args, **kwargs)
@@ -84,7 +86,7 @@ def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, 
                         channels_last: bool = False, context=None, precision: str = "fp32") -> torch.Tensor:
     """Step 2 for K clients at once: returns their flat states (K, P), row k = client k trained from
     ``global_model`` on ``data[k]`` with ``generators[k]``. Same semantics as K calls of
-    :func:`paper_repro.train.local_train` (SGD with momentum, fresh optimiser, mean cross-entropy per batch).
+    :func:`paper_repro.training.local_train` (SGD with momentum, fresh optimiser, mean cross-entropy per batch).
     ``channels_last`` only matters for the fallback loop (under vmap the batched kernels choose the layout);
     ``precision="bf16"`` computes the gradients under bf16 autocast (the SGD update stays fp32)."""
     if len(data) != len(generators):

@@ -1,0 +1,101 @@
+"""The server's synthetic set: the configured FM loaded (and checked against the public split it must have been
+trained on), a class-balanced draw, and its disk cache keyed by everything that made the draw."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config, ConfigError, image_shape
+from ..data import ImageSet, load_dataset
+from ..rng import torch_gen
+from ..store import cache_dir, resolve_path, save_atomic, stable_hash
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """Hash of every file of an FM checkpoint folder (names and bytes): the FM's part of a cache key, computed
+    without loading the model."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_public_split(path: Path, public: ImageSet) -> None:
+    """Refuse a DDPM checkpoint trained on another public split: its samples could leak client data."""
+    from .ddpm import CONFIG_FILE, ClassConditionalDDPM, FMCheckpointError
+
+    if not (path / CONFIG_FILE).exists():
+        ClassConditionalDDPM.load(path)  # raises the missing-checkpoint error with its fix
+    trained_on = json.loads((path / CONFIG_FILE).read_text()).get("info", {}).get("train_data_digest")
+    if trained_on and trained_on != public.digest():
+        raise FMCheckpointError(
+            f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
+            f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
+            "it was trained, or train a new FM with `python -m paper_repro.fm train`.")
+
+
+def load_fm(cfg: Config, public: ImageSet | None = None, device: str = "cpu"):
+    """The configured foundation model on ``device`` (a DDPM must have been trained on this config's public
+    split)."""
+    from .ddpm import ClassConditionalDDPM
+    from .text2image import StableDiffusionFM
+
+    path = resolve_path(cfg.fm.checkpoint)
+    if cfg.fm.source == "ddpm":
+        if public is not None:
+            check_public_split(path, public)
+        fm = ClassConditionalDDPM.load(path)
+        fm.unet.to(device)  # the noise is drawn on the CPU generator either way: any device draws alike
+        return fm
+    if cfg.fm.source == "stable_diffusion":
+        c, h, _ = image_shape(cfg.data.dataset)
+        classes = public.classes if public is not None else load_dataset(cfg.data.dataset)[1].classes
+        return StableDiffusionFM.load(path, classes, cfg.fm.prompt_template, resolution=h, channels=c)
+    raise ConfigError(f"fm.source={cfg.fm.source!r} has no model to load")
+
+
+def draw_synthetic(fm, cfg: Config, progress: bool = True, compile: bool = False) -> ImageSet:
+    """``cfg.fm.n_per_class`` images per class from ``fm`` with the config's sampler settings and sample seed (no
+    cache: :func:`synthetic_set` caches the draw of the configured checkpoint)."""
+    f = cfg.fm
+    kw = {"eta": f.eta, "precision": f.precision, "compile": compile} if f.source == "ddpm" else {}
+    return fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
+                       num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
+                       batch_size=f.batch_size, progress=progress, **kw)
+
+
+def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
+    """Everything that determines the draw: the checkpoint's bytes and every sampler setting."""
+    f = cfg.fm
+    return {"source": f.source, "fm": checkpoint_digest(checkpoint), "n": f.n_per_class,
+            "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
+            "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision}
+
+
+def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: str = "cpu",
+                  compile: bool = False) -> tuple[ImageSet, str]:
+    """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it."""
+    f = cfg.fm
+    if f.source == "real_public":  # ablation/smoke: the first n_per_class public images of every class
+        idx = np.concatenate([np.flatnonzero(public.y == c)[:f.n_per_class] for c in range(public.num_classes)])
+        s = public.subset(np.sort(idx))
+        return s, s.digest()
+    path = resolve_path(f.checkpoint)
+    if f.source == "ddpm":
+        check_public_split(path, public)
+    elif not path.is_dir():
+        load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
+    key_src = synthetic_key(cfg, path)
+    cache = cache_dir() / "synthetic" / f"{f.source}_{stable_hash(key_src)}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
+        return s, s.digest()
+    s = draw_synthetic(load_fm(cfg, public, device), cfg, progress, compile)
+    save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
+                                                key=json.dumps(key_src)), cache)
+    return s, s.digest()

@@ -1,0 +1,54 @@
+"""From a config to the FL loop's inputs: the public/client/test split, the client partition, the synthetic set
+(drawn by the FM, cached), the attack (through its registry) and what it poisoned; all randomness from
+``cfg.seed``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import attacks, defenses
+from .config import Config
+from .data import ImageSet, public_splits
+from .fl import FLInputs
+from .fm.synthetic import synthetic_set
+from .options import RunOptions
+from .partition import make_partition
+from .rng import np_rng
+from .triggers import asr_set
+
+RESULTS_VERSION = 1
+"""Bumped when a change of the code changes results; part of every run key."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs of one run plus what must be saved with it (indices, hashes)."""
+
+    inputs: FLInputs
+    partition: list[np.ndarray]
+    fm_poisoned: np.ndarray
+    """Indices of the synthetic set the FM attack poisoned."""
+    malicious: np.ndarray
+    """Ids of the malicious clients."""
+    synthetic_clean: ImageSet
+    hashes: dict
+    """Digests of the data and the defense's resolved parameters: with the config, the run's key."""
+
+
+def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None) -> Prepared:
+    """Data, public split, partition, synthetic set, attack and its poison: all from ``cfg.seed``."""
+    opts = opts or RunOptions.for_profile(cfg.profile)
+    d, a = cfg.data, cfg.attack
+    splits = public_splits(cfg)
+    parts = make_partition(splits.clients.y, cfg.fl.num_clients, d.partition, np_rng(cfg.seed, "partition"),
+                           beta=d.beta, min_size=d.min_size, shards_per_client=d.shards_per_client)
+    clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile)
+    attack = attacks.build(cfg)
+    syn_init, syn_kd, fm_idx = attack.poison_synthetic(clean)
+    inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test,
+                      asr_set(splits.test, attacks.config_trigger(cfg), a.target_class), attack, a.target_class)
+    hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
+              "synthetic": syn_digest, "results_version": RESULTS_VERSION,
+              "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params)}
+    return Prepared(inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, hashes)

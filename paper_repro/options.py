@@ -1,0 +1,66 @@
+"""How a run executes, kept apart from what it computes (the science config): device, local-training engine,
+evaluation batch, training sharing, compilation, threads and parallel jobs. None of these is part of a run's key,
+because none changes results beyond float rounding (tests compare them side by side)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+ENGINES = ("auto", "loop", "threads", "batched")
+
+
+class OptionsError(ValueError):
+    """A run option is invalid; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Execution settings of :func:`paper_repro.run_experiment` and the runners built on it."""
+
+    device: str = "cpu"
+    """torch device the run trains and evaluates on (cpu, cuda, cuda:1, ...)."""
+    engine: str = "auto"
+    """Local training: loop (one client after another, the reference) | threads (the same loop, as many clients at
+    once as torch has threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
+    (batched on a GPU, loop elsewhere). All agree up to float rounding (tests/test_local_training.py)."""
+    eval_batch_size: int = 32
+    """Images per forward pass in evaluation, for the teachers' logits and in defenses. On a CPU a few dozen images
+    stay in cache (~3× faster than 1,000); on a GPU larger is better."""
+    share_training: bool = True
+    """A run whose defense acts only at step 5 on a view of the fused model (``Defense.trains_like_none``)
+    replays the weights of the same run without a defense instead of training again (same results; costs one saved
+    trajectory per no-defense run: rounds × parameters × 4 bytes, 18 MB in quick)."""
+    compile: bool = False
+    """Sample the FM through ``torch.compile`` (a C++ compiler is needed on CPU; ~1 min to compile, then faster)."""
+    threads: int = 0
+    """torch intra-op threads for the run (0: leave torch's setting); restored afterwards."""
+    jobs: int = 1
+    """Runs side by side in worker processes (:func:`paper_repro.runner.run_many`); each gets an equal share of the
+    threads. 1 reproduces the committed tables bit for bit."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise OptionsError(f"engine={self.engine!r} is unknown; choose one of {list(ENGINES)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise OptionsError(f"device={self.device!r} must be a torch device name such as 'cpu' or 'cuda'")
+        for name in ("eval_batch_size", "jobs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OptionsError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise OptionsError(f"threads={self.threads!r} must be an integer >= 0 (0 = torch's default)")
+
+    @classmethod
+    def for_profile(cls, profile: str, **overrides) -> RunOptions:
+        """The defaults of a profile (``paper``: a GPU, large evaluation batches, no saved trajectories, since a
+        ResNet-18 trajectory of 50 rounds would be 2.3 GB), with ``overrides`` applied."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise OptionsError(f"unknown run option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return replace(cls(**_PROFILE_OPTIONS.get(profile, {})), **overrides)
+
+
+_PROFILE_OPTIONS = {
+    "smoke": {"eval_batch_size": 200},
+    "quick": {"eval_batch_size": 32},
+    "paper": {"device": "cuda", "eval_batch_size": 1000, "share_training": False},
+}
