@@ -13,7 +13,7 @@ import torch
 
 import paper_repro as pr
 from paper_repro.defenses import RoundContext
-from paper_repro.fl import evaluate, run_federated
+from paper_repro.fl import evaluate_served, run_federated
 
 VARIANTS = [
     {},
@@ -32,7 +32,8 @@ def main(variants: list[dict], seed: int = 0) -> None:
         cfg = pr.load_config("quick", attack={"kind": attack}, fl={"num_rounds": 4}, seed=seed)
         prep = pr.prepare(cfg, progress=False)
         model = run_federated(cfg, prep.inputs, pr.defenses.get("none"), progress=False).model
-        base = evaluate(model, prep.inputs, cfg)
+        opts = pr.RunOptions.for_profile("quick")
+        base = evaluate_served(model, cfg, prep.inputs, opts)
         print(f"{attack:8s} no defense              acc {base['acc']:.3f} asr {base['asr']:.3f}", flush=True)
         for v in variants:
             d = pr.defenses.get("act_bound", **v)
@@ -41,7 +42,7 @@ def main(variants: list[dict], seed: int = 0) -> None:
             t = time.perf_counter()
             served = d.after_fusion(model, ctx)
             dt = time.perf_counter() - t
-            r = evaluate(served, prep.inputs, cfg)
+            r = evaluate_served(served, cfg, prep.inputs, opts)
             print(f"{attack:8s} {json.dumps(v):60s} acc {r['acc']:.3f} asr {r['asr']:.3f}  fit {dt:.2f}s", flush=True)
 
 

@@ -8,12 +8,12 @@
 Workload (issue 6): Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
 batch 32, the quick profile's CNN, SGD lr 0.05 momentum 0.5. Seconds per round of local training:
 
-- ``loop``: our per-client reference loop (``paper_repro.train.local_train``, channels_last as in quick; what
-  ``fl.engine="auto"`` runs on CPU), fp32;
+- ``loop``: our per-client reference loop (``paper_repro.training.local_train``, channels_last as in quick; what
+  ``RunOptions.engine="auto"`` runs on CPU), fp32;
 - ``loop_bf16``: the same with ``fl.precision="bf16"`` (autocast; tests/test_engine.py bounds the difference);
 - ``threads`` / ``threads_bf16``: the same loop, two clients at once on one intra-op thread each
-  (``fl.engine="threads"``);
-- ``batched`` / ``batched_bf16``: the round's clients as one vmapped computation (``paper_repro.engine``; what
+  (``RunOptions(engine="threads")``);
+- ``batched`` / ``batched_bf16``: the round's clients as one vmapped computation (``paper_repro.local_training``; what
   ``auto`` runs on a GPU);
 - ``research_loop``: the authors' style — deep copy per client, a DataLoader, default memory format;
 - ``flower``: Flower 1.41 simulation (Ray), same model, data and hyper-parameters, ``num_cpus`` per actor 1
@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from paper_repro.data import load_dataset
-from paper_repro.engine import batched_local_train, threaded_local_train
-from paper_repro.models import build_model
-from paper_repro.train import flat_state, local_train
+from paper_repro.local_training import batched_local_train, threaded_local_train
+from paper_repro.models import build_model, flat_state
+from paper_repro.training import local_train
 
 OUT = Path(__file__).resolve().parent / "results"
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a GPU every part reports the GPU's figures
@@ -316,7 +316,7 @@ class _FreshRuns:
     that no part re-draws the FM's images."""
 
     def __enter__(self):
-        from paper_repro.experiment import cache_dir
+        from paper_repro.store import cache_dir
 
         self._tmp = tempfile.TemporaryDirectory()
         root = Path(self._tmp.name)
@@ -339,24 +339,28 @@ class _FreshRuns:
 
 def recompute_parts() -> dict:
     """One quick run (FM attack, IID, seed 0) measured afresh under each of this session's execution changes, side by
-    side: evaluation batches of 1,000 vs 32 (``fl.eval_batch_size``), the initial model trained vs loaded from the
-    init cache, and act_bound trained in full vs replaying the no-defense run's weights (``fl.share_training``)."""
-    from paper_repro.config import load_config
-    from paper_repro.experiment import keep_freed_memory, run_experiment
+    side: evaluation batches of 1,000 vs 32 (``RunOptions.eval_batch_size``), the initial model trained vs loaded
+    from the init cache, and act_bound trained in full vs replaying the no-defense run's weights
+    (``share_training``)."""
+    from paper_repro.options import RunOptions
+    from paper_repro.profiles import load_config
+    from paper_repro.runner import keep_freed_memory, run_experiment
 
     keep_freed_memory()  # as the command line does
-    def run(**kw) -> dict:
+
+    def run(options: dict | None = None, **kw) -> dict:
         t = time.perf_counter()
-        res = run_experiment(load_config("quick", attack={"kind": "fm"}, **kw), progress=False, force=True)
+        res = run_experiment(load_config("quick", attack={"kind": "fm"}, **kw), progress=False, force=True,
+                             options=RunOptions.for_profile("quick", **(options or {})))
         return {"seconds": time.perf_counter() - t, "acc": float(res.final["acc"]), "asr": float(res.final["asr"])}
 
     out = {}
     with _FreshRuns():
-        out["eval_bs1000_init_trained"] = run(fl={"eval_batch_size": 1000})
+        out["eval_bs1000_init_trained"] = run({"eval_batch_size": 1000})
         out["eval_bs32_init_cached"] = run()
         with _FreshRuns():
             out["eval_bs32_init_trained"] = run()
-        out["act_bound_full"] = run(defense="act_bound", fl={"share_training": False})
+        out["act_bound_full"] = run({"share_training": False}, defense="act_bound")
         out["act_bound_replay"] = run(defense="act_bound")  # the no-defense run above holds no trajectory: re-run
         out["act_bound_replay_again"] = run(defense="act_bound")
     out["speedup_run"] = out["eval_bs1000_init_trained"]["seconds"] / out["eval_bs32_init_cached"]["seconds"]
@@ -367,8 +371,8 @@ def recompute_parts() -> dict:
 def jobs_side_by_side(n: int = 4) -> dict:
     """``n`` distinct quick runs (seeds 100…) one at a time with all threads vs two at a time in worker processes
     with one thread each (``run_many(jobs=2)``), afresh; throughput ratio and the largest ACC/ASR difference."""
-    from paper_repro.config import load_config
-    from paper_repro.experiment import keep_freed_memory, run_many
+    from paper_repro.profiles import load_config
+    from paper_repro.runner import keep_freed_memory, run_many
 
     keep_freed_memory()  # as the command line and the workers do
     cfgs = [load_config("quick", attack={"kind": k}, seed=100 + i) for i, k in enumerate(["fm", "classic"] * (n // 2))]

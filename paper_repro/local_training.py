@@ -4,13 +4,13 @@ threads, or batched as one computation.
 Batched: ``torch.func.vmap`` over a stacked copy of the parameters (one slice per client) turns each convolution into a
 grouped one and each matrix product into a batched one; every client keeps its own data order (its generator draws
 the same permutations as in :func:`paper_repro.training.local_train`), its own SGD momentum buffer and its own
-number of steps (clients whose data ran out are masked, not updated). Batches are padded to ``batch_size`` with zero-weight
-samples so that the loss of a short last batch is the mean over its real samples, as in the reference loop.
+number of steps (clients whose data ran out are masked, not updated). Batches are padded to ``batch_size`` with
+zero-weight samples so that the loss of a short last batch is the mean over its real samples, as in the loop.
 
 The plain per-client loop (:func:`paper_repro.training.local_train`) stays the reference implementation; this engine
-must match it (``tests/test_local_training.py``) and falls back to it for models it cannot batch (BatchNorm, whose running
-statistics are per-client state updated in place). :func:`threaded_local_train` is the CPU counterpart: the same loop,
-several clients at once on one thread each.
+must match it (``tests/test_local_training.py``) and falls back to it for models it cannot batch (BatchNorm, whose
+running statistics are per-client state updated in place). :func:`threaded_local_train` is the CPU counterpart:
+the same loop, several clients at once on one thread each.
 """
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
 
 def train_clients(engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
                   *args, **kwargs) -> torch.Tensor:
-    """Step 2 with the run's engine (:attr:`paper_repro.options.RunOptions.engine`): ``loop`` (one client after another), ``threads``, ``batched``, or
-    ``auto`` (batched on a GPU, loop elsewhere). Arguments after ``data`` as in :func:`batched_local_train`."""
+    """Step 2 with the run's engine (:attr:`paper_repro.options.RunOptions.engine`): ``loop`` (one client after
+    another), ``threads``, ``batched``, or ``auto`` (batched on a GPU, loop elsewhere). Arguments after ``data`` as
+    in :func:`batched_local_train`."""
     if engine == "batched" or (engine == "auto" and str(device).startswith("cuda")):
         return batched_local_train(global_model, data, *args, **kwargs)
     workers = None if engine == "threads" else 1  # one worker: local_train per client in turn, the reference loop

@@ -76,7 +76,7 @@ def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dp
 
 def defense_heatmap(table: pd.DataFrame, title: str = ""):
     """Heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as returned by
-    ``paper_repro.grid.pivot`` (columns (metric, attack)). Cell text = the value."""
+    ``paper_repro.tables.pivot`` (columns (metric, attack)). Cell text = the value."""
     metrics = [m for m in ("acc", "asr") if m in table.columns.get_level_values(0)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.32 * len(table) + 1.6))
     axes = np.atleast_1d(axes)
@@ -124,7 +124,7 @@ def asr_rounds(history: pd.DataFrame, defenses: list[str], title: str = ""):
 
 def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
     """F3: per attack (columns) and model (rows: no defense / act_bound), histograms of the per-image mean activation
-    of the trigger-sensitive units, clean vs triggered inputs (``paper_repro.analysis.activation_scores``)."""
+    of the trigger-sensitive units, clean vs triggered inputs (``studies.activations.activation_scores``)."""
     attacks = [a for a in ("none", "classic", "fm") if a in set(scores["attack"])]
     models = [m for m in ("no defense", "act_bound") if m in set(scores["model"])]
     fig, axes = plt.subplots(len(models), len(attacks), figsize=(4.2 * len(attacks), 2.8 * len(models)),
@@ -151,7 +151,7 @@ def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
 
 def unit_profile(profile: pd.DataFrame, top: int = 40, title: str = ""):
     """The ``top`` units the trigger raises most: mean activation on clean and triggered inputs, clean 99th
-    percentile, and the learned bound (``paper_repro.analysis.unit_profile``)."""
+    percentile, and the learned bound (``paper_repro.studies.activations.unit_profile``)."""
     p = profile.head(top)
     x = np.arange(len(p))
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(p) + 2), 3.6))

@@ -13,6 +13,9 @@ from .data import ImageSet
 from .store import REPO_ROOT
 
 TABLES_DIR = REPO_ROOT / "data" / "tables"
+# reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
+DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
+                 "mars", "geminiguard", "weidetect", "pruning", "mm_bm", "mmac", "act_bound"]
 
 
 def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, suffix: str = "csv") -> Path:
@@ -28,6 +31,16 @@ def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None 
                                 f"{profile}` (runs the experiments) or use the committed quick tables "
                                 f"(tables_dir={TABLES_DIR}).")
     return pd.read_csv(p)
+
+
+# ------------------------------------------------------------------------------------------- grid (F4)
+def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
+    """One row per defense, one column per (metric, attack), mean over seeds, for one partition."""
+    sub = df[df["partition"] == partition]
+    wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
+    wide = wide.reindex(columns=["none", "classic", "fm"], level=1)
+    order = [d for d in DEFENSE_ORDER if d in wide.index] + sorted(set(wide.index) - set(DEFENSE_ORDER))
+    return wide.reindex(order)
 
 
 # --------------------------------------------------------------------------------------------- F1 samples

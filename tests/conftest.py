@@ -26,9 +26,9 @@ def tiny_set():
 @pytest.fixture(scope="session")
 def tiny_fm_dir(tmp_path_factory, blobs):
     """A tiny class-conditional DDPM trained for 3 steps on the smoke set's public split (random quality)."""
-    from paper_repro.config import load_config
     from paper_repro.data import load_dataset, split_public
     from paper_repro.fm import ClassConditionalDDPM, DDPMTrainConfig
+    from paper_repro.profiles import load_config
 
     cfg = load_config("smoke")
     train, test = load_dataset("synthetic_blobs")

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import paper_repro as pr
-from paper_repro import analysis, grid, tables
-from paper_repro.ablations import ABLATIONS, run_ablations
-from paper_repro.train import flat_state
+from paper_repro import tables
+from paper_repro.models import flat_state
+from paper_repro.studies import activations as analysis
+from paper_repro.studies import grid
+from paper_repro.studies.ablations import ABLATIONS, run_ablations
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ Thresholds are the issue's targets; they are not tuned to the measured numbers. 
 import pytest
 
 import paper_repro as pr
-from paper_repro.data import DataNotFoundError, load_dataset
-from paper_repro.experiment import load_fm, public_splits, synthetic_set
+from paper_repro.data import DataNotFoundError, load_dataset, public_splits
+from paper_repro.fm import load_fm, synthetic_set
 
 pytestmark = pytest.mark.claims
 

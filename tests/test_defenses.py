@@ -9,7 +9,7 @@ from torch import nn
 import paper_repro as pr
 from paper_repro.data import make_synthetic_blobs
 from paper_repro.defenses import RoundContext
-from paper_repro.defenses.activation_bounds import BoundedModel, fit_bounds, max_activations, resolve_sites
+from paper_repro.defenses.clipping import BoundedModel, fit_bounds, max_activations, resolve_sites
 from paper_repro.defenses.mars import MARS, backdoor_energy, concentrated_energy, w1
 from paper_repro.models import build_model
 
@@ -98,7 +98,7 @@ def _ctx(model, synthetic, ids=(0, 1, 2, 3, 4), rnd=1, num_rounds=1):
 def test_detectors_flag_a_wildly_scaled_update_and_report_its_id():
     train, _ = make_synthetic_blobs(200, 10)
     model = build_model("tiny", train.shape, 10, seed=0)
-    P = pr.train.flat_state(model).numel()
+    P = pr.models.flat_state(model).numel()
     g = torch.Generator().manual_seed(1)
     updates = 0.01 * torch.randn(5, P, generator=g)
     updates[3] = -updates[3] * 300

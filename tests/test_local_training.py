@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from paper_repro.engine import batched_local_train, can_batch, threaded_local_train
+from paper_repro.local_training import batched_local_train, can_batch, threaded_local_train
 from paper_repro.models import build_model
-from paper_repro.train import local_train
+from paper_repro.training import local_train
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32 rounding of differently ordered reductions, 1-2 epochs
 
@@ -67,20 +67,23 @@ def test_generator_count_must_match():
         batched_local_train(model, _clients([4, 4], (1, 12, 12)), 1, 0.1, 0.0, 4, [torch.Generator()])
 
 
-def test_fl_run_with_the_batched_engine_matches_the_loop_and_shares_its_run_key():
+def test_fl_run_with_every_engine_matches_the_loop_and_the_engine_is_not_in_the_config():
     import paper_repro as pr
     from paper_repro.fl import run_federated
+    from paper_repro.options import OptionsError
 
     engines = ("loop", "batched", "threads", "auto")
-    cfgs = [pr.load_config("smoke", attack={"kind": "classic"}, fl={"engine": e}) for e in engines]
-    prep = pr.prepare(cfgs[0], progress=False)
-    hist = [pd.DataFrame(run_federated(c, prep.inputs, pr.defenses.get("none"), progress=False).history)
-            for c in cfgs]
+    cfg = pr.load_config("smoke", attack={"kind": "classic"})
+    prep = pr.prepare(cfg, progress=False)
+    hist = [pd.DataFrame(run_federated(cfg, prep.inputs, pr.defenses.get("none"),
+                                       pr.RunOptions.for_profile("smoke", engine=e), progress=False).history)
+            for e in engines]
     for h in hist[1:]:
         pd.testing.assert_series_equal(hist[0]["acc"], h["acc"], atol=0.02, rtol=0)
-    assert len({c.hash(prep.hashes) for c in cfgs}) == 1
-    with pytest.raises(pr.ConfigError, match="engine"):
-        pr.load_config("smoke", fl={"engine": "vmap"})
+    with pytest.raises(OptionsError, match="engine"):
+        pr.RunOptions(engine="vmap")
+    with pytest.raises(pr.ConfigError, match=r"execution setting.*RunOptions\(engine=\.\.\.\)"):
+        pr.load_config("smoke", fl={"engine": "loop"})
 
 
 # ------------------------------------------------------------------------------------------------ bf16 option
@@ -101,7 +104,8 @@ def _fmnist(n_train=1600, n_test=1000):
 
 @pytest.mark.parametrize("engine", ["loop", "batched"])
 def test_bf16_training_stays_within_tolerance_of_fp32(engine):
-    from paper_repro.train import accuracy, load_flat_state
+    from paper_repro.models import load_flat_state
+    from paper_repro.training import accuracy
 
     # Prepare: two clients of real Fashion-MNIST, the quick CNN, the same data order for both precisions
     (x, y), (xt, yt) = _fmnist()
@@ -132,16 +136,16 @@ def test_bf16_training_stays_within_tolerance_of_fp32(engine):
 
 def test_precision_is_in_the_run_key_but_fp32_keeps_the_old_key():
     import paper_repro as pr
-    from paper_repro.config import strip_execution
+    from paper_repro.results import key_dict, run_key
 
     base = pr.load_config("smoke")
     bf16 = pr.load_config("smoke", fl={"precision": "bf16"})
     fm_bf16 = pr.load_config("smoke", fm={"precision": "bf16"})
-    assert len({base.hash(), bf16.hash(), fm_bf16.hash()}) == 3
-    old = base.to_dict()  # a config saved before the precision fields existed
-    del old["fl"]["precision"], old["fm"]["precision"], old["fm"]["compile"]
-    assert strip_execution(old) == base.result_dict()
-    assert pr.load_config("smoke", fm={"compile": True}).hash() == base.hash()  # execution detail
+    assert len({run_key(base), run_key(bf16), run_key(fm_bf16)}) == 3
+    old = base.to_dict()  # a config saved before the precision fields existed, with the execution settings of then
+    del old["fl"]["precision"], old["fm"]["precision"]
+    old["fm"]["compile"], old["fl"]["engine"], old["device"] = True, "threads", "cuda"
+    assert key_dict(old) == key_dict(base.to_dict())
     for section in ("fl", "fm"):
         with pytest.raises(pr.ConfigError, match=f"{section}.precision"):
             pr.load_config("smoke", **{section: {"precision": "fp16"}})

@@ -66,10 +66,10 @@ def readme_figures() -> list[str]:
 def figure_batch(tmp_path_factory):
     """Every figure notebook run once through papermill against the committed quick tables."""
     pytest.importorskip("papermill")
-    from paper_repro import batch
+    from paper_repro import notebooks
 
     tmp = tmp_path_factory.mktemp("figure_batch")
-    batch.run_notebooks(FIGURE_NOTEBOOKS, tmp / "executed", progress=False, profile="quick",
+    notebooks.run_notebooks(FIGURE_NOTEBOOKS, tmp / "executed", progress=False, profile="quick",
                         figures_dir=str(tmp / "figures"))
     return tmp / "figures"
 

@@ -52,11 +52,9 @@ def register(name: str, cls: type[Defense]) -> type[Defense]:
 
 def get(name: str, **params) -> Defense:
     """A new defense instance; unknown names raise with the known ones, bad parameters with the accepted ones."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown defense {name!r}; known defenses: {names()}")
-    cls = REGISTRY[name]
+    resolved_params(name, params)  # unknown name or parameter: raises with what is known
     try:
-        return cls(**params)
+        return REGISTRY[name](**params)
     except TypeError as e:
         raise ValueError(f"bad parameters {params} for defense {name!r}: {e}") from None
 

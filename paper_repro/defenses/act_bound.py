@@ -2,8 +2,9 @@
 activations of the fused global model with the (possibly poisoned) synthetic set; the weights stay untouched.
 
 [C: 2410.17573 abstracts: data-free, server-side, "activation upper bounds of the post-fusion global model",
-optimised with synthetic data alongside FL training, parameters unchanged.] Everything else is [R] (docs/paper.md, "The defense")
-and a parameter here; the defaults were chosen by experiment on the quick profile (docs/defenses.md).
+optimised with synthetic data alongside FL training, parameters unchanged.] Everything else is [R]
+(docs/paper.md, "The defense") and a parameter here; the defaults were chosen by experiment on the quick profile
+(docs/defenses.md).
 """
 from __future__ import annotations
 

@@ -13,10 +13,8 @@ from ..profiles import load_config
 from ..results import key_dict, load_results
 from ..runner import run_many
 from ..store import default_results_dir
+from ..tables import pivot  # noqa: F401  (the grid table, one partition, wide)
 
-# reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
-DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
-                 "mars", "geminiguard", "weidetect", "pruning", "mm_bm", "mmac", "act_bound"]
 PARTITIONS = {"iid": {"partition": "iid"}, "dirichlet0.5": {"partition": "dirichlet", "beta": 0.5}}
 
 
@@ -47,15 +45,6 @@ def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return df
-
-
-def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
-    """One row per defense, one column per (metric, attack), mean over seeds, for one partition."""
-    sub = df[df["partition"] == partition]
-    wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
-    wide = wide.reindex(columns=["none", "classic", "fm"], level=1)
-    order = [d for d in DEFENSE_ORDER if d in wide.index] + sorted(set(wide.index) - set(DEFENSE_ORDER))
-    return wide.reindex(order)
 
 
 def grid_config(profile: str, attack: str, defense: str, partition: str, seed: int, **overrides):

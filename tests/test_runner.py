@@ -8,6 +8,8 @@ import torch
 
 import paper_repro as pr
 from paper_repro.fm import FMCheckpointError
+from paper_repro.replay import Trajectory, replay_federated
+from paper_repro.results import run_key
 
 
 def _run(tmp_path, progress=False, **kw):
@@ -65,7 +67,7 @@ def test_fm_stage_variants_use_the_poisoned_set_where_asked(stages):
 def test_ddpm_source_runs_and_rejects_a_checkpoint_of_another_public_split(tmp_path, tiny_fm_dir):
     res = _run(tmp_path, attack={"kind": "fm"}, fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)})
     assert len(res.history) == 3
-    from paper_repro.experiment import cache_dir
+    from paper_repro.store import cache_dir
     assert list((cache_dir() / "synthetic").glob("ddpm_*.npz")), "synthetic set is cached by hash"
     with pytest.raises(FMCheckpointError, match="different public split"):
         pr.prepare(pr.load_config("smoke", data={"public_size": 150},
@@ -82,7 +84,7 @@ def test_load_results_collects_runs(tmp_path):
 
 
 def test_grid_writes_a_table_and_collect_rebuilds_it_from_run_folders(tmp_path):
-    from paper_repro import grid
+    from paper_repro.studies import grid
 
     df = grid.run_grid("smoke", ["none", "median"], attacks=("none", "fm"), partitions=("iid",),
                        results_dir=tmp_path, progress=False)
@@ -105,7 +107,7 @@ def test_run_key_covers_the_defense_defaults(monkeypatch):
     after = pr.prepare(cfg, progress=False).hashes
     # Assert: the resolved parameters differ, so the run key does
     assert before["defense"]["epochs"] != after["defense"]["epochs"]
-    assert cfg.hash(before) != cfg.hash(after)
+    assert run_key(cfg, before) != run_key(cfg, after)
 
 
 def test_resolved_params_names_unknown_parameters():
@@ -117,14 +119,15 @@ def test_resolved_params_names_unknown_parameters():
 @pytest.mark.parametrize("name,params", [("act_bound", {}), ("pruning", {}), ("mm_bm", {"epochs": 5})])
 def test_a_post_fusion_defense_replays_the_no_defense_training_with_the_same_results(tmp_path, name, params):
     kw = {"attack": {"kind": "fm"}, "defense": {"name": name, "params": params}}
-    full = _run(tmp_path / "full", fl={"share_training": False}, **kw)
+    full = pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path / "full", progress=False,
+                             options=pr.RunOptions.for_profile("smoke", share_training=False))
     shared = _run(tmp_path / "shared", **kw)
     assert "shared_training" not in full.history and shared.history["shared_training"].iloc[1:].all()
     cols = ["round", "acc", "asr"]
     pd.testing.assert_frame_equal(shared.history[cols], full.history[cols])
     assert full.run_dir.name == shared.run_dir.name  # an execution detail: same run key
     (base,) = [p for p in (tmp_path / "shared").iterdir() if p.name.startswith("smoke_fm_none_")]
-    states = pr.fl.Trajectory.load(base / "trajectory.pt").states
+    states = Trajectory.load(base / "trajectory.pt").states
     assert states.shape[0] == 3  # after init, after rounds 1 and 2
     assert (states[1] != states[2]).any()
 
@@ -134,10 +137,10 @@ def test_a_defense_that_changes_training_trains_itself(tmp_path):
     assert "shared_training" not in res.history
     assert not any(p.name.startswith("smoke_fm_none_") for p in tmp_path.iterdir())
     cfg = pr.load_config("smoke", defense={"name": "krum"})
-    prep = pr.experiment.prepare(cfg, progress=False)
-    traj = pr.fl.Trajectory(torch.zeros(3, 1), [np.arange(5)] * 2, [{}] * 2)
+    prep = pr.prepare(cfg, progress=False)
+    traj = Trajectory(torch.zeros(3, 1), [np.arange(5)] * 2, [{}] * 2)
     with pytest.raises(ValueError, match="cannot replay"):
-        pr.fl.run_federated(cfg, prep.inputs, pr.defenses.get("krum"), progress=False, replay=traj)
+        replay_federated(cfg, prep.inputs, pr.defenses.get("krum"), traj, progress=False)
 
 
 def test_runs_that_share_seed_and_synthetic_set_start_from_one_cached_initial_model(tmp_path, monkeypatch):
@@ -154,8 +157,8 @@ def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
     cfgs = [pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": n}) for n in ("act_bound", "krum")]
     cfgs.append(pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "pruning"}))
     cfgs.append(cfgs[0])  # a repeated config runs once
-    one = pr.experiment.run_many(cfgs, tmp_path / "one", jobs=1, progress=False)
-    two = pr.experiment.run_many(cfgs, tmp_path / "two", jobs=2, progress=False)
+    one = pr.run_many(cfgs, tmp_path / "one", jobs=1, progress=False)
+    two = pr.run_many(cfgs, tmp_path / "two", jobs=2, progress=False)
     assert [r.run_dir.name for r in one] == [r.run_dir.name for r in two]
     assert one[0].run_dir == one[3].run_dir
     # the replayed runs' no-defense base ran first, in both
@@ -163,4 +166,4 @@ def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
     for a, b in zip(one, two):
         np.testing.assert_allclose(a.history[["acc", "asr"]], b.history[["acc", "asr"]], atol=0.02)
     with pytest.raises(ValueError, match="jobs"):
-        pr.experiment.run_many(cfgs, tmp_path, jobs=0)
+        pr.run_many(cfgs, tmp_path, jobs=0)
