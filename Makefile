@@ -33,8 +33,9 @@ data:
 test: setup
 	$(PY) -m pytest -q
 
+# unit + smoke tiers (~1 minute); `make test` adds the notebook and claim tiers
 test-fast: setup
-	$(PY) -m pytest -q -m "not claims"
+	$(PY) -m pytest -q -m "unit or smoke"
 
 # every figure from the committed tables in data/tables (figure notebooks through papermill; ~1 minute)
 figures: $(VENV)/.installed

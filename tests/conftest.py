@@ -6,6 +6,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("PAPER_REPRO_CACHE", os.path.join(os.path.dirname(__file__), "..", "build", "test-cache"))
 os.environ.setdefault("PAPER_REPRO_RESULTS", os.path.join(os.path.dirname(__file__), "..", "build", "test-results"))
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -36,3 +38,14 @@ def tiny_fm_dir(tmp_path_factory, blobs):
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(block_out_channels=(8, 16), steps=3, batch_size=8),
                                     progress=False)
     return fm.save(tmp_path_factory.mktemp("fm") / "tiny_ddpm", command="tests/conftest.py")
+
+
+TIERS = ("unit", "smoke", "notebooks", "claims", "slow")
+# a test without a tier marker gets its file's tier
+FILE_TIERS = {"test_runner": "smoke", "test_analysis": "smoke", "test_notebooks": "notebooks", "test_claims": "claims"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(getattr(pytest.mark, FILE_TIERS.get(Path(item.fspath).stem, "unit")))

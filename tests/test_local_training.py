@@ -67,6 +67,7 @@ def test_generator_count_must_match():
         batched_local_train(model, _clients([4, 4], (1, 12, 12)), 1, 0.1, 0.0, 4, [torch.Generator()])
 
 
+@pytest.mark.smoke
 def test_fl_run_with_every_engine_matches_the_loop_and_the_engine_is_not_in_the_config():
     import paper_repro as pr
     from paper_repro.fl import run_federated
@@ -102,6 +103,7 @@ def _fmnist(n_train=1600, n_test=1000):
     return (x[:n_train], y[:n_train]), (xt[:n_test], yt[:n_test])
 
 
+@pytest.mark.claims  # real Fashion-MNIST, ~20 s each
 @pytest.mark.parametrize("engine", ["loop", "batched"])
 def test_bf16_training_stays_within_tolerance_of_fp32(engine):
     from paper_repro.models import load_flat_state

@@ -19,8 +19,8 @@ EXPECTED_FIGURES = {"01_foundation_model": ["nb01_fm_samples_smoke"],
                                                          "nb05_knobs_smoke"]}
 
 
-def test_notebooks_found():
-    assert NOTEBOOKS, f"no notebooks in {NOTEBOOKS_DIR}"
+def test_every_numbered_notebook_is_known_and_declares_its_figures():
+    assert sorted(p.stem for p in NOTEBOOKS) == sorted(EXPECTED_FIGURES), "a numbered notebook was added or renamed"
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS + FIGURE_NOTEBOOKS, ids=lambda p: p.stem)
