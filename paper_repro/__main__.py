@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Reproducibility package (a reconstruction) for 'Securing Federated "
                                             "Learning against Backdoor Threats with Foundation Model Integration'.")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def profile(q):
@@ -68,7 +69,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a = parser.parse_args(argv)
+    if "jobs" in a and a.jobs < 1:
+        parser.error(f"--jobs {a.jobs}: give 1 or more")
+    try:
+        _run(a)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input or missing data: one line, no traceback
+        if a.debug:
+            raise
+        raise SystemExit(f"error: {e}\n(run with --debug for the traceback)") from None
+
+
+def _run(a: argparse.Namespace) -> None:
     from .options import RunOptions
     from .runner import keep_freed_memory
 

@@ -41,6 +41,17 @@ def _check(updates: Tensor, weights: Tensor | None = None) -> None:
         raise ValueError(f"weights must have shape ({updates.shape[0]},), got {tuple(weights.shape)}")
 
 
+def finite_rows(updates: Tensor) -> Tensor:
+    """(K,) bool: which updates hold only finite numbers (a NaN or inf update is an outlier for every robust rule)."""
+    return torch.isfinite(updates).all(dim=1)
+
+
+def _finite_only(updates: Tensor) -> Tensor:
+    """The finite rows of ``updates`` (all rows when none is finite: the result is then non-finite, as it must be)."""
+    ok = finite_rows(updates)
+    return updates[ok] if bool(ok.any()) else updates
+
+
 def _normalised(weights: Tensor, like: Tensor) -> Tensor:
     w = weights.to(device=like.device, dtype=like.dtype)
     total = w.sum()
@@ -116,17 +127,21 @@ def dp(updates: Tensor, weights: Tensor, max_norm: float | None = None, ratio: f
 
 def krum_scores(updates: Tensor, num_malicious: int = 1) -> Tensor:
     """Krum scores (K,): for each update the sum of squared distances to its K − f − 2 nearest other updates.
-    Raises ValueError unless K > 2f + 2 (Blanchard et al. 2017's requirement)."""
+    A non-finite update scores +inf and is nobody's neighbour before every finite one is, so it is never selected
+    while a finite update exists. Raises ValueError unless K > 2f + 2 (Blanchard et al. 2017's requirement)."""
     _check(updates)
     k, f = updates.shape[0], int(num_malicious)
     if f < 0:
         raise ValueError(f"num_malicious must be >= 0, got {f}")
     if k <= 2 * f + 2:
         raise ValueError(f"Krum needs K > 2f + 2 clients: got K={k} with f={f} (need K >= {2 * f + 3})")
-    d2 = _pairwise_dists(updates).double().square()
+    ok = finite_rows(updates)
+    d2 = _pairwise_dists(torch.where(ok[:, None], updates, torch.zeros_like(updates))).double().square()
+    big = torch.finfo(torch.float64).max / (4 * k)  # larger than any finite distance sum, still finite when summed
+    d2 = torch.where(ok[:, None] & ok[None, :], d2.clamp(max=big), torch.full_like(d2, big))
     d2.fill_diagonal_(float("inf"))  # a fresh tensor: exclude self from the nearest neighbours
     nearest = d2.topk(k - f - 2, dim=1, largest=False).values
-    return nearest.sum(dim=1)
+    return torch.where(ok, nearest.sum(dim=1), torch.full_like(nearest[:, 0], float("inf")))
 
 
 def krum_select(updates: Tensor, weights: Tensor, num_malicious: int = 1) -> tuple[Tensor, np.ndarray]:
@@ -152,6 +167,7 @@ def multi_krum_select(updates: Tensor, weights: Tensor, num_malicious: int = 1,
     m = k - int(num_malicious) if num_selected is None else int(num_selected)
     if not 1 <= m <= k:
         raise ValueError(f"num_selected must be in [1, K={k}], got {m}")
+    m = min(m, max(1, int(torch.isfinite(scores).sum())))  # never select a non-finite update while finite ones remain
     idx = torch.sort(torch.argsort(scores, stable=True)[:m]).values.to(updates.device)
     return _weighted_mean(updates[idx], weights.to(updates.device)[idx]), idx.cpu().numpy()
 
@@ -166,9 +182,9 @@ def multi_krum(updates: Tensor, weights: Tensor, num_malicious: int = 1, num_sel
 def median(updates: Tensor, weights: Tensor) -> Tensor:
     """Coordinate-wise median (Yin et al., ICML 2018, "Byzantine-robust distributed learning"): the per-coordinate
     median of the K updates; for even K the mean of the two middle values. Unweighted, as in the paper; no
-    hyper-parameters."""
+    hyper-parameters. Non-finite updates are left out."""
     _check(updates, weights)
-    return _median0(updates)
+    return _median0(_finite_only(updates))
 
 
 def trimmed_mean(updates: Tensor, weights: Tensor, beta: float = 0.1) -> Tensor:
@@ -176,6 +192,7 @@ def trimmed_mean(updates: Tensor, weights: Tensor, beta: float = 0.1) -> Tensor:
     smallest values and average the remaining K − 2b (unweighted, as in the paper). β should be ≥ f/K for f attackers;
     default β = 0.1 (PAPER.md §5, [R]). Raises ValueError when nothing remains (K − 2b ≤ 0) or β ∉ [0, 0.5]."""
     _check(updates, weights)
+    updates = _finite_only(updates)  # a non-finite update is left out before trimming
     k = updates.shape[0]
     if not 0 <= beta <= 0.5:
         raise ValueError(f"beta must be in [0, 0.5], got {beta}")

@@ -40,6 +40,20 @@ def _fraction(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]; give a fraction such as 0.2")
 
 
+def _check_types(obj: Any, section: str) -> None:
+    """Every ``int``/``float``/``str``/``bool`` field of ``obj`` holds a value of that type (a bool is not a count, a
+    string is not a number, a float must be finite)."""
+    for f in dataclasses.fields(obj):
+        v, name = getattr(obj, f.name), f"{section}.{f.name}" if section else f.name
+        if f.type == "int":
+            _check(isinstance(v, int) and not isinstance(v, bool), f"{name}={v!r} must be an integer")
+        elif f.type == "float":
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                   f"{name}={v!r} must be a finite number")
+        elif f.type in ("str", "bool"):
+            _check(type(v).__name__ == f.type, f"{name}={v!r} must be a {f.type}")
+
+
 def _positive(name: str, value: float) -> None:
     _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
            f"{name}={value} must be a finite number > 0")
@@ -70,6 +84,7 @@ class DataConfig:
     never saw any client's data, whatever the run seed. ours"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "data")
         _choice("data.dataset", self.dataset, DATASETS)
         _choice("data.partition", self.partition, PARTITIONS)
         _check(self.beta > 0, f"data.beta={self.beta} must be > 0 (Dirichlet concentration; 0.1 = very skewed)")
@@ -111,6 +126,7 @@ class FMConfig:
     """Class prompt for stable_diffusion. [C: 2311.00144 used class prompts such as 'an airplane']"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "fm")
         _choice("fm.source", self.source, FM_SOURCES)
         _check(self.n_per_class >= 1, "fm.n_per_class must be >= 1")
         _check(self.num_inference_steps >= 1, "fm.num_inference_steps must be >= 1")
@@ -131,6 +147,7 @@ class ModelConfig:
     """Train in channels_last memory format (faster on CPU, same numbers up to float rounding). ours"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _choice("model.name", self.name, MODELS)
 
 
@@ -161,6 +178,7 @@ class AttackConfig:
     """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "attack")
         _check(isinstance(self.kind, str) and bool(self.kind), "attack.kind must be an attack name, see "
                "paper_repro.attacks.names()")
         _choice("attack.trigger", self.trigger, TRIGGERS)
@@ -171,6 +189,8 @@ class AttackConfig:
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
         _positive("attack.boost", self.boost)
+        _check(isinstance(self.fm_stages, (tuple, list)) and len(self.fm_stages) >= 1,
+               f"attack.fm_stages={self.fm_stages!r} must list at least one of {list(FM_STAGES)}")
         stages = tuple(self.fm_stages)
         object.__setattr__(self, "fm_stages", stages)
         for s in stages:
@@ -219,6 +239,7 @@ class FLConfig:
     before this option existed. ours"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "fl")
         _choice("fl.precision", self.precision, PRECISIONS)
         _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
         _check(1 <= self.clients_per_round <= self.num_clients,
@@ -244,6 +265,7 @@ class DefenseConfig:
     """Keyword arguments of the defense (documented in its file). ours"""
 
     def __post_init__(self) -> None:
+        _check_types(self, "defense")
         _check(isinstance(self.name, str) and bool(self.name), "defense.name must be a defense name, see "
                "paper_repro.defenses.names()")
         _check(isinstance(self.params, dict), "defense.params must be a dict of keyword arguments")
@@ -265,6 +287,7 @@ class Config:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
         _choice("profile", self.profile, PROFILES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed must be a non-negative integer")
         _check(self.attack.num_malicious <= self.fl.num_clients,

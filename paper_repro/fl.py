@@ -52,6 +52,9 @@ class FLOutput:
     flagged: list[list[int]] = field(default_factory=list)
 
 
+OK, DIVERGED = "ok", "diverged"
+"""Per-round ``status``: a run whose weights become non-finite ends with a ``diverged`` row (ACC/ASR NaN)."""
+
 OnFused = Callable[[int, nn.Module, np.ndarray, dict], None]
 """Called after step 4 of every round with (round, fused model, sampled client ids, the round's row so far)."""
 
@@ -105,7 +108,8 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
     # 0. initialise the global model by supervised training on the (possibly poisoned) synthetic set
     t = time.perf_counter()
     model = initial_model if initial_model is not None else init_global_model(cfg, inp, dev)
-    out.history.append({"round": 0, **evaluate_served(model, cfg, inp, opts), "init_seconds": time.perf_counter() - t})
+    out.history.append({"round": 0, **evaluate_served(model, cfg, inp, opts), "init_seconds": time.perf_counter() - t,
+                        "status": OK})
     out.model = model
     clients = [inp.attack.local_data(k, d).tensors(dev) for k, d in enumerate(inp.clients)]  # malicious: poisoned
     sizes = torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
@@ -113,7 +117,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
     sample_rng = np_rng(seed, "client_sampling")
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
-        t_round, row = time.perf_counter(), {"round": rnd}
+        t_round, row = time.perf_counter(), {"round": rnd, "status": OK}
         ctx = round_context(cfg, opts, inp, model, rnd)
         # 1. sample clients without replacement
         ids = np.sort(sample_rng.choice(fl.num_clients, size=fl.clients_per_round, replace=False))
@@ -143,6 +147,9 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
             distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
                     fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
         row["fusion_seconds"] = time.perf_counter() - t
+        if not torch.isfinite(flat_state(model)).all():  # diverged: the run ends here and reports no ACC/ASR
+            out.history.append({**row, "status": DIVERGED, "acc": float("nan"), "asr": float("nan")})
+            break
         if on_fused is not None:
             on_fused(rnd, model, ids, row)
         # 5.–6. post-fusion defense on a view of the fused model, then ACC/ASR of the model the server serves

@@ -75,7 +75,7 @@ def check_registered(cfg: Config) -> Config:
     if cfg.attack.kind not in attacks.names():
         raise ConfigError(f"attack.kind={cfg.attack.kind!r} is unknown; choose one of {attacks.names()}")
     try:
-        defenses.get(cfg.defense.name, **cfg.defense.params)
+        defenses.get(cfg.defense.name, **cfg.defense.params).check_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg

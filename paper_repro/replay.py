@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,32 +20,48 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .defenses import Defense
-from .fl import FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
+from .fl import DIVERGED, OK, FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
 from .models import build_model, flat_state, load_flat_state
 from .options import RunOptions
 from .rng import derive_seed
 from .store import save_atomic, stable_hash
+
+
+class TrajectoryError(RuntimeError):
+    """A saved trajectory is unreadable or belongs to another run; the message names the file and the fix."""
+
 
 TRAINING_SECONDS = ("local_seconds", "aggregate_seconds", "fusion_seconds")
 """Timing columns of steps 1–4, which a replayed run copies from the run it replays."""
 DETECTION_COLUMNS = ("num_flagged", "tpr", "fpr")
 
 
-def cached_initial_model(cfg: Config, inp: FLInputs, cache: Path | None, device: str = "cpu"
-                         ) -> tuple[nn.Module, bool]:
-    """Step 0 through a disk cache: the model trained on the synthetic init set, and whether it was loaded."""
+def initial_model_key(cfg: Config, inp: FLInputs) -> str:
+    """Key of the step-0 model: a hash of everything that trains it (architecture, seeds, synthetic init set,
+    initialisation hyper-parameters)."""
     fl = cfg.fl
     src = {"model": cfg.model.name, "shape": list(inp.test.shape), "classes": inp.test.num_classes,
            "init_seed": derive_seed(cfg.seed, "model_init"), "order_seed": cfg.seed,
            "synthetic": inp.synthetic_init.digest(), "epochs": fl.init_epochs, "lr": fl.init_lr,
            "momentum": fl.momentum, "batch_size": fl.batch_size}
+    return f"{cfg.model.name}_{stable_hash(src, 16)}"
+
+
+def cached_initial_model(cfg: Config, inp: FLInputs, cache: Path | None, device: str = "cpu"
+                         ) -> tuple[nn.Module, bool]:
+    """Step 0 through a disk cache: the model trained on the synthetic init set, and whether it was loaded."""
     if cache is None:
         return init_global_model(cfg, inp, device), False
-    path = Path(cache) / f"{cfg.model.name}_{stable_hash(src, 16)}.pt"
+    path = Path(cache) / f"{initial_model_key(cfg, inp)}.pt"
     if path.exists():
-        model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, src["init_seed"]).to(device)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return model, True
+        model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes,
+                            derive_seed(cfg.seed, "model_init")).to(device)
+        try:
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            return model, True
+        except Exception as e:  # truncated or foreign file: say so, then train again
+            warnings.warn(f"cached initial model {path} is unreadable ({type(e).__name__}); training it again",
+                          stacklevel=2)
     model = init_global_model(cfg, inp, device)
     save_atomic(lambda tmp: torch.save(model.state_dict(), tmp), path)
     return model, False
@@ -59,15 +76,22 @@ class Trajectory:
     """(R + 1, P): flat state after initialisation (row 0) and after the fusion of round r (row r)."""
     client_ids: list[np.ndarray]
     rows: list[dict]
+    run: str = ""
+    """Name (with key) of the run folder that recorded it: checked before a replay."""
 
     def save(self, path: Path) -> None:
-        data = {"states": self.states, "client_ids": [a.tolist() for a in self.client_ids], "rows": self.rows}
+        data = {"states": self.states, "client_ids": [a.tolist() for a in self.client_ids], "rows": self.rows,
+                "run": self.run}
         save_atomic(lambda tmp: torch.save(data, tmp), path)
 
     @classmethod
     def load(cls, path: Path) -> Trajectory:
-        d = torch.load(path, weights_only=True)
-        return cls(d["states"], [np.asarray(a, dtype=np.int64) for a in d["client_ids"]], d["rows"])
+        try:
+            d = torch.load(path, weights_only=True)
+        except Exception as e:  # truncated or foreign file: name it and say how to clear it
+            raise TrajectoryError(f"{path} is unreadable ({type(e).__name__}): delete its run folder "
+                                  f"{Path(path).parent} to recompute it") from None
+        return cls(d["states"], [np.asarray(a, dtype=np.int64) for a in d["client_ids"]], d["rows"], d.get("run", ""))
 
     def model_at(self, cfg: Config, inp: FLInputs, rnd: int = -1, device: str = "cpu") -> nn.Module:
         """A fresh model of ``cfg`` holding the weights after round ``rnd`` (0 = initialisation, -1 = the last)."""
@@ -93,8 +117,8 @@ class TrajectoryRecorder:
         self.client_ids.append(ids)
         self.rows.append({k: row[k] for k in (*TRAINING_SECONDS, *DETECTION_COLUMNS)})
 
-    def trajectory(self) -> Trajectory:
-        return Trajectory(torch.stack(self.states), self.client_ids, self.rows)
+    def trajectory(self, run: str = "") -> Trajectory:
+        return Trajectory(torch.stack(self.states), self.client_ids, self.rows, run)
 
 
 def replay_federated(cfg: Config, inp: FLInputs, defense: Defense, trajectory: Trajectory,
@@ -109,11 +133,15 @@ def replay_federated(cfg: Config, inp: FLInputs, defense: Defense, trajectory: T
     out = FLOutput()
     t = time.perf_counter()
     model = trajectory.model_at(cfg, inp, 0, opts.device)
-    out.history.append({"round": 0, **evaluate_served(model, cfg, inp, opts), "init_seconds": time.perf_counter() - t})
+    out.history.append({"round": 0, **evaluate_served(model, cfg, inp, opts), "init_seconds": time.perf_counter() - t,
+                        "status": OK})
     out.model = model
     for rnd in tqdm(range(1, cfg.fl.num_rounds + 1), desc="FL rounds (replayed)", disable=not progress):
         t_round = time.perf_counter()
-        row = {"round": rnd, **trajectory.rows[rnd - 1]}
+        if rnd > len(trajectory.rows):  # the recorded run diverged after this many rounds: so does this one
+            out.history.append({"round": rnd, "status": DIVERGED, "acc": float("nan"), "asr": float("nan")})
+            break
+        row = {"round": rnd, "status": OK, **trajectory.rows[rnd - 1]}
         ctx = round_context(cfg, opts, inp, model, rnd)
         ctx.client_ids = trajectory.client_ids[rnd - 1]
         load_flat_state(model, trajectory.states[rnd].to(opts.device))

@@ -2,11 +2,14 @@
 is written (all files, then one atomic rename) and how finished runs are read back.
 
 A run folder ``<profile>_<attack>_<defense>_<partition>_s<seed>_<key>/`` holds ``config.json`` (resolved config,
-key, data digests, library versions), ``metrics.csv`` (one row per round), ``indices.npz`` (partition, poisoned
-indices, malicious clients), ``flagged.json`` and, for a run that others replay, ``trajectory.pt``.
+key, data digests, provenance), ``metrics.csv`` (one row per round), ``indices.npz`` (partition, poisoned indices,
+malicious clients), ``flagged.json``, for a run that others replay ``trajectory.pt``, and, written last,
+``complete.json``: the SHA-256 of every other file. Only a folder with a completion record whose small files match
+it counts as a run; anything else (a half-written, hidden, truncated or edited folder) is recomputed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,6 +26,9 @@ from .profiles import without_moved
 from .store import default_results_dir, stable_hash
 
 TRAJECTORY = "trajectory.pt"
+COMPLETE = "complete.json"
+CHECKED_ON_READ = ("config.json", "metrics.csv", "flagged.json", "indices.npz")
+"""Files whose checksums are verified whenever a run is read (the trajectory is verified when it is replayed)."""
 LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
 """Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key."""
 PROVENANCE = "reconstruction of arXiv 2410.17573 (see docs/paper.md); not the paper's numbers"
@@ -51,10 +57,36 @@ def run_name(cfg: Config, key: str) -> str:
     return f"{cfg.profile}_{cfg.attack.kind}_{cfg.defense.name}_{cfg.data.partition}_s{cfg.seed}_{key}"
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def damage(run_dir: Path, names: tuple[str, ...] = CHECKED_ON_READ) -> list[str]:
+    """What is wrong with a run folder: no completion record, or files among ``names`` missing or not matching
+    their recorded checksum (empty list: intact)."""
+    try:
+        record = json.loads((run_dir / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return [f"no readable {COMPLETE}"]
+    out = []
+    for name in names:
+        if name not in record:
+            continue
+        p = run_dir / name
+        if not p.is_file():
+            out.append(f"{name} missing")
+        elif sha256(p) != record[name]:
+            out.append(f"{name} changed since it was written")
+    return out
+
+
 def finished(run_dir: Path) -> bool:
-    """A run folder counts as finished when it has its metrics and config (folders are renamed into place only
-    when complete, so a half-written one never carries a run's name)."""
-    return (run_dir / "metrics.csv").is_file() and (run_dir / "config.json").is_file()
+    """A visible run folder with a completion record whose small files match it."""
+    return not run_dir.name.startswith(".") and run_dir.is_dir() and not damage(run_dir)
 
 
 @dataclass(frozen=True)
@@ -73,19 +105,48 @@ class RunResult:
     def config(self) -> dict:
         return json.loads((self.run_dir / "config.json").read_text())["config"]
 
+    @property
+    def provenance(self) -> dict:
+        """What made the run: library versions, git state, run options, times, and the cached inputs it used."""
+        meta = json.loads((self.run_dir / "config.json").read_text())
+        return {k: meta.get(k) for k in ("versions", "git", "options", "started", "finished", "inputs")}
+
+    @property
+    def status(self) -> str:
+        """``ok``, or ``diverged`` when the weights became non-finite (the run then reports no ACC/ASR)."""
+        return str(self.final.get("status", "ok"))
+
     @classmethod
     def load(cls, run_dir: Path) -> RunResult:
         return cls(pd.read_csv(run_dir / "metrics.csv"), run_dir, cached=True)
 
 
+def git_state() -> dict:
+    """The package's git commit and whether tracked files differ from it ("unknown" outside a git checkout)."""
+    import subprocess
+
+    from .store import REPO_ROOT
+
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries that compute results."""
     import importlib.metadata as md
+    import sys
 
     out = {"python": platform.python_version()}
-    for lib in ("torch", "numpy", "diffusers", "scikit-learn", "scipy"):
-        try:
-            out[lib] = md.version(lib)
+    for lib in ("paper_repro", "torch", "torchvision", "numpy", "diffusers", "scikit-learn", "scipy"):
+        module = sys.modules.get(lib)
+        try:  # a loaded module's own version string is the precise one (torch's names its CUDA build)
+            out[lib] = getattr(module, "__version__", None) or md.version(lib)
         except md.PackageNotFoundError:
             out[lib] = "missing"
     return out
@@ -98,16 +159,19 @@ def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[st
     finished the same run first, its folder is kept. ``extra``: file name → function writing that file."""
     results_dir = run_dir.parent
     results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=results_dir))
+    clean_leftovers(results_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
     try:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=list))
         np.savez_compressed(tmp / "indices.npz", **indices)
         (tmp / "flagged.json").write_text(json.dumps(flagged))
         for name, write in (extra or {}).items():
             write(tmp / name)
-        history.to_csv(tmp / "metrics.csv", index=False)  # last: its presence marks a finished run
-        if run_dir.exists():  # a forced rerun: swap in the new run, then drop the old one
-            old = run_dir.with_name(f".old_{run_dir.name}_{os.getpid()}")
+        history.to_csv(tmp / "metrics.csv", index=False)
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / COMPLETE).write_text(json.dumps({"files": files}, indent=1))  # last: marks the folder complete
+        if run_dir.exists():  # a forced rerun (or a damaged folder): swap in the new run, then drop the old one
+            old = run_dir.with_name(f".old_{os.getpid()}_{run_dir.name}")
             os.replace(run_dir, old)
             os.replace(tmp, run_dir)
             shutil.rmtree(old)
@@ -123,13 +187,36 @@ def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[st
     return run_dir
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(results_dir: Path) -> list[Path]:
+    """Remove the temporary (``.tmp_<pid>_*``) and superseded (``.old_<pid>_*``) folders of processes that no longer
+    run: what a writer killed mid-publish leaves behind. Returns what was removed."""
+    removed = []
+    for p in results_dir.glob(".[to][ml][pd]_*"):
+        parts = p.name.split("_")
+        if p.is_dir() and parts[0] in (".tmp", ".old") and len(parts) > 2 and parts[1].isdigit() \
+                and not _alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
-    """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened); hidden folders
-    (half-written runs) are skipped."""
+    """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened); folders that are not
+    finished runs (hidden, half-written, damaged) are skipped."""
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     frames = []
     for m in sorted(results_dir.glob("*/metrics.csv")):
-        if m.parent.name.startswith(".") or not finished(m.parent):
+        if not finished(m.parent):
             continue
         c = json.loads((m.parent / "config.json").read_text())["config"]
         if profile and c["profile"] != profile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,26 @@ from .fl import run_federated
 from .inputs import prepare
 from .options import RunOptions
 from .profiles import check_registered
-from .replay import Trajectory, TrajectoryRecorder, cached_initial_model, replay_federated
-from .results import PROVENANCE, TRAJECTORY, RunResult, finished, load_results, run_key, run_name, versions, write_run
+from .replay import (
+    Trajectory,
+    TrajectoryError,
+    TrajectoryRecorder,
+    cached_initial_model,
+    initial_model_key,
+    replay_federated,
+)
+from .results import (
+    PROVENANCE,
+    TRAJECTORY,
+    RunResult,
+    damage,
+    git_state,
+    load_results,
+    run_key,
+    run_name,
+    versions,
+    write_run,
+)
 from .store import cache_dir, default_results_dir
 
 __all__ = ["run_experiment", "run_many", "training_trajectory", "keep_freed_memory", "load_results"]
@@ -52,16 +71,22 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         key = run_key(cfg, prep.hashes)
         run_dir = results_dir / run_name(cfg, key)
         have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
-        if finished(run_dir) and have_trajectory and not force:
-            return RunResult.load(run_dir)
-        t0 = time.perf_counter()
+        if run_dir.exists() and not force:
+            problems = damage(run_dir)
+            if not problems and have_trajectory:
+                return RunResult.load(run_dir)
+            if problems:
+                warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=2)
+        t0, started = time.perf_counter(), _now()
         recorder = None
+        inputs = {"synthetic_digest": prep.hashes["synthetic"], "initial_model": None, "replayed_from": None}
         if _replays(cfg, opts, defense):
-            base = training_trajectory(cfg, results_dir, progress, opts)
+            base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True)
             out = replay_federated(cfg, prep.inputs, defense, base, opts, progress)
-            init_cached = True
+            init_cached, inputs["replayed_from"] = True, base_dir.name
         else:
             model, init_cached = cached_initial_model(cfg, prep.inputs, cache_dir() / "init", opts.device)
+            inputs["initial_model"] = initial_model_key(cfg, prep.inputs)
             recorder = TrajectoryRecorder(model) if record_trajectory else None
             out = run_federated(cfg, prep.inputs, defense, opts, progress, initial_model=model, on_fused=recorder)
         out.history[0]["init_cached"] = init_cached
@@ -71,13 +96,18 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         history.insert(0, "attack", cfg.attack.kind)
         history["total_seconds"] = time.perf_counter() - t0
         meta = {"config": cfg.to_dict(), "config_hash": key, "hashes": prep.hashes, "provenance": PROVENANCE,
-                "options": opts.__dict__, "versions": versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "options": opts.__dict__, "versions": versions(), "git": git_state(), "started": started,
+                "finished": _now(), "inputs": inputs}
         indices = {"fm_poisoned": prep.fm_poisoned, "malicious": prep.malicious,
                    **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
                    **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()}}
-        extra = {TRAJECTORY: recorder.trajectory().save} if recorder is not None else {}
+        extra = {TRAJECTORY: recorder.trajectory(run_dir.name).save} if recorder is not None else {}
         write_run(run_dir, meta, history, indices, out.flagged, extra)
     return RunResult(history, run_dir)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _replays(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = None) -> bool:
@@ -88,12 +118,20 @@ def _replays(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = N
 
 
 def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True,
-                        options: RunOptions | None = None) -> Trajectory:
+                        options: RunOptions | None = None, with_dir: bool = False):
     """The per-round weights of ``cfg`` without a defense (run, or loaded from that run's folder), which every
-    defense with ``trains_like_none`` shares."""
+    defense with ``trains_like_none`` shares; with ``with_dir``, (that run's folder, trajectory)."""
     base = replace(cfg, defense=DefenseConfig())
     res = run_experiment(base, results_dir, progress, record_trajectory=True, options=options)
-    return Trajectory.load(res.run_dir / TRAJECTORY)
+    problems = damage(res.run_dir, (TRAJECTORY,))
+    if problems:  # e.g. a trajectory copied in from another run's folder
+        warnings.warn(f"{res.run_dir / TRAJECTORY}: {'; '.join(problems)}; recomputing the run", stacklevel=2)
+        res = run_experiment(base, results_dir, progress, force=True, record_trajectory=True, options=options)
+    trajectory = Trajectory.load(res.run_dir / TRAJECTORY)
+    if trajectory.run != res.run_dir.name:
+        raise TrajectoryError(f"{res.run_dir / TRAJECTORY} was recorded by run {trajectory.run!r}, not by "
+                              f"{res.run_dir.name!r}: delete that folder to recompute it")
+    return (res.run_dir, trajectory) if with_dir else trajectory
 
 
 def keep_freed_memory() -> bool:

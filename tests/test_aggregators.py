@@ -262,3 +262,39 @@ def test_registry_lists_all_rules():
     names = set(agg.AGGREGATORS)
     # Assert
     assert names == expected
+
+
+def test_a_non_finite_update_is_never_selected_and_never_shifts_a_robust_rule():
+    # Prepare: four honest updates near 1 and one client sending NaN (and one inf coordinate for the trimmed mean)
+    g = torch.Generator().manual_seed(0)
+    honest = 1 + 0.01 * torch.randn(4, 6, generator=g)
+    bad = torch.full((1, 6), float("nan"))
+    updates, w = torch.cat([bad, honest]), torch.ones(5)
+    # Execute / Assert: Krum keeps an honest update, Multi-Krum averages honest ones only
+    u, kept = agg.krum_select(updates, w, num_malicious=1)
+    assert kept.tolist() != [0] and torch.isfinite(u).all()
+    u, kept = agg.multi_krum_select(updates, w, num_malicious=1)
+    assert 0 not in kept.tolist() and torch.isfinite(u).all()
+    torch.testing.assert_close(agg.median(updates, w), agg.median(honest, w[:4]))
+    inf = updates.clone()
+    inf[0] = float("inf")
+    torch.testing.assert_close(agg.trimmed_mean(inf, w, beta=0.0), honest.mean(0))
+    assert torch.isinf(agg.krum_scores(inf, 1)[0])
+
+
+def test_robust_defenses_flag_a_non_finite_update():
+    import paper_repro as pr
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import RoundContext
+    from paper_repro.models import build_model
+
+    train, _ = make_synthetic_blobs(200, 10)
+    model = build_model("tiny", train.shape, 10, seed=0)
+    p = pr.models.flat_state(model).numel()
+    updates = 0.01 * torch.randn(5, p, generator=torch.Generator().manual_seed(1))
+    updates[2] = float("nan")
+    ctx = RoundContext(1, np.array([10, 11, 12, 13, 14]), model, train, torch.Generator().manual_seed(0), "cpu", 1)
+    for name in ("norm_clip", "dp", "median", "trimmed_mean", "flame", "foolsgold", "mars", "krum", "multi_krum"):
+        res = pr.defenses.get(name).aggregate(updates, torch.ones(5), ctx)
+        assert torch.isfinite(res.update).all(), name
+        assert 12 in (res.flagged or []), name

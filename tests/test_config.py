@@ -52,3 +52,35 @@ def test_config_roundtrips_through_its_dict():
     a = pr.load_config("smoke", attack={"kind": "both", "fm_stages": ["kd"]}, defense="none")
     assert a.attack.fm_stages == ("kd",)
     assert config_from_dict(a.to_dict()) == a
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attack={"target_class": 1.5}), "attack.target_class=1.5 must be an integer"),
+    (dict(seed=True), "seed=True must be an integer"),
+    (dict(attack={"fm_stages": []}), "fm_stages"),
+    (dict(fl={"num_rounds": "3"}), "fl.num_rounds='3' must be an integer"),
+    (dict(fl={"num_rounds": 2.0}), "must be an integer"),
+    (dict(data={"beta": float("inf")}), "data.beta=inf must be a finite number"),
+    (dict(fm={"guidance_scale": float("nan")}), "fm.guidance_scale=nan"),
+    (dict(model={"channels_last": "yes"}), "model.channels_last='yes' must be a bool"),
+    (dict(defense={"name": "norm_clip", "params": {"max_norm": -1.0}}), "max_norm=-1.0 must be > 0"),
+    (dict(defense={"name": "dp", "params": {"sigma": -1e-3}}), "sigma"),
+    (dict(defense={"name": "act_bound", "params": {"init_quantile": float("nan")}}), "init_quantile=nan"),
+    (dict(defense={"name": "act_bound", "params": {"epochs": -1}}), "epochs=-1"),
+    (dict(defense={"name": "act_bound", "params": {"sites": "hiden"}}), "sites='hiden'"),
+    (dict(defense={"name": "trimmed_mean", "params": {"beta": "0.1"}}), "beta='0.1' must be a number"),
+    (dict(defense={"name": "krum", "params": {"num_malicious": 2}}), "needs more than 6 clients per round"),
+    (dict(defense={"name": "pruning", "params": {"fraction": 1.5}}), "fraction=1.5"),
+])
+def test_bad_types_ranges_and_defense_parameters_raise_before_any_work(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        pr.load_config("quick", **kwargs)
+
+
+def test_execution_settings_are_options_and_are_validated():
+    with pytest.raises(pr.options.OptionsError, match="eval_batch_size=0"):
+        pr.RunOptions(eval_batch_size=0)
+    with pytest.raises(pr.options.OptionsError, match="unknown run option"):
+        pr.RunOptions.for_profile("quick", enigne="loop")
+    assert pr.RunOptions.for_profile("paper").device == "cuda"
+    assert pr.RunOptions.for_profile("quick", jobs=2).eval_batch_size == 32

@@ -148,3 +148,23 @@ def test_act_bound_shipped_to_clients_clamps_their_training(tmp_path):
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound",
                                                                   "params": {"deploy": "clients", "epochs": 1}})
     assert len(pr.run_experiment(cfg, results_dir=tmp_path, progress=False).history) == 3
+
+
+@pytest.mark.parametrize("name", ["pruning", "act_bound", "mm_bm"])
+def test_a_served_batchnorm_model_evaluates_frozen_and_changes_no_buffer(name):
+    # Prepare: a small BatchNorm network in train mode, as the fused model is after distillation
+    train, _ = make_synthetic_blobs(200, 10)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 10))
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    # Execute: fit the defense, then evaluate the served model on two different batches containing image 0
+    served = pr.defenses.get(name, **FAST.get(name, {})).after_fusion(model, _ctx(model, train))
+    x = train.tensors()[0]
+    one, other = served(x[:8]), served(torch.cat([x[:1], x[100:107]]))
+    # Assert: no weight or buffer (running mean/var, batch counter) moved, and image 0's output does not depend on
+    # the batch it came in (eval mode)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(one[0], other[0])
+    assert model.training  # the wrapped model's own mode is restored

@@ -167,3 +167,99 @@ def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
         np.testing.assert_allclose(a.history[["acc", "asr"]], b.history[["acc", "asr"]], atol=0.02)
     with pytest.raises(ValueError, match="jobs"):
         pr.run_many(cfgs, tmp_path, jobs=0)
+
+
+def test_a_diverged_run_reports_no_acc_asr_and_a_robust_defense_keeps_it_finite(tmp_path):
+    # an attacker whose boosted update overflows to inf: FedAvg takes it in and the weights stop being numbers
+    res = _run(tmp_path, attack={"kind": "classic", "boost": 1e300})
+    last = res.history.iloc[-1]
+    assert res.status == "diverged" and last["status"] == "diverged"
+    assert np.isnan(last["acc"]) and np.isnan(last["asr"])
+    assert (res.history["status"].iloc[:-1] == "ok").all()
+    # the median leaves the non-finite update out, flags its sender, and the run stays finite
+    res = _run(tmp_path, attack={"kind": "classic", "boost": 1e300}, defense={"name": "median"})
+    assert res.status == "ok" and res.history["acc"].notna().all()
+    malicious = set(np.load(res.run_dir / "indices.npz")["malicious"].tolist())
+    flagged = {k for f in json.loads((res.run_dir / "flagged.json").read_text()) for k in f}
+    assert flagged and flagged <= malicious
+
+
+def test_a_run_folder_says_what_made_it(tmp_path):
+    res = _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"})
+    p = res.provenance
+    assert p["versions"]["torch"] == torch.__version__ and "numpy" in p["versions"]
+    assert p["git"]["commit"] and p["options"]["engine"] == "auto" and p["started"] <= p["finished"]
+    base = p["inputs"]["replayed_from"]
+    assert base.startswith("smoke_fm_none_") and (tmp_path / base / "trajectory.pt").is_file()
+    assert pr.RunResult.load(tmp_path / base).provenance["inputs"]["initial_model"].startswith("tiny_")
+
+
+def test_the_synthetic_cache_key_covers_every_sampler_setting(tiny_fm_dir):
+    from paper_repro.fm.synthetic import synthetic_key
+
+    cfgs = [pr.load_config("smoke", fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir), **kw})
+            for kw in ({}, {"batch_size": 7}, {"eta": 0.5}, {"precision": "bf16"}, {"sample_seed": 1})]
+    keys = [json.dumps(synthetic_key(c, tiny_fm_dir), sort_keys=True) for c in cfgs]
+    assert len(set(keys)) == len(keys)
+
+
+# ------------------------------------------------------------------------------------------------ faults
+DEAD_PID = 999_999_999  # no such process
+
+
+def test_leftovers_of_a_killed_writer_are_never_counted_and_are_cleaned_up(tmp_path):
+    a = _run(tmp_path, attack={"kind": "fm"})
+    import shutil
+
+    # a writer killed before its rename, and one killed during a forced swap
+    shutil.copytree(a.run_dir, tmp_path / f".tmp_{DEAD_PID}_abc")
+    shutil.copytree(a.run_dir, tmp_path / f".old_{DEAD_PID}_{a.run_dir.name}")
+    assert pr.load_results(tmp_path)["run"].nunique() == 1
+    b = pr.run_experiment(pr.load_config("smoke", attack={"kind": "fm"}), results_dir=tmp_path, progress=False,
+                          force=True)
+    assert b.run_dir == a.run_dir and sorted(p.name for p in tmp_path.iterdir()) == [a.run_dir.name]
+
+
+@pytest.mark.parametrize("damage", ["truncate_metrics", "drop_record", "edit_config"])
+def test_a_damaged_run_folder_is_recomputed_not_served(tmp_path, damage):
+    a = _run(tmp_path, attack={"kind": "fm"})
+    if damage == "truncate_metrics":
+        lines = (a.run_dir / "metrics.csv").read_text().splitlines()
+        (a.run_dir / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")
+    elif damage == "drop_record":
+        (a.run_dir / "complete.json").unlink()
+    else:
+        (a.run_dir / "config.json").write_text((a.run_dir / "config.json").read_text().replace("fm", "none", 1))
+    assert pr.load_results(tmp_path).empty
+    with pytest.warns(UserWarning, match="not a complete run"):
+        b = _run(tmp_path, attack={"kind": "fm"})
+    assert not b.cached and len(b.history) == 3
+    pd.testing.assert_frame_equal(b.history[["acc", "asr"]], a.history[["acc", "asr"]])
+
+
+def test_a_trajectory_from_another_run_is_never_replayed(tmp_path):
+    kw = {"attack": {"kind": "fm"}, "defense": {"name": "act_bound"}}
+    ref = _run(tmp_path, **kw)
+    other = _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"}, seed=1)
+    (base0,) = tmp_path.glob("smoke_fm_none_*_s0_*")
+    (base1,) = tmp_path.glob("smoke_fm_none_*_s1_*")
+    (base0 / "trajectory.pt").write_bytes((base1 / "trajectory.pt").read_bytes())  # the seed-1 weights, copied
+    with pytest.warns(UserWarning, match="trajectory.pt"):
+        again = pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path, progress=False, force=True)
+    pd.testing.assert_frame_equal(again.history[["acc", "asr"]], ref.history[["acc", "asr"]])
+    assert other.run_dir != ref.run_dir
+
+
+def test_corrupt_cache_files_are_named_and_recomputed(tmp_path, monkeypatch, tiny_fm_dir):
+    from paper_repro.store import cache_dir
+
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path / "cache"))
+    kw = {"attack": {"kind": "fm"}, "fm": {"source": "ddpm", "checkpoint": str(tiny_fm_dir)}}
+    a = _run(tmp_path / "a", **kw)
+    for f in [*(cache_dir() / "synthetic").glob("*.npz"), *(cache_dir() / "init").glob("*.pt")]:
+        f.write_bytes(f.read_bytes()[:100])  # truncated by a full disk or a killed copy
+    with pytest.warns(UserWarning) as record:
+        b = _run(tmp_path / "b", **kw)
+    said = " ".join(str(w.message) for w in record)
+    assert "cached synthetic set" in said and "cached initial model" in said
+    pd.testing.assert_frame_equal(b.history[["acc", "asr"]], a.history[["acc", "asr"]])

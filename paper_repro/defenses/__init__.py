@@ -7,6 +7,7 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 from __future__ import annotations
 
 import inspect
+import math
 
 from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
@@ -70,6 +71,13 @@ def resolved_params(name: str, params: dict | None = None) -> dict:
     unknown = set(params or {}) - set(sig.parameters)
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
+    for k, v in (params or {}).items():
+        default = out.get(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"defense {name!r}: {k}={v} must be a finite number")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and v is not None \
+                and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"defense {name!r}: {k}={v!r} must be a number like its default {default!r}")
     out.update(params or {})
     return out
 

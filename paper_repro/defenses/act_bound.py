@@ -13,7 +13,7 @@ from torch import nn
 
 from ..rng import np_rng
 from .base import Defense, RoundContext
-from .clipping import BoundedModel, clip_hooks, fit_bounds, max_activations, resolve_sites
+from .clipping import GRANULARITIES, SITE_PRESETS, BoundedModel, clip_hooks, fit_bounds, max_activations, resolve_sites
 
 INITS = ("data_max", "constant")
 SCHEDULES = ("every_round", "final")
@@ -71,6 +71,17 @@ class ActBound(Defense):
             raise ValueError(f"deploy={deploy!r}; choose server or clients")
         if penalty not in ("l2", "none"):
             raise ValueError(f"penalty={penalty!r}; choose l2 or none")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
+        if isinstance(sites, str) and sites not in SITE_PRESETS:
+            raise ValueError(f"sites={sites!r}; use a preset {SITE_PRESETS} or a list of module names")
+        for name, ok in (("per_class", per_class >= 0), ("init_quantile", 0 < init_quantile <= 1),
+                         ("epochs", epochs >= 0), ("lr", lr > 0), ("batch_size", batch_size >= 1), ("c0", c0 >= 0),
+                         ("growth", growth >= 1), ("target_agreement", 0 < target_agreement <= 1),
+                         ("adapt_every", adapt_every >= 1), ("adapt_after", adapt_after >= 0),
+                         ("init_value", init_value > 0)):
+            if not ok:
+                raise ValueError(f"{name}={locals()[name]!r} is out of range (see the parameters of ActBound)")
         self.sites, self.granularity, self.per_class = sites, granularity, per_class
         self.init, self.init_value, self.epochs, self.lr, self.batch_size = init, init_value, epochs, lr, batch_size
         self.c0, self.growth, self.target_agreement = c0, growth, target_agreement

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,10 @@ class Defense:
         cls = type(self)
         return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
 
+    def check_config(self, cfg) -> None:
+        """Raise ValueError if this defense cannot work with the config ``cfg`` (called when a config is built, before
+        any data is loaded; e.g. Krum needs more clients per round than 2f + 2)."""
+
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
         """updates (K, P), weights (K,) → aggregated update (P,)."""
         w = weights / weights.sum()
@@ -90,3 +96,21 @@ class Defense:
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         """Return the model to evaluate/distribute (the same object when the defense does nothing here)."""
         return model
+
+
+def without_nonfinite(aggregate):
+    """Decorator for a robust defense's ``aggregate``: updates holding NaN or inf are outliers. They are left out
+    (``aggregate`` sees only the finite ones, with ``ctx.client_ids`` to match) and reported as flagged. When every
+    update is non-finite there is nothing to leave out, and the run diverges visibly."""
+
+    @functools.wraps(aggregate)
+    def wrapped(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
+        ok = torch.isfinite(updates).all(dim=1).cpu().numpy()
+        if ok.all() or not ok.any():
+            return aggregate(self, updates, weights, ctx)
+        keep = np.flatnonzero(ok)
+        res = aggregate(self, updates[keep], weights[keep], dataclasses.replace(ctx, client_ids=ctx.client_ids[keep]))
+        bad = [int(k) for k in ctx.client_ids[~ok]]
+        return AggregateResult(res.update, sorted([*(res.flagged or []), *bad]))
+
+    return wrapped

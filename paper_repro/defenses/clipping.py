@@ -16,6 +16,7 @@ from torch import nn
 from ..training import as_format
 
 GRANULARITIES = ("channel", "neuron", "layer")
+SITE_PRESETS = ("all", "mmbm3", "hidden", "last")
 
 
 def relu_sites(model: nn.Module) -> list[str]:
@@ -95,8 +96,13 @@ class BoundedModel(nn.Module):
         return clip_hooks(self.model, dict(zip(self.sites, self.bounds)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._clipping():
-            return self.model(x)
+        was = self.model.training
+        self.model.eval()  # frozen: BatchNorm uses (and never updates) its running statistics
+        try:
+            with self._clipping():
+                return self.model(x)
+        finally:
+            self.model.train(was)
 
     def train(self, mode: bool = True) -> "BoundedModel":
         # the wrapped model is always evaluated frozen (BN running statistics); only the flag of the wrapper changes

@@ -17,7 +17,7 @@ from scipy import stats
 from torch import nn
 
 from .. import aggregators as agg
-from .base import AggregateResult, Defense, RoundContext, local_models
+from .base import AggregateResult, Defense, RoundContext, local_models, without_nonfinite
 from .clipping import record_activations, relu_sites
 
 
@@ -50,6 +50,7 @@ class GeminiGuard(Defense):
         self.threshold, self.per_class = threshold, per_class
         self.last: dict = {}
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         med = updates.median(0).values
         cos = torch.nn.functional.cosine_similarity(updates, med[None], dim=1)
@@ -74,6 +75,7 @@ class WeiDetect(Defense):
         self.alpha = alpha
         self.last: dict = {}
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         x, y = ctx.synthetic.tensors(ctx.device)
         scores = np.array([(ctx.predict(m, x).argmax(1) == y).float().mean().item()

@@ -21,7 +21,7 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 
 from .. import aggregators as agg
-from .base import AggregateResult, Defense, RoundContext, local_models
+from .base import AggregateResult, Defense, RoundContext, local_models, without_nonfinite
 
 
 @torch.no_grad()
@@ -104,6 +104,7 @@ class MARS(Defense):
             good = int(np.abs(centres[1]).sum() < np.abs(centres[0]).sum())
         return np.flatnonzero(labels == good)
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         cbes = np.stack([concentrated_energy(backdoor_energy(m), self.kappa) for m in local_models(ctx, updates)])
         accepted = self.select(cbes)

@@ -9,7 +9,7 @@ import torch
 
 from .. import aggregators as agg
 from ..models import flat_state
-from .base import AggregateResult, Defense, RoundContext
+from .base import AggregateResult, Defense, RoundContext, without_nonfinite
 
 
 class NormClip(Defense):
@@ -18,8 +18,10 @@ class NormClip(Defense):
     name = "norm_clip"
 
     def __init__(self, max_norm: float | None = None, ratio: float = 0.9):
+        _check_clip(max_norm, ratio)
         self.max_norm, self.ratio = max_norm, ratio
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         return AggregateResult(agg.norm_clip(updates, weights, max_norm=self.max_norm, ratio=self.ratio))
 
@@ -30,10 +32,30 @@ class DP(Defense):
     name = "dp"
 
     def __init__(self, max_norm: float | None = None, ratio: float = 0.9, sigma: float = 1e-3):
+        _check_clip(max_norm, ratio)
+        if sigma < 0:
+            raise ValueError(f"sigma={sigma} must be >= 0")
         self.max_norm, self.ratio, self.sigma = max_norm, ratio, sigma
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         return AggregateResult(agg.dp(updates, weights, self.max_norm, self.ratio, self.sigma, ctx.generator))
+
+
+def _check_clip(max_norm: float | None, ratio: float) -> None:
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"max_norm={max_norm} must be > 0 (or None: ratio × the median update norm)")
+    if not ratio > 0:
+        raise ValueError(f"ratio={ratio} must be > 0")
+
+
+def _check_krum(num_malicious: int, cfg) -> None:
+    k = cfg.fl.clients_per_round
+    if not isinstance(num_malicious, int) or num_malicious < 0:
+        raise ValueError(f"num_malicious={num_malicious!r} must be an integer >= 0")
+    if k <= 2 * num_malicious + 2:
+        raise ValueError(f"Krum with num_malicious={num_malicious} needs more than {2 * num_malicious + 2} clients per "
+                         f"round; fl.clients_per_round={k}. Lower num_malicious or raise fl.clients_per_round.")
 
 
 def _flagged(ctx: RoundContext, accepted) -> list[int]:
@@ -43,12 +65,15 @@ def _flagged(ctx: RoundContext, accepted) -> list[int]:
 
 class Krum(Defense):
     """Krum: keep the single update with the smallest sum of squared distances to its K − f − 2 nearest
-    neighbours. [C: FRJ-AJ Krum_atker 1]"""
+    neighbours (a non-finite update scores +inf: never kept while a finite one exists). [C: FRJ-AJ Krum_atker 1]"""
 
     name = "krum"
 
     def __init__(self, num_malicious: int = 1):
         self.num_malicious = num_malicious
+
+    def check_config(self, cfg) -> None:
+        _check_krum(self.num_malicious, cfg)
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         u, accepted = agg.krum_select(updates, weights, self.num_malicious)
@@ -63,6 +88,9 @@ class MultiKrum(Defense):
     def __init__(self, num_malicious: int = 1, num_selected: int | None = None):
         self.num_malicious, self.num_selected = num_malicious, num_selected
 
+    def check_config(self, cfg) -> None:
+        _check_krum(self.num_malicious, cfg)
+
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         u, accepted = agg.multi_krum_select(updates, weights, self.num_malicious, self.num_selected)
         return AggregateResult(u, _flagged(ctx, accepted))
@@ -73,6 +101,7 @@ class Median(Defense):
 
     name = "median"
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         return AggregateResult(agg.median(updates, weights))
 
@@ -83,8 +112,11 @@ class TrimmedMean(Defense):
     name = "trimmed_mean"
 
     def __init__(self, beta: float = 0.1):
+        if not 0 <= beta < 0.5:
+            raise ValueError(f"beta={beta} must be in [0, 0.5): the share trimmed at each end")
         self.beta = beta
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         return AggregateResult(agg.trimmed_mean(updates, weights, self.beta))
 
@@ -96,8 +128,11 @@ class Flame(Defense):
     name = "flame"
 
     def __init__(self, noise_lambda: float = 0.001):
+        if noise_lambda < 0:
+            raise ValueError(f"noise_lambda={noise_lambda} must be >= 0")
         self.noise_lambda = noise_lambda
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         g = flat_state(ctx.global_model)
         u, accepted = agg.flame_select(updates, weights, g, self.noise_lambda, ctx.generator)
@@ -111,10 +146,13 @@ class FoolsGold(Defense):
     name = "foolsgold"
 
     def __init__(self, kappa: float = 1.0):
+        if not kappa > 0:
+            raise ValueError(f"kappa={kappa} must be > 0")
         self.kappa = kappa
         self.history: dict[int, torch.Tensor] = {}
         self.last: dict = {}
 
+    @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         for i, k in enumerate(ctx.client_ids):
             self.history[int(k)] = self.history.get(int(k), torch.zeros_like(updates[i])) + updates[i]

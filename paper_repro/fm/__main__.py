@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=DDPMTrainConfig.steps)
     t.add_argument("--seed", type=int, default=0, help="seed of FM training (the public split uses data.split_seed)")
     a = p.parse_args(argv)
+    if a.steps < 1:
+        p.error(f"--steps {a.steps}: give at least 1 optimiser step")
     public = public_splits(load_config(a.profile)).public
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(steps=a.steps, seed=a.seed), progress=False)
     command = "python -m paper_repro.fm " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,13 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
     key_src = synthetic_key(cfg, path)
     cache = cache_dir() / "synthetic" / f"{f.source}_{stable_hash(key_src)}.npz"
     if cache.exists():
-        z = np.load(cache)
-        s = ImageSet(z["x"], z["y"], tuple(z["classes"]))
-        return s, s.digest()
+        try:
+            with np.load(cache) as z:
+                s = ImageSet(z["x"], z["y"], tuple(str(c) for c in z["classes"]))
+            return s, s.digest()
+        except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
+            warnings.warn(f"cached synthetic set {cache} is unreadable ({type(e).__name__}: {e}); drawing it again",
+                          stacklevel=2)
     s = draw_synthetic(load_fm(cfg, public, device), cfg, progress, compile)
     save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
                                                 key=json.dumps(key_src)), cache)

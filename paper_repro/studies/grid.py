@@ -22,7 +22,8 @@ def summarise(history: pd.DataFrame) -> dict:
     """Final ACC/ASR, mean TPR/FPR over rounds, and the defense's share of a round's time."""
     rounds = history[history["round"] > 0]
     last = history.iloc[-1]
-    return {"acc": last["acc"], "asr": last["asr"], "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
+    return {"acc": last["acc"], "asr": last["asr"], "status": last.get("status", "ok"),
+            "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
             "defense_seconds": rounds["defense_seconds"].mean(), "round_seconds": rounds["round_seconds"].mean(),
             "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean()}
 
@@ -88,7 +89,7 @@ def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd
     return pd.DataFrame(rows).sort_values(["partition", "defense", "attack", "seed"], ignore_index=True)
 
 
-ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "acc", "asr", "tpr", "fpr", "num_flagged",
+ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "tpr", "fpr", "num_flagged",
                  "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds", "round_seconds"]
 
 
