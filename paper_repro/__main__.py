@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     r2.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
     r2.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
     jobs(r2)
+    c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
+    profile(c)
+    c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
     t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
     profile(t)
     t.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
@@ -82,6 +85,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(a: argparse.Namespace) -> None:
+    if a.cmd in ("figures", "check-tables"):
+        from .tables import staleness
+
+        stale = staleness(a.profile, a.tables_dir)
+        print(f"WARNING: {stale}" if stale else f"the {a.profile} tables match the current code and libraries",
+              flush=True)
+        if a.cmd == "check-tables":
+            return
     from .options import RunOptions
     from .runner import keep_freed_memory
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import attacks, defenses
+from .codehash import code_digest, library_versions
 from .config import Config
 from .data import ImageSet, public_splits
 from .fl import FLInputs
@@ -33,22 +34,25 @@ class Prepared:
     """Ids of the malicious clients."""
     synthetic_clean: ImageSet
     hashes: dict
-    """Digests of the data and the defense's resolved parameters: with the config, the run's key."""
+    """Digests of the data, the defense's resolved parameters, the computing code and the libraries' versions:
+    with the config, the run's key."""
 
 
-def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None) -> Prepared:
-    """Data, public split, partition, synthetic set, attack and its poison: all from ``cfg.seed``."""
+def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, refresh: bool = False) -> Prepared:
+    """Data, public split, partition, synthetic set, attack and its poison: all from ``cfg.seed``. ``refresh``
+    redraws the synthetic set instead of reading its cache."""
     opts = opts or RunOptions.for_profile(cfg.profile)
     d, a = cfg.data, cfg.attack
     splits = public_splits(cfg)
     parts = make_partition(splits.clients.y, cfg.fl.num_clients, d.partition, np_rng(cfg.seed, "partition"),
                            beta=d.beta, min_size=d.min_size, shards_per_client=d.shards_per_client)
-    clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile)
+    clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile, refresh)
     attack = attacks.build(cfg)
     syn_init, syn_kd, fm_idx = attack.poison_synthetic(clean)
     inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test,
                       asr_set(splits.test, attacks.config_trigger(cfg), a.target_class), attack, a.target_class)
     hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
               "synthetic": syn_digest, "results_version": RESULTS_VERSION,
-              "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params)}
+              "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),
+              "code": code_digest(), "libraries": library_versions()}
     return Prepared(inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, hashes)

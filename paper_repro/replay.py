@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .codehash import code_digest, library_versions
 from .config import Config
 from .defenses import Defense
 from .fl import DIVERGED, OK, FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
@@ -31,6 +32,9 @@ class TrajectoryError(RuntimeError):
     """A saved trajectory is unreadable or belongs to another run; the message names the file and the fix."""
 
 
+INIT_CODE = ("models.py", "training.py", "fl.py", "rng.py", "data.py")
+"""The modules whose code trains the initial model."""
+
 TRAINING_SECONDS = ("local_seconds", "aggregate_seconds", "fusion_seconds")
 """Timing columns of steps 1–4, which a replayed run copies from the run it replays."""
 DETECTION_COLUMNS = ("num_flagged", "tpr", "fpr")
@@ -43,17 +47,19 @@ def initial_model_key(cfg: Config, inp: FLInputs) -> str:
     src = {"model": cfg.model.name, "shape": list(inp.test.shape), "classes": inp.test.num_classes,
            "init_seed": derive_seed(cfg.seed, "model_init"), "order_seed": cfg.seed,
            "synthetic": inp.synthetic_init.digest(), "epochs": fl.init_epochs, "lr": fl.init_lr,
-           "momentum": fl.momentum, "batch_size": fl.batch_size}
+           "momentum": fl.momentum, "batch_size": fl.batch_size, "channels_last": cfg.model.channels_last,
+           "code": code_digest(INIT_CODE), "libraries": library_versions(("torch",))}
     return f"{cfg.model.name}_{stable_hash(src, 16)}"
 
 
-def cached_initial_model(cfg: Config, inp: FLInputs, cache: Path | None, device: str = "cpu"
-                         ) -> tuple[nn.Module, bool]:
-    """Step 0 through a disk cache: the model trained on the synthetic init set, and whether it was loaded."""
+def cached_initial_model(cfg: Config, inp: FLInputs, cache: Path | None, device: str = "cpu",
+                         refresh: bool = False) -> tuple[nn.Module, bool]:
+    """Step 0 through a disk cache: the model trained on the synthetic init set, and whether it was loaded
+    (``refresh``: train again and replace the cached model)."""
     if cache is None:
         return init_global_model(cfg, inp, device), False
     path = Path(cache) / f"{initial_model_key(cfg, inp)}.pt"
-    if path.exists():
+    if path.exists() and not refresh:
         model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes,
                             derive_seed(cfg.seed, "model_init")).to(device)
         try:

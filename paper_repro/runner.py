@@ -58,8 +58,9 @@ def _threads(n: int):
 
 def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True, force: bool = False,
                    record_trajectory: bool = False, options: RunOptions | None = None) -> RunResult:
-    """Run one experiment, or load it if a finished run with the same key exists (``force`` re-runs it into a fresh
-    folder and only then replaces the old one). ``record_trajectory`` also saves the run's
+    """Run one experiment, or load it if a finished run with the same key exists (``force`` re-runs it, and every
+    cached input it would read — synthetic set, initial model, replayed run — into a fresh folder, and only then
+    replaces the old one). ``record_trajectory`` also saves the run's
     :class:`~paper_repro.replay.Trajectory` (re-running a cached run that lacks one). ``options``: how it executes
     (default: the profile's :class:`RunOptions`)."""
     opts = options or RunOptions.for_profile(cfg.profile)
@@ -67,7 +68,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     check_registered(cfg)
     defense = defenses.get(cfg.defense.name, **cfg.defense.params)
     with _threads(opts.threads):
-        prep = prepare(cfg, progress, opts)
+        prep = prepare(cfg, progress, opts, refresh=force)
         key = run_key(cfg, prep.hashes)
         run_dir = results_dir / run_name(cfg, key)
         have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
@@ -81,11 +82,11 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         recorder = None
         inputs = {"synthetic_digest": prep.hashes["synthetic"], "initial_model": None, "replayed_from": None}
         if _replays(cfg, opts, defense):
-            base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True)
+            base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True, force=force)
             out = replay_federated(cfg, prep.inputs, defense, base, opts, progress)
             init_cached, inputs["replayed_from"] = True, base_dir.name
         else:
-            model, init_cached = cached_initial_model(cfg, prep.inputs, cache_dir() / "init", opts.device)
+            model, init_cached = cached_initial_model(cfg, prep.inputs, cache_dir() / "init", opts.device, force)
             inputs["initial_model"] = initial_model_key(cfg, prep.inputs)
             recorder = TrajectoryRecorder(model) if record_trajectory else None
             out = run_federated(cfg, prep.inputs, defense, opts, progress, initial_model=model, on_fused=recorder)
@@ -118,11 +119,11 @@ def _replays(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = N
 
 
 def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True,
-                        options: RunOptions | None = None, with_dir: bool = False):
+                        options: RunOptions | None = None, with_dir: bool = False, force: bool = False):
     """The per-round weights of ``cfg`` without a defense (run, or loaded from that run's folder), which every
     defense with ``trains_like_none`` shares; with ``with_dir``, (that run's folder, trajectory)."""
     base = replace(cfg, defense=DefenseConfig())
-    res = run_experiment(base, results_dir, progress, record_trajectory=True, options=options)
+    res = run_experiment(base, results_dir, progress, force=force, record_trajectory=True, options=options)
     problems = damage(res.run_dir, (TRAJECTORY,))
     if problems:  # e.g. a trajectory copied in from another run's folder
         warnings.warn(f"{res.run_dir / TRAJECTORY}: {'; '.join(problems)}; recomputing the run", stacklevel=2)

@@ -14,7 +14,7 @@ import paper_repro as pr
 PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
 LAYERS = [
-    ["store", "rng", "options", "config"],
+    ["store", "rng", "options", "config", "codehash"],
     ["data", "partition", "models", "aggregators", "triggers", "tables", "plots"],
     ["training", "local_training", "metrics", "fm.ddpm", "fm.text2image", "fm.quality", "fm.synthetic", "fm",
      "attacks.*", "attacks", "defenses.*", "defenses"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["studies", "studies.*"],
     ["notebooks", "__main__", "fm.__main__", "__init__"],
 ]
-TORCH_FREE = ["store", "rng", "options", "config", "data", "tables", "plots", "notebooks"]
+TORCH_FREE = ["store", "rng", "options", "config", "codehash", "data", "tables", "plots", "notebooks"]
 
 
 def _module_name(path: Path) -> str:
@@ -191,3 +191,24 @@ def test_run_keys_are_those_of_earlier_versions(cell):
     data = {"partition": partition, **({"beta": 0.5} if partition == "dirichlet" else {})}
     cfg = pr.load_config(profile, attack={"kind": attack}, defense={"name": defense}, data=data, seed=1)
     assert run_key(cfg, {**DIGESTS, "defense": pr.defenses.resolved_params(defense)}) == GOLDEN_KEYS[cell]
+
+
+@pytest.mark.unit
+def test_code_digest_ignores_documentation_but_not_code(tmp_path):
+    import shutil
+
+    from paper_repro.codehash import PACKAGE, _digest, code_digest
+
+    root = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(root=root)
+    fl = root / "fl.py"
+    fl.write_text(fl.read_text().replace('"""The FM-integrated FL loop', '"""The federated loop', 1)
+                  .replace("# 1. sample clients", "# 1. draw the clients"))
+    (root / "plots.py").write_text((root / "plots.py").read_text() + "\nX = 1\n")  # drawing code, not computing
+    _digest.cache_clear()
+    assert code_digest(root=root) == before
+    fl.write_text(fl.read_text().replace("fl.kd_epochs > 0", "fl.kd_epochs > 1"))
+    _digest.cache_clear()
+    assert code_digest(root=root) != before
+    assert code_digest(("fm",), root=root) == code_digest(("fm",))  # the sampler's digest ignores fl.py

@@ -238,16 +238,16 @@ def test_a_damaged_run_folder_is_recomputed_not_served(tmp_path, damage):
 
 
 def test_a_trajectory_from_another_run_is_never_replayed(tmp_path):
-    kw = {"attack": {"kind": "fm"}, "defense": {"name": "act_bound"}}
-    ref = _run(tmp_path, **kw)
-    other = _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"}, seed=1)
+    kw = {"attack": {"kind": "fm"}, "defense": {"name": "act_bound", "params": {"epochs": 1}}}
+    ref = _run(tmp_path / "ref", **kw)  # the reference, in a clean folder
+    _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"})  # leaves the seed-0 no-defense run
+    _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"}, seed=1)  # and the seed-1 one
     (base0,) = tmp_path.glob("smoke_fm_none_*_s0_*")
     (base1,) = tmp_path.glob("smoke_fm_none_*_s1_*")
     (base0 / "trajectory.pt").write_bytes((base1 / "trajectory.pt").read_bytes())  # the seed-1 weights, copied
     with pytest.warns(UserWarning, match="trajectory.pt"):
-        again = pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path, progress=False, force=True)
+        again = _run(tmp_path, **kw)  # replays seed 0: must not take the copied weights
     pd.testing.assert_frame_equal(again.history[["acc", "asr"]], ref.history[["acc", "asr"]])
-    assert other.run_dir != ref.run_dir
 
 
 def test_corrupt_cache_files_are_named_and_recomputed(tmp_path, monkeypatch, tiny_fm_dir):
@@ -263,3 +263,15 @@ def test_corrupt_cache_files_are_named_and_recomputed(tmp_path, monkeypatch, tin
     said = " ".join(str(w.message) for w in record)
     assert "cached synthetic set" in said and "cached initial model" in said
     pd.testing.assert_frame_equal(b.history[["acc", "asr"]], a.history[["acc", "asr"]])
+
+
+def test_force_recomputes_every_cached_input_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path / "cache"))
+    a = _run(tmp_path, attack={"kind": "classic"})
+    b = _run(tmp_path / "other", attack={"kind": "classic"})  # another results folder: the initial model is cached
+    assert not a.history["init_cached"].iloc[0] and b.history["init_cached"].iloc[0]
+    c = pr.run_experiment(pr.load_config("smoke", attack={"kind": "classic"}), results_dir=tmp_path / "other",
+                          progress=False, force=True)
+    assert not c.history["init_cached"].iloc[0]
+    pd.testing.assert_frame_equal(c.history[["acc", "asr"]], a.history[["acc", "asr"]])
+    assert a.run_dir.name == c.run_dir.name and "code" in json.loads((c.run_dir / "config.json").read_text())["hashes"]

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codehash import code_digest, library_versions
 from ..config import Config, ConfigError, image_shape
 from ..data import ImageSet, load_dataset
 from ..rng import torch_gen
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
+
+SAMPLER_CODE = ("fm", "data.py", "rng.py", "training.py")
+"""The modules whose code draws a synthetic set (training.py: bf16 autocast)."""
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -70,16 +74,19 @@ def draw_synthetic(fm, cfg: Config, progress: bool = True, compile: bool = False
 
 
 def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
-    """Everything that determines the draw: the checkpoint's bytes and every sampler setting."""
+    """Everything that determines the draw: the checkpoint's bytes, every sampler setting, the sampler's code and
+    the versions of the libraries it runs on."""
     f = cfg.fm
     return {"source": f.source, "fm": checkpoint_digest(checkpoint), "n": f.n_per_class,
             "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
-            "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision}
+            "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision,
+            "code": code_digest(SAMPLER_CODE), "libraries": library_versions(("torch", "diffusers"))}
 
 
 def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: str = "cpu",
-                  compile: bool = False) -> tuple[ImageSet, str]:
-    """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it."""
+                  compile: bool = False, refresh: bool = False) -> tuple[ImageSet, str]:
+    """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it
+    (``refresh``: draw again and replace the cached draw)."""
     f = cfg.fm
     if f.source == "real_public":  # ablation/smoke: the first n_per_class public images of every class
         idx = np.concatenate([np.flatnonzero(public.y == c)[:f.n_per_class] for c in range(public.num_classes)])
@@ -92,7 +99,7 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
         load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
     key_src = synthetic_key(cfg, path)
     cache = cache_dir() / "synthetic" / f"{f.source}_{stable_hash(key_src)}.npz"
-    if cache.exists():
+    if cache.exists() and not refresh:
         try:
             with np.load(cache) as z:
                 s = ImageSet(z["x"], z["y"], tuple(str(c) for c in z["classes"]))
