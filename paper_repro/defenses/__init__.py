@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 
+from ..registry import Registry
 from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
 from .detectors import GeminiGuard, WeiDetect
@@ -18,7 +19,7 @@ from .mmac import MMAC
 from .pruning import Pruning
 from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
 
-REGISTRY: dict[str, type[Defense]] = {
+REGISTRY = Registry("defense", Defense, {
     "none": Defense,
     "norm_clip": NormClip,
     "dp": DP,
@@ -35,20 +36,8 @@ REGISTRY: dict[str, type[Defense]] = {
     "mm_bm": MMBM,
     "mmac": MMAC,
     "act_bound": ActBound,
-}
-
-
-def names() -> list[str]:
-    """Known defense names."""
-    return sorted(REGISTRY)
-
-
-def register(name: str, cls: type[Defense]) -> type[Defense]:
-    """Add a defense under ``name`` (usable as ``defense.name``); returns ``cls``, so it works as a decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Defense)):
-        raise TypeError(f"{cls!r} is not a subclass of paper_repro.defenses.Defense")
-    REGISTRY[name] = cls
-    return cls
+})
+names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
 
 
 def get(name: str, **params) -> Defense:
@@ -63,9 +52,7 @@ def get(name: str, **params) -> Defense:
 def resolved_params(name: str, params: dict | None = None) -> dict:
     """Every constructor parameter of defense ``name``: its defaults with ``params`` applied. Part of a run's cache
     key, so that changing a default re-runs the experiments it affects instead of reusing stale results."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown defense {name!r}; known defenses: {names()}")
-    sig = inspect.signature(REGISTRY[name].__init__)
+    sig = inspect.signature(REGISTRY.lookup(name).__init__)
     out = {k: p.default for k, p in sig.parameters.items()
            if k != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
     unknown = set(params or {}) - set(sig.parameters)
