@@ -1,11 +1,11 @@
-"""Speed, measured side by side in one run (issue 6). Not a test: numbers depend on the machine and its load.
+"""Speed, measured side by side in one run. Not a test: numbers depend on the machine and its load.
 
     python benchmarks/speed.py                        # everything; JSON in benchmarks/results/speed_<cpu|cuda>.json
     python benchmarks/speed.py --parts engines flops  # a subset: peak engines flower flops sampler overhead rss
                                                       #   eval recompute jobs (--merge keeps the other parts)
     python benchmarks/speed.py --rounds 5
 
-Workload (issue 6): Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
+Workload: Fashion-MNIST train (60k) split IID over 100 clients, 10 sampled per round, 1 local epoch,
 batch 32, the quick profile's CNN, SGD lr 0.05 momentum 0.5. Seconds per round of local training:
 
 - ``loop``: our per-client reference loop (``paper_repro.training.local_train``, channels_last as in quick; what

@@ -1,4 +1,4 @@
-"""Robust aggregation rules for the baseline defenses of PAPER.md §5, as pure functions.
+"""Robust aggregation rules for the baseline defenses of docs/paper.md, as pure functions.
 
 Every rule has the signature ``(updates (K, P), weights (K,), **hp) -> (P,)``: ``updates`` are the client deltas
 Δ_i = θ_i − G_t, ``weights`` the clients' sample counts (normalised inside; rules that the original papers define
@@ -106,7 +106,7 @@ def norm_clip(updates: Tensor, weights: Tensor, max_norm: float | None = None, r
     """NormThr (Sun et al. 2019, "Can you really backdoor federated learning?"): clip every update to L2 norm at most
     M, Δ_i ← Δ_i·min(1, M/‖Δ_i‖₂), then take the sample-weighted mean. M = ``max_norm`` when given, otherwise
     ``ratio`` × the median (even K: mean of the two middle values) of this round's update norms — the FRJ-AJ option
-    ``--norm_bound_ratio 0.9`` whose reference statistic is unpublished, so the median is our choice (PAPER.md §5)."""
+    ``--norm_bound_ratio 0.9`` whose reference statistic is unpublished, so the median is our choice (docs/paper.md)."""
     _check(updates, weights)
     norms = torch.linalg.vector_norm(updates, dim=1)
     bound = max_norm if max_norm is not None else ratio * _median0(norms)
@@ -175,7 +175,7 @@ def multi_krum_select(updates: Tensor, weights: Tensor, num_malicious: int = 1,
 def multi_krum(updates: Tensor, weights: Tensor, num_malicious: int = 1, num_selected: int | None = None) -> Tensor:
     """Multi-Krum (El Mhamdi et al., ICML 2018; Blanchard et al. 2017): compute Krum scores with f = ``num_malicious``
     (default 1) and return the sample-weighted mean of the m = ``num_selected`` lowest-score updates (default
-    m = K − f, PAPER.md §5). Raises ValueError when K ≤ 2f + 2."""
+    m = K − f, docs/paper.md). Raises ValueError when K ≤ 2f + 2."""
     return multi_krum_select(updates, weights, num_malicious, num_selected)[0]
 
 
@@ -190,7 +190,7 @@ def median(updates: Tensor, weights: Tensor) -> Tensor:
 def trimmed_mean(updates: Tensor, weights: Tensor, beta: float = 0.1) -> Tensor:
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018): per coordinate drop the b = ⌊βK⌋ largest and the b
     smallest values and average the remaining K − 2b (unweighted, as in the paper). β should be ≥ f/K for f attackers;
-    default β = 0.1 (PAPER.md §5, [R]). Raises ValueError when nothing remains (K − 2b ≤ 0) or β ∉ [0, 0.5]."""
+    default β = 0.1 (docs/paper.md, [R]). Raises ValueError when nothing remains (K − 2b ≤ 0) or β ∉ [0, 0.5]."""
     _check(updates, weights)
     updates = _finite_only(updates)  # a non-finite update is left out before trimming
     k = updates.shape[0]

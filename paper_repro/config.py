@@ -142,7 +142,7 @@ class ModelConfig:
     """The classifier trained by FL."""
 
     name: str = "cnn"
-    """tiny (smoke) | cnn (quick) | resnet18 (CIFAR ResNet-18, paper). [C: PAPER.md §8 for resnet18]"""
+    """tiny (smoke) | cnn (quick) | resnet18 (CIFAR ResNet-18, paper). [C: docs/paper.md for resnet18]"""
     channels_last: bool = False
     """Train in channels_last memory format (faster on CPU, same numbers up to float rounding). ours"""
 
@@ -200,7 +200,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class FLConfig:
-    """The FM-integrated FL loop (FedDF-style fusion, PAPER.md §3.1)."""
+    """The FM-integrated FL loop (FedDF-style fusion, docs/paper.md)."""
 
     num_clients: int = 20
     """K, number of clients. [C: K = 100 cross-device in 2401.10375; fewer in quick]"""
@@ -231,7 +231,7 @@ class FLConfig:
     fusion: bool = True
     """Run server fusion (FedDF) each round; False = plain FedAvg after synthetic init (2311.00144). [C]"""
     weighting: str = "samples"
-    """FedAvg weights: samples (FedAvg) | uniform (author code). [C: PAPER.md §9 trap 3]"""
+    """FedAvg weights: samples (FedAvg) | uniform (author code). [C: docs/paper.md, traps]"""
     precision: str = "fp32"
     """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
     products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the

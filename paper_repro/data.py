@@ -33,7 +33,7 @@ class ImageSet:
     """Images ``x`` uint8 (N, C, H, W) and labels ``y`` int64 (N,), read-only; ``classes`` names the labels.
 
     Operations return new sets; the arrays are flagged read-only so that in-place poisoning fails loudly
-    (PAPER.md §9 trap 2).
+    (docs/paper.md, traps).
     """
 
     x: np.ndarray

@@ -41,7 +41,7 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv3×3–BN–ReLU–conv3×3–BN + shortcut, ReLU. [C: PAPER.md §8]"""
+    """conv3×3–BN–ReLU–conv3×3–BN + shortcut, ReLU. [C: docs/paper.md]"""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -62,7 +62,7 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """CIFAR ResNet-18: 3×3 stem, no max-pool, 4 stages of 2 BasicBlocks (64/128/256/512), avg-pool 4, linear.
-    [C: backdoor_FM_FL/resnet.py, MM-BD, MMAC; PAPER.md §8]"""
+    [C: backdoor_FM_FL/resnet.py, MM-BD, MMAC; docs/paper.md]"""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, size: int = 32):
         super().__init__()
@@ -96,7 +96,7 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int, seed: 
 
 def state_keys(model: nn.Module) -> list[str]:
     """Floating-point state entries (parameters and BN running statistics; never integer counters such as
-    ``num_batches_tracked``, PAPER.md §9 trap 3)."""
+    ``num_batches_tracked``, docs/paper.md, traps)."""
     return [k for k, v in model.state_dict().items() if v.is_floating_point()]
 
 

@@ -73,7 +73,7 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits
             lr: float, momentum: float, batch_size: int, alpha: float, temperature: float,
             generator: torch.Generator, channels_last: bool = False) -> nn.Module:
     """Step 4, FedDF fusion on the synthetic set: minimise α·τ²·KL(σ(t/τ) ‖ σ(s/τ)) + (1−α)·CE(s, y) with the
-    student in train mode; teacher logits are matched per sample index (PAPER.md §9 trap 12). [C: FRJ-AJ]"""
+    student in train mode; teacher logits are matched per sample index (docs/paper.md, traps). [C: FRJ-AJ]"""
     student, x = _prep(student, x, channels_last)
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum)

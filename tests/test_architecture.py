@@ -212,3 +212,16 @@ def test_code_digest_ignores_documentation_but_not_code(tmp_path):
     _digest.cache_clear()
     assert code_digest(root=root) != before
     assert code_digest(("fm",), root=root) == code_digest(("fm",))  # the sampler's digest ignores fl.py
+
+
+@pytest.mark.unit
+def test_the_repository_stands_alone():
+    """Nothing a reader gets points at notes outside the repository or at a tracker's issue numbers."""
+    import re
+
+    root = PKG.parent
+    files = [*PKG.rglob("*.py"), *(root / "notebooks").rglob("*.ipynb"), *(root / "docs").glob("*.md"),
+             root / "README.md", root / "data" / "README.md", *(root / "benchmarks").glob("*.py")]
+    bad = re.compile(r"PAPER\.md|\.\./shared|\bissue[ -]\d|\(issue\b|the issue's", re.IGNORECASE)
+    hits = [f"{f.relative_to(root)}: {m.group(0)}" for f in files for m in bad.finditer(f.read_text())]
+    assert not hits, hits

@@ -1,6 +1,6 @@
 """Claim tier: the quick profile (Fashion-MNIST, shipped FM checkpoint, seed 0) shows the attacks working.
 
-Thresholds are the issue's targets; they are not tuned to the measured numbers. Minutes on 2 CPU cores.
+Thresholds are fixed targets; they are not tuned to the measured numbers. Minutes on 2 CPU cores.
 """
 import pytest
 

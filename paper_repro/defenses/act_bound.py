@@ -48,7 +48,7 @@ class ActBound(Defense):
       epochs, lr, batch_size: Adam on the bounds only (MM-BM: 50 epochs, lr 0.1, batch 200).
       c0, growth, target_agreement, adapt_every, adapt_after: the multiplier schedule (MM-BM: 0.5, 1.2, 0.95, 10, 10).
       trim: fraction of each batch with the largest fidelity loss left out of the fidelity term and of the agreement
-        (PAPER.md §4.6 remedy 1; 0 = plain MM-BM).
+        (docs/paper.md; 0 = plain MM-BM).
       schedule: "every_round" or "final" (fit only after the last fusion).
       deploy: "server" (bounds only in the served/evaluated model) or "clients" (clients also train under last
         round's bounds; gradients vanish above a bound).

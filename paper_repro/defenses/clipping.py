@@ -4,7 +4,7 @@ on hidden activations.
 A :class:`BoundedModel` wraps a frozen model and, only while *it* runs, replaces the output a of each bounded
 module by min(a, b) with per-channel (or per-neuron, or per-layer) bounds b ≥ 0. The wrapped model's parameters
 and buffers are never written (tests check bit equality), and outside the wrapper the model behaves as before.
-[C: MM-BM (Wang et al., IEEE S&P 2024) and MMAC (Wang et al. 2023) clip activations; PAPER.md §4]
+[C: MM-BM (Wang et al., IEEE S&P 2024) and MMAC (Wang et al. 2023) clip activations; docs/paper.md]
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def fit_bounds(bounded: BoundedModel, x: torch.Tensor, epochs: int, lr: float, c
 
     Objective per batch: fidelity + c·R(b) [+ c·mean margin of ``margin_x`` toward ``margin_t`` (MMAC)], where
     fidelity = mean over the (1 − ``trim``) batch samples with the smallest ‖f_b(x) − f(x)‖² (the trimmed ones
-    are the samples whose outputs change most under clipping: triggered samples, PAPER.md §4.6) and
+    are the samples whose outputs change most under clipping: triggered samples, docs/paper.md) and
     R = Σ_l ‖b_l‖₂ (``l2``, MM-BM) or 0 (``none``). Every ``adapt_every`` epochs after ``adapt_after``, c ← c·growth
     if the trimmed agreement of f_b with f's predictions is ≥ ``target_agreement``, else c ← c/growth.
     Gradients are taken w.r.t. the bounds only (``torch.autograd.grad``): the model's ``.grad`` stays untouched.

@@ -1,5 +1,5 @@
 """Detection defenses known only from their abstracts; **reconstructions, not the published algorithms**
-(PAPER.md §5.2). Both reject the flagged clients' updates (FedAvg of the rest) and report them.
+(docs/paper.md). Both reject the flagged clients' updates (FedAvg of the rest) and report them.
 
 - ``geminiguard`` (Lyu et al., arXiv 2503.23288, "Two Heads Are Better than One"): a model-weight analysis combined
   with a latent-space analysis. [R] weight score = cosine distance of Δ_i to the coordinate-wise median update;

@@ -1,5 +1,5 @@
 """``mars`` — MARS (Wan et al., NeurIPS 2025, arXiv 2509.20383): data-free detection of backdoored local models
-from their *backdoor energy* (PAPER.md §5.1), following the paper where the public code deviates.
+from their *backdoor energy* (docs/paper.md), following the paper where the public code deviates.
 
 1. Backdoor energy (BE) per output channel of every conv layer = the channel's Lipschitz constant: the spectral
    norm of its weight reshaped to (C_in, kH·kW), times |γ/σ| of the BatchNorm that follows, if any [C: paper App. C;

@@ -1,12 +1,12 @@
 """``mm_bm`` — MM-BM activation clipping (Wang, Xiang, Miller, Kesidis, IEEE S&P 2024; ``wanghangpsu/MM-BD``
-univ_bm.py), applied centrally to the fused global model with the synthetic set (PAPER.md §4.1, §5).
+univ_bm.py), applied centrally to the fused global model with the synthetic set (docs/paper.md).
 
 Faithful hyper-parameters [C]: 3 sites (stem, layer1, layer2 on ResNet-18; first three ReLUs elsewhere),
 per-channel bounds, objective MSE(f_b(x), f(x)) + c·Σ‖b_l‖₂, Adam lr 0.1, batch 200, 50 epochs, c₀ = 0.5, ×/÷ 1.2
 at epochs 20, 30, 40 toward 95 % accuracy; 50 images per class kept only if classified correctly. Adaptations [R]:
 the images are synthetic (possibly poisoned) instead of CIFAR test images; bounds start at the data maximum (the
 original's 8.0 assumes un-normalised inputs; ``init="constant"`` restores it); clamped ≥ 0; fitted once after the
-last fusion (``schedule="final"``, the centralised use of PAPER.md §5).
+last fusion (``schedule="final"``, the centralised use of docs/paper.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``mmac`` — MMAC activation clipping (Wang et al. 2023, "Improved Activation Clipping for Universal Backdoor
 Mitigation and Test-Time Detection"; ``wanghangpsu/MMAC`` mmac.py), applied centrally to the fused global model with
-the synthetic set (PAPER.md §4.2, §5).
+the synthetic set (docs/paper.md).
 
 Faithful [C]: bounds after every ReLU, per channel; objective MSE(f_b(x), f(x)) + c·Σ margins z_t − max_{j≠t} z_j of
 the bounded model on backdoor-like images (per class 50 images optimised 300 SGD steps, lr 0.01, momentum 0.2, to

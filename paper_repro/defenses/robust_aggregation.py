@@ -1,4 +1,4 @@
-"""Step-3 defenses that replace FedAvg by a robust aggregator from ``paper_repro.aggregators`` (PAPER.md §5).
+"""Step-3 defenses that replace FedAvg by a robust aggregator from ``paper_repro.aggregators`` (docs/paper.md).
 
 NormThr (Sun et al. 2019), weak DP (Sun et al. 2019; Geyer et al. 2017), Krum / Multi-Krum (Blanchard et al. 2017),
 coordinate-wise median and trimmed mean (Yin et al. 2018). Selection-based rules report the rejected clients.
