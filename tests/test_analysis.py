@@ -113,3 +113,23 @@ def test_tables_say_when_they_are_stale(tmp_path, monkeypatch):
     assert tables.staleness("quick", tmp_path) is None
     monkeypatch.setattr(codehash, "code_digest", lambda *a, **k: "0" * 16)
     assert "computed by other code" in tables.staleness("quick", tmp_path)
+
+
+def test_tables_are_never_replaced_by_empty_or_partial_ones(tmp_path):
+    from paper_repro.studies.compute import export_tables
+
+    results, out = tmp_path / "results", tmp_path / "tables"
+    with pytest.raises(FileNotFoundError, match="no finished smoke grid run"):
+        export_tables("smoke", results, out)
+    assert not out.exists() or not any(out.iterdir())
+    grid.run_grid("smoke", ["none", "median"], attacks=("none",), partitions=("iid",), results_dir=results,
+                  progress=False)
+    export_tables("smoke", results, out)
+    before = (out / "grid_smoke.csv").read_bytes()
+    import shutil
+
+    for run in results.glob("smoke_none_median_*"):
+        shutil.rmtree(run)
+    with pytest.raises(FileNotFoundError, match="1 cells of .* have no finished run"):
+        export_tables("smoke", results, out)
+    assert (out / "grid_smoke.csv").read_bytes() == before

@@ -7,6 +7,8 @@ import resource
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from ..inputs import prepare
 from ..options import RunOptions
 from ..profiles import load_config
@@ -18,15 +20,26 @@ from .grid import collect, collect_rounds, run_grid
 
 def export_tables(profile: str = "quick", results_dir: str | Path | None = None,
                   tables_dir: str | Path | None = None) -> list[Path]:
-    """Grid table and per-round table from the finished run folders (no run is started). Refuses to replace a
-    table by an empty one when no finished grid run exists."""
+    """Grid table and per-round table from the finished run folders (no run is started). Never replaces a table by
+    an empty one or by one that lacks cells the existing table has: it names the missing runs and leaves the files
+    alone."""
+    grid, rounds = collect(results_dir, profile), collect_rounds(results_dir, profile)
+    where = results_dir or "the results folder"
+    if grid.empty:
+        raise FileNotFoundError(f"no finished {profile} grid run under {where}: the tables are left as they are. "
+                                f"Run the grid first (`python -m paper_repro grid --profile {profile}`).")
+    old = table_path("grid", profile, tables_dir)
+    if old.is_file():
+        cell = ["defense", "attack", "partition", "seed"]
+        have = set(map(tuple, grid[cell].astype(str).values))
+        missing = [c for c in map(tuple, pd.read_csv(old)[cell].astype(str).values) if c not in have]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} cells of {old} have no finished run under {where} (e.g. "
+                                    f"{missing[:3]}): the tables are left as they are. Run them first "
+                                    f"(`python -m paper_repro grid --profile {profile} --seeds ...`).")
     out = []
-    for kind, df in (("grid", collect(results_dir, profile)), ("rounds", collect_rounds(results_dir, profile))):
+    for kind, df in (("grid", grid), ("rounds", rounds)):
         p = table_path(kind, profile, tables_dir)
-        if df.empty:
-            raise FileNotFoundError(f"no finished {profile} grid run under {results_dir or 'the results folder'}: "
-                                    f"{p} is left as it is. Run the grid first (`python -m paper_repro grid "
-                                    f"--profile {profile}`).")
         p.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(p, index=False, float_format="%.5g")
         out.append(p)
