@@ -9,7 +9,7 @@ JOBS ?= 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup data test test-fast figures results notebooks main all bench clean
+.PHONY: setup data browser test test-fast figures results notebooks main all bench clean lab
 
 setup: $(VENV)/.installed data
 
@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	if [ "$$(uname -m)" = x86_64 ]; then $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1; fi
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m ipykernel install --user --name fmfl-backdoor --display-name "Python (fmfl-backdoor)" >/dev/null
 	touch $@
 
 # Fashion-MNIST: Debian package when we are root and it is missing; otherwise say how to supply it.
@@ -30,7 +31,14 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set PAPER_REPRO_DATA=<folder with the *-ubyte.gz files>"; exit 1; fi
 
-test: setup
+# Debian's chromium for the browser test (as root; otherwise that test is skipped and says why)
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; \
+	else echo "chromium missing: 'sudo apt-get install chromium' to run the browser test"; fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 # unit + smoke tiers (~1 minute); `make test` adds the notebook and claim tiers
@@ -53,6 +61,10 @@ notebooks: setup
 # the no-defense main job alone (clean / classic / FM attack) with F1/F2
 main: setup
 	$(PY) -m paper_repro main --profile $(PROFILE) --seeds $(SEEDS)
+
+# JupyterLab on notebooks/ (kernel "python3" here; "Python (fmfl-backdoor)" in any other JupyterLab of this user)
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
 
 all: results figures notebooks
 

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--defense", default="none", help="defense name (see paper_repro.defenses.names())")
     r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"))
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set fl.num_rounds=5 defense.params.epochs=3 "
+                        "(values are read as JSON: 0.1, true, [\"kd\"]; anything else as a string)")
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures F1, F2")
     profile(m)
     m.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -69,6 +72,28 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument("--figures-dir", default=str(FIGURES), help="where figures go (default figures/)")
         f.add_argument("--out", default=None, help="folder for the executed copies (default build/notebooks)")
     return p
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["fl.num_rounds=5", "defense.params.epochs=3"]`` → ``{"fl": {"num_rounds": 5}, "defense": {"params":
+    {"epochs": 3}}}`` (values parsed as JSON when they are JSON, else kept as strings)."""
+    out: dict = {}
+    for item in items:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {item!r}: write SECTION.FIELD=VALUE, e.g. fl.num_rounds=5")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {key} is set to a value and used as a section")
+        node[leaf] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,8 +153,12 @@ def _run(a: argparse.Namespace) -> None:
         from .profiles import load_config
         from .runner import run_experiment
 
-        data = {"partition": a.partition} if a.partition else {}
-        cfg = load_config(a.profile, attack={"kind": a.attack}, defense={"name": a.defense}, data=data, seed=a.seed)
+        sets = parse_sets(a.set)
+        over = {"attack": {"kind": a.attack}, "defense": {"name": a.defense},
+                "data": {"partition": a.partition} if a.partition else {}, "seed": a.seed}
+        for section, value in sets.items():
+            over[section] = {**over[section], **value} if isinstance(over.get(section), dict) else value
+        cfg = load_config(a.profile, **over)
         res = run_experiment(cfg, options=opts)
         print(res.history.to_string(index=False))
         print(f"{'cached' if res.cached else 'saved'}: {res.run_dir}")

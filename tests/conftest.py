@@ -40,7 +40,7 @@ def tiny_fm_dir(tmp_path_factory, blobs):
     return fm.save(tmp_path_factory.mktemp("fm") / "tiny_ddpm", command="tests/conftest.py")
 
 
-TIERS = ("unit", "smoke", "notebooks", "claims", "slow")
+TIERS = ("unit", "smoke", "notebooks", "claims", "browser", "slow")
 # a test without a tier marker gets its file's tier
 FILE_TIERS = {"test_runner": "smoke", "test_analysis": "smoke", "test_notebooks": "notebooks", "test_claims": "claims"}
 
