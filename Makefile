@@ -9,7 +9,7 @@ JOBS ?= 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup data browser test test-fast figures results notebooks main all bench clean lab
+.PHONY: setup data browser test test-fast figures results notebooks report main all bench clean lab
 
 setup: $(VENV)/.installed data
 
@@ -58,6 +58,10 @@ results: setup
 # the numbered notebooks 01-05 through papermill (executed copies in build/notebooks/notebooks)
 notebooks: setup
 	$(PY) -m paper_repro notebooks --profile $(PROFILE)
+
+# every notebook executed, as static HTML with an index page: build/notebooks/report/html/index.html
+report: setup
+	$(PY) -m paper_repro report --profile $(PROFILE)
 
 # the no-defense main job alone (clean / classic / FM attack) with F1/F2
 main: setup

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     profile(t)
     t.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
     for name, what in (("figures", "the figure notebooks (from the tables) → figures/"),
-                       ("notebooks", "the numbered notebooks 01–05 through papermill")):
+                       ("notebooks", "the numbered notebooks 01–05 through papermill"),
+                       ("report", "the numbered and figure notebooks, executed, as static HTML with an index")):
         f = sub.add_parser(name, help=what)
         profile(f)
         f.add_argument("--tables-dir", default=None, help="tables to read (default data/tables)")
@@ -123,17 +124,20 @@ def _run(a: argparse.Namespace) -> None:
 
     keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
     opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs} if "jobs" in a else {}))
-    if a.cmd in ("figures", "notebooks"):
+    if a.cmd in ("figures", "notebooks", "report"):
         from . import notebooks
         from .tables import TABLES_DIR
 
-        paths = notebooks.figure_notebooks() if a.cmd == "figures" else notebooks.numbered_notebooks()
-        out = a.out or notebooks.BUILD_DIR / a.cmd
+        paths = {"figures": notebooks.figure_notebooks(), "notebooks": notebooks.numbered_notebooks(),
+                 "report": notebooks.numbered_notebooks() + notebooks.figure_notebooks()}[a.cmd]
+        out = Path(a.out or notebooks.BUILD_DIR / a.cmd)
         t0 = time.perf_counter()
         done = notebooks.run_notebooks(paths, out, profile=a.profile, tables_dir=str(a.tables_dir or TABLES_DIR),
                                        figures_dir=str(Path(a.figures_dir).resolve()))
-        print(json.dumps({"notebooks": done, "seconds": round(time.perf_counter() - t0, 1), "executed": str(out)},
-                         indent=2))
+        summary = {"notebooks": done, "seconds": round(time.perf_counter() - t0, 1), "executed": str(out)}
+        if a.cmd == "report":
+            summary["report"] = str(notebooks.render_report([out / p.name for p in paths], out / "html"))
+        print(json.dumps(summary, indent=2))
     elif a.cmd == "results":
         from .studies.compute import compute_tables
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .attacks import Attack
 from .config import Config
@@ -20,6 +19,7 @@ from .local_training import train_clients
 from .metrics import detection_rates, evaluate
 from .models import build_model, flat_state, load_flat_state
 from .options import RunOptions
+from .progress import tqdm
 from .rng import derive_seed, np_rng, torch_gen
 from .training import distill, ensemble_logits, train_supervised
 

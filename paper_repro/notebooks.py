@@ -2,6 +2,8 @@
 folder (the committed notebooks stay output-free)."""
 from __future__ import annotations
 
+import html
+import os
 import time
 from pathlib import Path
 
@@ -26,10 +28,22 @@ def run_notebooks(paths: list[Path], out_dir: str | Path = BUILD_DIR, progress: 
                   **parameters) -> list[dict]:
     """Execute each notebook with the ``parameters`` it declares in its ``parameters`` cell (others are not
     injected); raise on the first failing one, naming the executed copy to open. Returns name/seconds per notebook."""
-    import papermill as pm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("PAPER_REPRO_PROGRESS")
+    os.environ["PAPER_REPRO_PROGRESS"] = "text"  # the kernels inherit it: text bars in the executed copies
+    try:
+        return _execute(paths, out_dir, progress, parameters)
+    finally:
+        if before is None:
+            os.environ.pop("PAPER_REPRO_PROGRESS", None)
+        else:
+            os.environ["PAPER_REPRO_PROGRESS"] = before
+
+
+def _execute(paths: list[Path], out_dir: Path, progress: bool, parameters: dict) -> list[dict]:
+    import papermill as pm
+
     done = []
     for path in tqdm(paths, desc="notebooks", disable=not progress):
         declared = pm.inspect_notebook(str(path))
@@ -44,3 +58,28 @@ def run_notebooks(paths: list[Path], out_dir: str | Path = BUILD_DIR, progress: 
                                f"The executed copy is {out}.") from None
         done.append({"notebook": path.name, "seconds": round(time.perf_counter() - t, 1)})
     return done
+
+
+def render_report(executed: list[Path], out_dir: str | Path) -> Path:
+    """Static HTML of executed notebooks (outputs and figures included, no kernel needed) and an ``index.html``
+    linking them with the first line of each; returns the index."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter()
+    items = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        body, _ = exporter.from_notebook_node(nb)
+        target = out_dir / f"{path.stem}.html"
+        target.write_text(body)
+        title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"
+                      and c.source.strip()), path.stem)
+        items.append(f'<li><a href="{target.name}">{html.escape(title)}</a></li>')
+    index = out_dir / "index.html"
+    index.write_text("<!doctype html><meta charset='utf-8'><title>fmfl-backdoor notebooks</title>"
+                     "<h1>Executed notebooks (a reconstruction of arXiv 2410.17573)</h1><ul>" + "".join(items) +
+                     "</ul>")
+    return index

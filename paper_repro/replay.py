@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .codehash import code_digest, library_versions
 from .config import Config
@@ -24,6 +23,7 @@ from .defenses import Defense
 from .fl import DIVERGED, OK, FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
 from .models import build_model, flat_state, load_flat_state
 from .options import RunOptions
+from .progress import tqdm
 from .rng import derive_seed
 from .store import save_atomic, stable_hash
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import defenses
 from .config import Config, DefenseConfig
@@ -19,6 +18,7 @@ from .fl import run_federated
 from .inputs import prepare
 from .options import RunOptions
 from .profiles import check_registered
+from .progress import tqdm
 from .replay import (
     Trajectory,
     TrajectoryError,

@@ -83,3 +83,28 @@ def test_figure_notebooks_found_and_readme_lists_figures():
 def test_every_readme_figure_is_rebuilt_from_the_committed_tables(figure_batch, stem):
     for suffix in (".png", ".pdf"):
         assert (figure_batch / (stem + suffix)).is_file(), f"no figure notebook wrote {stem}{suffix}"
+
+
+def test_executed_notebooks_render_to_a_static_report(tmp_path, monkeypatch):
+    pytest.importorskip("papermill")
+    from paper_repro import notebooks
+
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PAPER_REPRO_RESULTS", str(tmp_path / "results"))
+    nb = NOTEBOOKS_DIR / "03_fl_without_defense.ipynb"
+    notebooks.run_notebooks([nb], tmp_path / "run", progress=False, profile="smoke",
+                            results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"))
+    index = notebooks.render_report([tmp_path / "run" / nb.name], tmp_path / "html")
+    page = (tmp_path / "html" / f"{nb.stem}.html").read_text()
+    assert nb.stem in index.read_text() and "data:image/png;base64" in page
+
+
+def test_the_papermill_batch_asks_its_kernels_for_text_progress_bars():
+    import subprocess
+    import sys
+
+    code = "import paper_repro.progress as p; print(p.tqdm.__module__)"
+    out = {v: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "PAPER_REPRO_PROGRESS": v}).stdout.strip()
+           for v in ("text", "auto")}
+    assert out["text"] == "tqdm.std" and out["auto"] != "tqdm.std"

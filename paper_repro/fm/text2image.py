@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import ImageSet, to_uint8
+from ..progress import tqdm
 from ..rng import torch_gen
 from .ddpm import FMCheckpointError
 

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import defenses
 from ..config import Config
@@ -22,6 +21,7 @@ from ..fl import evaluate_served, run_federated
 from ..inputs import Prepared, prepare
 from ..options import RunOptions
 from ..profiles import load_config
+from ..progress import tqdm
 from ..rng import torch_gen
 from ..runner import training_trajectory
 
