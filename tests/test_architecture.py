@@ -222,6 +222,6 @@ def test_the_repository_stands_alone():
     root = PKG.parent
     files = [*PKG.rglob("*.py"), *(root / "notebooks").rglob("*.ipynb"), *(root / "docs").glob("*.md"),
              root / "README.md", root / "data" / "README.md", *(root / "benchmarks").glob("*.py")]
-    bad = re.compile(r"PAPER\.md|\.\./shared|(?i:\bissue[ -]\d|\(issue\b|the issue's)")
+    bad = re.compile(r"PAPER\.md|ENVIRONMENT\.md|DESIGN\.md|\.\./shared|(?i:\bissue[ -]\d|\(issue\b|the issue's)")
     hits = [f"{f.relative_to(root)}: {m.group(0)}" for f in files for m in bad.finditer(f.read_text())]
     assert not hits, hits

@@ -30,7 +30,7 @@ class DDPMTrainConfig:
     """How the embedded FM is built and trained (saved beside the weights). ours unless noted."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    """UNet widths per resolution (1.1 M parameters at 28×28; ENVIRONMENT.md)."""
+    """UNet widths per resolution (1.1 M parameters at 28×28, about 0.7–0.8 s per training step of 64 on 2 cores)."""
     layers_per_block: int = 1
     steps: int = 3000
     """Optimiser steps."""
