@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .codehash import LIBRARIES, library_versions
 from .config import Config
 from .profiles import without_moved
 from .store import default_results_dir, stable_hash
@@ -139,16 +140,11 @@ def git_state() -> dict:
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries that compute results."""
-    import importlib.metadata as md
     import sys
 
-    out = {"python": platform.python_version()}
-    for lib in ("paper_repro", "torch", "torchvision", "numpy", "diffusers", "scikit-learn", "scipy"):
-        module = sys.modules.get(lib)
-        try:  # a loaded module's own version string is the precise one (torch's names its CUDA build)
-            out[lib] = getattr(module, "__version__", None) or md.version(lib)
-        except md.PackageNotFoundError:
-            out[lib] = "missing"
+    out = {"python": platform.python_version(), **library_versions(("paper_repro", "torchvision", *LIBRARIES))}
+    for lib in out:  # a loaded module's own version string is the precise one (torch's names its CUDA build)
+        out[lib] = getattr(sys.modules.get(lib), "__version__", None) or out[lib]
     return out
 
 

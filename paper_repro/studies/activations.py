@@ -76,21 +76,20 @@ def train_and_bound(cfg: Config, progress: bool = True, options: RunOptions | No
         model = training_trajectory(cfg, results_dir, progress, opts).model_at(cfg, prep.inputs, device=opts.device)
     else:
         model = run_federated(cfg, prep.inputs, defenses.get("none"), opts, progress).model
-    run = BoundedRun(cfg, opts, prep, model, defenses.get("act_bound"), {})
-    run.defense, served = fit_act_bound(run, act_bound_params)
-    plain, bounded = run.evaluate(model), run.evaluate(served)
-    run.metrics = {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]}
-    return run
+    d, served = fit_act_bound(cfg, opts, prep, model, act_bound_params)
+    plain, bounded = (evaluate_served(m, cfg, prep.inputs, opts) for m in (model, served))
+    metrics = {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]}
+    return BoundedRun(cfg, opts, prep, model, d, metrics)
 
 
-def fit_act_bound(run: BoundedRun, params: dict) -> tuple[defenses.Defense, nn.Module]:
+def fit_act_bound(cfg: Config, opts: RunOptions, prep: Prepared, model: nn.Module, params: dict
+                  ) -> tuple[defenses.Defense, nn.Module]:
     """A fresh act_bound defense (``params`` override its defaults) fitted once, as after the last fusion, on the
-    run's synthetic set; returns it and the bounded model it serves (``run.model``'s weights stay untouched)."""
-    cfg = run.cfg
+    run's synthetic set; returns it and the bounded model it serves (``model``'s weights stay untouched)."""
     d = defenses.get("act_bound", **params)
-    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), run.model, run.prep.inputs.synthetic_kd,
-                       torch_gen(cfg.seed, "analysis_act_bound"), run.opts.device, cfg.fl.num_rounds)
-    return d, d.after_fusion(run.model, ctx)
+    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), model, prep.inputs.synthetic_kd,
+                       torch_gen(cfg.seed, "analysis_act_bound"), opts.device, cfg.fl.num_rounds)
+    return d, d.after_fusion(model, ctx)
 
 
 def trigger_units(clean: torch.Tensor, trig: torch.Tensor, top_k: int) -> np.ndarray:
@@ -153,7 +152,7 @@ def knob_sweep(run: BoundedRun, variants: dict[str, dict], progress: bool = True
     rows = [{"variant": "no defense", "acc": run.metrics["acc"], "asr": run.metrics["asr"], "fit_seconds": 0.0}]
     for label, params in tqdm(variants.items(), desc="variants", disable=not progress):
         t = time.perf_counter()
-        _, served = fit_act_bound(run, params)
+        _, served = fit_act_bound(run.cfg, run.opts, run.prep, run.model, params)
         dt = time.perf_counter() - t
         rows.append({"variant": label, **run.evaluate(served), "fit_seconds": dt})
     return pd.DataFrame(rows)
