@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from .cliargs import PROFILES, check_unique, nonneg_int, pos_int, writable_dir
 from .store import REPO_ROOT
 
 FIGURES = REPO_ROOT / "figures"
@@ -27,10 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def profile(q):
-        q.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"), help="preset (quick)")
+        q.add_argument("--profile", default="quick", choices=PROFILES, help="preset (quick)")
 
     def jobs(q):
-        q.add_argument("--jobs", type=int, default=1,
+        q.add_argument("--jobs", type=pos_int, default=1,
                        help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding")
 
     r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
@@ -38,23 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--attack", default="none", help="attack name: none, classic, fm, both")
     r.add_argument("--defense", default="none", help="defense name (see paper_repro.defenses.names())")
     r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"))
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=nonneg_int, default=0)
     r.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set fl.num_rounds=5 defense.params.epochs=3 "
                         "(values are read as JSON: 0.1, true, [\"kd\"]; anything else as a string)")
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures F1, F2")
     profile(m)
-    m.add_argument("--seeds", type=int, nargs="+", default=[0])
+    m.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0])
     m.add_argument("--out", default=str(FIGURES), help="folder for its figures and summary (default figures/)")
     g = sub.add_parser("grid", help="every defense × attack × {iid, dirichlet 0.5}: final ACC/ASR table (CSV)")
     profile(g)
-    g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0])
     g.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
     g.add_argument("--out", default=None, help="CSV path (default <results>/grid_<profile>.csv)")
     jobs(g)
     r2 = sub.add_parser("results", help="recompute every table the figure notebooks read (grid, ablations, F3, F1)")
     profile(r2)
-    r2.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r2.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0])
     r2.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
     r2.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
     jobs(r2)
@@ -97,14 +98,37 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+READS_TABLES = ("figures", "notebooks", "report", "check-tables")
+
+
+def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
+    check_unique(parser, "--seeds", getattr(a, "seeds", None))
+    check_unique(parser, "--defenses", getattr(a, "defenses", None))
+    if getattr(a, "defenses", None):
+        from .defenses import names
+
+        unknown = [d for d in a.defenses if d not in names()]
+        if unknown:
+            parser.error(f"--defenses: unknown {unknown}; known: {' '.join(names())}")
+    if getattr(a, "tables_dir", None):
+        if a.cmd in READS_TABLES and not Path(a.tables_dir).is_dir():
+            parser.error(f"--tables-dir {a.tables_dir}: no such folder (the committed tables are in data/tables)")
+        if a.cmd not in READS_TABLES and (why := writable_dir(a.tables_dir)):
+            parser.error(f"--tables-dir: {why}")
+    for opt in ("out", "figures_dir"):
+        where = getattr(a, opt, None)
+        if where and (why := writable_dir(Path(where).parent if opt == "out" and a.cmd == "grid" else where)):
+            parser.error(f"--{opt.replace('_', '-')}: {why}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     a = parser.parse_args(argv)
-    if "jobs" in a and a.jobs < 1:
-        parser.error(f"--jobs {a.jobs}: give 1 or more")
+    _validate(parser, a)
     try:
         _run(a)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input or missing data: one line, no traceback
+    except (ValueError, OSError, RuntimeError) as e:  # bad input, missing data, unwritable folder: one line
         if a.debug:
             raise
         raise SystemExit(f"error: {e}\n(run with --debug for the traceback)") from None

@@ -92,6 +92,7 @@ class DataConfig:
         _check(self.client_size >= 0 and self.test_size >= 0, "data.client_size/test_size must be >= 0 (0 = all)")
         _check(self.min_size >= 1, "data.min_size must be >= 1")
         _check(self.shards_per_client >= 1, "data.shards_per_client must be >= 1")
+        _check(self.split_seed >= 0, f"data.split_seed={self.split_seed} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class FMConfig:
         _check(0 <= self.eta <= 1, "fm.eta must be in [0, 1]")
         _check(self.batch_size >= 1, "fm.batch_size must be >= 1")
         _choice("fm.precision", self.precision, PRECISIONS)
+        _check(self.sample_seed >= 0, f"fm.sample_seed={self.sample_seed} must be >= 0")
+        _check(bool(self.checkpoint.strip()), "fm.checkpoint='' must name the folder of the FM weights")
         _check("{}" in self.prompt_template, "fm.prompt_template needs a '{}' where the class name goes")
 
 

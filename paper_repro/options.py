@@ -3,9 +3,11 @@ evaluation batch, training sharing, compilation, threads and parallel jobs. None
 because none changes results beyond float rounding (tests compare them side by side)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 ENGINES = ("auto", "loop", "threads", "batched")
+DEVICE = re.compile(r"(cpu|mps|meta|(cuda|xpu)(:\d+)?)")
 
 
 class OptionsError(ValueError):
@@ -40,13 +42,16 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise OptionsError(f"engine={self.engine!r} is unknown; choose one of {list(ENGINES)}")
-        if not isinstance(self.device, str) or not self.device:
-            raise OptionsError(f"device={self.device!r} must be a torch device name such as 'cpu' or 'cuda'")
-        for name in ("eval_batch_size", "jobs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise OptionsError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise OptionsError(f"threads={self.threads!r} must be an integer >= 0 (0 = torch's default)")
+        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+            raise OptionsError(f"device={self.device!r} is not a torch device; give 'cpu', 'cuda', 'cuda:1', 'mps'")
+        for name, low in (("eval_batch_size", 1), ("jobs", 1), ("threads", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise OptionsError(f"{name}={v!r} must be an integer >= {low}"
+                                   + (" (0 = torch's default)" if name == "threads" else ""))
+        for name in ("share_training", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(f"{name}={getattr(self, name)!r} must be True or False")
 
     @classmethod
     def for_profile(cls, profile: str, **overrides) -> RunOptions:

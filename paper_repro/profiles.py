@@ -62,8 +62,12 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
         cur = getattr(obj, k)
         if dataclasses.is_dataclass(cur) and isinstance(v, dict):
             kwargs[k] = _apply(cur, v, f"{where}.{k}" if where != "config" else k)
-        elif dataclasses.is_dataclass(cur) and dataclasses.is_dataclass(v):
+        elif dataclasses.is_dataclass(cur) and isinstance(v, type(cur)):
             kwargs[k] = v
+        elif dataclasses.is_dataclass(cur):
+            name = k if where == "config" else f"{where}.{k}"
+            raise ConfigError(f"{name}={v!r} must be a mapping of its fields, e.g. {name}={{...}}; known fields: "
+                              f"{sorted(f.name for f in fields(cur))}")
         else:
             kwargs[k] = tuple(v) if isinstance(v, list) else v
     return replace(obj, **kwargs)
@@ -74,6 +78,8 @@ def check_registered(cfg: Config) -> Config:
     given parameters (the error lists the known names, or the accepted parameters)."""
     if cfg.attack.kind not in attacks.names():
         raise ConfigError(f"attack.kind={cfg.attack.kind!r} is unknown; choose one of {attacks.names()}")
+    if cfg.defense.name not in defenses.names():
+        raise ConfigError(f"defense.name={cfg.defense.name!r} is unknown; known defenses: {defenses.names()}")
     try:
         defenses.get(cfg.defense.name, **cfg.defense.params).check_config(cfg)
     except ValueError as e:

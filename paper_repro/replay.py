@@ -58,18 +58,24 @@ def cached_initial_model(cfg: Config, inp: FLInputs, cache: Path | None, device:
     (``refresh``: train again and replace the cached model)."""
     if cache is None:
         return init_global_model(cfg, inp, device), False
-    path = Path(cache) / f"{initial_model_key(cfg, inp)}.pt"
+    key = initial_model_key(cfg, inp)
+    path = Path(cache) / f"{key}.pt"
     if path.exists() and not refresh:
         model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes,
                             derive_seed(cfg.seed, "model_init")).to(device)
         try:
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            saved = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(saved, dict) or "key" not in saved:
+                raise ValueError("it was written by an older version of this package")
+            if saved["key"] != key:
+                raise ValueError(f"it holds the model of key {saved['key']!r} (a file copied over it?)")
+            model.load_state_dict(saved["state"])
             return model, True
         except Exception as e:  # truncated or foreign file: say so, then train again
-            warnings.warn(f"cached initial model {path} is unreadable ({type(e).__name__}); training it again",
+            warnings.warn(f"cached initial model {path} is unreadable ({type(e).__name__}: {e}); training it again",
                           stacklevel=2)
     model = init_global_model(cfg, inp, device)
-    save_atomic(lambda tmp: torch.save(model.state_dict(), tmp), path)
+    save_atomic(lambda tmp: torch.save({"key": key, "state": model.state_dict()}, tmp), path)
     return model, False
 
 

@@ -74,6 +74,12 @@ def damage(run_dir: Path, names: tuple[str, ...] = CHECKED_ON_READ) -> list[str]
     except (OSError, ValueError, KeyError):
         return [f"no readable {COMPLETE}"]
     out = []
+    try:  # a whole folder copied or renamed under another run's name carries that run's key
+        key = json.loads((run_dir / "config.json").read_text()).get("config_hash", "")
+        if not run_dir.name.startswith(".tmp_") and not run_dir.name.endswith(f"_{key}"):
+            out.append(f"config.json belongs to run key {key!r}, not to the folder {run_dir.name}")
+    except (OSError, ValueError, AttributeError):
+        out.append("config.json unreadable")
     for name in names:
         if name not in record:
             continue
@@ -159,17 +165,25 @@ def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[st
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
     try:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=list))
+        _step("config.json")
         np.savez_compressed(tmp / "indices.npz", **indices)
+        _step("indices.npz")
         (tmp / "flagged.json").write_text(json.dumps(flagged))
+        _step("flagged.json")
         for name, write in (extra or {}).items():
             write(tmp / name)
+            _step(name)
         history.to_csv(tmp / "metrics.csv", index=False)
+        _step("metrics.csv")
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / COMPLETE).write_text(json.dumps({"files": files}, indent=1))  # last: marks the folder complete
+        _step(COMPLETE)
         if run_dir.exists():  # a forced rerun (or a damaged folder): swap in the new run, then drop the old one
             old = run_dir.with_name(f".old_{os.getpid()}_{run_dir.name}")
             os.replace(run_dir, old)
+            _step("superseded")
             os.replace(tmp, run_dir)
+            _step("swapped")
             shutil.rmtree(old)
         else:
             try:
@@ -181,6 +195,15 @@ def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[st
         if tmp.exists():
             shutil.rmtree(tmp)
     return run_dir
+
+
+PUBLISH_STEPS = ("config.json", "indices.npz", "flagged.json", "metrics.csv", COMPLETE, "superseded", "swapped")
+"""The points of :func:`write_run` after which a killed writer leaves a different state on disk (files named in
+``extra`` add one step each); tests kill a writer at each one."""
+
+
+def _step(name: str) -> None:
+    """Called after each publishing step (a no-op; the fault tests replace it to kill the writer there)."""
 
 
 def _alive(pid: int) -> bool:
@@ -195,14 +218,24 @@ def _alive(pid: int) -> bool:
 
 def clean_leftovers(results_dir: Path) -> list[Path]:
     """Remove the temporary (``.tmp_<pid>_*``) and superseded (``.old_<pid>_*``) folders of processes that no longer
-    run: what a writer killed mid-publish leaves behind. Returns what was removed."""
+    run: what a writer killed mid-publish leaves behind. A superseded folder whose replacement never landed (the
+    writer died between the two renames of a forced rerun) is complete: it is moved back into place, not deleted.
+    Returns what was removed or restored."""
     removed = []
-    for p in results_dir.glob(".[to][ml][pd]_*"):
-        parts = p.name.split("_")
-        if p.is_dir() and parts[0] in (".tmp", ".old") and len(parts) > 2 and parts[1].isdigit() \
-                and not _alive(int(parts[1])):
+    for p in sorted(results_dir.glob(".[to][ml][pd]_*")):
+        parts = p.name.split("_", 2)
+        if not (p.is_dir() and parts[0] in (".tmp", ".old") and len(parts) > 2 and parts[1].isdigit()
+                and not _alive(int(parts[1]))):
+            continue
+        target = results_dir / parts[2]
+        if parts[0] == ".old" and not target.exists() and not damage(p):
+            try:
+                os.replace(p, target)
+            except OSError:  # another process restored or wrote it first
+                shutil.rmtree(p, ignore_errors=True)
+        else:
             shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+        removed.append(p)
     return removed
 
 
@@ -210,6 +243,8 @@ def load_results(results_dir: str | Path | None = None, profile: str | None = No
     """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened); folders that are not
     finished runs (hidden, half-written, damaged) are skipped."""
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    if results_dir.is_dir():
+        clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
     frames = []
     for m in sorted(results_dir.glob("*/metrics.csv")):
         if not finished(m.parent):

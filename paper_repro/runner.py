@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 
 from . import defenses
+from .cliargs import writable_dir
 from .config import Config, DefenseConfig
 from .fl import run_federated
 from .inputs import prepare
-from .options import RunOptions
+from .options import OptionsError, RunOptions
 from .profiles import check_registered
 from .progress import tqdm
 from .replay import (
@@ -31,6 +32,7 @@ from .results import (
     PROVENANCE,
     TRAJECTORY,
     RunResult,
+    clean_leftovers,
     damage,
     git_state,
     load_results,
@@ -56,6 +58,15 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`OptionsError` before any work when ``device`` is not available on this machine."""
+    kind, _, index = device.partition(":")
+    count = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available())}.get(kind)
+    if count is not None and count() <= int(index or 0):
+        raise OptionsError(f"device={device!r}, but torch sees {count()} {kind} device(s) on this machine; "
+                           "use RunOptions(device='cpu') (the smoke and quick profiles run on CPU)")
+
+
 def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True, force: bool = False,
                    record_trajectory: bool = False, options: RunOptions | None = None) -> RunResult:
     """Run one experiment, or load it if a finished run with the same key exists (``force`` re-runs it, and every
@@ -66,18 +77,23 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     opts = options or RunOptions.for_profile(cfg.profile)
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     check_registered(cfg)
+    check_device(opts.device)
     defense = defenses.get(cfg.defense.name, **cfg.defense.params)
     with _threads(opts.threads):
         prep = prepare(cfg, progress, opts, refresh=force)
         key = run_key(cfg, prep.hashes)
         run_dir = results_dir / run_name(cfg, key)
         have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
+        if results_dir.is_dir():
+            clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
         if run_dir.exists() and not force:
             problems = damage(run_dir)
             if not problems and have_trajectory:
                 return RunResult.load(run_dir)
             if problems:
                 warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=2)
+        if why := writable_dir(results_dir):
+            raise PermissionError(f"cannot compute {run_dir.name}: {why} (pass results_dir= to say where runs go)")
         t0, started = time.perf_counter(), _now()
         recorder = None
         inputs = {"synthetic_digest": prep.hashes["synthetic"], "initial_model": None, "replayed_from": None}

@@ -42,7 +42,8 @@ def tiny_fm_dir(tmp_path_factory, blobs):
 
 TIERS = ("unit", "smoke", "notebooks", "claims", "browser", "slow")
 # a test without a tier marker gets its file's tier
-FILE_TIERS = {"test_runner": "smoke", "test_analysis": "smoke", "test_notebooks": "notebooks", "test_claims": "claims"}
+FILE_TIERS = {"test_runner": "smoke", "test_faults": "smoke", "test_analysis": "smoke", "test_notebooks": "notebooks",
+              "test_claims": "claims"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ import paper_repro as pr
 PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
 LAYERS = [
-    ["store", "rng", "options", "config", "codehash", "registry", "progress"],
+    ["store", "rng", "options", "config", "codehash", "registry", "progress", "cliargs"],
     ["data", "partition", "models", "aggregators", "triggers", "tables", "plots"],
     ["training", "local_training", "metrics", "fm.ddpm", "fm.text2image", "fm.quality", "fm.synthetic", "fm",
      "attacks.*", "attacks", "defenses.*", "defenses"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["studies", "studies.*"],
     ["notebooks", "__main__", "fm.__main__", "__init__"],
 ]
-TORCH_FREE = ["store", "rng", "options", "config", "codehash", "data", "tables", "plots", "notebooks"]
+TORCH_FREE = ["store", "rng", "options", "config", "codehash", "cliargs", "data", "tables", "plots", "notebooks"]
 
 
 def _module_name(path: Path) -> str:

@@ -63,7 +63,7 @@ def test_config_roundtrips_through_its_dict():
     (dict(data={"beta": float("inf")}), "data.beta=inf must be a finite number"),
     (dict(fm={"guidance_scale": float("nan")}), "fm.guidance_scale=nan"),
     (dict(model={"channels_last": "yes"}), "model.channels_last='yes' must be a bool"),
-    (dict(defense={"name": "norm_clip", "params": {"max_norm": -1.0}}), "max_norm=-1.0 must be > 0"),
+    (dict(defense={"name": "norm_clip", "params": {"max_norm": -1.0}}), r"max_norm=-1.0 must be None \(automatic\)"),
     (dict(defense={"name": "dp", "params": {"sigma": -1e-3}}), "sigma"),
     (dict(defense={"name": "act_bound", "params": {"init_quantile": float("nan")}}), "init_quantile=nan"),
     (dict(defense={"name": "act_bound", "params": {"epochs": -1}}), "epochs=-1"),

@@ -58,15 +58,44 @@ def resolved_params(name: str, params: dict | None = None) -> dict:
     unknown = set(params or {}) - set(sig.parameters)
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
+    annotations = {k: str(p.annotation) for k, p in sig.parameters.items()}
     for k, v in (params or {}).items():
-        default = out.get(k)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"defense {name!r}: {k}={v} must be a finite number")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and v is not None \
-                and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise ValueError(f"defense {name!r}: {k}={v!r} must be a number like its default {default!r}")
+        _check_param(name, k, v, out.get(k), annotations.get(k, ""))
     out.update(params or {})
     return out
+
+
+def _check_param(defense: str, key: str, value, default, annotation: str) -> None:
+    """Reject a parameter value of the wrong kind for its default/annotation: a count must be an int >= 0 (a bool or
+    2.5 is not a count), a number finite and >= 0, a name a non-empty string, an optional number (default None)
+    None or > 0."""
+    def bad(what: str) -> None:
+        raise ValueError(f"defense {defense!r}: {key}={value!r} must be {what} (default {default!r})")
+
+    def is_num(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if is_num(value) and not math.isfinite(value):
+        bad("a finite number")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            bad("True or False")
+    elif isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            bad("an integer >= 0")
+    elif isinstance(default, float):
+        if not is_num(value) or value < 0:
+            bad("a number >= 0")
+    elif isinstance(default, str):
+        many = "list" in annotation and isinstance(value, (list, tuple))
+        names = [value] if isinstance(value, str) else value if many else None
+        if not names or not all(isinstance(n, str) and n for n in names):
+            bad("a non-empty name" + (" or a list of names" if "list" in annotation else ""))
+    elif default is None and value is not None:
+        if "int" in annotation and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            bad("None (automatic) or an integer >= 1")
+        if not is_num(value) or value <= 0:
+            bad("None (automatic) or a number > 0")
 
 
 __all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names", "register"]

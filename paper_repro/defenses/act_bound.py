@@ -13,7 +13,16 @@ from torch import nn
 
 from ..rng import np_rng
 from .base import Defense, RoundContext
-from .clipping import GRANULARITIES, SITE_PRESETS, BoundedModel, clip_hooks, fit_bounds, max_activations, resolve_sites
+from .clipping import (
+    GRANULARITIES,
+    SITE_PRESETS,
+    BoundedModel,
+    check_sites,
+    clip_hooks,
+    fit_bounds,
+    max_activations,
+    resolve_sites,
+)
 
 INITS = ("data_max", "constant")
 SCHEDULES = ("every_round", "final")
@@ -90,6 +99,9 @@ class ActBound(Defense):
         self.init_quantile = init_quantile
         self.bounds: dict | None = None
         self.log: dict = {}
+
+    def check_config(self, cfg) -> None:
+        check_sites(cfg, self.sites)
 
     @property
     def trains_like_none(self) -> bool:

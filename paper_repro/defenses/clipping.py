@@ -54,6 +54,19 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
     raise ValueError(f"unknown site preset {sites!r}; use all, mmbm3, hidden, last or a list of module names")
 
 
+def check_sites(cfg, sites: str | list[str], key: str = "sites") -> None:
+    """Raise ValueError naming ``key`` unless ``sites`` resolve on the model of config ``cfg`` (checked when the config
+    is built, so that a wrong module name fails before any data is loaded rather than in round 1)."""
+    from ..config import image_shape, num_classes
+    from ..models import build_model
+
+    model = build_model(cfg.model.name, image_shape(cfg.data.dataset), num_classes(cfg.data.dataset), seed=0)
+    try:
+        resolve_sites(model, sites)
+    except ValueError as e:
+        raise ValueError(f"{key}={sites!r} does not fit model.name={cfg.model.name!r}: {e}") from None
+
+
 def _broadcast(b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Bound shapes: (1,) per layer, (C,) per channel, out.shape[1:] per neuron → broadcastable to ``out``."""
     if b.numel() == 1:

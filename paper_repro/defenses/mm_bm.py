@@ -20,7 +20,8 @@ from .base import RoundContext
 class MMBM(ActBound):
     name = "mm_bm"
 
-    def __init__(self, sites="mmbm3", per_class: int = 50, init: str = "data_max", init_value: float = 8.0,
+    def __init__(self, sites: str | list[str] = "mmbm3", per_class: int = 50, init: str = "data_max",
+                 init_value: float = 8.0,
                  epochs: int = 50, lr: float = 0.1, batch_size: int = 200, c0: float = 0.5, growth: float = 1.2,
                  target_agreement: float = 0.95, adapt_every: int = 10, adapt_after: int = 10,
                  schedule: str = "final", granularity: str = "channel"):

@@ -21,7 +21,8 @@ from .clipping import BoundedModel, fit_bounds, resolve_sites, reverse_engineer
 class MMAC(ActBound):
     name = "mmac"
 
-    def __init__(self, sites="all", per_class: int = 50, init: str = "data_max", init_value: float = 1.0,
+    def __init__(self, sites: str | list[str] = "all", per_class: int = 50, init: str = "data_max",
+                 init_value: float = 1.0,
                  epochs: int = 300, lr: float = 0.1, batch_size: int = 200, c0: float = 0.002, growth: float = 1.2,
                  target_agreement: float = 0.95, adapt_every: int = 10, adapt_after: int = 30,
                  re_per_class: int = 50, re_steps: int = 300, re_lr: float = 0.01, re_momentum: float = 0.2,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import Defense, RoundContext
-from .clipping import BoundedModel, record_activations, resolve_sites, spatial_mean
+from .clipping import BoundedModel, check_sites, record_activations, resolve_sites, spatial_mean
 
 
 def mean_activations(model: nn.Module, x: torch.Tensor, site: str) -> torch.Tensor:
@@ -24,7 +24,12 @@ class Pruning(Defense):
     def __init__(self, fraction: float = 0.2, site: str = "last", schedule: str = "every_round"):
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction={fraction} must be in [0, 1)")
+        if schedule not in ("every_round", "final"):
+            raise ValueError(f"schedule={schedule!r}; choose every_round or final")
         self.fraction, self.site, self.schedule = fraction, site, schedule
+
+    def check_config(self, cfg) -> None:
+        check_sites(cfg, "last" if self.site == "last" else [self.site], key="site")
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:

@@ -90,6 +90,9 @@ class MultiKrum(Defense):
 
     def check_config(self, cfg) -> None:
         _check_krum(self.num_malicious, cfg)
+        k = cfg.fl.clients_per_round
+        if self.num_selected is not None and self.num_selected > k:
+            raise ValueError(f"multi_krum num_selected={self.num_selected} exceeds fl.clients_per_round={k}")
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         u, accepted = agg.multi_krum_select(updates, weights, self.num_malicious, self.num_selected)

@@ -102,6 +102,8 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
     if cache.exists() and not refresh:
         try:
             with np.load(cache) as z:
+                if json.loads(str(z["key"])) != json.loads(json.dumps(key_src)):
+                    raise ValueError("it was drawn for another key (a file copied over it?)")
                 s = ImageSet(z["x"], z["y"], tuple(str(c) for c in z["classes"]))
             return s, s.digest()
         except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
