@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     r2.add_argument("--defenses", nargs="+", default=None, help="defense names (default: all)")
     r2.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
     jobs(r2)
+    h = sub.add_parser("heldout", help="defenses at their defaults on held-out seeds and settings (docs/protocol.md)")
+    profile(h)
+    h.add_argument("--seeds", type=nonneg_int, nargs="+", default=[10, 11, 12], help="held-out seeds (10 11 12)")
+    h.add_argument("--settings", nargs="+", default=None,
+                   help="random_patch sig target7 poison0.1 beta0.1 validation (default: all but validation)")
+    h.add_argument("--defenses", nargs="+", default=None, help="defense names (default: none act_bound mm_bm pruning)")
+    h.add_argument("--tables-dir", default=None, help="where heldout_<profile>.csv goes (default data/tables)")
+    jobs(h)
     c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
     profile(c)
     c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
@@ -105,6 +113,12 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
     check_unique(parser, "--seeds", getattr(a, "seeds", None))
     check_unique(parser, "--defenses", getattr(a, "defenses", None))
+    if getattr(a, "settings", None):
+        from .studies.heldout import SETTINGS
+
+        unknown = [s for s in a.settings if s != "validation" and s not in SETTINGS]
+        if unknown:
+            parser.error(f"--settings: unknown {unknown}; known: validation {' '.join(SETTINGS)}")
     if getattr(a, "defenses", None):
         from .defenses import names
 
@@ -167,6 +181,13 @@ def _run(a: argparse.Namespace) -> None:
 
         print(json.dumps(compute_tables(a.profile, tuple(a.seeds), a.defenses, tables_dir=a.tables_dir,
                                         options=opts), indent=2))
+    elif a.cmd == "heldout":
+        from .studies.heldout import DEFENSES, SETTINGS, heldout_study, heldout_summary
+
+        df = heldout_study(a.profile, tuple(a.settings or SETTINGS), tuple(a.defenses or DEFENSES), tuple(a.seeds),
+                           tables_dir=a.tables_dir, options=opts)
+        cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
+        print(heldout_summary(df)[cols].round(3).to_string(index=False))
     elif a.cmd == "tables":
         from .studies.compute import export_tables
 

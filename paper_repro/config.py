@@ -16,7 +16,7 @@ PROFILES = ("smoke", "quick", "paper")
 DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
-TRIGGERS = ("badnets", "blend")
+TRIGGERS = ("badnets", "blend", "random_patch", "sig")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
@@ -162,11 +162,13 @@ class AttackConfig:
     """Registry name, see ``paper_repro.attacks.names()``: none | classic (malicious clients) | fm (poisoned
     synthetic data) | both. [C: 2410.17573 abstract]"""
     trigger: str = "badnets"
-    """badnets (white square, bottom-right) | blend (blended random pattern). [C: PAKDD, 3×3 white square]"""
+    """badnets (white square, bottom-right) | blend (blended random pattern) | random_patch (the square at a random
+    position per image) | sig (full-image sinusoid, Barni et al. 2019). [C: PAKDD, 3×3 white square]"""
     trigger_size: int = 3
     """Side of the BadNets square in pixels. [C: PAKDD]"""
     blend_alpha: float = 0.2
-    """Blend weight of the pattern for trigger=blend. [C: Chen et al. 2017 use 0.2]"""
+    """Blend weight of the pattern for trigger=blend (Chen et al. 2017 use 0.2); amplitude as a share of the pixel
+    range for trigger=sig (Barni et al. 2019 use 20/255 ≈ 0.078). [C]"""
     target_class: int = 0
     """All-to-one target label. [C: 2401.10375]"""
     poison_ratio: float = 0.2

@@ -148,7 +148,8 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
                     fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
         row["fusion_seconds"] = time.perf_counter() - t
         if not torch.isfinite(flat_state(model)).all():  # diverged: the run ends here and reports no ACC/ASR
-            out.history.append({**row, "status": DIVERGED, "acc": float("nan"), "asr": float("nan")})
+            out.history.append({**row, "status": DIVERGED, "acc": float("nan"), "asr": float("nan"),
+                                "acc_triggered": float("nan")})
             break
         if on_fused is not None:
             on_fused(rnd, model, ids, row)

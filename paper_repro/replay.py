@@ -151,7 +151,8 @@ def replay_federated(cfg: Config, inp: FLInputs, defense: Defense, trajectory: T
     for rnd in tqdm(range(1, cfg.fl.num_rounds + 1), desc="FL rounds (replayed)", disable=not progress):
         t_round = time.perf_counter()
         if rnd > len(trajectory.rows):  # the recorded run diverged after this many rounds: so does this one
-            out.history.append({"round": rnd, "status": DIVERGED, "acc": float("nan"), "asr": float("nan")})
+            out.history.append({"round": rnd, "status": DIVERGED, "acc": float("nan"), "asr": float("nan"),
+                                "acc_triggered": float("nan")})
             break
         row = {"round": rnd, "status": OK, **trajectory.rows[rnd - 1]}
         ctx = round_context(cfg, opts, inp, model, rnd)

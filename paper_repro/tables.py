@@ -149,3 +149,33 @@ def seeds_text(df: pd.DataFrame) -> str:
     """"seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles."""
     s = sorted(int(x) for x in df["seed"].unique())
     return f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
+
+
+def seed_intervals(df: pd.DataFrame, by: tuple[str, ...] = ("defense", "attack", "partition"),
+                   metrics: tuple[str, ...] = ("acc", "asr", "asr_last_k", "acc_triggered"),
+                   level: float = 0.95) -> pd.DataFrame:
+    """Per cell of ``by``: mean, std, number of seeds and a Student-t ``level`` interval of each metric over the
+    seeds (``<m>_lo``/``<m>_hi``; NaN with one seed). Diverged runs (status ≠ ok) are left out and counted in
+    ``diverged``. A defense beats another on a metric only where their intervals do not overlap
+    (:func:`separated`)."""
+    from scipy import stats
+
+    is_ok = df["status"].fillna("ok").eq("ok") if "status" in df else pd.Series(True, index=df.index)
+    diverged = df.assign(_bad=~is_ok).groupby(list(by))["_bad"].sum()
+    rows = []
+    for key, g in df[is_ok].groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["n"], row["diverged"] = len(g), int(diverged.get(key if len(by) > 1 else key[0], 0))
+        for m in (m for m in metrics if m in g):
+            v = g[m].astype(float).dropna()
+            mean, std = v.mean(), v.std(ddof=1) if len(v) > 1 else float("nan")
+            half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * std / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+            row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_lo": mean - half, f"{m}_hi": mean + half}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def separated(a: pd.Series, b: pd.Series, metric: str) -> bool:
+    """True when the intervals of ``metric`` of two rows of :func:`seed_intervals` do not overlap."""
+    return bool(a[f"{metric}_hi"] < b[f"{metric}_lo"] or b[f"{metric}_hi"] < a[f"{metric}_lo"])

@@ -15,6 +15,7 @@ class Trigger:
     kind: str = "badnets"
     size: int = 3
     alpha: float = 0.2
+    """Blend weight (blend) or amplitude as a share of the pixel range (sig)."""
     seed: int = 0
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -22,7 +23,14 @@ class Trigger:
             return badnets_patch(x, self.size)
         if self.kind == "blend":
             return blend(x, blend_pattern(x.shape[1:], self.seed), self.alpha)
-        raise ValueError(f"unknown trigger {self.kind!r}; choose badnets or blend")
+        if self.kind == "random_patch":
+            return random_patch(x, self.size, np.random.default_rng(self.seed))
+        if self.kind == "sig":
+            return sig(x, self.alpha)
+        raise ValueError(f"unknown trigger {self.kind!r}; choose one of {list(KINDS)}")
+
+
+KINDS = ("badnets", "blend", "random_patch", "sig")
 
 
 def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
@@ -34,6 +42,29 @@ def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
     out = np.array(x, dtype=np.uint8, copy=True)
     out[..., h - size:, w - size:] = value
     return out
+
+
+def random_patch(x: np.ndarray, size: int, rng: np.random.Generator, value: int = 255) -> np.ndarray:
+    """A white ``size``×``size`` square at a random position, drawn per image from ``rng`` (the same ``rng`` state
+    gives the same positions). A trigger that a bound on a few fixed positions cannot single out.
+    [C: random-location patches as in Saha et al. 2020 / Xie et al. DBA; R: white square, uniform position]"""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"trigger size {size} is larger than the {h}×{w} image")
+    out = np.array(x, dtype=np.uint8, copy=True)
+    rows = rng.integers(0, h - size + 1, size=len(x))
+    cols = rng.integers(0, w - size + 1, size=len(x))
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        out[i, ..., r:r + size, c:c + size] = value
+    return out
+
+
+def sig(x: np.ndarray, amplitude: float = 20 / 255, frequency: int = 6) -> np.ndarray:
+    """SIG (Barni et al. 2019): a horizontal sinusoid over the whole image, x + Δ·sin(2π·j·f/W), with Δ a share of
+    the pixel range (20/255 and f = 6 in the paper). A full-image, low-amplitude trigger."""
+    w = x.shape[-1]
+    wave = amplitude * 255 * np.sin(2 * np.pi * np.arange(w) * frequency / w)
+    return np.clip(np.rint(x.astype(np.float32) + wave.astype(np.float32)), 0, 255).astype(np.uint8)
 
 
 def blend_pattern(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -1,12 +1,17 @@
-"""Claim tier: the quick profile (Fashion-MNIST, shipped FM checkpoint, seed 0) shows the attacks working.
-
-Thresholds are fixed targets; they are not tuned to the measured numbers. Minutes on 2 CPU cores.
+"""Claim tier: the quick profile (Fashion-MNIST, shipped FM checkpoint, seed 0) run by the current code shows the
+attacks working and reproduces the committed seed-0 cells, on which ``tests/test_targets.py`` asserts the targets
+over every seed. Thresholds are fixed targets; they are not tuned to the measured numbers. Minutes on 2 CPU cores.
 """
 import pytest
 
 import paper_repro as pr
 from paper_repro.data import DataNotFoundError, load_dataset, public_splits
 from paper_repro.fm import load_fm, synthetic_set
+from paper_repro.tables import read_table
+
+# the same code on two 2-core CPUs (with and without AVX-512) gave |ΔACC| 0.0002 and |ΔASR| 0.006 on the no-defense
+# FM cell (IID, seed 0): float rounding differs between instruction sets. The tolerance is five times that.
+ACC_TOL, ASR_TOL = 0.01, 0.03
 
 pytestmark = pytest.mark.claims
 
@@ -56,12 +61,19 @@ def test_shipped_fm_draws_images_a_real_data_classifier_recognises():
     assert q["synthetic_acc"] >= 0.80
 
 
-def test_act_bound_removes_most_of_the_fm_backdoor_at_little_accuracy_cost(quick_runs, defended_runs):
-    r = defended_runs[("act_bound", "fm")]
-    assert r["asr"] <= 0.5 * quick_runs["fm"]["asr"]
-    assert r["acc"] >= quick_runs["none"]["acc"] - 0.03
+CELLS = [("none", "none"), ("none", "fm"), ("none", "classic"), ("act_bound", "fm"), ("median", "fm"),
+         ("median", "classic")]
 
 
-def test_update_comparing_defense_stops_the_classic_attack_but_not_the_fm_attack(quick_runs, defended_runs):
-    assert defended_runs[("median", "classic")]["asr"] <= quick_runs["classic"]["asr"] - 0.5
+@pytest.mark.parametrize("defense, attack", CELLS)
+def test_the_current_code_reproduces_the_committed_seed0_cell(quick_runs, defended_runs, defense, attack):
+    now = quick_runs[attack] if defense == "none" else defended_runs[(defense, attack)]
+    g = read_table("grid", "quick")
+    (committed,) = g[(g.defense == defense) & (g.attack == attack) & (g.partition == "iid") & (g.seed == 0)
+                     ].to_dict("records")
+    assert abs(now["acc"] - committed["acc"]) <= ACC_TOL
+    assert abs(now["asr"] - committed["asr"]) <= ASR_TOL
+
+
+def test_update_comparing_defense_does_not_stop_the_fm_attack(defended_runs):
     assert defended_runs[("median", "fm")]["asr"] >= 0.8  # no malicious client to find: the backdoor stays

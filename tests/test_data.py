@@ -50,3 +50,19 @@ def test_fashion_mnist_loads_when_installed():
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert (train.counts() == 6000).all()
     assert abs(train.x.mean() / 255 - 0.2860) < 1e-3
+
+
+def test_seed_intervals_are_student_t_and_separation_needs_disjoint_intervals():
+    import pandas as pd
+    from scipy import stats
+
+    from paper_repro.tables import seed_intervals, separated
+
+    df = pd.DataFrame({"defense": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "asr": [0.1, 0.2, 0.3, 0.8, 0.9, 1.0,
+                                                                            0.25, 0.3, 0.35],
+                       "status": ["ok"] * 8 + ["diverged"]})
+    s = seed_intervals(df, by=("defense",), metrics=("asr",)).set_index("defense")
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert np.isclose(s.loc["a", "asr_lo"], 0.2 - half) and np.isclose(s.loc["a", "asr_hi"], 0.2 + half)
+    assert s.loc["c", "n"] == 2 and s.loc["c", "diverged"] == 1
+    assert separated(s.loc["a"], s.loc["b"], "asr") and not separated(s.loc["a"], s.loc["c"], "asr")

@@ -168,3 +168,31 @@ def test_a_served_batchnorm_model_evaluates_frozen_and_changes_no_buffer(name):
         assert torch.equal(v, before[k]), k
     torch.testing.assert_close(one[0], other[0])
     assert model.training  # the wrapped model's own mode is restored
+
+
+def test_last_conv_site_is_the_last_relu_before_the_first_fully_connected_layer():
+    from paper_repro.defenses.clipping import resolve_sites
+    from paper_repro.models import build_model
+
+    want = {"tiny": "relu1", "cnn": "relu2", "resnet18": "layer4.1.relu2"}
+    for name, site in want.items():
+        shape = (3, 32, 32) if name == "resnet18" else (1, 28, 28)
+        assert resolve_sites(build_model(name, shape, 10, 0), "last_conv") == [site]
+
+
+def test_krum_assumes_the_largest_f_the_round_allows_and_trimmed_mean_trims_at_five():
+    from paper_repro.defenses.robust_aggregation import largest_f
+
+    assert [largest_f(k) for k in (3, 4, 5, 10, 11)] == [0, 0, 1, 3, 4]
+    u = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]])
+    out = pr.defenses.get("trimmed_mean").aggregate(u, torch.ones(5), None).update
+    assert out.item() == 2.0  # the 0 and the 100 trimmed
+
+
+def test_a_variant_defense_carries_its_parents_parameters_in_the_run_key():
+    p = pr.defenses.resolved_params("mm_bm_neuron")
+    assert p["granularity"] == "neuron" and p["init_quantile"] == 0.9 and p["epochs"] == 50
+    with pytest.raises(ValueError, match="accepted"):
+        pr.defenses.resolved_params("mm_bm_neuron", {"epoch": 3})
+    with pytest.raises(ValueError, match="accepted"):
+        pr.defenses.get("median", bogus=1)

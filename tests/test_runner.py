@@ -116,7 +116,8 @@ def test_resolved_params_names_unknown_parameters():
         pr.defenses.resolved_params("krum", {"num_maliciuos": 3})
 
 
-@pytest.mark.parametrize("name,params", [("act_bound", {}), ("pruning", {}), ("mm_bm", {"epochs": 5})])
+@pytest.mark.parametrize("name,params", [("act_bound", {}), ("pruning", {}), ("pruning", {"finetune_epochs": 1}),
+                                         ("mm_bm", {"epochs": 5})])
 def test_a_post_fusion_defense_replays_the_no_defense_training_with_the_same_results(tmp_path, name, params):
     kw = {"attack": {"kind": "fm"}, "defense": {"name": name, "params": params}}
     full = pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path / "full", progress=False,

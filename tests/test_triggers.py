@@ -53,3 +53,22 @@ def test_asr_set_drops_the_target_class_and_triggers_the_rest(tiny_set):
     s = asr_set(tiny_set, Trigger("badnets", 2), target=2)
     assert list(s.y) == [0, 1, 1]
     assert (s.x[:, :, 2:, 2:] == 255).all()
+
+
+def test_random_patch_puts_one_square_per_image_at_varying_places_and_repeats_with_the_seed():
+    x = np.zeros((40, 1, 12, 12), np.uint8)
+    y = Trigger("random_patch", size=3, seed=0).apply(x)
+    assert x.sum() == 0, "input must not change"
+    assert ((y == 255).reshape(40, -1).sum(1) == 9).all()  # one whole 3×3 square each
+    corners = {tuple(np.argwhere(img[0] == 255).min(0)) for img in y}
+    assert len(corners) > 10  # positions vary between images
+    assert (Trigger("random_patch", size=3, seed=0).apply(x) == y).all()
+    assert (Trigger("random_patch", size=3, seed=1).apply(x) != y).any()
+
+
+def test_sig_adds_a_horizontal_sinusoid_of_the_given_amplitude_everywhere():
+    x = np.full((2, 1, 4, 24), 128, np.uint8)
+    y = Trigger("sig", alpha=20 / 255).apply(x).astype(int) - 128
+    assert x[0, 0, 0, 0] == 128
+    assert np.abs(y).max() == 20 and (y[:, :, 0, :] == y[:, :, 3, :]).all()  # same in every row
+    assert (y[..., 0] == 0).all() and (y[..., 1] > 0).all()  # sin(0) = 0, then rises

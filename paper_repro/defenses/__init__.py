@@ -14,8 +14,8 @@ from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
 from .detectors import GeminiGuard, WeiDetect
 from .mars import MARS
-from .mm_bm import MMBM
-from .mmac import MMAC
+from .mm_bm import MMBM, MMBMNeuron
+from .mmac import MMAC, MMACNeuron
 from .pruning import Pruning
 from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
 
@@ -35,6 +35,8 @@ REGISTRY = Registry("defense", Defense, {
     "pruning": Pruning,
     "mm_bm": MMBM,
     "mmac": MMAC,
+    "mm_bm_neuron": MMBMNeuron,
+    "mmac_neuron": MMACNeuron,
     "act_bound": ActBound,
 })
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
@@ -51,14 +53,25 @@ def get(name: str, **params) -> Defense:
 
 def resolved_params(name: str, params: dict | None = None) -> dict:
     """Every constructor parameter of defense ``name``: its defaults with ``params`` applied. Part of a run's cache
-    key, so that changing a default re-runs the experiments it affects instead of reusing stale results."""
-    sig = inspect.signature(REGISTRY.lookup(name).__init__)
-    out = {k: p.default for k, p in sig.parameters.items()
-           if k != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
-    unknown = set(params or {}) - set(sig.parameters)
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+    key, so that changing a default re-runs the experiments it affects instead of reusing stale results. A
+    constructor that passes ``**kw`` on to its parent's also gets the parent's parameters (its own defaults win)."""
+    out: dict = {}
+    annotations: dict = {}
+    for cls in REGISTRY.lookup(name).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(init)
+        for k, p in sig.parameters.items():
+            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                annotations.setdefault(k, str(p.annotation))
+                if p.default is not inspect.Parameter.empty:
+                    out.setdefault(k, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break  # this constructor takes no more than it names
+    unknown = set(params or {}) - set(annotations)
+    if unknown:
         raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
-    annotations = {k: str(p.annotation) for k, p in sig.parameters.items()}
     for k, v in (params or {}).items():
         _check_param(name, k, v, out.get(k), annotations.get(k, ""))
     out.update(params or {})

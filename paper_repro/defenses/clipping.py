@@ -16,7 +16,7 @@ from torch import nn
 from ..training import as_format
 
 GRANULARITIES = ("channel", "neuron", "layer")
-SITE_PRESETS = ("all", "mmbm3", "hidden", "last")
+SITE_PRESETS = ("all", "mmbm3", "hidden", "last", "last_conv")
 
 
 def relu_sites(model: nn.Module) -> list[str]:
@@ -30,7 +30,9 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
     - ``all``: every ReLU (MMAC's 17 sites on ResNet-18);
     - ``mmbm3``: ResNet-18 stem ReLU, layer1, layer2 outputs (MM-BM); on other models the first three ReLUs;
     - ``hidden``: every ReLU except the first (skips the raw-pixel-like first feature map);
-    - ``last``: the last ReLU (penultimate features).
+    - ``last``: the last ReLU (penultimate features);
+    - ``last_conv``: the last ReLU before the first fully connected layer (the last convolutional feature map, where
+      Fine-Pruning prunes).
     """
     if not isinstance(sites, str):
         names = dict(model.named_modules())
@@ -51,7 +53,11 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
         return relus[1:] or relus
     if sites == "last":
         return relus[-1:]
-    raise ValueError(f"unknown site preset {sites!r}; use all, mmbm3, hidden, last or a list of module names")
+    if sites == "last_conv":  # the last ReLU registered before the first fully connected layer
+        order = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.Linear))]
+        before = order[:next((i for i, n in enumerate(order) if n not in relus), len(order))]
+        return before[-1:] or relus[-1:]
+    raise ValueError(f"unknown site preset {sites!r}; use one of {list(SITE_PRESETS)} or a list of module names")
 
 
 def check_sites(cfg, sites: str | list[str], key: str = "sites") -> None:

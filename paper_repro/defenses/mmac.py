@@ -26,11 +26,11 @@ class MMAC(ActBound):
                  epochs: int = 300, lr: float = 0.1, batch_size: int = 200, c0: float = 0.002, growth: float = 1.2,
                  target_agreement: float = 0.95, adapt_every: int = 10, adapt_after: int = 30,
                  re_per_class: int = 50, re_steps: int = 300, re_lr: float = 0.01, re_momentum: float = 0.2,
-                 schedule: str = "final", granularity: str = "channel"):
+                 schedule: str = "final", granularity: str = "channel", init_quantile: float = 1.0):
         super().__init__(sites=sites, granularity=granularity, per_class=per_class, init=init, init_value=init_value,
                          epochs=epochs, lr=lr, batch_size=batch_size, c0=c0, growth=growth,
                          target_agreement=target_agreement, adapt_every=adapt_every, adapt_after=adapt_after,
-                         trim=0.0, schedule=schedule, penalty="none", init_quantile=1.0)
+                         trim=0.0, schedule=schedule, penalty="none", init_quantile=init_quantile)
         self.re_per_class, self.re_steps, self.re_lr, self.re_momentum = re_per_class, re_steps, re_lr, re_momentum
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
@@ -46,3 +46,13 @@ class MMAC(ActBound):
                               penalty="none", margin_x=xr, margin_t=tr)
         self.bounds = bounded.bound_dict()
         return bounded
+
+
+class MMACNeuron(MMAC):
+    """MMAC with act_bound's bound shape: per-neuron bounds started at the 0.9 quantile (see
+    :class:`~paper_repro.defenses.mm_bm.MMBMNeuron`). [R]"""
+
+    name = "mmac_neuron"
+
+    def __init__(self, granularity: str = "neuron", init_quantile: float = 0.9, **kw):
+        super().__init__(granularity=granularity, init_quantile=init_quantile, **kw)

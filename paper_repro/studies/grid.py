@@ -18,11 +18,18 @@ from ..tables import pivot  # noqa: F401  (the grid table, one partition, wide)
 PARTITIONS = {"iid": {"partition": "iid"}, "dirichlet0.5": {"partition": "dirichlet", "beta": 0.5}}
 
 
+LAST_K = 3
+"""ASR is also reported averaged over the last ``LAST_K`` rounds: an all-or-nothing final round hides a backdoor
+that comes and goes."""
+
+
 def summarise(history: pd.DataFrame) -> dict:
-    """Final ACC/ASR, mean TPR/FPR over rounds, and the defense's share of a round's time."""
+    """Final ACC/ASR and accuracy on triggered images (true labels), ASR averaged over the last ``LAST_K`` rounds,
+    mean TPR/FPR over rounds, and the defense's share of a round's time."""
     rounds = history[history["round"] > 0]
     last = history.iloc[-1]
-    return {"acc": last["acc"], "asr": last["asr"], "status": last.get("status", "ok"),
+    return {"acc": last["acc"], "asr": last["asr"], "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
+            "acc_triggered": last.get("acc_triggered", float("nan")), "status": last.get("status", "ok"),
             "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
             "defense_seconds": rounds["defense_seconds"].mean(), "round_seconds": rounds["round_seconds"].mean(),
             "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean()}
@@ -89,8 +96,9 @@ def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd
     return pd.DataFrame(rows).sort_values(["partition", "defense", "attack", "seed"], ignore_index=True)
 
 
-ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "tpr", "fpr", "num_flagged",
-                 "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds", "round_seconds"]
+ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "acc_triggered", "tpr",
+                 "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds",
+                 "round_seconds"]
 
 
 def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
