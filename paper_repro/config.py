@@ -16,7 +16,7 @@ PROFILES = ("smoke", "quick", "paper")
 DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
-TRIGGERS = ("badnets", "blend", "random_patch", "sig")
+TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
 FM_STAGES = ("init", "kd")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
@@ -163,7 +163,8 @@ class AttackConfig:
     synthetic data) | both. [C: 2410.17573 abstract]"""
     trigger: str = "badnets"
     """badnets (white square, bottom-right) | blend (blended random pattern) | random_patch (the square at a random
-    position per image) | sig (full-image sinusoid, Barni et al. 2019). [C: PAKDD, 3×3 white square]"""
+    position per image) | sig (full-image sinusoid, Barni et al. 2019) | dba (four bars, Xie et al. 2020; the
+    ``dba`` attack gives each malicious client one bar). [C: PAKDD, 3×3 white square]"""
     trigger_size: int = 3
     """Side of the BadNets square in pixels. [C: PAKDD]"""
     blend_alpha: float = 0.2
@@ -181,6 +182,8 @@ class AttackConfig:
     """Classic attack: fraction of a malicious client's non-target samples triggered. [C: FRJ-AJ len // 5]"""
     boost: float = 1.0
     """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
+    params: dict = field(default_factory=dict)
+    """Keyword arguments of the attack beyond the fields above (its ``PARAMS``, documented in its file). ours"""
 
     def __post_init__(self) -> None:
         _check_types(self, "attack")
@@ -200,6 +203,7 @@ class AttackConfig:
         object.__setattr__(self, "fm_stages", stages)
         for s in stages:
             _choice("attack.fm_stages[]", s, FM_STAGES)
+        _check(isinstance(self.params, dict), f"attack.params={self.params!r} must be a dict of keyword arguments")
 
 
 

@@ -125,6 +125,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
         # 2. local training from the global model; malicious clients train on poisoned data and craft their update
         t = time.perf_counter()
         g = flat_state(model)
+        inp.attack.begin_round(rnd, g)
         gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
         thetas = train_clients(opts.engine, dev, model, [clients[k] for k in ids], fl.local_epochs, fl.lr,
                                fl.momentum, fl.batch_size, gens, cl, context=defense.client_context(),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import attacks, defenses
-from .codehash import code_digest, library_versions
+from .codehash import library_versions, run_code_digest
 from .config import Config
 from .data import ImageSet, public_splits
 from .fl import FLInputs
@@ -54,5 +54,6 @@ def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, 
     hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
               "synthetic": syn_digest, "results_version": RESULTS_VERSION,
               "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),
-              "code": code_digest(), "libraries": library_versions()}
+              "code": run_code_digest(type(attack), type(defenses.get(cfg.defense.name, **cfg.defense.params))),
+              "libraries": library_versions()}
     return Prepared(inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, hashes)

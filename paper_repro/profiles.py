@@ -78,6 +78,12 @@ def check_registered(cfg: Config) -> Config:
     given parameters (the error lists the known names, or the accepted parameters)."""
     if cfg.attack.kind not in attacks.names():
         raise ConfigError(f"attack.kind={cfg.attack.kind!r} is unknown; choose one of {attacks.names()}")
+    try:
+        attacks.resolved_params(cfg.attack.kind, cfg.attack.params)
+        attacks.REGISTRY[cfg.attack.kind].check_config(cfg)
+        attacks.build(cfg)  # cheap (no data): the attack's own range checks run now, not in round 1
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.defense.name not in defenses.names():
         raise ConfigError(f"defense.name={cfg.defense.name!r} is unknown; known defenses: {defenses.names()}")
     try:

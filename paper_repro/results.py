@@ -30,7 +30,7 @@ TRAJECTORY = "trajectory.pt"
 COMPLETE = "complete.json"
 CHECKED_ON_READ = ("config.json", "metrics.csv", "flagged.json", "indices.npz")
 """Files whose checksums are verified whenever a run is read (the trajectory is verified when it is replayed)."""
-LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32"}
+LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32", ("attack", "params"): {}}
 """Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key."""
 PROVENANCE = "reconstruction of arXiv 2410.17573 (see docs/paper.md); not the paper's numbers"
 
@@ -237,6 +237,21 @@ def clean_leftovers(results_dir: Path) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
+
+
+def runs_provenance(run_names, results_dir: str | Path | None = None) -> dict:
+    """What made a set of runs (e.g. the rows of a table): the distinct git commits (with their dirty flag), run code
+    digests, library versions and run options found in their folders, with how many runs each."""
+    from collections import Counter
+
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    seen: dict[str, Counter] = {"git": Counter(), "code": Counter(), "versions": Counter(), "options": Counter()}
+    for name in sorted(set(run_names)):
+        meta = json.loads((results_dir / name / "config.json").read_text())
+        for field, value in (("git", meta.get("git")), ("code", meta["hashes"].get("code")),
+                             ("versions", meta.get("versions")), ("options", meta.get("options"))):
+            seen[field][json.dumps(value, sort_keys=True)] += 1
+    return {field: [{"value": json.loads(v), "runs": n} for v, n in c.most_common()] for field, c in seen.items()}
 
 
 def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:

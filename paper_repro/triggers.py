@@ -14,9 +14,12 @@ class Trigger:
 
     kind: str = "badnets"
     size: int = 3
+    """Side of the square (badnets, random_patch); length − 1 of each DBA bar (dba)."""
     alpha: float = 0.2
     """Blend weight (blend) or amplitude as a share of the pixel range (sig)."""
     seed: int = 0
+    part: int = -1
+    """dba only: which of the four local patterns (0–3), or −1 for the global trigger, their union."""
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "badnets":
@@ -27,10 +30,12 @@ class Trigger:
             return random_patch(x, self.size, np.random.default_rng(self.seed))
         if self.kind == "sig":
             return sig(x, self.alpha)
+        if self.kind == "dba":
+            return dba(x, self.size + 1, self.part)
         raise ValueError(f"unknown trigger {self.kind!r}; choose one of {list(KINDS)}")
 
 
-KINDS = ("badnets", "blend", "random_patch", "sig")
+KINDS = ("badnets", "blend", "random_patch", "sig", "dba")
 
 
 def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
@@ -65,6 +70,21 @@ def sig(x: np.ndarray, amplitude: float = 20 / 255, frequency: int = 6) -> np.nd
     w = x.shape[-1]
     wave = amplitude * 255 * np.sin(2 * np.pi * np.arange(w) * frequency / w)
     return np.clip(np.rint(x.astype(np.float32) + wave.astype(np.float32)), 0, 255).astype(np.uint8)
+
+
+def dba(x: np.ndarray, length: int = 4, part: int = -1, value: int = 255) -> np.ndarray:
+    """DBA's distributed trigger (Xie et al., ICLR 2020, MNIST setting): four white 1×``length`` bars near the top-left
+    corner, two per row, rows 2 apart, bars ``length`` + 2 apart; ``part`` k in 0–3 draws bar k only (a malicious
+    client's local trigger), −1 all four (the global trigger the attack is evaluated with). [C: 4 local triggers of
+    1×4 pixels, gap 2, top-left]"""
+    h, w = x.shape[-2:]
+    if 2 * length + 3 > w or h < 4:
+        raise ValueError(f"DBA bars of length {length} do not fit the {h}×{w} image")
+    out = np.array(x, dtype=np.uint8, copy=True)
+    for k in range(4) if part < 0 else [part]:
+        r, c = 1 + 2 * (k // 2), 1 + (length + 2) * (k % 2)
+        out[..., r, c:c + length] = value
+    return out
 
 
 def blend_pattern(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

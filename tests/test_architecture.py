@@ -216,6 +216,39 @@ def test_code_digest_ignores_documentation_but_not_code(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_run_key_covers_the_code_the_run_executes_and_no_other_defense(tmp_path):
+    import shutil
+
+    from paper_repro.attacks import FMPoisoning
+    from paper_repro.codehash import PACKAGE, _closure_digest, run_code_digest
+    from paper_repro.defenses import ActBound, Defense, MMBMNeuron
+
+    root = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def digests():
+        _closure_digest.cache_clear()
+        return {name: run_code_digest(FMPoisoning, cls, root=root)
+                for name, cls in (("none", Defense), ("act_bound", ActBound), ("mm_bm_neuron", MMBMNeuron))}
+
+    def edit(rel, old, new):
+        f = root / rel
+        assert old in f.read_text(), (rel, old)
+        f.write_text(f.read_text().replace(old, new, 1))
+
+    before = digests()
+    edit("defenses/mars.py", "kappa: float = 5.0", "kappa: float = 6.0")  # another defense
+    edit("defenses/__init__.py", '"none": Defense,', '"none": Defense,\n    "none2": Defense,')  # a registry line
+    assert digests() == before
+    edit("defenses/clipping.py", "return torch.minimum(", "return torch.maximum(")  # act_bound's helper module
+    after = digests()
+    assert after["none"] == before["none"] and after["act_bound"] != before["act_bound"]
+    assert after["mm_bm_neuron"] != before["mm_bm_neuron"]  # subclass of act_bound: same helper
+    edit("fl.py", "fl.kd_epochs > 0", "fl.kd_epochs > 1")  # the loop every run executes
+    assert all(digests()[k] != after[k] for k in after)
+
+
+@pytest.mark.unit
 def test_the_repository_stands_alone():
     """Nothing a reader gets points at notes outside the repository or at a tracker's issue numbers."""
     import re

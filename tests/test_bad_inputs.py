@@ -71,6 +71,12 @@ def _cross_field_cases():
         (key, value), = params.items()
         yield f"defense.params.{key}", f"{name} {value} vs the model/round", {"defense": {"name": name,
                                                                                          "params": params}}
+    for params in ({"mask_ratio": 1.5}, {"mask_ratio": "x"}, {"mask_ratio": NAN}, {"ratio": 0.1}):
+        (key, value), = params.items()
+        yield f"attack.params.{key if key == 'mask_ratio' else 'accepted'}", f"neurotoxin {value}", {
+            "attack": {"kind": "neurotoxin", "params": params}}
+    yield "attack.params.accepted", "classic {'x': 1}", {"attack": {"kind": "classic", "params": {"x": 1}}}
+    yield "attack.trigger", "dba without the dba trigger", {"attack": {"kind": "dba"}}
     yield "device", "moved", {"device": "cuda"}
     yield "nonsense", "unknown key", {"nonsense": 1}
     yield "data.bogus", "unknown key", {"data": {"bogus": 1}}

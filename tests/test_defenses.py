@@ -121,9 +121,11 @@ def test_post_fusion_defenses_keep_the_fused_weights(name):
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("defense", sorted(set(pr.defenses.names()) - {"none"}))
-@pytest.mark.parametrize("attack", ["none", "classic", "fm", "both"])
+@pytest.mark.parametrize("attack", pr.attacks.names())
 def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, attack):
-    cfg = pr.load_config("smoke", attack={"kind": attack}, defense={"name": defense, "params": FAST.get(defense, {})})
+    trigger = {"trigger": "dba"} if attack == "dba" else {}
+    cfg = pr.load_config("smoke", attack={"kind": attack, **trigger},
+                         defense={"name": defense, "params": FAST.get(defense, {})})
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     h = res.history
     assert len(h) == 3 and h[["acc", "asr"]].notna().all().all()

@@ -7,19 +7,36 @@ line in ``REGISTRY`` (or :func:`register` from your own code).
 from __future__ import annotations
 
 from ..config import Config
-from ..registry import Registry
+from ..registry import Registry, check_param
 from .base import Attack, config_trigger
 from .both import FMAndClassic
 from .classic import DataPoisoning
+from .dba import DBA
 from .fm_poisoning import FMPoisoning
+from .neurotoxin import Neurotoxin
+from .replacement import ModelReplacement
 
 REGISTRY = Registry("attack", Attack, {
     "none": Attack,
     "classic": DataPoisoning,
     "fm": FMPoisoning,
     "both": FMAndClassic,
+    "model_replacement": ModelReplacement,
+    "dba": DBA,
+    "neurotoxin": Neurotoxin,
 })
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
+
+
+def resolved_params(name: str, params: dict | None = None) -> dict:
+    """Attack ``name``'s ``PARAMS`` with ``params`` applied; unknown keys and values of the wrong kind raise."""
+    defaults = dict(REGISTRY.lookup(name).PARAMS)
+    unknown = set(params or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"bad attack.params {sorted(unknown)} for attack {name!r}; accepted: {sorted(defaults)}")
+    for k, v in (params or {}).items():
+        check_param(f"attack {name!r}", k, v, defaults[k])
+    return {**defaults, **(params or {})}
 
 
 def build(cfg: Config) -> Attack:

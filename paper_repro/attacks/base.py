@@ -20,6 +20,8 @@ class Attack:
     """No attack: the synthetic set stays clean and every client is benign."""
 
     name = "none"
+    PARAMS: dict = {}
+    """Attack-specific knobs (``attack.params``) and their defaults, from the attack's paper."""
     malicious: frozenset[int] = frozenset()
     """Ids of the malicious clients (ground truth for TPR/FPR; the FL loop never shows it to a defense)."""
 
@@ -27,6 +29,10 @@ class Attack:
     def from_config(cls, cfg: Config) -> Attack:
         """The attack as ``cfg.attack`` describes it, its randomness drawn from ``cfg.seed``."""
         return cls()
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Raise ValueError if this attack cannot run with ``cfg`` (called when the config is built)."""
 
     # --- the foundation model's side
     def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
@@ -41,6 +47,10 @@ class Attack:
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
         """The data client ``client_id`` trains on (a new set for malicious clients; ``data`` is never modified)."""
         return data
+
+    def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
+        """Called at the start of every round with the global model's flat state (P,), before local training: what
+        every client (the attacker's among them) receives from the server."""
 
     def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
         """The update the client sends, given its honest update Δ = θ_local − θ_global (P,)."""

@@ -29,11 +29,13 @@ class DataPoisoning(Attack):
         self._cache: dict[int, tuple[ImageSet, np.ndarray]] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config) -> DataPoisoning:
-        """``attack.num_malicious`` clients drawn once from the seed, poisoning as ``cfg.attack`` says."""
+    def from_config(cls, cfg: Config, **kw) -> DataPoisoning:
+        """``attack.num_malicious`` clients drawn once from the seed, poisoning as ``cfg.attack`` says (``kw``:
+        a subclass's own arguments)."""
         a = cfg.attack
         malicious = np.sort(np_rng(cfg.seed, "malicious").choice(cfg.fl.num_clients, a.num_malicious, replace=False))
-        return cls(malicious, config_trigger(cfg), a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed)
+        return cls(malicious, config_trigger(cfg), a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed,
+                   **kw)
 
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
         if not self.is_malicious(client_id):
@@ -42,8 +44,12 @@ class DataPoisoning(Attack):
             rng = legacy_rng(self.seed, client_id, 7)
             nontarget = np.flatnonzero(data.y != self.target)
             idx = np.sort(rng.choice(nontarget, size=int(self.ratio * len(nontarget)), replace=False))
-            self._cache[client_id] = (poison_indices(data, self.trigger, self.target, idx), idx)
+            self._cache[client_id] = (poison_indices(data, self.trigger_for(client_id), self.target, idx), idx)
         return self._cache[client_id][0]
+
+    def trigger_for(self, client_id: int) -> Trigger:
+        """The trigger malicious client ``client_id`` pastes (the same for all here; DBA splits it)."""
+        return self.trigger
 
     def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
         return update * self.boost if self.is_malicious(client_id) else update

@@ -7,9 +7,8 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 from __future__ import annotations
 
 import inspect
-import math
 
-from ..registry import Registry
+from ..registry import Registry, check_param
 from .act_bound import ActBound
 from .base import AggregateResult, Defense, RoundContext
 from .detectors import GeminiGuard, WeiDetect
@@ -73,42 +72,9 @@ def resolved_params(name: str, params: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
     for k, v in (params or {}).items():
-        _check_param(name, k, v, out.get(k), annotations.get(k, ""))
+        check_param(f"defense {name!r}", k, v, out.get(k), annotations.get(k, ""))
     out.update(params or {})
     return out
-
-
-def _check_param(defense: str, key: str, value, default, annotation: str) -> None:
-    """Reject a parameter value of the wrong kind for its default/annotation: a count must be an int >= 0 (a bool or
-    2.5 is not a count), a number finite and >= 0, a name a non-empty string, an optional number (default None)
-    None or > 0."""
-    def bad(what: str) -> None:
-        raise ValueError(f"defense {defense!r}: {key}={value!r} must be {what} (default {default!r})")
-
-    def is_num(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if is_num(value) and not math.isfinite(value):
-        bad("a finite number")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            bad("True or False")
-    elif isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            bad("an integer >= 0")
-    elif isinstance(default, float):
-        if not is_num(value) or value < 0:
-            bad("a number >= 0")
-    elif isinstance(default, str):
-        many = "list" in annotation and isinstance(value, (list, tuple))
-        names = [value] if isinstance(value, str) else value if many else None
-        if not names or not all(isinstance(n, str) and n for n in names):
-            bad("a non-empty name" + (" or a list of names" if "list" in annotation else ""))
-    elif default is None and value is not None:
-        if "int" in annotation and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            bad("None (automatic) or an integer >= 1")
-        if not is_num(value) or value <= 0:
-            bad("None (automatic) or a number > 0")
 
 
 __all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names", "register"]

@@ -8,12 +8,14 @@ and prints mean ± 95 % interval per cell.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from ..options import RunOptions
 from ..profiles import load_config
+from ..results import runs_provenance
 from ..runner import run_many
 from ..tables import seed_intervals, table_path
 from .grid import summarise
@@ -62,7 +64,16 @@ def heldout_study(profile: str = "quick", settings: tuple[str, ...] = tuple(SETT
     out = table_path("heldout", profile, tables_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.5g")
+    write_table_provenance(df, out, results_dir)
     return df
+
+
+def write_table_provenance(df: pd.DataFrame, table: Path, results_dir: str | Path | None = None) -> Path:
+    """``<table>.provenance.json`` beside a per-run table: the commits, code digests, libraries and options of the
+    runs in its ``run`` column (read from their folders)."""
+    path = table.with_suffix(".provenance.json")
+    path.write_text(json.dumps(runs_provenance(df["run"], results_dir), indent=1))
+    return path
 
 
 def heldout_summary(df: pd.DataFrame) -> pd.DataFrame:
