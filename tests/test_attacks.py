@@ -55,3 +55,19 @@ def test_neurotoxin_zeroes_the_coordinates_the_global_model_moved_most():
         pr.load_config("smoke", attack={"kind": "neurotoxin", "params": {"ratio": 0.1}})
     with pytest.raises(ConfigError, match="mask_ratio"):
         pr.load_config("smoke", attack={"kind": "neurotoxin", "params": {"mask_ratio": "x"}})
+
+
+def test_the_selection_rule_takes_the_lowest_asr_within_the_accuracy_budget():
+    import pandas as pd
+
+    from paper_repro.studies.heldout import select_variant
+
+    rows = []
+    for seed in (0, 1):
+        rows += [{"setting": "validation", "attack": "fm", "seed": seed, "defense": d, "acc": acc, "asr": asr}
+                 for d, acc, asr in (("none", 0.85, 0.9), ("a", 0.84, 0.10), ("b", 0.80, 0.01), ("c", 0.845, 0.105))]
+    best, table = select_variant(pd.DataFrame(rows))
+    assert best == "c"  # b is cheapest in ASR but costs 5 points; a and c tie within 0.01, c costs less
+    assert table.set_index("defense").loc["b", "eligible"] == False  # noqa: E712
+    with pytest.raises(ValueError, match="no variant"):
+        select_variant(pd.DataFrame(rows), max_cost=0.001)

@@ -11,6 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..options import RunOptions
@@ -37,31 +38,37 @@ DEFENSES = ("none", "act_bound", "mm_bm", "pruning")
 per seed); update-comparing baselines see no malicious client under the FM attack."""
 
 
-def setting_config(profile: str, setting: str, defense: str, seed: int, attack: str = "fm"):
-    """The config of one held-out cell (``setting`` a key of :data:`SETTINGS` or ``"validation"``)."""
+def setting_config(profile: str, setting: str, defense: str | tuple[str, dict], seed: int, attack: str = "fm"):
+    """The config of one held-out cell (``setting`` a key of :data:`SETTINGS` or ``"validation"``; ``defense`` a
+    name or a (name, params) pair)."""
     change = {} if setting == "validation" else SETTINGS[setting]
     merged = {k: dict(v) for k, v in VALIDATION.items()}
     merged["attack"]["kind"] = attack
     for section, values in change.items():
         merged[section] = {**merged.get(section, {}), **values}
-    return load_config(profile, defense={"name": defense}, seed=seed, **merged)
+    name, params = (defense, {}) if isinstance(defense, str) else defense
+    return load_config(profile, defense={"name": name, "params": params}, seed=seed, **merged)
 
 
 def heldout_study(profile: str = "quick", settings: tuple[str, ...] = tuple(SETTINGS),
                   defense_names: tuple[str, ...] = DEFENSES, seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
                   attacks: tuple[str, ...] = ("fm",), results_dir: str | Path | None = None,
                   tables_dir: str | Path | None = None, progress: bool = True,
-                  options: RunOptions | None = None) -> pd.DataFrame:
-    """Run (or load) every setting × defense × seed and write the per-run table ``heldout_<profile>.csv``."""
+                  options: RunOptions | None = None, variants: dict[str, tuple[str, dict]] | None = None,
+                  table: str = "heldout") -> pd.DataFrame:
+    """Run (or load) every setting × defense × seed and write the per-run table ``<table>_<profile>.csv``.
+    ``variants``: more defenses as label → (name, params), e.g. ``{"act_bound q0.95": ("act_bound",
+    {"init_quantile": 0.95})}``; the ``defense`` column holds the label."""
+    named = {n: n for n in defense_names} | dict(variants or {})
     unknown = [s for s in settings if s != "validation" and s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown held-out settings {unknown}; known: {['validation', *SETTINGS]}")
-    combos = list(itertools.product(settings, attacks, defense_names, seeds))
-    cfgs = [setting_config(profile, s, d, seed, a) for s, a, d, seed in combos]
+    combos = list(itertools.product(settings, attacks, named, seeds))
+    cfgs = [setting_config(profile, s, named[d], seed, a) for s, a, d, seed in combos]
     results = run_many(cfgs, results_dir, progress=progress, desc="held-out", options=options)
     df = pd.DataFrame([{"setting": s, "attack": a, "defense": d, "seed": seed, **summarise(r.history),
                         "run": r.run_dir.name} for (s, a, d, seed), r in zip(combos, results)])
-    out = table_path("heldout", profile, tables_dir)
+    out = table_path(table, profile, tables_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.5g")
     write_table_provenance(df, out, results_dir)
@@ -79,3 +86,35 @@ def write_table_provenance(df: pd.DataFrame, table: Path, results_dir: str | Pat
 def heldout_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % interval per setting × attack × defense (see :func:`paper_repro.tables.seed_intervals`)."""
     return seed_intervals(df, by=("setting", "attack", "defense"))
+
+
+ACT_BOUND_VARIANTS: dict[str, tuple[str, dict]] = {
+    "act_bound": ("act_bound", {}),
+    "act_bound q0.95": ("act_bound", {"init_quantile": 0.95}),
+    "act_bound q0.99": ("act_bound", {"init_quantile": 0.99}),
+    "act_bound all sites": ("act_bound", {"sites": "all"}),
+    "act_bound no refit": ("act_bound", {"epochs": 0}),
+    "act_bound per channel": ("act_bound", {"granularity": "channel"}),
+}
+"""The act_bound variants compared under the protocol (fixed before any of them was run): quantile rule, bounded
+layers, learned refinement, bound shape."""
+
+
+def select_variant(df: pd.DataFrame, baseline: str = "none", max_cost: float = 0.02, tie: float = 0.01) -> tuple[
+        str, pd.DataFrame]:
+    """The protocol's rule on a validation table: among the defenses (labels) whose mean clean-ACC cost against
+    ``baseline`` (same setting, attack and seed) is at most ``max_cost``, the lowest mean ASR; within ``tie`` of it,
+    the lowest cost. Returns the label and the per-label summary (mean ASR, mean cost, eligible)."""
+    keys = ["setting", "attack", "seed"]
+    base = df[df["defense"] == baseline].set_index(keys)["acc"]
+    rows = []
+    for label, g in df[df["defense"] != baseline].groupby("defense"):
+        cost = base.reindex(g.set_index(keys).index).values - g["acc"].values
+        rows.append({"defense": label, "asr": g["asr"].mean(), "cost": float(np.nanmean(cost)), "n": len(g)})
+    table = pd.DataFrame(rows)
+    table["eligible"] = table["cost"] <= max_cost
+    ok = table[table["eligible"]]
+    if ok.empty:
+        raise ValueError(f"no variant costs at most {max_cost} of clean ACC on average: {table.to_dict('records')}")
+    best = ok[ok["asr"] <= ok["asr"].min() + tie].sort_values(["cost", "asr"]).iloc[0]["defense"]
+    return best, table.sort_values("asr", ignore_index=True)
