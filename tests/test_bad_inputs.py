@@ -197,6 +197,10 @@ CLI_CASES = [
     (["tables", "--profile", "x"], "--profile"),
     (["figures", "--tables-dir", "/nonexistent/tables"], "tables-dir"),
     (["notebooks", "--profile", "huge"], "--profile"),
+    (["heldout", "--settings", "bogus"], "bogus"),
+    (["heldout", "--seeds", "10", "10"], "--seeds"),
+    (["heldout", "--defenses", "magic"], "magic"),
+    (["heldout", "--jobs", "0"], "--jobs"),
     (["bogus"], "bogus"),
     ([], "cmd"),
 ]
@@ -220,13 +224,15 @@ def _block_work(monkeypatch):
     import paper_repro.runner as runner
     import paper_repro.studies.compute as compute
     import paper_repro.studies.grid as grid
+    import paper_repro.studies.heldout as heldout
     import paper_repro.studies.main_job as main_job
 
     def stop(*a, **k):
         raise ReachedWork
 
     for mod, attr in ((runner, "run_experiment"), (grid, "run_grid"), (compute, "compute_tables"),
-                      (compute, "export_tables"), (main_job, "main_job"), (nb, "run_notebooks")):
+                      (compute, "export_tables"), (main_job, "main_job"), (nb, "run_notebooks"),
+                      (heldout, "heldout_study")):
         monkeypatch.setattr(mod, attr, stop)
     monkeypatch.setattr(ddpm.ClassConditionalDDPM, "train", classmethod(lambda cls, *a, **k: stop()))
 
