@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--settings", nargs="+", default=None,
                    help="random_patch sig target7 poison0.1 beta0.1 validation (default: all but validation)")
     h.add_argument("--defenses", nargs="+", default=None, help="defense names (default: none act_bound mm_bm pruning)")
+    h.add_argument("--attacks", nargs="+", default=["fm"],
+                   help="attack names (default fm; none measures what a defense does to triggered images by itself)")
     h.add_argument("--tables-dir", default=None, help="where heldout_<profile>.csv goes (default data/tables)")
     jobs(h)
     c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
@@ -113,6 +115,12 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
     check_unique(parser, "--seeds", getattr(a, "seeds", None))
     check_unique(parser, "--defenses", getattr(a, "defenses", None))
+    if getattr(a, "attacks", None):
+        from .attacks import names as attack_names
+
+        unknown = [x for x in a.attacks if x not in attack_names()]
+        if unknown:
+            parser.error(f"--attacks: unknown {unknown}; known: {' '.join(attack_names())}")
     if getattr(a, "settings", None):
         from .studies.heldout import SETTINGS
 
@@ -185,7 +193,8 @@ def _run(a: argparse.Namespace) -> None:
         from .studies.heldout import DEFENSES, SETTINGS, heldout_study, heldout_summary
 
         df = heldout_study(a.profile, tuple(a.settings or SETTINGS), tuple(a.defenses or DEFENSES), tuple(a.seeds),
-                           tables_dir=a.tables_dir, options=opts)
+                           tuple(a.attacks), tables_dir=a.tables_dir, options=opts,
+                           table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks))
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))
     elif a.cmd == "tables":

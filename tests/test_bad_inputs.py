@@ -201,6 +201,7 @@ CLI_CASES = [
     (["heldout", "--seeds", "10", "10"], "--seeds"),
     (["heldout", "--defenses", "magic"], "magic"),
     (["heldout", "--jobs", "0"], "--jobs"),
+    (["heldout", "--attacks", "evil"], "evil"),
     (["bogus"], "bogus"),
     ([], "cmd"),
 ]
