@@ -111,6 +111,12 @@ def parse_sets(items: list[str]) -> dict:
 READS_TABLES = ("figures", "notebooks", "report", "check-tables")
 
 
+def _known(parser: argparse.ArgumentParser, option: str, given: list[str], known: list[str]) -> None:
+    unknown = [x for x in given if x not in known]
+    if unknown:
+        parser.error(f"{option}: unknown {unknown}; known: {' '.join(known)}")
+
+
 def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
     check_unique(parser, "--seeds", getattr(a, "seeds", None))
@@ -118,21 +124,15 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if getattr(a, "attacks", None):
         from .attacks import names as attack_names
 
-        unknown = [x for x in a.attacks if x not in attack_names()]
-        if unknown:
-            parser.error(f"--attacks: unknown {unknown}; known: {' '.join(attack_names())}")
+        _known(parser, "--attacks", a.attacks, attack_names())
     if getattr(a, "settings", None):
         from .studies.heldout import SETTINGS
 
-        unknown = [s for s in a.settings if s != "validation" and s not in SETTINGS]
-        if unknown:
-            parser.error(f"--settings: unknown {unknown}; known: validation {' '.join(SETTINGS)}")
+        _known(parser, "--settings", a.settings, ["validation", *SETTINGS])
     if getattr(a, "defenses", None):
         from .defenses import names
 
-        unknown = [d for d in a.defenses if d not in names()]
-        if unknown:
-            parser.error(f"--defenses: unknown {unknown}; known: {' '.join(names())}")
+        _known(parser, "--defenses", a.defenses, names())
     if getattr(a, "tables_dir", None):
         if a.cmd in READS_TABLES and not Path(a.tables_dir).is_dir():
             parser.error(f"--tables-dir {a.tables_dir}: no such folder (the committed tables are in data/tables)")

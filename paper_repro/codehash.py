@@ -41,13 +41,18 @@ def _digest(parts: tuple[str, ...] | None, root: str) -> str:
     files = sorted(base.rglob("*.py"))
     if parts:
         files = [f for f in files if any(str(f.relative_to(base)).startswith(p) for p in parts)]
+    return _hash_files(base, [str(f.relative_to(base)) for f in files])
+
+
+def _hash_files(base: Path, rels: list[str]) -> str:
+    """16 hex digits over the stripped code of the files ``rels`` (relative to ``base``), non-computing ones
+    left out."""
     h = hashlib.sha256()
-    for f in files:
-        rel = str(f.relative_to(base))
+    for rel in rels:
         if rel in NOT_COMPUTING:
             continue
         h.update(rel.encode())
-        h.update(_strip(f.read_text()).encode())
+        h.update(_strip((base / rel).read_text()).encode())
     return h.hexdigest()[:16]
 
 
@@ -119,13 +124,7 @@ def run_code_digest(*classes: type, root: Path = PACKAGE) -> str:
 @functools.lru_cache(maxsize=None)
 def _closure_digest(start: tuple[str, ...], root: str) -> str:
     base = Path(root)
-    h = hashlib.sha256()
-    for rel in import_closure(list(start), base):
-        if rel in NOT_COMPUTING:
-            continue
-        h.update(rel.encode())
-        h.update(_strip((base / rel).read_text()).encode())
-    return h.hexdigest()[:16]
+    return _hash_files(base, import_closure(list(start), base))
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

@@ -54,6 +54,6 @@ def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, 
     hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
               "synthetic": syn_digest, "results_version": RESULTS_VERSION,
               "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),
-              "code": run_code_digest(type(attack), type(defenses.get(cfg.defense.name, **cfg.defense.params))),
+              "code": run_code_digest(type(attack), defenses.REGISTRY.lookup(cfg.defense.name)),
               "libraries": library_versions()}
     return Prepared(inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, hashes)

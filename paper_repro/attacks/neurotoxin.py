@@ -19,7 +19,7 @@ class Neurotoxin(DataPoisoning):
     name = "neurotoxin"
     PARAMS = {"mask_ratio": 0.05}
 
-    def __init__(self, *args, mask_ratio: float = 0.05, **kw):
+    def __init__(self, *args, mask_ratio: float = PARAMS["mask_ratio"], **kw):
         super().__init__(*args, **kw)
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")

@@ -54,6 +54,11 @@ def largest_f(k: int) -> int:
     return max(0, (k - 3) // 2)
 
 
+def _assumed_f(num_malicious: int | None, updates) -> int:
+    """The f Krum assumes this round: the configured one, or the largest ``len(updates)`` allows."""
+    return largest_f(len(updates)) if num_malicious is None else num_malicious
+
+
 def _check_krum(num_malicious: int | None, cfg) -> None:
     k = cfg.fl.clients_per_round
     if num_malicious is None:
@@ -84,11 +89,8 @@ class Krum(Defense):
     def check_config(self, cfg) -> None:
         _check_krum(self.num_malicious, cfg)
 
-    def f(self, updates) -> int:
-        return largest_f(len(updates)) if self.num_malicious is None else self.num_malicious
-
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
-        u, accepted = agg.krum_select(updates, weights, self.f(updates))
+        u, accepted = agg.krum_select(updates, weights, _assumed_f(self.num_malicious, updates))
         return AggregateResult(u, _flagged(ctx, accepted))
 
 
@@ -107,7 +109,8 @@ class MultiKrum(Defense):
             raise ValueError(f"multi_krum num_selected={self.num_selected} exceeds fl.clients_per_round={k}")
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
-        u, accepted = agg.multi_krum_select(updates, weights, Krum.f(self, updates), self.num_selected)
+        u, accepted = agg.multi_krum_select(updates, weights, _assumed_f(self.num_malicious, updates),
+                                            self.num_selected)
         return AggregateResult(u, _flagged(ctx, accepted))
 
 
