@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="attack names (default fm; none measures what a defense does to triggered images by itself)")
     h.add_argument("--tables-dir", default=None, help="where heldout_<profile>.csv goes (default data/tables)")
     jobs(h)
+    cm = sub.add_parser("calibrate-mars", help="MARS's epsilon from benign validation runs (docs/protocol.md)")
+    profile(cm)
+    cm.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2], help="validation seeds (0 1 2)")
+    cm.add_argument("--tables-dir", default=None, help="where mars_calibration_<profile>.csv goes (default data/tables)")
+    jobs(cm)
     c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
     profile(c)
     c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
@@ -197,6 +202,12 @@ def _run(a: argparse.Namespace) -> None:
                            table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks))
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))
+    elif a.cmd == "calibrate-mars":
+        from .studies.heldout import calibrate_mars
+
+        eps, df = calibrate_mars(a.profile, tuple(a.seeds), tables_dir=a.tables_dir, options=opts)
+        print(df.groupby("seed")["centre_distance"].describe().round(4).to_string())
+        print(f"epsilon = {eps:.4g} (largest benign cluster distance)")
     elif a.cmd == "tables":
         from .studies.compute import export_tables
 

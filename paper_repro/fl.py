@@ -16,7 +16,7 @@ from .config import Config
 from .data import ImageSet
 from .defenses import Defense, RoundContext
 from .local_training import train_clients
-from .metrics import detection_rates, evaluate
+from .metrics import class_shares, detection_rates, evaluate, no_metrics
 from .models import build_model, flat_state, load_flat_state
 from .options import RunOptions
 from .progress import tqdm
@@ -72,7 +72,7 @@ def init_global_model(cfg: Config, inp: FLInputs, device: str = "cpu") -> nn.Mod
 def evaluate_served(model: nn.Module, cfg: Config, inp: FLInputs, opts: RunOptions) -> dict[str, float]:
     """Step 6: ACC/ASR of ``model`` as the run evaluates (device, batch, memory format)."""
     return evaluate(model, inp.test, inp.asr_test, inp.target_class, opts.device, opts.eval_batch_size,
-                    cfg.model.channels_last)
+                    cfg.model.channels_last, class_shares([c.y for c in inp.clients], inp.test.num_classes))
 
 
 def round_context(cfg: Config, opts: RunOptions, inp: FLInputs, model: nn.Module, rnd: int) -> RoundContext:
@@ -140,6 +140,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
         flagged = sorted(int(f) for f in (agg.flagged or []))
         row["aggregate_seconds"] = time.perf_counter() - t
         row.update(detection_rates(flagged, ids, inp.attack.malicious))
+        row.update({f"defense_{k}": float(v) for k, v in (agg.info or {}).items()})
         # 4. FedDF fusion: distil toward the mean logits of the admitted clients' (un-scaled) local models
         t = time.perf_counter()
         if fl.fusion and fl.kd_epochs > 0:
@@ -149,8 +150,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
                     fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
         row["fusion_seconds"] = time.perf_counter() - t
         if not torch.isfinite(flat_state(model)).all():  # diverged: the run ends here and reports no ACC/ASR
-            out.history.append({**row, "status": DIVERGED, "acc": float("nan"), "asr": float("nan"),
-                                "acc_triggered": float("nan")})
+            out.history.append({**row, "status": DIVERGED, **no_metrics()})
             break
         if on_fused is not None:
             on_fused(rnd, model, ids, row)

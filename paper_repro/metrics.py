@@ -6,22 +6,56 @@ import numpy as np
 from torch import nn
 
 from .data import ImageSet
-from .training import accuracy, predict_logits
+from .training import predict_logits
+
+
+METRICS = ("acc", "asr", "acc_triggered", "acc_client_mean")
+"""What :func:`evaluate` reports (the last one only when it is given the clients' class shares)."""
+
+
+def no_metrics() -> dict[str, float]:
+    """Every metric NaN: the row of a round whose weights diverged."""
+    return dict.fromkeys(METRICS, float("nan"))
+
+
+def class_shares(label_sets: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """(K, C) share of each class in each client's labels (a client without data gets a zero row)."""
+    counts = np.stack([np.bincount(np.asarray(y, np.int64), minlength=num_classes)[:num_classes]
+                       for y in label_sets]).astype(np.float64)
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def client_mean_accuracy(per_class_acc: np.ndarray, shares: np.ndarray) -> float:
+    """The authors' ACC convention (docs/paper.md, "Metrics"): the mean over clients of the accuracy on a local test
+    split drawn like the client's own data. Computed exactly in expectation as the mean over clients of
+    Σ_c share_k(c)·acc_c, with acc_c the global model's accuracy on the clean test images of class c (classes absent
+    from the test set count as 0 and never occur in a share here)."""
+    rows = shares[shares.sum(1) > 0]
+    return float((rows @ np.nan_to_num(per_class_acc)).mean()) if len(rows) else float("nan")
 
 
 def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class: int, device: str = "cpu",
-             batch_size: int = 1000, channels_last: bool = False) -> dict[str, float]:
+             batch_size: int = 1000, channels_last: bool = False,
+             shares: np.ndarray | None = None) -> dict[str, float]:
     """ACC on ``test``; ASR = share of ``asr_test`` (triggered non-target images) classified as ``target_class``
     (the target class is excluded from the ASR set, as in the author code); ``acc_triggered`` = share of the same
     triggered images classified as their true label (a defense that only breaks the trigger's effect without
-    restoring the right answer scores low here)."""
+    restoring the right answer scores low here); with ``shares`` (:func:`class_shares` of the clients),
+    ``acc_client_mean`` = :func:`client_mean_accuracy`."""
     x, y = test.tensors(device)
     xa, ya = asr_test.tensors(device)
-    acc = accuracy(model, x, y, batch_size, channels_last)
+    hit = (predict_logits(model, x, batch_size, channels_last).argmax(1) == y) if len(y) else y.bool()
+    acc = hit.float().mean().item() if len(y) else float("nan")
     pred = predict_logits(model, xa, batch_size, channels_last).argmax(1)
     asr = (pred == target_class).float().mean().item() if len(pred) else float("nan")
     acc_t = (pred == ya).float().mean().item() if len(pred) else float("nan")
-    return {"acc": acc, "asr": asr, "acc_triggered": acc_t}
+    out = {"acc": acc, "asr": asr, "acc_triggered": acc_t}
+    if shares is not None:
+        c = shares.shape[1]
+        yn, hn = y.cpu().numpy(), hit.cpu().numpy()
+        per_class = np.array([hn[yn == k].mean() if (yn == k).any() else np.nan for k in range(c)])
+        out["acc_client_mean"] = client_mean_accuracy(per_class, shares)
+    return out
 
 
 def detection_rates(flagged: list[int], ids: np.ndarray, malicious: frozenset) -> dict[str, float]:

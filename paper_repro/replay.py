@@ -21,6 +21,7 @@ from .codehash import code_digest, library_versions
 from .config import Config
 from .defenses import Defense
 from .fl import DIVERGED, OK, FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
+from .metrics import no_metrics
 from .models import build_model, flat_state, load_flat_state
 from .options import RunOptions
 from .progress import tqdm
@@ -151,8 +152,7 @@ def replay_federated(cfg: Config, inp: FLInputs, defense: Defense, trajectory: T
     for rnd in tqdm(range(1, cfg.fl.num_rounds + 1), desc="FL rounds (replayed)", disable=not progress):
         t_round = time.perf_counter()
         if rnd > len(trajectory.rows):  # the recorded run diverged after this many rounds: so does this one
-            out.history.append({"round": rnd, "status": DIVERGED, "acc": float("nan"), "asr": float("nan"),
-                                "acc_triggered": float("nan")})
+            out.history.append({"round": rnd, "status": DIVERGED, **no_metrics()})
             break
         row = {"round": rnd, "status": OK, **trajectory.rows[rnd - 1]}
         ctx = round_context(cfg, opts, inp, model, rnd)

@@ -152,7 +152,7 @@ def seeds_text(df: pd.DataFrame) -> str:
 
 
 def seed_intervals(df: pd.DataFrame, by: tuple[str, ...] = ("defense", "attack", "partition"),
-                   metrics: tuple[str, ...] = ("acc", "asr", "asr_last_k", "acc_triggered"),
+                   metrics: tuple[str, ...] = ("acc", "asr", "asr_last_k", "acc_triggered", "acc_client_mean"),
                    level: float = 0.95) -> pd.DataFrame:
     """Per cell of ``by``: mean, std, number of seeds and a Student-t ``level`` interval of each metric over the
     seeds (``<m>_lo``/``<m>_hi``; NaN with one seed). Diverged runs (status ≠ ok) are left out and counted in

@@ -90,6 +90,21 @@ def test_mars_w1_matches_the_paper_toy_and_rejects_the_high_energy_cluster():
     bad = [np.array([1.0, 1.2, 9.0])]
     assert list(MARS().select(np.stack(benign + bad))) == [0, 1, 2, 3]
     assert len(concentrated_energy([np.arange(100.0), np.arange(10.0)], kappa=5)) == 5 + 1
+    m = MARS()
+    m.select(np.stack(benign + bad))
+    assert m.last["centre_distance"] == pytest.approx(w1(np.mean(benign, 0), bad[0]))
+    assert list(MARS(epsilon=10.0).select(np.stack(benign + bad))) == [0, 1, 2, 3, 4]  # ε above the distance
+
+
+def test_client_mean_accuracy_weights_each_class_by_each_clients_share():
+    from paper_repro.metrics import class_shares, client_mean_accuracy
+
+    per_class = np.array([1.0, 0.5, 0.0])
+    shares = class_shares([np.array([0, 0, 1, 1]), np.array([2, 2]), np.array([], np.int64)], 3)
+    assert shares.tolist() == [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    assert client_mean_accuracy(per_class, shares) == pytest.approx((0.75 + 0.0) / 2)  # the empty client is left out
+    iid = class_shares([np.arange(3)] * 4, 3)
+    assert client_mean_accuracy(per_class, iid) == pytest.approx(per_class.mean())  # IID: the class-balanced ACC
 
 
 def _ctx(model, synthetic, ids=(0, 1, 2, 3, 4), rnd=1, num_rounds=1):

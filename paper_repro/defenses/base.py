@@ -51,10 +51,13 @@ class RoundContext:
 
 @dataclass
 class AggregateResult:
-    """The aggregated update (P,) and, for detection defenses, the client ids they flagged."""
+    """The aggregated update (P,), for detection defenses the client ids they flagged, and ``info``: numbers the
+    defense measured this round (saved in the round's row as ``defense_<key>``; e.g. MARS's cluster distance, from
+    which its threshold is calibrated)."""
 
     update: torch.Tensor
     flagged: list[int] | None = None
+    info: dict[str, float] | None = None
 
 
 def local_models(ctx: RoundContext, updates: torch.Tensor):
@@ -111,6 +114,6 @@ def without_nonfinite(aggregate):
         keep = np.flatnonzero(ok)
         res = aggregate(self, updates[keep], weights[keep], dataclasses.replace(ctx, client_ids=ctx.client_ids[keep]))
         bad = [int(k) for k in ctx.client_ids[~ok]]
-        return AggregateResult(res.update, sorted([*(res.flagged or []), *bad]))
+        return AggregateResult(res.update, sorted([*(res.flagged or []), *bad]), res.info)
 
     return wrapped

@@ -92,6 +92,7 @@ class MARS(Defense):
     def select(self, cbes: np.ndarray) -> np.ndarray:
         """Indices of accepted rows."""
         labels = two_means_w1(cbes)
+        self.last = {"centre_distance": 0.0}
         if len(set(labels)) < 2:
             return np.arange(len(cbes))
         centres = [cbes[labels == c].mean(0) for c in (0, 1)]
@@ -109,4 +110,4 @@ class MARS(Defense):
         cbes = np.stack([concentrated_energy(backdoor_energy(m), self.kappa) for m in local_models(ctx, updates)])
         accepted = self.select(cbes)
         flagged = [int(k) for i, k in enumerate(ctx.client_ids) if i not in set(accepted.tolist())]
-        return AggregateResult(agg.fedavg(updates[accepted], weights[accepted]), flagged)
+        return AggregateResult(agg.fedavg(updates[accepted], weights[accepted]), flagged, dict(self.last))

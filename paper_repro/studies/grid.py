@@ -24,12 +24,13 @@ that comes and goes."""
 
 
 def summarise(history: pd.DataFrame) -> dict:
-    """Final ACC/ASR and accuracy on triggered images (true labels), ASR averaged over the last ``LAST_K`` rounds,
+    """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR averaged over the last ``LAST_K`` rounds,
     mean TPR/FPR over rounds, and the defense's share of a round's time."""
     rounds = history[history["round"] > 0]
     last = history.iloc[-1]
     return {"acc": last["acc"], "asr": last["asr"], "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
-            "acc_triggered": last.get("acc_triggered", float("nan")), "status": last.get("status", "ok"),
+            "acc_triggered": last.get("acc_triggered", float("nan")),
+            "acc_client_mean": last.get("acc_client_mean", float("nan")), "status": last.get("status", "ok"),
             "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
             "defense_seconds": rounds["defense_seconds"].mean(), "round_seconds": rounds["round_seconds"].mean(),
             "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean()}
@@ -96,8 +97,8 @@ def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd
     return pd.DataFrame(rows).sort_values(["partition", "defense", "attack", "seed"], ignore_index=True)
 
 
-ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "acc_triggered", "tpr",
-                 "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds",
+ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "acc_triggered",
+                 "acc_client_mean", "tpr", "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds",
                  "round_seconds"]
 
 

@@ -118,3 +118,23 @@ def select_variant(df: pd.DataFrame, baseline: str = "none", max_cost: float = 0
         raise ValueError(f"no variant costs at most {max_cost} of clean ACC on average: {table.to_dict('records')}")
     best = ok[ok["asr"] <= ok["asr"].min() + tie].sort_values(["cost", "asr"]).iloc[0]["defense"]
     return best, table.sort_values("asr", ignore_index=True)
+
+
+def calibrate_mars(profile: str = "quick", seeds: tuple[int, ...] = VALIDATION_SEEDS,
+                   results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
+                   progress: bool = True, options: RunOptions | None = None) -> tuple[float, pd.DataFrame]:
+    """MARS's ε on this model's energy scale, chosen on the validation setting without an attack: ε is the W1
+    distance below which MARS accepts every client, so it is set to the largest distance between the two clusters
+    that MARS (at its current ε) found in any round where every client was benign. The attacked runs play no part.
+    Writes the per-round distances to ``mars_calibration_<profile>.csv``; returns (ε, that table)."""
+    cfgs = [setting_config(profile, "validation", "mars", s, attack="none") for s in seeds]
+    results = run_many(cfgs, results_dir, progress=progress, desc="MARS calibration", options=options)
+    rows = [{"seed": s, "round": int(r["round"]), "centre_distance": float(r["defense_centre_distance"]),
+             "run": res.run_dir.name}
+            for s, res in zip(seeds, results) for _, r in res.history.iterrows() if r["round"] > 0]
+    df = pd.DataFrame(rows)
+    out = table_path("mars_calibration", profile, tables_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.6g")
+    write_table_provenance(df, out, results_dir)
+    return float(df["centre_distance"].max()), df
