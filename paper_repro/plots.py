@@ -1,18 +1,42 @@
-"""One function per figure kind; plots read DataFrames/ImageSets only and return the matplotlib Figure."""
+"""One function per figure kind; plots read DataFrames/ImageSets only and return the matplotlib Figure.
+
+Every figure is drawn in one seaborn style (:data:`STYLE`, applied per figure through ``matplotlib.rc_context``, so
+importing this module changes no global setting); statistical figures use seaborn: per-round curves with seed bands
+(mean ± std), annotated heatmaps, point/bar plots with error bars.
+"""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from .data import ImageSet
+
+STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.8),
+         "axes.prop_cycle": mpl.cycler(color=sns.color_palette("colorblind")), "figure.dpi": 100}
+"""The style of every figure (seaborn whitegrid, colour-blind palette)."""
+
+
+def styled(plot):
+    """Draw ``plot`` under :data:`STYLE` (rc settings restored afterwards)."""
+
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        with mpl.rc_context(STYLE):
+            return plot(*args, **kwargs)
+
+    return wrapped
 
 ATTACK_LABELS = {"none": "no attack", "classic": "classic (malicious clients)", "fm": "FM attack (poisoned synthetic)",
                  "both": "classic + FM"}
 
 
+@styled
 def sample_grid(data: ImageSet, n_per_class: int = 8, title: str = "", highlight: np.ndarray | None = None,
                 seed: int = 0):
     """Rows = classes, columns = ``n_per_class`` random images of that class; ``highlight`` indices framed red."""
@@ -38,23 +62,20 @@ def sample_grid(data: ImageSet, n_per_class: int = 8, title: str = "", highlight
     return fig
 
 
+@styled
 def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: dict | None = None):
-    """ACC (left) and ASR (right) of the global model per round, one line per ``hue`` value, mean ± std over
-    seeds when several are present."""
+    """ACC (left) and ASR (right) of the global model per round, one line per ``hue`` value; with several seeds the
+    line is their mean and the band ± one standard deviation."""
     labels = labels or ATTACK_LABELS
+    data = history.assign(**{hue: history[hue].map(lambda k: labels.get(k, k))})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for key, g in history.groupby(hue, sort=False):
-        stats = g.groupby("round")[["acc", "asr"]].agg(["mean", "std"])
-        for ax, m in zip(axes, ("acc", "asr")):
-            mu, sd = stats[(m, "mean")], stats[(m, "std")].fillna(0)
-            ax.plot(stats.index, mu, marker="o", ms=3, label=labels.get(key, key))
-            ax.fill_between(stats.index, mu - sd, mu + sd, alpha=0.2)
-    for ax, name in zip(axes, ("ACC: clean test accuracy", "ASR: triggered non-target → target")):
+    for ax, m, name in zip(axes, ("acc", "asr"), ("ACC: clean test accuracy", "ASR: triggered non-target → target")):
+        sns.lineplot(data=data, x="round", y=m, hue=hue, errorbar="sd", marker="o", markersize=4, ax=ax,
+                     legend=ax is axes[1])
         ax.set_xlabel("FL round (0 = after synthetic initialisation)")
         ax.set_ylabel(name)
         ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+    axes[1].legend(fontsize=8, loc="best", title=None)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -74,54 +95,57 @@ def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dp
     return out
 
 
-def defense_heatmap(table: pd.DataFrame, title: str = ""):
-    """Heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as returned by
-    ``paper_repro.tables.pivot`` (columns (metric, attack)). Cell text = the value."""
+@styled
+def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame | None = None):
+    """Annotated heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as
+    returned by ``paper_repro.tables.pivot`` (columns (metric, attack)); ``spread`` of the same shape (e.g. the std
+    over seeds) is written under each value as ± s. ASR is coloured on its full range 0–1; ACC on the range the
+    table spans, so that 0.78 against 0.85 shows as a difference."""
     metrics = [m for m in ("acc", "asr") if m in table.columns.get_level_values(0)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.32 * len(table) + 1.6))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.36 * len(table) + 1.6))
     axes = np.atleast_1d(axes)
     for ax, m, cmap in zip(axes, metrics, ("Greens", "Reds")):
-        sub = table[m]
-        im = ax.imshow(sub.values.astype(float), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(sub.shape[1]), [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
-                      fontsize=8)
-        ax.set_yticks(range(sub.shape[0]), sub.index, fontsize=8)
-        for i in range(sub.shape[0]):
-            for j in range(sub.shape[1]):
-                v = sub.values[i, j]
-                ax.text(j, i, "–" if pd.isna(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if (not pd.isna(v) and v > 0.6) else "black")
+        sub = table[m].astype(float)
+        text = sub.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+        if spread is not None and m in spread.columns.get_level_values(0):
+            sd = spread[m].reindex_like(sub).astype(float)
+            text = text + sd.map(lambda v: "" if pd.isna(v) else f"\n±{v:.2f}")
+        lo, hi = (0.0, 1.0) if m == "asr" else (float(np.nanmin(sub.values)), float(np.nanmax(sub.values)))
+        sns.heatmap(sub, ax=ax, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3), annot=text.values, fmt="",
+                    annot_kws={"fontsize": 7}, cbar_kws={"fraction": 0.05}, linewidths=0.5, linecolor="white")
+        ax.set_xticks(np.arange(sub.shape[1]) + 0.5, [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
+                      fontsize=8, rotation=0)
+        ax.set_yticks(np.arange(sub.shape[0]) + 0.5, sub.index, fontsize=8, rotation=0)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
         ax.set_title({"acc": "final ACC (clean test)", "asr": "final ASR (triggered → target)"}[m], fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.05)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@styled
 def asr_rounds(history: pd.DataFrame, defenses: list[str], title: str = ""):
-    """ASR per round (mean ± std over seeds), one panel per attack, one line per defense."""
+    """ASR per round (mean ± std band over seeds), one panel per attack, one line per defense (act_bound bold)."""
     attacks = [a for a in ("classic", "fm", "none") if a in set(history["attack"])]
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.6 * len(attacks), 3.8), sharey=True, squeeze=False)
+    data = history[history["defense"].isin(defenses)]
+    order = [d for d in defenses if d in set(data["defense"])]
     for ax, attack in zip(axes[0], attacks):
-        sub = history[history["attack"] == attack]
-        for name in defenses:
-            g = sub[sub["defense"] == name]
-            if g.empty:
-                continue
-            st = g.groupby("round")["asr"].agg(["mean", "std"])
-            ax.plot(st.index, st["mean"], marker="o", ms=3, label=name, lw=2.2 if name == "act_bound" else 1.2)
-            ax.fill_between(st.index, st["mean"] - st["std"].fillna(0), st["mean"] + st["std"].fillna(0), alpha=0.15)
+        sns.lineplot(data=data[data["attack"] == attack], x="round", y="asr", hue="defense", hue_order=order,
+                     size="defense", sizes={d: 2.4 if d == "act_bound" else 1.2 for d in order}, errorbar="sd",
+                     marker="o", markersize=4, ax=ax, legend=ax is axes[0][-1])
         ax.set_title(ATTACK_LABELS.get(attack, attack), fontsize=9)
         ax.set_xlabel("FL round (0 = after synthetic initialisation)")
         ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("ASR (triggered non-target → target)")
-    axes[0][-1].legend(fontsize=8, loc="center right")
+    axes[0][-1].legend(fontsize=8, loc="center right", title=None)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@styled
 def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
     """F3: per attack (columns) and model (rows: no defense / act_bound), histograms of the per-image mean activation
     of the trigger-sensitive units, clean vs triggered inputs (``studies.activations.activation_scores``)."""
@@ -149,6 +173,7 @@ def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
     return fig
 
 
+@styled
 def unit_profile(profile: pd.DataFrame, top: int = 40, title: str = ""):
     """The ``top`` units the trigger raises most: mean activation on clean and triggered inputs, clean 99th
     percentile, and the learned bound (``paper_repro.studies.activations.unit_profile``)."""
@@ -169,6 +194,7 @@ def unit_profile(profile: pd.DataFrame, top: int = 40, title: str = ""):
     return fig
 
 
+@styled
 def ablation(df: pd.DataFrame, title: str = ""):
     """F6: one panel per ablation; x = the varied value, ASR (solid) and ACC (dashed) per defense, mean ± std over
     seeds. ``df`` columns: ablation, label, value, defense, acc, asr (``paper_repro.ablations``)."""
@@ -201,6 +227,7 @@ def ablation(df: pd.DataFrame, title: str = ""):
     return fig
 
 
+@styled
 def overhead(grid: pd.DataFrame, title: str = ""):
     """F7: seconds per round split into the defense's share and the rest of the round (mean over runs), one bar per
     defense, the share in % written beside it."""
@@ -223,6 +250,7 @@ def overhead(grid: pd.DataFrame, title: str = ""):
     return fig
 
 
+@styled
 def table(df: pd.DataFrame, title: str = "", col_width: float = 1.4, fontsize: int = 7):
     """A DataFrame drawn as a figure (for tables such as T1 that must also exist as PNG/PDF)."""
     fig, ax = plt.subplots(figsize=(col_width * len(df.columns) + 0.5, 0.28 * len(df) + 0.9))
@@ -241,6 +269,7 @@ def table(df: pd.DataFrame, title: str = "", col_width: float = 1.4, fontsize: i
     return fig
 
 
+@styled
 def tradeoff(df: pd.DataFrame, title: str = ""):
     """ASR (x) against ACC (y), one labelled point per row of ``df`` (columns variant, acc, asr): lower right is
     better."""

@@ -72,10 +72,12 @@ def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None 
 
 
 # ------------------------------------------------------------------------------------------- grid (F4)
-def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
-    """One row per defense, one column per (metric, attack), mean over seeds, for one partition."""
+def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr"), stat: str = "mean"
+          ) -> pd.DataFrame:
+    """One row per defense, one column per (metric, attack), ``stat`` ("mean" or "std") over seeds, for one
+    partition."""
     sub = df[df["partition"] == partition]
-    wide = sub.groupby(["defense", "attack"])[list(metrics)].mean().unstack("attack")
+    wide = sub.groupby(["defense", "attack"])[list(metrics)].agg(stat).unstack("attack")
     wide = wide.reindex(columns=["none", "classic", "fm"], level=1)
     order = [d for d in DEFENSE_ORDER if d in wide.index] + sorted(set(wide.index) - set(DEFENSE_ORDER))
     return wide.reindex(order)

@@ -10,6 +10,7 @@ import inspect
 
 from ..registry import Registry, check_param
 from .act_bound import ActBound
+from .act_bound_dm import ActBoundDM
 from .base import AggregateResult, Defense, RoundContext
 from .detectors import GeminiGuard, WeiDetect
 from .mars import MARS
@@ -37,6 +38,7 @@ REGISTRY = Registry("defense", Defense, {
     "mm_bm_neuron": MMBMNeuron,
     "mmac_neuron": MMACNeuron,
     "act_bound": ActBound,
+    "act_bound_dm": ActBoundDM,
 })
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
 
