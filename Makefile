@@ -9,7 +9,7 @@ JOBS ?= 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup data browser test test-fast figures results notebooks report main all bench clean lab
+.PHONY: setup data browser test test-fast figures results notebooks report main all bench clean lab nbval-refs
 
 setup: $(VENV)/.installed data
 
@@ -58,6 +58,11 @@ results: setup
 # the numbered notebooks 01-05 through papermill (executed copies in build/notebooks/notebooks)
 notebooks: setup
 	$(PY) -m paper_repro notebooks --profile $(PROFILE)
+
+# the nbval references (tests/nbval): the numbered notebooks in smoke with the outputs the regression test compares;
+# regenerate them on purpose, when a change should move a number, and commit them with that change
+nbval-refs: setup
+	$(PY) -c "from paper_repro.notebooks import make_nbval_references as m; print(*m(), sep='\n')"
 
 # every notebook executed, as static HTML with an index page: build/notebooks/report/html/index.html
 report: setup

@@ -23,7 +23,7 @@ _NAMES = {
 }
 _MODULES = ("aggregators", "attacks", "defenses", "fl", "replay", "runner", "inputs", "results", "training",
             "models", "data", "config", "profiles", "options", "rng", "store", "metrics", "local_training",
-            "partition", "triggers", "fm", "studies", "tables", "plots", "notebooks")
+            "partition", "triggers", "fm", "studies", "tables", "plots", "notebooks", "teaching")
 
 __all__ = sorted([*_NAMES, "aggregators", "attacks", "defenses"])
 

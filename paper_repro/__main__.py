@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     cm = sub.add_parser("calibrate-mars", help="MARS's epsilon from benign validation runs (docs/protocol.md)")
     profile(cm)
     cm.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2], help="validation seeds (0 1 2)")
-    cm.add_argument("--tables-dir", default=None, help="where mars_calibration_<profile>.csv goes (default data/tables)")
+    cm.add_argument("--tables-dir", default=None,
+                    help="where mars_calibration_<profile>.csv goes (default data/tables)")
     jobs(cm)
     c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
     profile(c)

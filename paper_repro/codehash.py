@@ -10,8 +10,8 @@ import importlib.metadata as md
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-NOT_COMPUTING = ("plots.py", "notebooks.py", "__main__.py", "fm/__main__.py", "tables.py", "codehash.py", "cliargs.py",
-                 "progress.py", "__init__.py")
+NOT_COMPUTING = ("plots.py", "notebooks.py", "teaching.py", "__main__.py", "fm/__main__.py", "tables.py",
+                 "codehash.py", "cliargs.py", "progress.py", "__init__.py")
 """Modules that only draw, orchestrate, read tables, hash code, check arguments, show progress or list lazy names:
 they never change a number."""
 LIBRARIES = ("torch", "numpy", "diffusers", "scikit-learn", "scipy")

@@ -8,7 +8,6 @@ from torch import nn
 from .data import ImageSet
 from .training import predict_logits
 
-
 METRICS = ("acc", "asr", "acc_triggered", "acc_client_mean")
 """What :func:`evaluate` reports (the last one only when it is given the clients' class shares)."""
 

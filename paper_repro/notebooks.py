@@ -83,3 +83,60 @@ def render_report(executed: list[Path], out_dir: str | Path) -> Path:
                      "<h1>Executed notebooks (a reconstruction of arXiv 2410.17573)</h1><ul>" + "".join(items) +
                      "</ul>")
     return index
+
+
+# ------------------------------------------------------------------------------------------ nbval references
+NBVAL_DIR = REPO_ROOT / "tests" / "nbval"
+NBVAL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
+             "MKL_CBWR": "COMPATIBLE", "DNNL_MAX_CPU_ISA": "SSE41", "PAPER_REPRO_PROGRESS": "text",
+             "HF_HUB_OFFLINE": "1"}
+"""Environment of the kernels that make and check the references: one thread and torch's, oneDNN's and MKL's
+portable code paths, so that the same smoke run gives the same numbers on CPUs with other vector units."""
+NBVAL_PARAMETERS = {"profile": "smoke", "results_dir": "../../build/nbval/results",
+                    "figures_dir": "../../build/nbval/figures"}
+"""Injected into every reference (paths relative to ``NBVAL_DIR``, where nbval starts the kernel)."""
+CHECK_TAG = "nbval-check-output"
+"""Cells whose outputs nbval compares (``pytest --nbval-lax``); every other cell must only run without error."""
+
+
+def make_nbval_references(out_dir: str | Path = NBVAL_DIR, progress: bool = True) -> list[Path]:
+    """Execute the numbered notebooks in ``smoke`` under :data:`NBVAL_ENV` and keep them in ``out_dir`` as the
+    references of the nbval regression test: the outputs of cells tagged :data:`CHECK_TAG` (without images, which
+    nbval does not compare), no other output. Regenerate them on purpose, after a change that should move a
+    number: ``make nbval-refs``."""
+    import nbformat
+    import papermill as pm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in NBVAL_ENV}
+    os.environ.update(NBVAL_ENV)  # the kernels inherit it
+    written = []
+    try:
+        for path in tqdm(numbered_notebooks(), desc="nbval references", disable=not progress):
+            out = out_dir / path.name
+            pm.execute_notebook(str(path), str(out), parameters=NBVAL_PARAMETERS, kernel_name="python3",
+                                cwd=str(out_dir), progress_bar=False)
+            nb = nbformat.read(out, as_version=4)
+            for cell in nb.cells:
+                cell.metadata.pop("papermill", None)
+                cell.metadata.pop("execution", None)
+                if cell.cell_type != "code":
+                    continue
+                if CHECK_TAG in cell.metadata.get("tags", []):
+                    for o in cell.outputs:
+                        for key in ("image/png", "image/jpeg", "image/svg+xml", "application/pdf"):
+                            o.get("data", {}).pop(key, None)
+                else:
+                    cell.outputs = []
+                    cell.execution_count = None  # nbval runs a cell with a count and checks it has outputs
+            nb.metadata.pop("papermill", None)
+            nbformat.write(nb, out)
+            written.append(out)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return written

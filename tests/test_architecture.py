@@ -22,9 +22,10 @@ LAYERS = [
     ["replay", "inputs", "results"],
     ["runner"],
     ["studies", "studies.*"],
-    ["notebooks", "__main__", "fm.__main__", "__init__"],
+    ["notebooks", "teaching", "__main__", "fm.__main__", "__init__"],
 ]
-TORCH_FREE = ["store", "rng", "options", "config", "codehash", "cliargs", "data", "tables", "plots", "notebooks"]
+TORCH_FREE = ["store", "rng", "options", "config", "codehash", "cliargs", "data", "tables", "plots", "notebooks",
+              "teaching"]
 
 
 def _module_name(path: Path) -> str:

@@ -1,6 +1,9 @@
 """Smoke tier: every notebook runs top to bottom under papermill in the `smoke` profile, and is stored commit-ready
 (a `parameters` cell, outputs stripped)."""
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -108,3 +111,60 @@ def test_the_papermill_batch_asks_its_kernels_for_text_progress_bars():
                              env={**__import__("os").environ, "PAPER_REPRO_PROGRESS": v}).stdout.strip()
            for v in ("text", "auto")}
     assert out["text"] == "tqdm.std" and out["auto"] != "tqdm.std"
+
+
+# ------------------------------------------------------------------------------------------------- nbval
+NBVAL_DIR = Path(__file__).resolve().parent / "nbval"
+REFERENCES = sorted(NBVAL_DIR.glob("*.ipynb"))
+
+
+def _code_sources(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get(
+        "tags", [])]
+
+
+def test_every_numbered_notebook_has_an_up_to_date_nbval_reference():
+    from paper_repro.notebooks import CHECK_TAG
+
+    numbered = [p for p in NOTEBOOKS if p.stem[:2].isdigit()]
+    assert [p.name for p in REFERENCES] == [p.name for p in numbered], "regenerate with `make nbval-refs`"
+    for ref, src in zip(REFERENCES, numbered):
+        r, s = nbformat.read(ref, as_version=4), nbformat.read(src, as_version=4)
+        assert _code_sources(r) == _code_sources(s), f"{src.name} changed since its reference: `make nbval-refs`"
+        checked = [c for c in r.cells if CHECK_TAG in c.metadata.get("tags", [])]
+        assert checked and all(c.outputs for c in checked), f"{ref.name}: no compared output"
+
+
+def _nbval(paths, cwd):
+    from paper_repro.notebooks import NBVAL_ENV
+
+    env = {**os.environ, **NBVAL_ENV}
+    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p",
+                           "no:cacheprovider", "-q", *map(str, paths)], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+
+
+def test_numbered_notebooks_reproduce_the_outputs_of_their_references():
+    """nbval in ``smoke``: the tagged cells' outputs (final ACC/ASR tables, counts, digests) must equal the committed
+    references, every other cell must run without error."""
+    pytest.importorskip("nbval")
+    r = _nbval(REFERENCES, NBVAL_DIR.parent.parent)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+def test_nbval_fails_when_a_number_changes(tmp_path):
+    pytest.importorskip("nbval")
+    from paper_repro.notebooks import CHECK_TAG
+
+    nb = nbformat.read(NBVAL_DIR / "02_poison_synthetic_data.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if CHECK_TAG in c.metadata.get("tags", []))
+    out = next(o for o in cell.outputs if "data" in o)
+    text = out.data["text/plain"]
+    changed = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), text, count=3)
+    assert changed != text
+    out.data["text/plain"] = changed
+    where = tmp_path / "a" / "b"  # the references' relative paths (../../build/nbval) stay inside tmp_path
+    where.mkdir(parents=True)
+    nbformat.write(nb, where / "02.ipynb")
+    r = _nbval([where / "02.ipynb"], tmp_path)
+    assert r.returncode != 0 and "differ" in r.stdout, r.stdout[-3000:]  # failed on the number, nothing else

@@ -24,8 +24,8 @@ that comes and goes."""
 
 
 def summarise(history: pd.DataFrame) -> dict:
-    """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR averaged over the last ``LAST_K`` rounds,
-    mean TPR/FPR over rounds, and the defense's share of a round's time."""
+    """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR
+    averaged over the last ``LAST_K`` rounds, mean TPR/FPR over rounds, and the defense's share of a round's time."""
     rounds = history[history["round"] > 0]
     last = history.iloc[-1]
     return {"acc": last["acc"], "asr": last["asr"], "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
@@ -98,8 +98,8 @@ def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd
 
 
 ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "acc_triggered",
-                 "acc_client_mean", "tpr", "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds", "eval_seconds",
-                 "round_seconds"]
+                 "acc_client_mean", "tpr", "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds",
+                 "eval_seconds", "round_seconds"]
 
 
 def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
