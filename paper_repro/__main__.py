@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     profile(h)
     h.add_argument("--seeds", type=nonneg_int, nargs="+", default=[10, 11, 12], help="held-out seeds (10 11 12)")
     h.add_argument("--settings", nargs="+", default=None,
-                   help="random_patch sig target7 poison0.1 beta0.1 validation (default: all but validation)")
+                   help="random_patch sig target7 poison0.1 beta0.1 all_to_all validation (default: all but "
+                        "validation)")
     h.add_argument("--defenses", nargs="+", default=None, help="defense names (default: none act_bound mm_bm pruning)")
     h.add_argument("--attacks", nargs="+", default=["fm"],
                    help="attack names (default fm; none measures what a defense does to triggered images by itself)")

@@ -18,6 +18,7 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
 FM_STAGES = ("init", "kd")
+MAPPINGS = ("all_to_one", "all_to_all")
 FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
 WEIGHTINGS = ("samples", "uniform")
 PRECISIONS = ("fp32", "bf16")
@@ -172,6 +173,10 @@ class AttackConfig:
     range for trigger=sig (Barni et al. 2019 use 20/255 ≈ 0.078). [C]"""
     target_class: int = 0
     """All-to-one target label. [C: 2401.10375]"""
+    mapping: str = "all_to_one"
+    """all_to_one: every triggered image is labelled ``target_class`` [C: 2401.10375]; all_to_all: a triggered image
+    of class c is labelled c + 1 mod C, every class is poisoned and the ASR counts hits on c + 1 (Gu et al. 2017,
+    BadNets). ours"""
     poison_ratio: float = 0.2
     """FM attack: fraction of each non-target class of the synthetic set triggered and relabelled. [C: 2401.10375]"""
     fm_stages: tuple[str, ...] = ("init", "kd")
@@ -190,6 +195,7 @@ class AttackConfig:
         _check(isinstance(self.kind, str) and bool(self.kind), "attack.kind must be an attack name, see "
                "paper_repro.attacks.names()")
         _choice("attack.trigger", self.trigger, TRIGGERS)
+        _choice("attack.mapping", self.mapping, MAPPINGS)
         _fraction("attack.poison_ratio", self.poison_ratio)
         _fraction("attack.client_poison_ratio", self.client_poison_ratio)
         _fraction("attack.blend_alpha", self.blend_alpha)

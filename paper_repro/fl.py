@@ -39,7 +39,8 @@ class FLInputs:
     asr_test: ImageSet
     """Triggered non-target test images with their true labels (ASR = fraction predicted as target)."""
     attack: Attack
-    target_class: int
+    target_class: int | np.ndarray
+    """The backdoor's label: one class (all-to-one) or one per image of ``asr_test`` (all-to-all)."""
 
 
 @dataclass

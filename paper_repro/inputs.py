@@ -16,7 +16,7 @@ from .fm.synthetic import synthetic_set
 from .options import RunOptions
 from .partition import make_partition
 from .rng import np_rng
-from .triggers import asr_set
+from .triggers import asr_set, backdoor_labels
 
 RESULTS_VERSION = 1
 """Bumped when a change of the code changes results; part of every run key."""
@@ -49,8 +49,11 @@ def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, 
     clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile, refresh)
     attack = attacks.build(cfg)
     syn_init, syn_kd, fm_idx = attack.poison_synthetic(clean)
-    inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test,
-                      asr_set(splits.test, attacks.config_trigger(cfg), a.target_class), attack, a.target_class)
+    asr_test = asr_set(splits.test, attacks.config_trigger(cfg), a.target_class, a.mapping)
+    targets = (a.target_class if a.mapping == "all_to_one"
+               else backdoor_labels(asr_test.y, a.target_class, a.mapping, asr_test.num_classes))
+    inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test, asr_test, attack,
+                      targets)
     hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
               "synthetic": syn_digest, "results_version": RESULTS_VERSION,
               "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),

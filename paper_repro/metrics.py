@@ -3,6 +3,7 @@ TPR/FPR of a defense that flags clients."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from .data import ImageSet
@@ -33,11 +34,12 @@ def client_mean_accuracy(per_class_acc: np.ndarray, shares: np.ndarray) -> float
     return float((rows @ np.nan_to_num(per_class_acc)).mean()) if len(rows) else float("nan")
 
 
-def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class: int, device: str = "cpu",
-             batch_size: int = 1000, channels_last: bool = False,
+def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class: int | np.ndarray,
+             device: str = "cpu", batch_size: int = 1000, channels_last: bool = False,
              shares: np.ndarray | None = None) -> dict[str, float]:
-    """ACC on ``test``; ASR = share of ``asr_test`` (triggered non-target images) classified as ``target_class``
-    (the target class is excluded from the ASR set, as in the author code); ``acc_triggered`` = share of the same
+    """ACC on ``test``; ASR = share of ``asr_test`` (triggered images) classified as ``target_class`` (one class, or
+    one per image for an all-to-all backdoor; an all-to-one ASR set excludes the target class, as in the author
+    code); ``acc_triggered`` = share of the same
     triggered images classified as their true label (a defense that only breaks the trigger's effect without
     restoring the right answer scores low here); with ``shares`` (:func:`class_shares` of the clients),
     ``acc_client_mean`` = :func:`client_mean_accuracy`."""
@@ -46,7 +48,8 @@ def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class:
     hit = (predict_logits(model, x, batch_size, channels_last).argmax(1) == y) if len(y) else y.bool()
     acc = hit.float().mean().item() if len(y) else float("nan")
     pred = predict_logits(model, xa, batch_size, channels_last).argmax(1)
-    asr = (pred == target_class).float().mean().item() if len(pred) else float("nan")
+    tgt = torch.as_tensor(np.asarray(target_class, np.int64), device=pred.device)  # one class, or one per image
+    asr = (pred == tgt).float().mean().item() if len(pred) else float("nan")
     acc_t = (pred == ya).float().mean().item() if len(pred) else float("nan")
     out = {"acc": acc, "asr": asr, "acc_triggered": acc_t}
     if shares is not None:

@@ -30,7 +30,8 @@ TRAJECTORY = "trajectory.pt"
 COMPLETE = "complete.json"
 CHECKED_ON_READ = ("config.json", "metrics.csv", "flagged.json", "indices.npz")
 """Files whose checksums are verified whenever a run is read (the trajectory is verified when it is replayed)."""
-LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32", ("attack", "params"): {}}
+LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32", ("attack", "params"): {},
+                ("attack", "mapping"): "all_to_one"}
 """Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key."""
 PROVENANCE = "reconstruction of arXiv 2410.17573 (see docs/paper.md); not the paper's numbers"
 

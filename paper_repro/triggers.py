@@ -99,36 +99,48 @@ def blend(x: np.ndarray, pattern: np.ndarray, alpha: float = 0.2) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def poison(data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.random.Generator
-           ) -> tuple[ImageSet, np.ndarray]:
-    """Trigger and relabel to ``target`` a fraction ``ratio`` of **each non-target class** (rounded down), in place
-    of the originals (set size unchanged). Returns the new set and the sorted poisoned indices; ``data`` is not
-    touched. [C: 2401.10375 ρ per non-target class; R: replace, not append]"""
+def backdoor_labels(y: np.ndarray, target: int, mapping: str, num_classes: int) -> np.ndarray:
+    """The label the attacker wants for a triggered image of true label ``y``: ``target`` (all_to_one) or
+    y + 1 mod ``num_classes`` (all_to_all, Gu et al. 2017)."""
+    y = np.asarray(y, np.int64)
+    if mapping == "all_to_one":
+        return np.full_like(y, target)
+    if mapping == "all_to_all":
+        return (y + 1) % num_classes
+    raise ValueError(f"mapping={mapping!r}; choose all_to_one or all_to_all")
+
+
+def poison(data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.random.Generator,
+           mapping: str = "all_to_one") -> tuple[ImageSet, np.ndarray]:
+    """Trigger and relabel (:func:`backdoor_labels`) a fraction ``ratio`` of **each non-target class** (every class
+    for all_to_all; rounded down), in place of the originals (set size unchanged). Returns the new set and the sorted
+    poisoned indices; ``data`` is not touched. [C: 2401.10375 ρ per non-target class; R: replace, not append]"""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"poison ratio {ratio} is outside [0, 1]")
     if not 0 <= target < data.num_classes:
         raise ValueError(f"target class {target} is not in 0..{data.num_classes - 1}")
     chosen = []
     for c in range(data.num_classes):
-        if c == target:
+        if c == target and mapping == "all_to_one":
             continue
         idx = np.flatnonzero(data.y == c)
         chosen.append(rng.choice(idx, size=int(ratio * len(idx)), replace=False))
     idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-    return poison_indices(data, trigger, target, idx), idx
+    return poison_indices(data, trigger, target, idx, mapping), idx
 
 
-def poison_indices(data: ImageSet, trigger: Trigger, target: int, idx: np.ndarray) -> ImageSet:
-    """A copy of ``data`` with ``idx`` triggered and relabelled to ``target``."""
+def poison_indices(data: ImageSet, trigger: Trigger, target: int, idx: np.ndarray,
+                   mapping: str = "all_to_one") -> ImageSet:
+    """A copy of ``data`` with ``idx`` triggered and relabelled (:func:`backdoor_labels`)."""
     x, y = data.x.copy(), data.y.copy()
     if len(idx):
         x[idx] = trigger.apply(data.x[idx])
-        y[idx] = target
+        y[idx] = backdoor_labels(data.y[idx], target, mapping, data.num_classes)
     return data.with_arrays(x, y)
 
 
-def asr_set(test: ImageSet, trigger: Trigger, target: int) -> ImageSet:
-    """The ASR test set: every non-target test image with the trigger, labels kept (true labels).
-    [C: author code excludes the target class]"""
-    keep = np.flatnonzero(test.y != target)
+def asr_set(test: ImageSet, trigger: Trigger, target: int, mapping: str = "all_to_one") -> ImageSet:
+    """The ASR test set: every non-target test image (every image for all_to_all) with the trigger, labels kept
+    (true labels). [C: author code excludes the target class]"""
+    keep = np.flatnonzero(test.y != target) if mapping == "all_to_one" else np.arange(len(test))
     return test.subset(keep).with_arrays(x=trigger.apply(test.x[keep]))

@@ -72,3 +72,25 @@ def test_sig_adds_a_horizontal_sinusoid_of_the_given_amplitude_everywhere():
     assert x[0, 0, 0, 0] == 128
     assert np.abs(y).max() == 20 and (y[:, :, 0, :] == y[:, :, 3, :]).all()  # same in every row
     assert (y[..., 0] == 0).all() and (y[..., 1] > 0).all()  # sin(0) = 0, then rises
+
+
+def test_all_to_all_poisons_every_class_toward_the_next_one_and_tests_on_every_image(tiny_set):
+    data = ImageSet(np.zeros((30, 1, 6, 6), np.uint8), np.repeat(np.arange(3), 10), ("a", "b", "c"))
+    new, idx = poison(data, Trigger("badnets", 3), target=0, ratio=0.3, rng=np.random.default_rng(0),
+                      mapping="all_to_all")
+    assert (np.bincount(data.y[idx]) == 3).all()  # the target class is poisoned too
+    assert np.array_equal(new.y[idx], (data.y[idx] + 1) % 3)
+    assert len(asr_set(tiny_set, Trigger("badnets", 2), target=2, mapping="all_to_all")) == len(tiny_set)
+    with pytest.raises(ValueError, match="mapping"):
+        poison(data, Trigger(), 0, 0.3, np.random.default_rng(0), mapping="one_to_many")
+
+
+@pytest.mark.smoke
+def test_an_all_to_all_run_counts_a_hit_on_each_images_own_next_class():
+    import paper_repro as pr
+
+    cfg = pr.load_config("smoke", attack={"kind": "fm", "mapping": "all_to_all"})
+    inp = pr.prepare(cfg, progress=False).inputs
+    assert np.array_equal(inp.target_class, (inp.asr_test.y + 1) % inp.asr_test.num_classes)
+    with pytest.raises(ValueError, match="attack.mapping"):
+        pr.load_config("smoke", attack={"mapping": "all_to_none"})

@@ -21,11 +21,12 @@ class DataPoisoning(Attack):
     name = "classic"
 
     def __init__(self, malicious: list[int] | np.ndarray, trigger: Trigger, target: int, ratio: float = 0.2,
-                 boost: float = 1.0, seed: int = 0):
+                 boost: float = 1.0, seed: int = 0, mapping: str = "all_to_one"):
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"client poison ratio {ratio} is outside [0, 1]")
         self.malicious = frozenset(int(m) for m in malicious)
         self.trigger, self.target, self.ratio, self.boost, self.seed = trigger, target, ratio, boost, seed
+        self.mapping = mapping
         self._cache: dict[int, tuple[ImageSet, np.ndarray]] = {}
 
     @classmethod
@@ -35,16 +36,17 @@ class DataPoisoning(Attack):
         a = cfg.attack
         malicious = np.sort(np_rng(cfg.seed, "malicious").choice(cfg.fl.num_clients, a.num_malicious, replace=False))
         return cls(malicious, config_trigger(cfg), a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed,
-                   **kw)
+                   mapping=a.mapping, **kw)
 
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
         if not self.is_malicious(client_id):
             return data
         if client_id not in self._cache:
             rng = legacy_rng(self.seed, client_id, 7)
-            nontarget = np.flatnonzero(data.y != self.target)
-            idx = np.sort(rng.choice(nontarget, size=int(self.ratio * len(nontarget)), replace=False))
-            self._cache[client_id] = (poison_indices(data, self.trigger_for(client_id), self.target, idx), idx)
+            pool = np.flatnonzero(data.y != self.target) if self.mapping == "all_to_one" else np.arange(len(data))
+            idx = np.sort(rng.choice(pool, size=int(self.ratio * len(pool)), replace=False))
+            self._cache[client_id] = (poison_indices(data, self.trigger_for(client_id), self.target, idx,
+                                                     self.mapping), idx)
         return self._cache[client_id][0]
 
     def trigger_for(self, client_id: int) -> Trigger:

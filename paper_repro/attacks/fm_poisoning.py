@@ -19,15 +19,17 @@ class FMPoisoning(Attack):
     name = "fm"
 
     def __init__(self, trigger: Trigger, target: int, ratio: float = 0.2, stages: tuple[str, ...] = ("init", "kd"),
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, mapping: str = "all_to_one"):
         self.trigger, self.target, self.ratio, self.stages = trigger, target, ratio, tuple(stages)
+        self.mapping = mapping
         self.rng = rng if rng is not None else np_rng(0, "fm_poison")
 
     @classmethod
     def from_config(cls, cfg: Config) -> FMPoisoning:
         a = cfg.attack
-        return cls(config_trigger(cfg), a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"))
+        return cls(config_trigger(cfg), a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"),
+                   a.mapping)
 
     def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
-        poisoned, idx = poison(clean, self.trigger, self.target, self.ratio, self.rng)
+        poisoned, idx = poison(clean, self.trigger, self.target, self.ratio, self.rng, self.mapping)
         return (poisoned if "init" in self.stages else clean), (poisoned if "kd" in self.stages else clean), idx
