@@ -1,10 +1,7 @@
 """The science config: frozen dataclasses of everything that changes a run's numbers, each value validated on
-construction. Presets and overrides are in :mod:`paper_repro.profiles`; execution settings (device, engine, ...)
-in :mod:`paper_repro.options`; which fields enter a run's key in :mod:`paper_repro.results`.
-
-Every field's docstring names its source: ``[C: ...]`` confirmed in a paper or its code, ``[R]`` reconstructed by us,
-``ours`` a package choice (mostly to fit 2 CPU cores); see docs/paper.md.
-"""
+construction. Presets: :mod:`paper_repro.profiles`; execution settings: :mod:`paper_repro.options`; run keys:
+:mod:`paper_repro.results`. Every field's docstring names its source: ``[C: ...]`` confirmed in a paper or its code,
+``[R]`` reconstructed by us, ``ours`` a package choice (mostly to fit 2 CPU cores); see docs/paper.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +14,8 @@ DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
-FM_STAGES = ("init", "kd")
-MAPPINGS = ("all_to_one", "all_to_all")
-FM_SOURCES = ("ddpm", "stable_diffusion", "real_public")
-WEIGHTINGS = ("samples", "uniform")
+FM_STAGES, MAPPINGS = ("init", "kd"), ("all_to_one", "all_to_all")
+FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples", "uniform")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -174,9 +169,8 @@ class AttackConfig:
     target_class: int = 0
     """All-to-one target label. [C: 2401.10375]"""
     mapping: str = "all_to_one"
-    """all_to_one: every triggered image is labelled ``target_class`` [C: 2401.10375]; all_to_all: a triggered image
-    of class c is labelled c + 1 mod C, every class is poisoned and the ASR counts hits on c + 1 (Gu et al. 2017,
-    BadNets). ours"""
+    """all_to_one: triggered images get ``target_class`` [C: 2401.10375]; all_to_all: class c gets c + 1 mod C, every
+    class is poisoned, the ASR counts hits on c + 1 (Gu et al. 2017). ours"""
     poison_ratio: float = 0.2
     """FM attack: fraction of each non-target class of the synthetic set triggered and relabelled. [C: 2401.10375]"""
     fm_stages: tuple[str, ...] = ("init", "kd")

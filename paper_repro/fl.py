@@ -96,6 +96,54 @@ def defend_and_evaluate(defense: Defense, model: nn.Module, ctx: RoundContext, c
     return served
 
 
+def client_sizes(inp: FLInputs) -> torch.Tensor:
+    """(K,) local data sizes, the sample weights of FedAvg."""
+    return torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
+
+
+def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
+    """Step 1: this round's client ids, sorted (``clients_per_round`` of ``num_clients`` without replacement)."""
+    return np.sort(rng.choice(cfg.fl.num_clients, size=cfg.fl.clients_per_round, replace=False))
+
+
+def server_steps(cfg: Config, opts: RunOptions, inp: FLInputs, defense: Defense, model: nn.Module,
+                 ctx: RoundContext, thetas: torch.Tensor, updates: torch.Tensor, g: torch.Tensor,
+                 sizes: torch.Tensor, row: dict, on_fused: OnFused | None = None
+                 ) -> tuple[nn.Module | None, list[int]]:
+    """Steps 3–6 of round ``ctx.round`` on the server, given the sampled clients' local models ``thetas`` (K, P)
+    and the updates they sent ``updates`` (K, P; a malicious client's may be crafted), the global state ``g`` they
+    started from: aggregation through the defense, FedDF fusion, the post-fusion defense and evaluation. ``model``
+    (the global model) is updated in place; the round's numbers go into ``row``. Returns (the served model, the
+    flagged ids), or (None, flagged) when the weights diverged (``row`` then says so). Shared by
+    :func:`run_federated` and the Flower strategy (:mod:`paper_repro.flower`)."""
+    fl, cl, ids = cfg.fl, cfg.model.channels_last, ctx.client_ids
+    # 3. aggregation through the defense (robust aggregators and detectors act here)
+    t = time.perf_counter()
+    weights = sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids))
+    agg = defense.aggregate(updates, weights, ctx)
+    load_flat_state(model, g + agg.update)
+    flagged = sorted(int(f) for f in (agg.flagged or []))
+    row["aggregate_seconds"] = time.perf_counter() - t
+    row.update(detection_rates(flagged, ids, inp.attack.malicious))
+    row.update({f"defense_{k}": float(v) for k, v in (agg.info or {}).items()})
+    # 4. FedDF fusion: distil toward the mean logits of the admitted clients' (un-scaled) local models
+    t = time.perf_counter()
+    if fl.fusion and fl.kd_epochs > 0:
+        x_kd, y_kd = inp.synthetic_kd.tensors(opts.device)
+        admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
+        teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl)  # (N_syn, C)
+        distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
+                fl.kd_temperature, torch_gen(cfg.seed, "kd", ctx.round), cl)
+    row["fusion_seconds"] = time.perf_counter() - t
+    if not torch.isfinite(flat_state(model)).all():
+        row.update({"status": DIVERGED, **no_metrics()})
+        return None, flagged
+    if on_fused is not None:
+        on_fused(ctx.round, model, ids, row)
+    # 5.–6. post-fusion defense on a view of the fused model, then ACC/ASR of the model the server serves
+    return defend_and_evaluate(defense, model, ctx, cfg, inp, opts, row), flagged
+
+
 def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions | None = None,
                   progress: bool = True, initial_model: nn.Module | None = None,
                   on_fused: OnFused | None = None) -> FLOutput:
@@ -113,15 +161,14 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
                         "status": OK})
     out.model = model
     clients = [inp.attack.local_data(k, d).tensors(dev) for k, d in enumerate(inp.clients)]  # malicious: poisoned
-    sizes = torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
-    x_kd, y_kd = inp.synthetic_kd.tensors(dev)
+    sizes = client_sizes(inp)
     sample_rng = np_rng(seed, "client_sampling")
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
         t_round, row = time.perf_counter(), {"round": rnd, "status": OK}
         ctx = round_context(cfg, opts, inp, model, rnd)
         # 1. sample clients without replacement
-        ids = np.sort(sample_rng.choice(fl.num_clients, size=fl.clients_per_round, replace=False))
+        ids = sample_clients(cfg, sample_rng)
         ctx.client_ids = ids
         # 2. local training from the global model; malicious clients train on poisoned data and craft their update
         t = time.perf_counter()
@@ -133,30 +180,15 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
                                precision=fl.precision)  # (K, P): each client's local model
         updates = torch.stack([inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)])
         row["local_seconds"] = time.perf_counter() - t
-        # 3. aggregation through the defense (robust aggregators and detectors act here)
-        t = time.perf_counter()
-        weights = sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids))
-        agg = defense.aggregate(updates, weights, ctx)
-        load_flat_state(model, g + agg.update)
-        flagged = sorted(int(f) for f in (agg.flagged or []))
-        row["aggregate_seconds"] = time.perf_counter() - t
-        row.update(detection_rates(flagged, ids, inp.attack.malicious))
-        row.update({f"defense_{k}": float(v) for k, v in (agg.info or {}).items()})
-        # 4. FedDF fusion: distil toward the mean logits of the admitted clients' (un-scaled) local models
-        t = time.perf_counter()
-        if fl.fusion and fl.kd_epochs > 0:
-            admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-            teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl)  # (N_syn, C)
-            distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
-                    fl.kd_temperature, torch_gen(seed, "kd", rnd), cl)
-        row["fusion_seconds"] = time.perf_counter() - t
-        if not torch.isfinite(flat_state(model)).all():  # diverged: the run ends here and reports no ACC/ASR
-            out.history.append({**row, "status": DIVERGED, **no_metrics()})
+        # 3. the defense aggregates the updates (robust aggregators and detectors act here)
+        # 4. FedDF fusion on the server's synthetic set
+        # 5.–6. the post-fusion defense, then ACC/ASR of the served model (the server's side: server_steps, shared
+        #       with the Flower strategy)
+        served, flagged = server_steps(cfg, opts, inp, defense, model, ctx, thetas, updates, g, sizes, row, on_fused)
+        if served is None:  # diverged: the run ends here and reports no ACC/ASR
+            out.history.append(row)
             break
-        if on_fused is not None:
-            on_fused(rnd, model, ids, row)
-        # 5.–6. post-fusion defense on a view of the fused model, then ACC/ASR of the model the server serves
-        out.model = defend_and_evaluate(defense, model, ctx, cfg, inp, opts, row)
+        out.model = served
         row["round_seconds"] = time.perf_counter() - t_round
         out.history.append(row)
         out.flagged.append(flagged)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
-ENGINES = ("auto", "loop", "threads", "batched")
+ENGINES = ("auto", "loop", "threads", "batched", "flower")
 DEVICE = re.compile(r"(cpu|mps|meta|(cuda|xpu)(:\d+)?)")
 
 
@@ -23,7 +23,9 @@ class RunOptions:
     engine: str = "auto"
     """Local training: loop (one client after another, the reference) | threads (the same loop, as many clients at
     once as torch has threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
-    (batched on a GPU, loop elsewhere). All agree up to float rounding (tests/test_local_training.py)."""
+    (batched on a GPU, loop elsewhere) | flower (the whole run through Flower's simulation engine, one Ray worker per
+    client at a time, each client trained by the loop; needs ``pip install -e '.[flower]'``). All agree up to float
+    rounding (tests/test_local_training.py; Flower: tests/test_flower.py)."""
     eval_batch_size: int = 32
     """Images per forward pass in evaluation, for the teachers' logits and in defenses. On a CPU a few dozen images
     stay in cache (~3× faster than 1,000); on a GPU larger is better."""

@@ -101,6 +101,10 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
             base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True, force=force)
             out = replay_federated(cfg, prep.inputs, defense, base, opts, progress)
             init_cached, inputs["replayed_from"] = True, base_dir.name
+        elif opts.engine == "flower":
+            from .flower import run_flower  # the optional extra: imported only when asked for
+
+            out, init_cached = run_flower(cfg, opts, defense), False
         else:
             model, init_cached = cached_initial_model(cfg, prep.inputs, cache_dir() / "init", opts.device, force)
             inputs["initial_model"] = initial_model_key(cfg, prep.inputs)
@@ -129,7 +133,7 @@ def _now() -> str:
 
 def _replays(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = None) -> bool:
     """Whether ``cfg``'s run replays its no-defense run (``defense``: its instance, if already built)."""
-    if not opts.share_training or cfg.defense.name == "none":
+    if not opts.share_training or cfg.defense.name == "none" or opts.engine == "flower":
         return False
     return (defense or defenses.get(cfg.defense.name, **cfg.defense.params)).trains_like_none
 

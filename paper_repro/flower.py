@@ -1,0 +1,199 @@
+"""The FM-integrated experiment on Flower (1.41, ``pip install -e '.[flower]'``): any defense of this package as a
+Flower strategy, our local training and attacks in a ClientApp, the pipeline in a ServerApp.
+
+- :class:`DefenseStrategy` is a Flower ``Strategy``. The server side of a round is the same function the in-process
+  loop calls (:func:`paper_repro.fl.server_steps`): aggregation through the defense (step 3, robust aggregators and
+  detectors), FedDF fusion on the server's synthetic set (step 4), the post-fusion defense such as ``act_bound``
+  (step 5) and the evaluation of the served (bounded) model (step 6). The strategy keeps the per-round history in
+  ``strategy.output`` as :class:`~paper_repro.fl.FLOutput`.
+- :func:`client_app` trains a client as the in-process loop does (same seeds per client and round) and lets a
+  malicious client poison its data and craft its update (:mod:`paper_repro.attacks`).
+- :func:`server_app` builds the strategy from a config; :func:`run_flower` runs a config through Flower's simulation
+  engine (Ray) and returns the same :class:`~paper_repro.fl.FLOutput` as :func:`paper_repro.fl.run_federated`.
+
+Protocol between the two apps (our own, over Flower's messages): the strategy sends the global model as one flat
+array to **every** client with the round's sampled ids in the config (``{"round", "ids"}``), so that the sample is
+drawn from the run's seed exactly as in-process; a client not sampled returns at once. A sampled client returns two
+flat arrays: its local model θ (the fusion's teacher) and the update it sends Δ (crafted if it is malicious).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import Context, FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.server.strategy import Strategy
+from flwr.simulation import run_simulation
+
+from . import defenses as defense_registry
+from .config import Config
+from .defenses import Defense
+from .fl import (
+    DIVERGED,
+    OK,
+    FLInputs,
+    FLOutput,
+    client_sizes,
+    evaluate_served,
+    init_global_model,
+    round_context,
+    sample_clients,
+    server_steps,
+)
+from .inputs import prepare
+from .local_training import train_clients
+from .models import build_model, flat_state, load_flat_state
+from .options import RunOptions
+from .rng import derive_seed, np_rng, torch_gen
+
+
+def _flat(parameters: Parameters) -> list[np.ndarray]:
+    return parameters_to_ndarrays(parameters)
+
+
+class DefenseStrategy(Strategy):
+    """A Flower strategy that runs one of this package's defenses, with FedDF fusion on the server's synthetic set.
+
+    ``cfg``: the experiment (its seed draws the clients sampled each round); ``defense``: an instance (default: the
+    one ``cfg.defense`` names); ``inputs``: the server's data (synthetic sets, test sets; default
+    :func:`paper_repro.inputs.prepare` of ``cfg``)."""
+
+    def __init__(self, cfg: Config, defense: Defense | None = None, options: RunOptions | None = None,
+                 inputs: FLInputs | None = None, progress: bool = False):
+        self.cfg, self.opts = cfg, options or RunOptions.for_profile(cfg.profile)
+        self.defense = defense or defense_registry.get(cfg.defense.name, **cfg.defense.params)
+        self.inputs = inputs or prepare(cfg, progress, self.opts).inputs
+        self.output = FLOutput()
+        self.model: torch.nn.Module | None = None
+        self._rng = np_rng(cfg.seed, "client_sampling")
+        self._sizes = client_sizes(self.inputs)
+        self._ids = np.zeros(0, np.int64)
+        self._started = 0.0
+
+    def __repr__(self) -> str:
+        return f"DefenseStrategy({self.defense.name}, {self.cfg.profile})"
+
+    # --- round 0: the global model initialised on the (possibly poisoned) synthetic set
+    def initialize_parameters(self, client_manager) -> Parameters:
+        t = time.perf_counter()
+        self.model = init_global_model(self.cfg, self.inputs, self.opts.device)
+        self.output.history.append({"round": 0, **evaluate_served(self.model, self.cfg, self.inputs, self.opts),
+                                    "init_seconds": time.perf_counter() - t, "status": OK})
+        self.output.model = self.model
+        return ndarrays_to_parameters([flat_state(self.model).cpu().numpy()])
+
+    # --- steps 1-2: sample from the run's seed, every client hears the round
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
+        if self.output.history and self.output.history[-1].get("status") == DIVERGED:
+            return []
+        self._started = time.perf_counter()
+        self._ids = sample_clients(self.cfg, self._rng)
+        client_manager.wait_for(self.cfg.fl.num_clients)
+        ins = FitIns(parameters, {"round": server_round, "ids": ",".join(map(str, self._ids))})
+        return [(proxy, ins) for proxy in client_manager.all().values()]
+
+    # --- steps 3-6 on the server: the in-process loop's own function
+    def aggregate_fit(self, server_round: int, results, failures):
+        if failures:
+            raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed: {failures[:1]}")
+        sent = {int(r.metrics["partition"]): (_flat(r.parameters), float(r.metrics["seconds"]))
+                for _, r in results if r.metrics.get("trained")}
+        missing = sorted(set(self._ids.tolist()) - set(sent))
+        if missing:
+            raise RuntimeError(f"round {server_round}: sampled clients {missing} sent nothing")
+        thetas = torch.stack([torch.from_numpy(sent[k][0][0]) for k in self._ids]).to(self.opts.device)
+        updates = torch.stack([torch.from_numpy(sent[k][0][1]) for k in self._ids]).to(self.opts.device)
+        g = flat_state(self.model)
+        ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round)
+        ctx.client_ids = self._ids
+        row = {"round": server_round, "status": OK, "local_seconds": max(s for _, s in sent.values())}
+        served, flagged = server_steps(self.cfg, self.opts, self.inputs, self.defense, self.model, ctx, thetas,
+                                       updates, g, self._sizes, row)
+        if served is not None:
+            self.output.model = served
+            row["round_seconds"] = time.perf_counter() - self._started
+            self.output.flagged.append(flagged)
+        self.output.history.append(row)
+        metrics = {k: float(row[k]) for k in ("acc", "asr") if k in row}
+        return ndarrays_to_parameters([flat_state(self.model).cpu().numpy()]), metrics
+
+    # evaluation is part of aggregate_fit (the served model is evaluated on the server's test sets)
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
+
+    def evaluate(self, server_round, parameters):
+        return None
+
+
+class _Client(NumPyClient):
+    """Client ``k`` of a config: trains as the in-process loop does; a malicious one poisons and crafts."""
+
+    def __init__(self, cfg: Config, k: int, inputs: FLInputs, opts: RunOptions):
+        self.cfg, self.k, self.inputs, self.opts = cfg, k, inputs, opts
+
+    def fit(self, parameters, config):
+        rnd, ids = int(config["round"]), [int(i) for i in str(config["ids"]).split(",")]
+        g = torch.from_numpy(parameters[0]).to(self.opts.device)
+        attack = self.inputs.attack
+        attack.begin_round(rnd, g)  # every client hears every round (e.g. Neurotoxin tracks the global model)
+        if self.k not in ids:
+            return [np.zeros(0, np.float32)], 0, {"partition": self.k, "trained": 0}
+        t = time.perf_counter()
+        fl, test = self.cfg.fl, self.inputs.test
+        model = build_model(self.cfg.model.name, test.shape, test.num_classes,
+                            derive_seed(self.cfg.seed, "model_init")).to(self.opts.device)
+        load_flat_state(model, g)
+        data = attack.local_data(self.k, self.inputs.clients[self.k]).tensors(self.opts.device)
+        theta = train_clients("loop", self.opts.device, model, [data], fl.local_epochs, fl.lr, fl.momentum,
+                              fl.batch_size, [torch_gen(self.cfg.seed, "client", self.k, "round", rnd)],
+                              self.cfg.model.channels_last, precision=fl.precision)[0]
+        update = attack.craft_update(self.k, theta - g)
+        return ([theta.cpu().numpy(), update.cpu().numpy()], len(self.inputs.clients[self.k]),
+                {"partition": self.k, "trained": 1, "seconds": time.perf_counter() - t})
+
+
+def client_app(cfg: Config, options: RunOptions | None = None, threads: int = 1) -> ClientApp:
+    """A ClientApp whose client ``partition-id`` is client k of ``cfg`` (its data, and its attack if malicious).
+    Each worker process prepares the config's data once; ``threads``: torch threads per client process."""
+    opts = options or RunOptions.for_profile(cfg.profile)
+    prepared: dict[str, FLInputs] = {}  # per worker process, filled on its first client
+
+    def client_fn(context: Context):
+        if "inputs" not in prepared:
+            torch.set_num_threads(threads)  # a worker process of its own: one client at a time
+            prepared["inputs"] = prepare(cfg, False, opts).inputs
+        return _Client(cfg, int(context.node_config["partition-id"]), prepared["inputs"], opts).to_client()
+
+    return ClientApp(client_fn=client_fn)
+
+
+def server_app(strategy: DefenseStrategy) -> ServerApp:
+    """A ServerApp that runs ``strategy`` for its config's number of rounds."""
+
+    def server_fn(context: Context):
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=strategy.cfg.fl.num_rounds))
+
+    return ServerApp(server_fn=server_fn)
+
+
+def run_flower(cfg: Config, options: RunOptions | None = None, defense: Defense | None = None,
+               cpus_per_client: int = 1, progress: bool = False) -> FLOutput:
+    """``cfg`` through Flower's simulation engine (Ray, one virtual node per client): the same
+    :class:`~paper_repro.fl.FLOutput` as :func:`paper_repro.fl.run_federated`."""
+    opts = options or RunOptions.for_profile(cfg.profile)
+    strategy = DefenseStrategy(cfg, defense, opts, progress=progress)
+    run_simulation(server_app=server_app(strategy), client_app=client_app(cfg, opts, cpus_per_client),
+                   num_supernodes=cfg.fl.num_clients,
+                   backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False}},
+                   verbose_logging=False)
+    if len(strategy.output.history) < 2 and cfg.fl.num_rounds > 0:
+        raise RuntimeError("the Flower simulation ran no round (see its log above)")
+    return strategy.output
