@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick
 SEEDS ?= 0
 JOBS ?= 1
+BACKEND ?= local
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -53,7 +54,7 @@ figures: $(VENV)/.installed
 # recompute those tables: defense grid (SEEDS), ablations, activation study, F1 samples (runs are cached);
 # JOBS=2 runs two at a time (faster on 2 cores, equal to JOBS=1 up to float rounding)
 results: setup
-	$(PY) -m paper_repro results --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS)
+	$(PY) -m paper_repro results --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS) --backend $(BACKEND)
 
 # the numbered notebooks 01-05 through papermill (executed copies in build/notebooks/notebooks)
 notebooks: setup

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     def jobs(q):
         q.add_argument("--jobs", type=pos_int, default=1,
                        help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding")
+        q.add_argument("--backend", default="local", choices=("local", "ray"),
+                       help="local worker processes, or one Ray task per run (needs the flower extra)")
+        q.add_argument("--address", default="", help="Ray head HOST:PORT or auto (default: start Ray here)")
 
     r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
     profile(r)
@@ -176,7 +179,8 @@ def _run(a: argparse.Namespace) -> None:
     from .runner import keep_freed_memory
 
     keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
-    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs} if "jobs" in a else {}))
+    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs, "backend": a.backend, "address": a.address}
+                                                 if "jobs" in a else {}))
     if a.cmd in ("figures", "notebooks", "report"):
         from . import notebooks
         from .tables import TABLES_DIR

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 ENGINES = ("auto", "loop", "threads", "batched", "flower")
+BACKENDS = ("local", "ray")
 DEVICE = re.compile(r"(cpu|mps|meta|(cuda|xpu)(:\d+)?)")
 
 
@@ -40,13 +41,25 @@ class RunOptions:
     jobs: int = 1
     """Runs side by side in worker processes (:func:`paper_repro.runner.run_many`); each gets an equal share of the
     threads. 1 reproduces the committed tables bit for bit."""
+    backend: str = "local"
+    """Where :func:`~paper_repro.runner.run_many` runs: local (this machine, ``jobs`` worker processes) | ray (a Ray
+    cluster: one task per run, ``cpus_per_run`` CPUs and a GPU if the device is cuda; the results folder must be
+    shared by every node)."""
+    address: str = ""
+    """Ray cluster to join (``HOST:PORT`` of its head, or ``auto``); empty: start a Ray instance on this machine."""
+    cpus_per_run: int = 1
+    """CPUs (and torch threads) a Ray task asks for."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise OptionsError(f"engine={self.engine!r} is unknown; choose one of {list(ENGINES)}")
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
             raise OptionsError(f"device={self.device!r} is not a torch device; give 'cpu', 'cuda', 'cuda:1', 'mps'")
-        for name, low in (("eval_batch_size", 1), ("jobs", 1), ("threads", 0)):
+        if self.backend not in BACKENDS:
+            raise OptionsError(f"backend={self.backend!r} is unknown; choose one of {list(BACKENDS)}")
+        if not isinstance(self.address, str):
+            raise OptionsError(f"address={self.address!r} must be a string: HOST:PORT of a Ray head, or auto")
+        for name, low in (("eval_batch_size", 1), ("jobs", 1), ("threads", 0), ("cpus_per_run", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise OptionsError(f"{name}={v!r} must be an integer >= {low}"

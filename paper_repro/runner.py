@@ -215,7 +215,14 @@ def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: in
         (then if _replays(c, opts) else first).append((i, (c, results_dir, k in need, opts)))
     out: dict[int, RunResult] = {}
     bar = tqdm(total=len(first) + len(then), desc=desc, disable=not progress)
-    if jobs == 1:
+    if opts.backend == "ray":
+        from .cluster import run_on_ray  # the optional extra: imported only when asked for
+
+        for phase in (first, then):
+            for i, result in run_on_ray(phase, opts):
+                out[i] = result
+                bar.update()
+    elif jobs == 1:
         for i, args in first + then:
             out[i] = _run_one(args)
             bar.update()

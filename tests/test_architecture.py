@@ -20,7 +20,7 @@ LAYERS = [
      "attacks.*", "attacks", "defenses.*", "defenses"],
     ["profiles", "fl"],
     ["replay", "inputs", "results"],
-    ["runner", "flower"],
+    ["runner", "flower", "cluster"],
     ["studies", "studies.*"],
     ["notebooks", "teaching", "__main__", "fm.__main__", "__init__"],
 ]

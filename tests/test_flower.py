@@ -39,3 +39,30 @@ def test_the_strategy_runs_any_defense_and_serves_the_bounded_model():
     assert len(strategy.output.history) == 1 and strategy.output.history[0]["round"] == 0
     flat = np.frombuffer(params.tensors[0], dtype=np.uint8)
     assert flat.size > 0 and repr(strategy) == "DefenseStrategy(act_bound, smoke)"
+
+
+def test_run_many_on_a_local_ray_cluster_survives_a_lost_worker_and_skips_finished_runs(tmp_path, monkeypatch):
+    """Three smoke runs as Ray tasks on a local cluster; the first task's worker dies once (fault injection) and is
+    retried; the results equal the local backend's, and a second call serves them from their folders."""
+    import ray
+
+    from paper_repro.cluster import FAULT_ONCE
+
+    cfgs = [pr.load_config("smoke", attack={"kind": a}, defense={"name": d})
+            for a, d in (("classic", "median"), ("fm", "none"), ("fm", "act_bound"))]
+    one_thread = pr.RunOptions.for_profile("smoke", threads=1)  # a Ray task trains on one thread too
+    local = pr.run_many(cfgs, tmp_path / "local", progress=False, options=one_thread)
+    marker = tmp_path / "killed_once"
+    monkeypatch.setenv(FAULT_ONCE, str(marker))
+    opts = pr.RunOptions.for_profile("smoke", backend="ray")
+    try:
+        remote = pr.run_many(cfgs, tmp_path / "ray", progress=False, options=opts)
+        assert marker.exists(), "no worker was killed: the fault injection did not run"
+        again = pr.run_many(cfgs, tmp_path / "ray", progress=False, options=opts)
+    finally:
+        ray.shutdown()
+    for a, b, c in zip(local, remote, again):
+        assert a.run_dir.name == b.run_dir.name == c.run_dir.name
+        pd.testing.assert_frame_equal(a.history[["acc", "asr"]], b.history[["acc", "asr"]], check_exact=True)
+        assert c.cached and c.history["acc"].equals(b.history["acc"])
+    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]  # nothing half-written left
