@@ -66,3 +66,20 @@ def test_run_many_on_a_local_ray_cluster_survives_a_lost_worker_and_skips_finish
         pd.testing.assert_frame_equal(a.history[["acc", "asr"]], b.history[["acc", "asr"]], check_exact=True)
         assert c.cached and c.history["acc"].equals(b.history["acc"])
     assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]  # nothing half-written left
+
+
+def test_the_readme_flower_example_runs():
+    """The README's example, in smoke: our strategy in a plain Flower ServerApp, simulated."""
+    import re
+    from pathlib import Path
+
+    from flwr.simulation import run_simulation
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "DefenseStrategy" in b)
+    scope: dict = {}
+    exec(code.replace('"quick"', '"smoke"'), scope)  # noqa: S102  (the README's own code)
+    run_simulation(scope["server"], scope["client"], num_supernodes=scope["cfg"].fl.num_clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    history = scope["strategy"].output.history
+    assert [r["round"] for r in history] == [0, 1, 2] and all(0 <= r["asr"] <= 1 for r in history)
