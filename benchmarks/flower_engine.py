@@ -46,7 +46,8 @@ def throughput(backend: str, parallel: int, runs: int, where: Path) -> dict:
         import ray
 
         ray.shutdown()
-    return {"backend": backend, "parallel": parallel, "runs": runs, "minutes": minutes, "runs_per_minute": runs / minutes}
+    return {"backend": backend, "parallel": parallel, "runs": runs, "minutes": minutes,
+            "runs_per_minute": runs / minutes}
 
 
 def main(runs: int, out: Path) -> None:
