@@ -8,7 +8,7 @@ Ray (``max_retries``) without anything half-written being counted.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ray
 
@@ -21,17 +21,15 @@ creates the file and kills its own worker process, as a lost node would."""
 MAX_RETRIES = 3
 
 
-def _task(args: tuple, threads: int) -> RunResult:
+def _task(run_one: Callable[[tuple], RunResult], args: tuple, threads: int) -> RunResult:
     import torch
-
-    from .runner import _run_one
 
     marker = os.environ.get(FAULT_ONCE)
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(1)  # the worker dies mid-run
     torch.set_num_threads(threads)
-    return _run_one(args)
+    return run_one(args)
 
 
 def connect(opts: RunOptions) -> None:
@@ -43,12 +41,14 @@ def connect(opts: RunOptions) -> None:
                  runtime_env={"env_vars": env})
 
 
-def run_on_ray(jobs: list[tuple[int, tuple]], opts: RunOptions) -> Iterator[tuple[int, RunResult]]:
-    """Run ``(position, run_many args)`` pairs as Ray tasks; yield (position, result) as they finish."""
+def run_on_ray(jobs: list[tuple[int, tuple]], opts: RunOptions, run_one: Callable[[tuple], RunResult]
+               ) -> Iterator[tuple[int, RunResult]]:
+    """Run ``run_one(args)`` for ``(position, args)`` pairs as Ray tasks; yield (position, result) as they
+    finish."""
     connect(opts)
     gpus = 1 if opts.device.startswith("cuda") else 0
     task = ray.remote(num_cpus=opts.cpus_per_run, num_gpus=gpus, max_retries=MAX_RETRIES)(_task)
-    pending = {task.remote(args, opts.cpus_per_run): i for i, args in jobs}
+    pending = {task.remote(run_one, args, opts.cpus_per_run): i for i, args in jobs}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         ref = done[0]

@@ -28,7 +28,12 @@ def styled(plot):
     @functools.wraps(plot)
     def wrapped(*args, **kwargs):
         with mpl.rc_context(STYLE):
-            return plot(*args, **kwargs)
+            fig = plot(*args, **kwargs)
+            interactive = mpl.is_interactive()
+        # a backend that activated itself inside the context (Jupyter's inline backend turns interactive mode on at
+        # the first figure) keeps its setting: restoring it would stop every later figure from being shown
+        mpl.interactive(interactive)
+        return fig
 
     return wrapped
 

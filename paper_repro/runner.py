@@ -219,7 +219,7 @@ def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: in
         from .cluster import run_on_ray  # the optional extra: imported only when asked for
 
         for phase in (first, then):
-            for i, result in run_on_ray(phase, opts):
+            for i, result in run_on_ray(phase, opts, _run_one):
                 out[i] = result
                 bar.update()
     elif jobs == 1:

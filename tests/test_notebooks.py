@@ -168,3 +168,20 @@ def test_nbval_fails_when_a_number_changes(tmp_path):
     nbformat.write(nb, where / "02.ipynb")
     r = _nbval([where / "02.ipynb"], tmp_path)
     assert r.returncode != 0 and "differ" in r.stdout, r.stdout[-3000:]  # failed on the number, nothing else
+
+
+def test_every_figure_of_a_kernel_is_shown_not_only_the_first(tmp_path):
+    """Drawing in the package's style must not switch Jupyter's inline display off for the figures that follow
+    (restoring rc settings once restored ``interactive`` to its value from before the inline backend started)."""
+    papermill = pytest.importorskip("papermill")
+    nb = nbformat.v4.new_notebook()
+    plot = "fig = plots.tradeoff(pd.DataFrame({'variant': ['a'], 'acc': [0.8], 'asr': [0.1]}))"
+    nb.cells = [nbformat.v4.new_code_cell("import pandas as pd\nfrom paper_repro import plots"),
+                nbformat.v4.new_code_cell(plot), nbformat.v4.new_code_cell(plot)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               progress_bar=False)
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in out.cells[1:]]
+    assert shown == [1, 1], shown
