@@ -11,10 +11,16 @@ Flower strategy, our local training and attacks in a ClientApp, the pipeline in 
 - :func:`server_app` builds the strategy from a config; :func:`run_flower` runs a config through Flower's simulation
   engine (Ray) and returns the same :class:`~paper_repro.fl.FLOutput` as :func:`paper_repro.fl.run_federated`.
 
-Protocol between the two apps (our own, over Flower's messages): the strategy sends the global model as one flat
-array to **every** client with the round's sampled ids in the config (``{"round", "ids"}``), so that the sample is
-drawn from the run's seed exactly as in-process; a client not sampled returns at once. A sampled client returns two
-flat arrays: its local model θ (the fusion's teacher) and the update it sends Δ (crafted if it is malicious).
+Two protocols (``DefenseStrategy(protocol=...)``):
+
+- ``"ours"`` (with :func:`client_app`, what :func:`run_flower` uses): the strategy sends the global model as one flat
+  array to **every** client with the round's sampled ids in the config (``{"round", "ids"}``), so that the sample is
+  drawn from the run's seed exactly as in-process; a client not sampled returns at once. A sampled client returns
+  two flat arrays: its local model θ (the fusion's teacher) and the update it sends Δ (crafted if malicious).
+- ``"weights"`` (for your own Flower clients): plain Flower. The strategy sends the model's floating-point state
+  arrays (``state_dict`` order, :func:`paper_repro.models.state_keys`), Flower samples ``clients_per_round``
+  clients, each returns its trained arrays, and Δ = θ − global. Only the malicious ground truth is unknown to the
+  server here, so TPR/FPR are not computed.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from .fl import (
 )
 from .inputs import prepare
 from .local_training import train_clients
-from .models import build_model, flat_state, load_flat_state
+from .models import build_model, flat_state, load_flat_state, state_keys
 from .options import RunOptions
 from .rng import derive_seed, np_rng, torch_gen
 
@@ -63,7 +69,10 @@ class DefenseStrategy(Strategy):
     :func:`paper_repro.inputs.prepare` of ``cfg``)."""
 
     def __init__(self, cfg: Config, defense: Defense | None = None, options: RunOptions | None = None,
-                 inputs: FLInputs | None = None, progress: bool = False):
+                 inputs: FLInputs | None = None, progress: bool = False, protocol: str = "ours"):
+        if protocol not in ("ours", "weights"):
+            raise ValueError(f"protocol={protocol!r}; choose ours (with client_app) or weights (plain Flower clients)")
+        self.protocol = protocol
         self.cfg, self.opts = cfg, options or RunOptions.for_profile(cfg.profile)
         self.defense = defense or defense_registry.get(cfg.defense.name, **cfg.defense.params)
         self.inputs = inputs or prepare(cfg, progress, self.opts).inputs
@@ -84,6 +93,13 @@ class DefenseStrategy(Strategy):
         self.output.history.append({"round": 0, **evaluate_served(self.model, self.cfg, self.inputs, self.opts),
                                     "init_seconds": time.perf_counter() - t, "status": OK})
         self.output.model = self.model
+        return self._parameters()
+
+    def _parameters(self) -> Parameters:
+        """The global model as the protocol sends it."""
+        if self.protocol == "weights":
+            sd = self.model.state_dict()
+            return ndarrays_to_parameters([sd[k].detach().cpu().numpy() for k in state_keys(self.model)])
         return ndarrays_to_parameters([flat_state(self.model).cpu().numpy()])
 
     # --- steps 1-2: sample from the run's seed, every client hears the round
@@ -91,6 +107,9 @@ class DefenseStrategy(Strategy):
         if self.output.history and self.output.history[-1].get("status") == DIVERGED:
             return []
         self._started = time.perf_counter()
+        if self.protocol == "weights":  # plain Flower: its client manager samples
+            ins = FitIns(parameters, {"round": server_round})
+            return [(c, ins) for c in client_manager.sample(num_clients=self.cfg.fl.clients_per_round)]
         self._ids = sample_clients(self.cfg, self._rng)
         client_manager.wait_for(self.cfg.fl.num_clients)
         ins = FitIns(parameters, {"round": server_round, "ids": ",".join(map(str, self._ids))})
@@ -100,6 +119,8 @@ class DefenseStrategy(Strategy):
     def aggregate_fit(self, server_round: int, results, failures):
         if failures:
             raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed: {failures[:1]}")
+        if self.protocol == "weights":
+            return self._aggregate_weights(server_round, results)
         sent = {int(r.metrics["partition"]): (_flat(r.parameters), float(r.metrics["seconds"]))
                 for _, r in results if r.metrics.get("trained")}
         missing = sorted(set(self._ids.tolist()) - set(sent))
@@ -119,7 +140,27 @@ class DefenseStrategy(Strategy):
             self.output.flagged.append(flagged)
         self.output.history.append(row)
         metrics = {k: float(row[k]) for k in ("acc", "asr") if k in row}
-        return ndarrays_to_parameters([flat_state(self.model).cpu().numpy()]), metrics
+        return self._parameters(), metrics
+
+    def _aggregate_weights(self, server_round: int, results):
+        """Steps 3-6 for plain Flower clients: Δ_i = θ_i − global, weights = their example counts."""
+        results = sorted(results, key=lambda r: str(r[0].cid))
+        thetas = torch.stack([torch.cat([torch.from_numpy(np.asarray(a, np.float32)).reshape(-1)
+                                         for a in _flat(res.parameters)]) for _, res in results]).to(self.opts.device)
+        g = flat_state(self.model)
+        ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round)
+        ctx.client_ids = np.arange(len(results))  # positions: a plain client does not say who it is
+        sizes = torch.tensor([float(res.num_examples) for _, res in results])
+        row = {"round": server_round, "status": OK}
+        served, flagged = server_steps(self.cfg, self.opts, self.inputs, self.defense, self.model, ctx, thetas,
+                                       thetas - g, g, sizes, row)
+        row.update({"tpr": float("nan"), "fpr": float("nan")})  # the server cannot know who is malicious
+        if served is not None:
+            self.output.model = served
+            row["round_seconds"] = time.perf_counter() - self._started
+            self.output.flagged.append(flagged)
+        self.output.history.append(row)
+        return self._parameters(), {k: float(row[k]) for k in ("acc", "asr") if k in row}
 
     # evaluation is part of aggregate_fit (the served model is evaluated on the server's test sets)
     def configure_evaluate(self, server_round, parameters, client_manager):

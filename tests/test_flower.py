@@ -83,3 +83,43 @@ def test_the_readme_flower_example_runs():
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     history = scope["strategy"].output.history
     assert [r["round"] for r in history] == [0, 1, 2] and all(0 <= r["asr"] <= 1 for r in history)
+
+
+def test_the_strategy_works_with_plain_flower_clients():
+    """A Flower user's own clients (they return their model's arrays; Flower samples them): the strategy fuses,
+    bounds and evaluates, and the served model is the bounded one."""
+    import torch
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    from flwr.simulation import run_simulation
+
+    from paper_repro.flower import DefenseStrategy
+    from paper_repro.models import build_model, state_keys
+
+    cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound"})
+    strategy = DefenseStrategy(cfg, protocol="weights")
+    shape, classes = strategy.inputs.test.shape, strategy.inputs.test.num_classes
+
+    class Plain(NumPyClient):  # what a user writes: load, train a few steps, send the arrays back
+        def __init__(self, k):
+            self.k = k
+
+        def fit(self, parameters, config):
+            model = build_model("tiny", shape, classes, seed=0)
+            keys = state_keys(model)
+            model.load_state_dict({**model.state_dict(), **{k: torch.from_numpy(a) for k, a in zip(keys, parameters)}})
+            x, y = pr.prepare(cfg, progress=False).inputs.clients[self.k].tensors("cpu")
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            for i in range(0, len(y), 16):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[i:i + 16]), y[i:i + 16]).backward()
+                opt.step()
+            return [model.state_dict()[k].detach().numpy() for k in keys], len(y), {}
+
+    client = ClientApp(client_fn=lambda ctx: Plain(int(ctx.node_config["partition-id"])).to_client())
+    server = ServerApp(server_fn=lambda ctx: ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=2)))
+    run_simulation(server, client, num_supernodes=cfg.fl.num_clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    history = strategy.output.history
+    assert [r["round"] for r in history] == [0, 1, 2] and all(0 <= r["acc"] <= 1 for r in history)
+    assert type(strategy.output.model).__name__ == "BoundedModel"
