@@ -108,14 +108,15 @@ def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
 
 def server_steps(cfg: Config, opts: RunOptions, inp: FLInputs, defense: Defense, model: nn.Module,
                  ctx: RoundContext, thetas: torch.Tensor, updates: torch.Tensor, g: torch.Tensor,
-                 sizes: torch.Tensor, row: dict, on_fused: OnFused | None = None
-                 ) -> tuple[nn.Module | None, list[int]]:
-    """Steps 3–6 of round ``ctx.round`` on the server, given the sampled clients' local models ``thetas`` (K, P)
-    and the updates they sent ``updates`` (K, P; a malicious client's may be crafted), the global state ``g`` they
-    started from: aggregation through the defense, FedDF fusion, the post-fusion defense and evaluation. ``model``
-    (the global model) is updated in place; the round's numbers go into ``row``. Returns (the served model, the
-    flagged ids), or (None, flagged) when the weights diverged (``row`` then says so). Shared by
-    :func:`run_federated` and the Flower strategy (:mod:`paper_repro.flower`)."""
+                 sizes: torch.Tensor, kd: tuple[torch.Tensor, torch.Tensor], row: dict,
+                 on_fused: OnFused | None = None) -> tuple[nn.Module | None, list[int]]:
+    """Steps 3–6 of round ``ctx.round`` on the server, given the sampled clients' local models ``thetas`` (K, P) and the
+    updates they sent ``updates`` (K, P; a malicious client's may be crafted), the global state ``g`` they started
+    from, the clients' data sizes ``sizes`` (indexed by ``ctx.client_ids``) and the fusion set ``kd``
+    (``inp.synthetic_kd.tensors(device)``, converted once per run): aggregation through the defense, FedDF fusion,
+    the post-fusion defense and evaluation. ``model`` (the global model) is updated in place; the round's numbers go
+    into ``row``. Returns (the served model, the flagged ids), or (None, flagged) when the weights diverged (``row``
+    then says so). Shared by :func:`run_federated` and the Flower strategy (:mod:`paper_repro.flower`)."""
     fl, cl, ids = cfg.fl, cfg.model.channels_last, ctx.client_ids
     # 3. aggregation through the defense (robust aggregators and detectors act here)
     t = time.perf_counter()
@@ -129,7 +130,7 @@ def server_steps(cfg: Config, opts: RunOptions, inp: FLInputs, defense: Defense,
     # 4. FedDF fusion: distil toward the mean logits of the admitted clients' (un-scaled) local models
     t = time.perf_counter()
     if fl.fusion and fl.kd_epochs > 0:
-        x_kd, y_kd = inp.synthetic_kd.tensors(opts.device)
+        x_kd, y_kd = kd
         admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
         teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl)  # (N_syn, C)
         distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
@@ -162,6 +163,7 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
     out.model = model
     clients = [inp.attack.local_data(k, d).tensors(dev) for k, d in enumerate(inp.clients)]  # malicious: poisoned
     sizes = client_sizes(inp)
+    kd = inp.synthetic_kd.tensors(dev)
     sample_rng = np_rng(seed, "client_sampling")
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
@@ -184,7 +186,8 @@ def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions
         # 4. FedDF fusion on the server's synthetic set
         # 5.–6. the post-fusion defense, then ACC/ASR of the served model (the server's side: server_steps, shared
         #       with the Flower strategy)
-        served, flagged = server_steps(cfg, opts, inp, defense, model, ctx, thetas, updates, g, sizes, row, on_fused)
+        served, flagged = server_steps(cfg, opts, inp, defense, model, ctx, thetas, updates, g, sizes, kd, row,
+                                       on_fused)
         if served is None:  # diverged: the run ends here and reports no ACC/ASR
             out.history.append(row)
             break

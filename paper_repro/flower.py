@@ -57,10 +57,6 @@ from .options import RunOptions
 from .rng import derive_seed, np_rng, torch_gen
 
 
-def _flat(parameters: Parameters) -> list[np.ndarray]:
-    return parameters_to_ndarrays(parameters)
-
-
 class DefenseStrategy(Strategy):
     """A Flower strategy that runs one of this package's defenses, with FedDF fusion on the server's synthetic set.
 
@@ -80,6 +76,7 @@ class DefenseStrategy(Strategy):
         self.model: torch.nn.Module | None = None
         self._rng = np_rng(cfg.seed, "client_sampling")
         self._sizes = client_sizes(self.inputs)
+        self._kd = self.inputs.synthetic_kd.tensors(self.opts.device)
         self._ids = np.zeros(0, np.int64)
         self._started = 0.0
 
@@ -121,40 +118,38 @@ class DefenseStrategy(Strategy):
             raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed: {failures[:1]}")
         if self.protocol == "weights":
             return self._aggregate_weights(server_round, results)
-        sent = {int(r.metrics["partition"]): (_flat(r.parameters), float(r.metrics["seconds"]))
+        sent = {int(r.metrics["partition"]): (parameters_to_ndarrays(r.parameters), float(r.metrics["seconds"]))
                 for _, r in results if r.metrics.get("trained")}
         missing = sorted(set(self._ids.tolist()) - set(sent))
         if missing:
             raise RuntimeError(f"round {server_round}: sampled clients {missing} sent nothing")
         thetas = torch.stack([torch.from_numpy(sent[k][0][0]) for k in self._ids]).to(self.opts.device)
         updates = torch.stack([torch.from_numpy(sent[k][0][1]) for k in self._ids]).to(self.opts.device)
-        g = flat_state(self.model)
-        ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round)
-        ctx.client_ids = self._ids
         row = {"round": server_round, "status": OK, "local_seconds": max(s for _, s in sent.values())}
-        served, flagged = server_steps(self.cfg, self.opts, self.inputs, self.defense, self.model, ctx, thetas,
-                                       updates, g, self._sizes, row)
-        if served is not None:
-            self.output.model = served
-            row["round_seconds"] = time.perf_counter() - self._started
-            self.output.flagged.append(flagged)
-        self.output.history.append(row)
-        metrics = {k: float(row[k]) for k in ("acc", "asr") if k in row}
-        return self._parameters(), metrics
+        return self._server_round(server_round, self._ids, thetas, updates, self._sizes, row)
 
     def _aggregate_weights(self, server_round: int, results):
         """Steps 3-6 for plain Flower clients: Δ_i = θ_i − global, weights = their example counts."""
         results = sorted(results, key=lambda r: str(r[0].cid))
         thetas = torch.stack([torch.cat([torch.from_numpy(np.asarray(a, np.float32)).reshape(-1)
-                                         for a in _flat(res.parameters)]) for _, res in results]).to(self.opts.device)
+                                         for a in parameters_to_ndarrays(res.parameters)])
+                              for _, res in results]).to(self.opts.device)
+        sizes = torch.tensor([float(res.num_examples) for _, res in results])
+        ids = np.arange(len(results))  # positions: a plain client does not say who it is
+        return self._server_round(server_round, ids, thetas, thetas - flat_state(self.model), sizes,
+                                  {"round": server_round, "status": OK}, detection=False)
+
+    def _server_round(self, server_round: int, ids: np.ndarray, thetas: torch.Tensor, updates: torch.Tensor,
+                      sizes: torch.Tensor, row: dict, detection: bool = True):
+        """The in-process loop's server steps on what the clients sent, then the round's bookkeeping; returns what
+        ``aggregate_fit`` returns. ``detection=False``: TPR/FPR are NaN (the server cannot know who is malicious)."""
         g = flat_state(self.model)
         ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round)
-        ctx.client_ids = np.arange(len(results))  # positions: a plain client does not say who it is
-        sizes = torch.tensor([float(res.num_examples) for _, res in results])
-        row = {"round": server_round, "status": OK}
+        ctx.client_ids = ids
         served, flagged = server_steps(self.cfg, self.opts, self.inputs, self.defense, self.model, ctx, thetas,
-                                       thetas - g, g, sizes, row)
-        row.update({"tpr": float("nan"), "fpr": float("nan")})  # the server cannot know who is malicious
+                                       updates, g, sizes, self._kd, row)
+        if not detection:
+            row.update({"tpr": float("nan"), "fpr": float("nan")})
         if served is not None:
             self.output.model = served
             row["round_seconds"] = time.perf_counter() - self._started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -30,15 +31,24 @@ def run_notebooks(paths: list[Path], out_dir: str | Path = BUILD_DIR, progress: 
     injected); raise on the first failing one, naming the executed copy to open. Returns name/seconds per notebook."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    before = os.environ.get("PAPER_REPRO_PROGRESS")
-    os.environ["PAPER_REPRO_PROGRESS"] = "text"  # the kernels inherit it: text bars in the executed copies
-    try:
+    with environ({"PAPER_REPRO_PROGRESS": "text"}):  # the kernels inherit it: text bars in the executed copies
         return _execute(paths, out_dir, progress, parameters)
+
+
+@contextmanager
+def environ(values: dict[str, str]):
+    """``os.environ`` with ``values`` set while the block runs (the kernels it starts inherit them), then as
+    before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
-        if before is None:
-            os.environ.pop("PAPER_REPRO_PROGRESS", None)
-        else:
-            os.environ["PAPER_REPRO_PROGRESS"] = before
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _execute(paths: list[Path], out_dir: Path, progress: bool, parameters: dict) -> list[dict]:
@@ -109,10 +119,8 @@ def make_nbval_references(out_dir: str | Path = NBVAL_DIR, progress: bool = True
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in NBVAL_ENV}
-    os.environ.update(NBVAL_ENV)  # the kernels inherit it
     written = []
-    try:
+    with environ(NBVAL_ENV):
         for path in tqdm(numbered_notebooks(), desc="nbval references", disable=not progress):
             out = out_dir / path.name
             pm.execute_notebook(str(path), str(out), parameters=NBVAL_PARAMETERS, kernel_name="python3",
@@ -133,10 +141,4 @@ def make_nbval_references(out_dir: str | Path = NBVAL_DIR, progress: bool = True
             nb.metadata.pop("papermill", None)
             nbformat.write(nb, out)
             written.append(out)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return written
