@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="attack names (default fm; none measures what a defense does to triggered images by itself)")
     h.add_argument("--tables-dir", default=None, help="where heldout_<profile>.csv goes (default data/tables)")
     jobs(h)
+    at = sub.add_parser("attacks", help="every attack against the main defenses, or the FM attack's strength sweep")
+    profile(at)
+    at.add_argument("--study", default="breadth", choices=("breadth", "strength"),
+                    help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
+                         "trigger strength of the FM attack (attack_strength_<profile>.csv)")
+    at.add_argument("--seeds", type=nonneg_int, nargs="+", default=None,
+                    help="held-out seeds (breadth: 10 11 12; strength: 10)")
+    at.add_argument("--attacks", nargs="+", default=None, help="breadth: attack labels (default: all)")
+    at.add_argument("--defenses", nargs="+", default=None,
+                    help="defense names (breadth: none median flame mars mm_bm act_bound; strength: none act_bound)")
+    at.add_argument("--tables-dir", default=None, help="where the table goes (default data/tables)")
+    jobs(at)
     cm = sub.add_parser("calibrate-mars", help="MARS's epsilon from benign validation runs (docs/protocol.md)")
     profile(cm)
     cm.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2], help="validation seeds (0 1 2)")
@@ -131,7 +143,11 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
     check_unique(parser, "--seeds", getattr(a, "seeds", None))
     check_unique(parser, "--defenses", getattr(a, "defenses", None))
-    if getattr(a, "attacks", None):
+    if getattr(a, "attacks", None) and a.cmd == "attacks":
+        from .studies.attacks import ATTACKS
+
+        _known(parser, "--attacks", a.attacks, list(ATTACKS))
+    elif getattr(a, "attacks", None):
         from .attacks import names as attack_names
 
         _known(parser, "--attacks", a.attacks, attack_names())
@@ -208,6 +224,17 @@ def _run(a: argparse.Namespace) -> None:
                            table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks))
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))
+    elif a.cmd == "attacks":
+        from .studies import attacks as st
+
+        if a.study == "breadth":
+            df = st.attack_breadth(a.profile, tuple(a.attacks or st.ATTACKS), tuple(a.defenses or st.DEFENSES),
+                                   tuple(a.seeds or (10, 11, 12)), tables_dir=a.tables_dir, options=opts)
+            print(st.best_defense(df).round(3).to_string(index=False))
+        else:
+            df = st.attack_strength(a.profile, defense_names=tuple(a.defenses or ("none", "act_bound")),
+                                    seeds=tuple(a.seeds or (10,)), tables_dir=a.tables_dir, options=opts)
+            print(st.strength_threshold(df).to_string(index=False))
     elif a.cmd == "calibrate-mars":
         from .studies.heldout import calibrate_mars
 

@@ -49,7 +49,7 @@ def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, 
     clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile, refresh)
     attack = attacks.build(cfg)
     syn_init, syn_kd, fm_idx = attack.poison_synthetic(clean)
-    asr_test = asr_set(splits.test, attacks.config_trigger(cfg), a.target_class, a.mapping)
+    asr_test = asr_set(splits.test, attack.asr_trigger(cfg), a.target_class, a.mapping)
     targets = (a.target_class if a.mapping == "all_to_one"
                else backdoor_labels(asr_test.y, a.target_class, a.mapping, asr_test.num_classes))
     inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test, asr_test, attack,

@@ -12,9 +12,12 @@ from .base import Attack, config_trigger
 from .both import FMAndClassic
 from .classic import DataPoisoning
 from .dba import DBA
+from .fm_bound_aware import FMBoundAware
+from .fm_generated import FMGenerated
 from .fm_poisoning import FMPoisoning
 from .neurotoxin import Neurotoxin
 from .replacement import ModelReplacement
+from .threedfed import ThreeDFed
 
 REGISTRY = Registry("attack", Attack, {
     "none": Attack,
@@ -24,6 +27,9 @@ REGISTRY = Registry("attack", Attack, {
     "model_replacement": ModelReplacement,
     "dba": DBA,
     "neurotoxin": Neurotoxin,
+    "3dfed": ThreeDFed,
+    "fm_generated": FMGenerated,
+    "fm_bound_aware": FMBoundAware,
 })
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
 

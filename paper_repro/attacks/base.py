@@ -56,6 +56,11 @@ class Attack:
         """The update the client sends, given its honest update Δ = θ_local − θ_global (P,)."""
         return update
 
+    def asr_trigger(self, cfg: Config) -> Trigger:
+        """The trigger the ASR test images carry: the config's (an attack that makes its own trigger, e.g. by
+        optimising it on the synthetic set, returns that one). Called after :meth:`poison_synthetic`."""
+        return config_trigger(cfg)
+
     def poisoned_indices(self) -> dict[int, np.ndarray]:
         """Per malicious client, the local indices it poisoned (saved with the run)."""
         return {}

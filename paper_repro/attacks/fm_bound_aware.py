@@ -1,0 +1,149 @@
+"""``fm_bound_aware`` — an adaptive FM attack on activation bounding (ours): the compromised FM knows the defense
+and poisons its synthetic set with a trigger designed to pass the bounds.
+
+Activation bounding works when the backdoor rides on a few units that fire far above anything clean data makes them
+do: the bounds, fitted on the synthetic set, cut those peaks. The attacker, who controls the FM and so has the clean
+synthetic set, instead looks for a trigger whose features are ones clean images already produce:
+
+1. train a surrogate of the global model (same architecture, the server's own initialisation recipe) on the clean
+   synthetic set;
+2. predict the bounds the defense will fit: per unit, the ``quantile`` quantile of the surrogate's activations at
+   act_bound's sites over ``per_class`` images per class (act_bound's defaults);
+3. optimise one additive full-image pattern δ (‖δ‖∞ ≤ ``epsilon`` of the pixel range) on the non-target images:
+   cross-entropy to the target class (a targeted universal perturbation: the target class's own features) plus
+   ``lam`` × the mean excess of every bounded activation over its predicted bound, Adam for ``steps`` steps;
+4. poison the synthetic set with δ as the FM attack does with a patch (same share, same classes, same stages).
+
+The ASR test images carry the same δ. The attacker's extra cost is one surrogate training and ``steps`` gradient
+steps on the set it drew anyway (logged in ``info``). [R: the attacker does not know the final global model, only
+its architecture and the server's recipe; ε = 16/255 as in clean-label and universal-perturbation attacks]"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data import ImageSet
+from ..defenses.act_bound import ActBound, fit_subset
+from ..defenses.clipping import max_activations, record_activations, resolve_sites
+from ..models import build_model
+from ..rng import derive_seed, np_rng, torch_gen
+from ..training import train_supervised
+from .fm_poisoning import FMPoisoning
+
+
+class PatternTrigger:
+    """An additive pattern ``delta`` (C, H, W) in pixel units: x ↦ clip(round(x + delta)) on uint8 images."""
+
+    kind = "pattern"
+
+    def __init__(self, delta: np.ndarray):
+        self.delta = np.asarray(delta, np.float32)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x.astype(np.float32) + self.delta), 0, 255).astype(np.uint8)
+
+
+class FMBoundAware(FMPoisoning):
+    """FM poisoning with a trigger optimised to stay under the bounds activation bounding would fit."""
+
+    name = "fm_bound_aware"
+    _BOUND = ActBound()
+    PARAMS = {"epsilon": round(16 / 255, 4), "steps": 200, "lam": 1.0, "lr": 0.01,
+              "quantile": _BOUND.init_quantile, "per_class": _BOUND.per_class}
+
+    def __init__(self, *args, cfg: Config, epsilon: float = PARAMS["epsilon"], steps: int = PARAMS["steps"],
+                 lam: float = PARAMS["lam"], lr: float = PARAMS["lr"], quantile: float = PARAMS["quantile"],
+                 per_class: int = PARAMS["per_class"], **kw):
+        super().__init__(*args, **kw)
+        for name, ok in (("epsilon", 0 < epsilon <= 1), ("steps", steps >= 0), ("lam", lam >= 0), ("lr", lr > 0),
+                         ("quantile", 0 < quantile <= 1), ("per_class", per_class >= 1)):
+            if not ok:
+                raise ValueError(f"fm_bound_aware: {name}={locals()[name]!r} is out of range (see "
+                                 "paper_repro/attacks/fm_bound_aware.py)")
+        self.cfg, self.epsilon, self.steps, self.lam, self.lr = cfg, epsilon, int(steps), lam, lr
+        self.quantile, self.per_class = quantile, int(per_class)
+        self.trigger = None  # made from the synthetic set in poison_synthetic
+        self.info: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FMBoundAware:
+        a = cfg.attack
+        return cls(None, a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"), a.mapping,
+                   cfg=cfg, **{**cls.PARAMS, **a.params})
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        if cfg.attack.mapping != "all_to_one":
+            raise ValueError("attack.kind='fm_bound_aware' optimises an all-to-one trigger: set "
+                             "attack.mapping='all_to_one'")
+
+    def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
+        self.trigger = PatternTrigger(self.optimise_trigger(clean))
+        return super().poison_synthetic(clean)
+
+    def asr_trigger(self, cfg: Config) -> PatternTrigger:
+        if self.trigger is None:
+            raise RuntimeError("fm_bound_aware: the trigger is made from the synthetic set; call poison_synthetic "
+                               "first")
+        return self.trigger
+
+    def optimise_trigger(self, clean: ImageSet) -> np.ndarray:
+        """Steps 1–3 of the module docstring: δ in pixel units (C, H, W)."""
+        cfg, fl, t0 = self.cfg, self.cfg.fl, time.perf_counter()
+        x, y = clean.tensors()
+        model = build_model(cfg.model.name, clean.shape, clean.num_classes, derive_seed(cfg.seed, "bound_aware_net"))
+        train_supervised(model, x, y, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
+                         torch_gen(cfg.seed, "bound_aware_train"))
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        sites = resolve_sites(model, self._BOUND.sites)
+        fit = x[torch.as_tensor(fit_subset(clean.y, self.per_class, np_rng(cfg.seed, "bound_aware_fit")))]
+        bounds = max_activations(model, fit, sites, self._BOUND.granularity, self.quantile)
+        source = x[y != self.target]
+        eps = 2 * self.epsilon  # the pixel range is [-1, 1] after normalisation
+        delta = torch.zeros((1, *clean.shape), requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.lr)
+        gen = torch_gen(cfg.seed, "bound_aware_batches")
+        mods = dict(model.named_modules())
+        acts: dict[str, torch.Tensor] = {}
+        hooks = [mods[s].register_forward_hook(lambda _m, _i, out, s=s: acts.__setitem__(s, out)) for s in sites]
+        target = torch.full((fl.batch_size * 4,), self.target)
+        try:
+            for _ in range(self.steps):
+                xb = source[torch.randint(len(source), (len(target),), generator=gen)]
+                logits = model((xb + delta).clamp(-1, 1))
+                excess = sum((F.relu(acts[s] - bounds[s]) / bounds[s].mean()).mean() for s in sites) / len(sites)
+                loss = F.cross_entropy(logits, target) + self.lam * excess
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta.clamp_(-eps, eps)
+        finally:
+            for h in hooks:
+                h.remove()
+        delta_px = (delta.detach()[0] * 127.5).numpy()
+        self.info = {"seconds": round(time.perf_counter() - t0, 1), **self._check(model, source, bounds, sites,
+                                                                                    delta_px)}
+        return delta_px
+
+    def _check(self, model, source: torch.Tensor, bounds: dict, sites: list[str], delta_px: np.ndarray) -> dict:
+        """On the surrogate: the target-class share of the triggered images and their share of bounded
+        activations above the predicted bounds, against the patch trigger's share (what the design aims at)."""
+        from ..data import to_float, to_uint8
+
+        raw = to_uint8(source[:500])
+        out = {}
+        for name, trig in (("pattern", PatternTrigger(delta_px)), ("clean", None)):
+            xt = to_float(trig.apply(raw) if trig is not None else raw)
+            acts = record_activations(model, xt, sites)
+            over = np.mean([float((acts[s] > bounds[s]).float().mean()) for s in sites])
+            with torch.no_grad():
+                hit = float((model(xt).argmax(1) == self.target).float().mean())
+            out[f"{name}_over_bounds"], out[f"{name}_to_target"] = round(over, 4), round(hit, 4)
+        return out

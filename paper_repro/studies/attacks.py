@@ -1,0 +1,136 @@
+"""Attack studies: every attack against the main defenses (the attack-breadth table), and what an FM attacker must do
+to make its backdoor strong (the strength sweep: poison share and trigger strength), measured with and without
+``act_bound``.
+
+``python -m paper_repro attacks`` writes ``data/tables/attack_breadth_<profile>.csv``;
+``python -m paper_repro attacks --study strength`` writes ``attack_strength_<profile>.csv`` (one row per run, with
+the run folder). Both use the held-out seeds and the validation setting's data (Dirichlet 0.5); no attack or
+defense parameter was chosen on them.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+
+from ..options import RunOptions
+from ..profiles import load_config
+from ..runner import run_many
+from ..tables import seed_intervals, table_path
+from .grid import summarise
+from .heldout import HELDOUT_SEEDS, VALIDATION, write_table_provenance
+
+SIG_AMPLITUDE = round(20 / 255, 4)
+ATTACKS: dict[str, dict] = {
+    # the compromised FM (the synthetic set)
+    "FM patch": {"kind": "fm"},
+    "FM random patch": {"kind": "fm", "trigger": "random_patch"},
+    "FM SIG": {"kind": "fm", "trigger": "sig", "blend_alpha": SIG_AMPLITUDE},
+    "FM all-to-all": {"kind": "fm", "mapping": "all_to_all"},
+    "FM-generated patch": {"kind": "fm_generated"},
+    "FM bound-aware": {"kind": "fm_bound_aware"},
+    # malicious clients
+    "data poisoning": {"kind": "classic"},
+    "model replacement": {"kind": "model_replacement"},
+    "DBA": {"kind": "dba", "trigger": "dba"},
+    "Neurotoxin": {"kind": "neurotoxin"},
+    "3DFed": {"kind": "3dfed"},
+}
+"""Label → ``attack`` section. Every attack at its paper's parameters (see its file) and the profile's poison
+shares; the client attacks use the profile's malicious clients and boost."""
+DEFENSES = ("none", "median", "flame", "mars", "mm_bm", "act_bound")
+
+STRENGTH: dict[str, list[tuple[str, dict]]] = {
+    "poison share": [(f"{r:g}", {"poison_ratio": r}) for r in (0.05, 0.1, 0.2, 0.4)],
+    "patch side (px)": [(f"{s}", {"trigger_size": s}) for s in (1, 2, 3, 5)],
+    "SIG amplitude": [(f"{a:g}", {"trigger": "sig", "blend_alpha": a}) for a in (0.04, SIG_AMPLITUDE, 0.16, 0.3)],
+    "blend weight": [(f"{a:g}", {"trigger": "blend", "blend_alpha": a}) for a in (0.1, 0.2, 0.3, 0.5)],
+}
+"""The strength sweep: one knob at a time against the FM patch attack (3×3 corner patch, 20 % of each non-target
+class), values fixed before any was run."""
+
+
+def attack_config(profile: str, attack: dict, defense: str, seed: int):
+    """One cell: the validation setting's data, ``attack`` (an ``attack`` section), ``defense`` at its defaults."""
+    return load_config(profile, data=dict(VALIDATION["data"]), attack=dict(attack), defense={"name": defense},
+                       seed=seed)
+
+
+def _run_table(cells: list[tuple[dict, dict, str, int]], profile: str, table: str, results_dir, tables_dir,
+               progress: bool, options: RunOptions | None, desc: str) -> pd.DataFrame:
+    """Run ``cells`` (row labels, attack section, defense, seed), one row per run, written to ``<table>_<profile>``
+    with its provenance."""
+    cfgs = [attack_config(profile, attack, d, seed) for _, attack, d, seed in cells]
+    results = run_many(cfgs, results_dir, progress=progress, desc=desc, options=options)
+    df = pd.DataFrame([{**labels, "kind": attack["kind"], "defense": d, "seed": seed, **summarise(r.history),
+                        "run": r.run_dir.name} for (labels, attack, d, seed), r in zip(cells, results)])
+    out = table_path(table, profile, tables_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.5g")
+    write_table_provenance(df, out, results_dir)
+    return df
+
+
+def attack_breadth(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTACKS),
+                   defense_names: tuple[str, ...] = DEFENSES, seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
+                   results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
+                   progress: bool = True, options: RunOptions | None = None,
+                   table: str = "attack_breadth") -> pd.DataFrame:
+    """Every attack × defense × seed, seed by seed (a partial run leaves whole seeds in the run folders)."""
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; known: {list(ATTACKS)}")
+    cells = [({"attack": a}, ATTACKS[a], d, s) for s, a, d in itertools.product(seeds, attacks, defense_names)]
+    return _run_table(cells, profile, table, results_dir, tables_dir, progress, options, "attacks")
+
+
+def attack_strength(profile: str = "quick", knobs: tuple[str, ...] = tuple(STRENGTH),
+                    defense_names: tuple[str, ...] = ("none", "act_bound"), seeds: tuple[int, ...] = HELDOUT_SEEDS[:1],
+                    results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
+                    progress: bool = True, options: RunOptions | None = None,
+                    table: str = "attack_strength") -> pd.DataFrame:
+    """The FM patch attack with one knob of :data:`STRENGTH` changed at a time, per defense and seed."""
+    unknown = [k for k in knobs if k not in STRENGTH]
+    if unknown:
+        raise ValueError(f"unknown strength knobs {unknown}; known: {list(STRENGTH)}")
+    cells = [({"knob": k, "value": v}, {"kind": "fm", **change}, d, s)
+             for s, k in itertools.product(seeds, knobs) for v, change in STRENGTH[k] for d in defense_names]
+    return _run_table(cells, profile, table, results_dir, tables_dir, progress, options, "strength")
+
+
+def breadth_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % interval per attack × defense (:func:`paper_repro.tables.seed_intervals`)."""
+    return seed_intervals(df, by=("attack", "defense"))
+
+
+def best_defense(df: pd.DataFrame, max_cost: float = 0.05) -> pd.DataFrame:
+    """Per attack: no-defense ASR and the defense with the lowest mean ASR among those costing at most ``max_cost``
+    of mean clean ACC against no defense, with their 95 % intervals."""
+    s = breadth_summary(df).set_index(["attack", "defense"])
+    rows = []
+    for attack in dict.fromkeys(df["attack"]):
+        base = s.loc[(attack, "none")]
+        cands = s.loc[attack].drop(index="none", errors="ignore")
+        cands = cands[base["acc_mean"] - cands["acc_mean"] <= max_cost]
+        row = {"attack": attack, "none_asr": base["asr_mean"], "none_lo": base["asr_lo"], "none_hi": base["asr_hi"],
+               "none_acc": base["acc_mean"]}
+        if len(cands):
+            d = cands["asr_mean"].idxmin()
+            row |= {"best": d, "best_asr": cands.loc[d, "asr_mean"], "best_lo": cands.loc[d, "asr_lo"],
+                    "best_hi": cands.loc[d, "asr_hi"], "best_acc": cands.loc[d, "acc_mean"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def strength_threshold(df: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Per knob and defense: the weakest value at which the mean ASR reaches ``level`` (NaN-free rows only; None if
+    no value does), in the sweep's order."""
+    rows = []
+    for (knob, d), g in df.groupby(["knob", "defense"], sort=False):
+        order = [v for v, _ in STRENGTH[knob]]
+        mean = g.groupby(g["value"].astype(str))["asr"].mean().reindex(order)
+        hit = next((v for v, a in mean.items() if a >= level), None)
+        rows.append({"knob": knob, "defense": d, f"ASR ≥ {level:g} from": hit or "never",
+                     "mean ASR per value": "  ".join(f"{v}: {a:.2f}" for v, a in mean.items())})
+    return pd.DataFrame(rows)
