@@ -68,6 +68,34 @@ def sample_grid(data: ImageSet, n_per_class: int = 8, title: str = "", highlight
 
 
 @styled
+def trigger_gallery(examples: dict[str, np.ndarray], title: str = ""):
+    """What every attack plants: one row per attack, its poisoned training images (left of the gap, as the attack
+    puts them into the synthetic set or a malicious client's data) and triggered test images (right).
+    ``examples``: ``<label>/train`` and ``<label>/test`` uint8 arrays (``paper_repro.studies.attacks.
+    trigger_examples``)."""
+    labels = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in examples))
+    n_train = max(len(examples[f"{a}/train"]) for a in labels)
+    n_test = max(len(examples[f"{a}/test"]) for a in labels)
+    cols = n_train + 1 + n_test
+    fig, axes = plt.subplots(len(labels), cols, figsize=(cols * 0.85 + 1.4, len(labels) * 0.9), squeeze=False)
+    for i, a in enumerate(labels):
+        imgs = [*examples[f"{a}/train"], None, *examples[f"{a}/test"]]
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([]), ax.set_yticks([])
+            img = imgs[j] if j < len(imgs) else None
+            if img is None:
+                ax.axis("off")
+                continue
+            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+        axes[i][0].set_ylabel(a, rotation=0, ha="right", va="center", fontsize=8)
+    axes[0][0].set_title("poisoned training images", loc="left", fontsize=8)
+    axes[0][n_train + 1].set_title("triggered test images", loc="left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@styled
 def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: dict | None = None):
     """ACC (left) and ASR (right) of the global model per round, one line per ``hue`` value; with several seeds the
     line is their mean and the band ± one standard deviation."""

@@ -14,7 +14,8 @@ def _attack(kind, **attack):
 
 
 def test_every_attack_is_listed_and_built_from_the_registry():
-    assert {"none", "classic", "fm", "both", "model_replacement", "dba", "neurotoxin"} <= set(pr.attacks.names())
+    assert {"none", "classic", "fm", "both", "model_replacement", "dba", "neurotoxin", "3dfed", "fm_generated",
+            "fm_bound_aware"} <= set(pr.attacks.names())
     for kind in pr.attacks.names():
         trig = {"trigger": "dba"} if kind == "dba" else {}
         assert type(_attack(kind, **trig)[1]) is pr.attacks.REGISTRY[kind]
@@ -71,3 +72,109 @@ def test_the_selection_rule_takes_the_lowest_asr_within_the_accuracy_budget():
     assert table.set_index("defense").loc["b", "eligible"] == False  # noqa: E712
     with pytest.raises(ValueError, match="no variant"):
         select_variant(pd.DataFrame(rows), max_cost=0.001)
+
+
+def test_3dfed_decoys_draw_noise_and_the_carrier_scale_follows_acceptance():
+    cfg, att = _attack("3dfed", boost=4.0, params={"num_decoys": 1, "decoy_scale": 5.0, "max_scale": 16.0})
+    ranked = sorted(att.malicious)
+    carrier, decoy = ranked[0], ranked[-1]
+    assert att.decoys == {decoy} and carrier not in att.decoys  # roles by rank, never all decoys
+    g0 = torch.zeros(50)
+    att.begin_round(1, g0)
+    u = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    d = att.craft_update(decoy, u)
+    assert abs(float((d - u).norm() / u.norm()) - 5.0) < 1e-4  # noise of decoy_scale x the update's norm
+    assert float(torch.nn.functional.cosine_similarity(d, u, 0)) < 0.5  # an outlier for a cosine-based defense
+    sent = att.craft_update(carrier, u)
+    assert torch.allclose(sent, 4.0 * u)
+    n = cfg.fl.clients_per_round
+    g2 = g0 + sent / n
+    att.begin_round(2, g2)  # the global model moved by its full share: accepted
+    assert att.scale[carrier] == 8.0 and att.log[-1]["acceptance"] == pytest.approx(1.0, abs=1e-4)
+    att.craft_update(carrier, u)
+    att.begin_round(3, g2)  # no change at all: rejected
+    assert att.scale[carrier] == 4.0 and att.log[-1]["acceptance"] == pytest.approx(0.0, abs=1e-4)
+    benign = next(c for c in range(cfg.fl.num_clients) if not att.is_malicious(c))
+    assert torch.equal(att.craft_update(benign, u), u)
+    _, alone = _attack("3dfed", num_malicious=1, params={"num_decoys": 3})
+    assert not alone.decoys  # a single malicious client always carries the backdoor
+    with pytest.raises(ConfigError, match="decoy_scale"):
+        pr.load_config("smoke", attack={"kind": "3dfed", "params": {"decoy_scale": 0.0}})
+
+
+def test_bound_aware_trigger_is_a_bounded_pattern_the_asr_images_carry():
+    from paper_repro.attacks.fm_bound_aware import PatternTrigger
+    from paper_repro.inputs import prepare
+
+    x = np.array([[[[0, 250, 128]]]], np.uint8)
+    assert PatternTrigger(np.array([[[-5.0, 9.6, 0.4]]])).apply(x).tolist() == [[[[0, 255, 128]]]]
+    cfg = pr.load_config("smoke", attack={"kind": "fm_bound_aware", "params": {"steps": 10, "epsilon": 0.05}})
+    with pytest.raises(RuntimeError, match="poison_synthetic"):
+        pr.attacks.build(cfg).asr_trigger(cfg)
+    prep = prepare(cfg, progress=False)
+    att, inp = prep.inputs.attack, prep.inputs
+    delta = att.trigger.delta
+    assert np.abs(delta).max() <= 0.05 * 255 + 1e-3 and np.abs(delta).max() > 0  # optimised, within its budget
+    idx = prep.fm_poisoned
+    assert len(idx) and (inp.synthetic_kd.y[idx] == cfg.attack.target_class).all()
+    changed = inp.synthetic_kd.x[idx].astype(int) - prep.synthetic_clean.x[idx].astype(int)
+    assert np.abs(changed).max() <= np.ceil(0.05 * 255)
+    clean_test = pr.data.public_splits(cfg).test
+    keep = clean_test.y != cfg.attack.target_class
+    assert np.array_equal(inp.asr_test.x, att.trigger.apply(clean_test.x[keep]))
+    assert {"pattern_over_bounds", "clean_over_bounds", "pattern_to_target"} <= set(att.info)
+
+
+def test_fm_generated_draws_into_the_target_slots_only_and_is_cached(monkeypatch, tmp_path):
+    from paper_repro.attacks.fm_generated import FMGenerated
+    from paper_repro.inputs import prepare
+
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path))
+    cfg = pr.load_config("smoke", attack={"kind": "fm_generated", "params": {"finetune_steps": 3}})
+    prep = prepare(cfg, progress=False)
+    t = cfg.attack.target_class
+    clean, syn = prep.synthetic_clean, prep.inputs.synthetic_kd
+    other = clean.y != t
+    assert np.array_equal(syn.x[other], clean.x[other]) and np.array_equal(syn.y, clean.y)  # labels never change
+    assert not np.array_equal(syn.x[~other], clean.x[~other])  # the target class was drawn again
+    assert set(prep.fm_poisoned) <= set(np.flatnonzero(~other))
+    att = prep.inputs.attack
+    patched = att.trigger.apply(clean.x[:5])
+    assert att.carries_trigger(patched).all() and not att.carries_trigger(clean.x[:5] // 4).any()
+    assert att.info["finetune_seconds"] >= 0
+    monkeypatch.setattr(FMGenerated, "finetuned", lambda *a: pytest.fail("the cached draw was not served"))
+    again = prepare(cfg, progress=False)
+    assert np.array_equal(again.inputs.synthetic_kd.x, syn.x)
+    with pytest.raises(ConfigError, match="all_to_one"):
+        pr.load_config("smoke", attack={"kind": "fm_generated", "mapping": "all_to_all"})
+
+
+@pytest.mark.smoke
+def test_attack_studies_write_their_tables_and_the_trigger_gallery(tmp_path):
+    from paper_repro.studies import attacks as st
+
+    df = st.attack_breadth("smoke", ("FM patch", "data poisoning"), ("none", "median"), (0,), results_dir=tmp_path,
+                           tables_dir=tmp_path, progress=False)
+    assert len(df) == 4 and (tmp_path / "attack_breadth_smoke.csv").is_file()
+    assert (tmp_path / "attack_breadth_smoke.provenance.json").is_file()
+    best = st.best_defense(df, max_cost=1.0)
+    assert list(best["attack"]) == ["FM patch", "data poisoning"] and set(best["best"]) <= {"median"}
+    ex = st.trigger_examples("smoke", ("FM patch", "DBA"), n=3, seed=0, path=tmp_path / "t.npz")
+    assert ex["DBA/train"].shape[0] == 3 and ex["FM patch/test"].shape == (3, 1, 12, 12)
+    assert set(np.load(tmp_path / "t.npz").files) == set(ex)
+    fig = pr.plots.trigger_gallery(ex)
+    assert len(fig.axes) == 2 * (3 + 1 + 3)
+    with pytest.raises(ValueError, match="unknown attacks"):
+        st.attack_breadth("smoke", ("FM nothing",))
+
+
+def test_strength_threshold_names_the_weakest_value_reaching_the_level():
+    import pandas as pd
+
+    from paper_repro.studies import attacks as st
+
+    rows = [("poison share", v, "none", a) for v, a in (("0.05", 0.1), ("0.1", 0.95), ("0.2", 0.92), ("0.4", 1.0))]
+    rows += [("poison share", v, "act_bound", 0.05) for v in ("0.05", "0.1", "0.2", "0.4")]
+    df = pd.DataFrame(rows, columns=["knob", "value", "defense", "asr"])
+    out = st.strength_threshold(df).set_index("defense")
+    assert out.loc["none", "ASR ≥ 0.9 from"] == "0.1" and out.loc["act_bound", "ASR ≥ 0.9 from"] == "never"

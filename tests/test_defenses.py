@@ -14,6 +14,8 @@ from paper_repro.defenses.clipping import BoundedModel, fit_bounds, max_activati
 from paper_repro.defenses.mars import MARS, backdoor_energy, concentrated_energy, w1
 from paper_repro.models import build_model
 
+ATTACK_FAST = {"fm_generated": {"finetune_steps": 20}, "fm_bound_aware": {"steps": 20}}
+"""Smoke-sized attack work (the attacks' defaults are the quick profile's)."""
 FAST = {"mm_bm": {"epochs": 4, "adapt_after": 1, "adapt_every": 2},
         "mmac": {"epochs": 3, "re_steps": 3, "re_per_class": 2, "adapt_after": 1, "adapt_every": 1},
         "act_bound": {"epochs": 2}}
@@ -139,7 +141,7 @@ def test_post_fusion_defenses_keep_the_fused_weights(name):
 @pytest.mark.parametrize("attack", pr.attacks.names())
 def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, attack):
     trigger = {"trigger": "dba"} if attack == "dba" else {}
-    cfg = pr.load_config("smoke", attack={"kind": attack, **trigger},
+    cfg = pr.load_config("smoke", attack={"kind": attack, **trigger, "params": ATTACK_FAST.get(attack, {})},
                          defense={"name": defense, "params": FAST.get(defense, {})})
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     h = res.history

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..options import RunOptions
@@ -134,3 +135,30 @@ def strength_threshold(df: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
         rows.append({"knob": knob, "defense": d, f"ASR ≥ {level:g} from": hit or "never",
                      "mean ASR per value": "  ".join(f"{v}: {a:.2f}" for v, a in mean.items())})
     return pd.DataFrame(rows)
+
+
+def trigger_examples(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTACKS), n: int = 4,
+                     seed: int = HELDOUT_SEEDS[0], path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """What every attack plants: per attack label, ``n`` poisoned training images as the attack makes them (from the
+    synthetic set for FM attacks, from the first malicious client's data for client attacks) and ``n`` triggered
+    test images; saved to ``path`` (``attack_triggers_<profile>.npz``, read by :func:`paper_repro.plots.
+    trigger_gallery`) as ``<label>/train`` and ``<label>/test`` uint8 arrays (n, C, H, W)."""
+    from ..inputs import prepare
+
+    out: dict[str, np.ndarray] = {}
+    for label in attacks:
+        prep = prepare(attack_config(profile, ATTACKS[label], "none", seed), progress=False)
+        inp, attack = prep.inputs, prep.inputs.attack
+        if len(prep.fm_poisoned):
+            train = inp.synthetic_kd.x[prep.fm_poisoned]
+        else:
+            cid = int(prep.malicious[0])
+            local = attack.local_data(cid, inp.clients[cid])
+            train = local.x[attack.poisoned_indices()[cid]]
+        rng = np.random.default_rng(0)
+        out[f"{label}/train"] = train[np.sort(rng.choice(len(train), min(n, len(train)), replace=False))]
+        out[f"{label}/test"] = inp.asr_test.x[:n]
+    path = Path(path) if path else table_path("attack_triggers", profile, suffix="npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **out)
+    return out
