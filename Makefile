@@ -7,6 +7,8 @@ PROFILE ?= quick
 SEEDS ?= 0
 JOBS ?= 1
 BACKEND ?= local
+FAST ?= 0
+FAST_FLAG := $(if $(filter 1,$(FAST)),--fast,)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -52,9 +54,10 @@ figures: $(VENV)/.installed
 	$(PY) -m paper_repro figures --profile $(PROFILE)
 
 # recompute those tables: defense grid (SEEDS), ablations, activation study, F1 samples (runs are cached);
-# JOBS=2 runs two at a time (faster on 2 cores, equal to JOBS=1 up to float rounding)
+# JOBS=2 runs two at a time (faster on 2 cores, equal to JOBS=1 up to float rounding); FAST=1 runs in bf16
+# (its own run keys; tables under data/tables/fast/; docs/speed.md says how far from fp32)
 results: setup
-	$(PY) -m paper_repro results --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS) --backend $(BACKEND)
+	$(PY) -m paper_repro results --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS) --backend $(BACKEND) $(FAST_FLAG)
 
 # the numbered notebooks 01-05 through papermill (executed copies in build/notebooks/notebooks)
 notebooks: setup

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--backend", default="local", choices=("local", "ray"),
                        help="local worker processes, or one Ray task per run (needs the flower extra)")
         q.add_argument("--address", default="", help="Ray head HOST:PORT or auto (default: start Ray here)")
+        q.add_argument("--fast", action="store_true",
+                       help="the fast mode: every run in bf16 (own run keys; tables go to data/tables/fast/ unless "
+                            "--tables-dir says otherwise; how far from fp32: docs/speed.md)")
 
     r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
     profile(r)
@@ -195,8 +198,12 @@ def _run(a: argparse.Namespace) -> None:
     from .runner import keep_freed_memory
 
     keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
-    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs, "backend": a.backend, "address": a.address}
-                                                 if "jobs" in a else {}))
+    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs, "backend": a.backend, "address": a.address,
+                                                  "fast": a.fast} if "jobs" in a else {}))
+    if getattr(a, "fast", False) and "tables_dir" in a and a.tables_dir is None:
+        from .tables import TABLES_DIR
+
+        a.tables_dir = str(TABLES_DIR / "fast")  # the fp32 reference tables are never overwritten by fast ones
     if a.cmd in ("figures", "notebooks", "report"):
         from . import notebooks
         from .tables import TABLES_DIR

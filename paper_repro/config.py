@@ -242,10 +242,11 @@ class FLConfig:
     weighting: str = "samples"
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: docs/paper.md, traps]"""
     precision: str = "fp32"
-    """Local client training arithmetic: fp32 | bf16 (``torch.autocast`` to bfloat16 for convolutions and matrix
-    products; weights, optimiser state, updates and everything after local training stay fp32). bf16 changes the
-    numbers (tests/test_engine.py bounds how much), so it is part of the run key; fp32 runs keep the key they had
-    before this option existed. ours"""
+    """The FL loop's arithmetic: fp32 (the reference) | bf16, the fast mode (``torch.autocast`` to bfloat16 for the
+    convolutions and matrix products of the initial training, local training, the FedDF teachers and distillation,
+    and evaluation; weights, optimiser state, updates, losses and the defenses stay fp32). bf16 changes the numbers
+    (docs/speed.md: how far from fp32, measured against the seed spread), so it is part of the run key; fp32 runs
+    keep the key they had before this option existed. ours"""
 
     def __post_init__(self) -> None:
         _check_types(self, "fl")

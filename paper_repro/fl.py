@@ -67,13 +67,14 @@ def init_global_model(cfg: Config, inp: FLInputs, device: str = "cpu") -> nn.Mod
                         derive_seed(cfg.seed, "model_init")).to(device)
     xi, yi = inp.synthetic_init.tensors(device)
     return train_supervised(model, xi, yi, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
-                            torch_gen(cfg.seed, "init"), cfg.model.channels_last)
+                            torch_gen(cfg.seed, "init"), cfg.model.channels_last, fl.precision)
 
 
 def evaluate_served(model: nn.Module, cfg: Config, inp: FLInputs, opts: RunOptions) -> dict[str, float]:
     """Step 6: ACC/ASR of ``model`` as the run evaluates (device, batch, memory format)."""
     return evaluate(model, inp.test, inp.asr_test, inp.target_class, opts.device, opts.eval_batch_size,
-                    cfg.model.channels_last, class_shares([c.y for c in inp.clients], inp.test.num_classes))
+                    cfg.model.channels_last, class_shares([c.y for c in inp.clients], inp.test.num_classes),
+                    cfg.fl.precision)
 
 
 def round_context(cfg: Config, opts: RunOptions, inp: FLInputs, model: nn.Module, rnd: int) -> RoundContext:
@@ -132,9 +133,10 @@ def server_steps(cfg: Config, opts: RunOptions, inp: FLInputs, defense: Defense,
     if fl.fusion and fl.kd_epochs > 0:
         x_kd, y_kd = kd
         admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-        teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl)  # (N_syn, C)
+        teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl,
+                                  fl.precision)  # (N_syn, C)
         distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
-                fl.kd_temperature, torch_gen(cfg.seed, "kd", ctx.round), cl)
+                fl.kd_temperature, torch_gen(cfg.seed, "kd", ctx.round), cl, fl.precision)
     row["fusion_seconds"] = time.perf_counter() - t
     if not torch.isfinite(flat_state(model)).all():
         row.update({"status": DIVERGED, **no_metrics()})

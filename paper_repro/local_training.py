@@ -1,5 +1,6 @@
 """Step 2 engines, the local training of a round's clients: one after another (the reference loop), side by side on
-threads, or batched as one computation.
+threads (the CPU default: each client on one thread, so its numbers do not depend on the core count), or
+batched as one computation.
 
 Batched: ``torch.func.vmap`` over a stacked copy of the parameters (one slice per client) turns each convolution into a
 grouped one and each matrix product into a batched one; every client keeps its own data order (its generator draws
@@ -34,12 +35,13 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
     """Step 2 for K clients, ``workers`` of them at a time (default: torch's intra-op thread count), each on one
     thread: the per-client loop of :func:`paper_repro.training.local_train`, run side by side the way Flower's actors
     run, but in one process. Small convolutions (batch 32 of 28×28) do not keep two intra-op threads busy, two
-    clients do. Same results as the loop up to float rounding (one thread sums in a different order than two).
-    torch's intra-op thread count is set to 1 for the duration and restored afterwards."""
+    clients do. Every client is computed on exactly one thread, so its numbers do not depend on how many cores the
+    machine has or how many clients run at once (``tests/test_local_training.py``); they equal the loop run on one
+    thread bit for bit, and the loop on several threads up to float rounding. ``workers=1`` is the reference loop
+    itself (one client after another on torch's intra-op threads). torch's intra-op thread count is set to 1 for the
+    duration and restored afterwards."""
     if len(data) != len(generators):
         raise ValueError(f"{len(data)} clients but {len(generators)} generators")
-    threads = torch.get_num_threads()
-    workers = max(1, min(workers or threads, len(data)))
 
     def one(i: int) -> torch.Tensor:
         (x, y), g = data[i], generators[i]
@@ -47,8 +49,12 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
 
     if workers == 1:
         return torch.stack([one(i) for i in range(len(data))])
+    threads = torch.get_num_threads()
+    workers = max(1, min(workers or threads, len(data)))
     torch.set_num_threads(1)
     try:
+        if workers == 1:
+            return torch.stack([one(i) for i in range(len(data))])
         with ThreadPoolExecutor(workers) as pool:
             return torch.stack(list(pool.map(one, range(len(data)))))
     finally:
@@ -58,11 +64,11 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
 def train_clients(engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
                   *args, **kwargs) -> torch.Tensor:
     """Step 2 with the run's engine (:attr:`paper_repro.options.RunOptions.engine`): ``loop`` (one client after
-    another), ``threads``, ``batched``, or ``auto`` (batched on a GPU, loop elsewhere). Arguments after ``data`` as
-    in :func:`batched_local_train`."""
+    another), ``threads``, ``batched``, or ``auto`` (batched on a GPU, threads elsewhere). Arguments after ``data``
+    as in :func:`batched_local_train`."""
     if engine == "batched" or (engine == "auto" and str(device).startswith("cuda")):
         return batched_local_train(global_model, data, *args, **kwargs)
-    workers = None if engine == "threads" else 1  # one worker: local_train per client in turn, the reference loop
+    workers = 1 if engine == "loop" else None  # one worker: local_train per client in turn, the reference loop
     return threaded_local_train(global_model, data, *args, workers=workers, **kwargs)
 
 

@@ -36,18 +36,18 @@ def client_mean_accuracy(per_class_acc: np.ndarray, shares: np.ndarray) -> float
 
 def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class: int | np.ndarray,
              device: str = "cpu", batch_size: int = 1000, channels_last: bool = False,
-             shares: np.ndarray | None = None) -> dict[str, float]:
+             shares: np.ndarray | None = None, precision: str = "fp32") -> dict[str, float]:
     """ACC on ``test``; ASR = share of ``asr_test`` (triggered images) classified as ``target_class`` (one class, or
     one per image for an all-to-all backdoor; an all-to-one ASR set excludes the target class, as in the author
     code); ``acc_triggered`` = share of the same
     triggered images classified as their true label (a defense that only breaks the trigger's effect without
     restoring the right answer scores low here); with ``shares`` (:func:`class_shares` of the clients),
-    ``acc_client_mean`` = :func:`client_mean_accuracy`."""
+    ``acc_client_mean`` = :func:`client_mean_accuracy`. ``precision="bf16"``: forwards under bf16 autocast."""
     x, y = test.tensors(device)
     xa, ya = asr_test.tensors(device)
-    hit = (predict_logits(model, x, batch_size, channels_last).argmax(1) == y) if len(y) else y.bool()
+    hit = (predict_logits(model, x, batch_size, channels_last, precision).argmax(1) == y) if len(y) else y.bool()
     acc = hit.float().mean().item() if len(y) else float("nan")
-    pred = predict_logits(model, xa, batch_size, channels_last).argmax(1)
+    pred = predict_logits(model, xa, batch_size, channels_last, precision).argmax(1)
     tgt = torch.as_tensor(np.asarray(target_class, np.int64), device=pred.device)  # one class, or one per image
     asr = (pred == tgt).float().mean().item() if len(pred) else float("nan")
     acc_t = (pred == ya).float().mean().item() if len(pred) else float("nan")

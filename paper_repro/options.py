@@ -23,8 +23,8 @@ class RunOptions:
     """torch device the run trains and evaluates on (cpu, cuda, cuda:1, ...)."""
     engine: str = "auto"
     """Local training: loop (one client after another, the reference) | threads (the same loop, as many clients at
-    once as torch has threads, one thread each) | batched (the round's clients as one vmapped computation) | auto
-    (batched on a GPU, loop elsewhere) | flower (the whole run through Flower's simulation engine, one Ray worker per
+    once as torch has threads, each client on one thread: a client's numbers do not depend on the machine's core
+    count) | batched (the round's clients as one vmapped computation) | auto (batched on a GPU, threads elsewhere) | flower (the whole run through Flower's simulation engine, one Ray worker per
     client at a time, each client trained by the loop; needs ``pip install -e '.[flower]'``). All agree up to float
     rounding (tests/test_local_training.py; Flower: tests/test_flower.py)."""
     eval_batch_size: int = 32
@@ -49,6 +49,11 @@ class RunOptions:
     """Ray cluster to join (``HOST:PORT`` of its head, or ``auto``); empty: start a Ray instance on this machine."""
     cpus_per_run: int = 1
     """CPUs (and torch threads) a Ray task asks for."""
+    fast: bool = False
+    """Run every config in the fast mode, ``fl.precision="bf16"`` (bf16 autocast in the initial, local and fusion
+    training and in evaluation). Unlike the other options this changes the numbers, so the runs get their own keys
+    and folders; how far they are from fp32 is measured in docs/speed.md. The CLI's ``--fast`` (``make ... FAST=1``)
+    writes their tables under ``data/tables/fast/``."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -64,7 +69,7 @@ class RunOptions:
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise OptionsError(f"{name}={v!r} must be an integer >= {low}"
                                    + (" (0 = torch's default)" if name == "threads" else ""))
-        for name in ("share_training", "compile"):
+        for name in ("share_training", "compile", "fast"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name}={getattr(self, name)!r} must be True or False")
 

@@ -50,6 +50,8 @@ def initial_model_key(cfg: Config, inp: FLInputs) -> str:
            "synthetic": inp.synthetic_init.digest(), "epochs": fl.init_epochs, "lr": fl.init_lr,
            "momentum": fl.momentum, "batch_size": fl.batch_size, "channels_last": cfg.model.channels_last,
            "code": code_digest(INIT_CODE), "libraries": library_versions(("torch",))}
+    if fl.precision != "fp32":  # fp32 models keep the key they had before the option existed
+        src["precision"] = fl.precision
     return f"{cfg.model.name}_{stable_hash(src, 16)}"
 
 

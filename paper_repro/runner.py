@@ -67,6 +67,11 @@ def check_device(device: str) -> None:
                            "use RunOptions(device='cpu') (the smoke and quick profiles run on CPU)")
 
 
+def in_fast_mode(cfg: Config) -> Config:
+    """``cfg`` with ``fl.precision="bf16"``: what :attr:`RunOptions.fast` runs."""
+    return replace(cfg, fl=replace(cfg.fl, precision="bf16"))
+
+
 def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True, force: bool = False,
                    record_trajectory: bool = False, options: RunOptions | None = None) -> RunResult:
     """Run one experiment, or load it if a finished run with the same key exists (``force`` re-runs it, and every
@@ -75,6 +80,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
     :class:`~paper_repro.replay.Trajectory` (re-running a cached run that lacks one). ``options``: how it executes
     (default: the profile's :class:`RunOptions`)."""
     opts = options or RunOptions.for_profile(cfg.profile)
+    cfg = in_fast_mode(cfg) if opts.fast else cfg
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     check_registered(cfg)
     check_device(opts.device)
@@ -195,6 +201,7 @@ def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: in
     if not cfgs:
         return []
     opts = options or RunOptions.for_profile(cfgs[0].profile)
+    cfgs = [in_fast_mode(c) for c in cfgs] if opts.fast else list(cfgs)
     jobs = opts.jobs if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")

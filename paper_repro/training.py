@@ -71,16 +71,18 @@ def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
 
 def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, epochs: int,
             lr: float, momentum: float, batch_size: int, alpha: float, temperature: float,
-            generator: torch.Generator, channels_last: bool = False) -> nn.Module:
+            generator: torch.Generator, channels_last: bool = False, precision: str = "fp32") -> nn.Module:
     """Step 4, FedDF fusion on the synthetic set: minimise α·τ²·KL(σ(t/τ) ‖ σ(s/τ)) + (1−α)·CE(s, y) with the
-    student in train mode; teacher logits are matched per sample index (docs/paper.md, traps). [C: FRJ-AJ]"""
+    student in train mode; teacher logits are matched per sample index (docs/paper.md, traps). [C: FRJ-AJ]
+    ``precision="bf16"``: the student's forward and backward under bf16 autocast, the loss in fp32."""
     student, x = _prep(student, x, channels_last)
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum)
     t_prob = F.softmax(teacher_logits / temperature, dim=1)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
-            s = student(x[idx])
+            with autocast(x.device.type, precision):
+                s = student(x[idx]).float()
             kl = F.kl_div(F.log_softmax(s / temperature, dim=1), t_prob[idx], reduction="batchmean")
             loss = alpha * temperature ** 2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
             opt.zero_grad(set_to_none=True)
@@ -90,16 +92,16 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False
-                   ) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False,
+                   precision: str = "fp32") -> torch.Tensor:
     """Logits (N, C) in eval mode, ``batch_size`` images at a time. With ``channels_last`` the model and the images
     are put in that memory format first (as in training; a channels_last input to a contiguous model is slow).
     On CPU, batches of a few dozen images stay in cache and run ~2× faster than batches of 1,000
-    (``benchmarks/speed.py`` part ``eval``)."""
+    (``benchmarks/speed.py`` part ``eval``). ``precision="bf16"``: the forward under bf16 autocast (fp32 logits)."""
     was_training = model.training
     model, x = _prep(model, x, channels_last)  # outside inference mode: it may replace the parameters' storage
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device.type, precision):
         out = [model(xb).float() for xb in x.split(batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
@@ -114,8 +116,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def ensemble_logits(model: nn.Module, states: torch.Tensor, x: torch.Tensor, batch_size: int = 1000,
-                    channels_last: bool = False) -> torch.Tensor:
+                    channels_last: bool = False, precision: str = "fp32") -> torch.Tensor:
     """Mean logits (N, C) on ``x`` of the models whose flat states are the rows of ``states`` (K, P), built on a copy
     of ``model`` (which is not modified): the FedDF teacher ensemble."""
     tmp = copy.deepcopy(model)
-    return torch.stack([predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last) for s in states]).mean(0)
+    return torch.stack([predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last, precision)
+                        for s in states]).mean(0)

@@ -50,6 +50,40 @@ def test_threaded_clients_equal_the_loop_and_restore_the_thread_count():
         threaded_local_train(model, data, 1, 0.1, 0.0, 4, [torch.Generator()])
 
 
+def test_threaded_clients_do_not_depend_on_the_core_count():
+    # Prepare: the same round on machines with 1, 2 and 4 cores (torch threads), and 2 or 3 clients at once
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    data = _clients([40, 17, 33])
+    kw = dict(epochs=1, lr=0.05, momentum=0.5, batch_size=16)
+    before = torch.get_num_threads()
+
+    def run(threads, workers=None):
+        torch.set_num_threads(threads)
+        try:
+            return threaded_local_train(model, data, generators=[torch.Generator().manual_seed(k) for k in range(3)],
+                                        workers=workers, **kw)
+        finally:
+            torch.set_num_threads(before)
+
+    # Execute
+    outs = [run(1), run(2), run(4), run(4, workers=2), run(2, workers=3)]
+    loop_one_thread = run(1, workers=1)
+    # Assert: bit for bit the same numbers however many cores and workers, equal to the loop on one thread
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    assert torch.equal(loop_one_thread, outs[0])
+
+
+def test_the_default_cpu_engine_is_threads():
+    from paper_repro.local_training import train_clients
+
+    model = build_model("tiny", (1, 12, 12), 10, seed=0)
+    data = _clients([8, 5], (1, 12, 12))
+    gens = lambda: [torch.Generator().manual_seed(k) for k in range(2)]  # noqa: E731
+    auto = train_clients("auto", "cpu", model, data, 1, 0.1, 0.0, 4, gens())
+    assert torch.equal(auto, train_clients("threads", "cpu", model, data, 1, 0.1, 0.0, 4, gens()))
+
+
 def test_models_with_batchnorm_fall_back_to_the_loop():
     model = build_model("resnet18", (3, 32, 32), 10, seed=0)
     assert not can_batch(model)

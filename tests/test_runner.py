@@ -276,3 +276,37 @@ def test_force_recomputes_every_cached_input_too(tmp_path, monkeypatch):
     assert not c.history["init_cached"].iloc[0]
     pd.testing.assert_frame_equal(c.history[["acc", "asr"]], a.history[["acc", "asr"]])
     assert a.run_dir.name == c.run_dir.name and "code" in json.loads((c.run_dir / "config.json").read_text())["hashes"]
+
+
+def test_the_fast_mode_runs_bf16_everywhere_under_its_own_key(tmp_path):
+    from paper_repro.replay import initial_model_key
+    from paper_repro.inputs import prepare
+
+    cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound", "params": {"epochs": 1}})
+    ref = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
+    fast = pr.run_experiment(cfg, results_dir=tmp_path, progress=False, options=pr.RunOptions(fast=True))
+    saved = json.loads((fast.run_dir / "config.json").read_text())["config"]
+    assert saved["fl"]["precision"] == "bf16" and fast.run_dir != ref.run_dir  # its own folder, never served as fp32
+    assert fast.history[["acc", "asr"]].notna().all().all()
+    # the step-0 model cache is keyed by the precision too; an fp32 run keeps its key
+    inp = prepare(cfg, progress=False).inputs
+    bf16 = pr.runner.in_fast_mode(cfg)
+    assert initial_model_key(cfg, inp) != initial_model_key(bf16, inp)
+    again = pr.run_experiment(cfg, results_dir=tmp_path, progress=False, options=pr.RunOptions(fast=False))
+    assert again.run_dir == ref.run_dir
+
+
+@pytest.mark.smoke
+def test_cli_fast_writes_its_tables_apart(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PAPER_REPRO_RESULTS": str(tmp_path / "r"),
+           "PAPER_REPRO_CACHE": str(tmp_path / "c")}
+    out = subprocess.run([sys.executable, "-m", "paper_repro", "attacks", "--profile", "smoke", "--fast", "--seeds",
+                          "0", "--attacks", "FM patch", "--defenses", "none", "--tables-dir", str(tmp_path / "t")],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    runs = list((tmp_path / "r").glob("*/config.json"))
+    assert runs and all(json.loads(p.read_text())["config"]["fl"]["precision"] == "bf16" for p in runs)
+    assert (tmp_path / "t" / "attack_breadth_smoke.csv").is_file()
