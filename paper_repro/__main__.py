@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .cliargs import PROFILES, check_unique, nonneg_int, pos_int, writable_dir
+from .cliargs import FAST_ON_SLOW_CPU, PROFILES, check_unique, native_bf16, nonneg_int, pos_int, writable_dir
 from .store import REPO_ROOT
 
 FIGURES = REPO_ROOT / "figures"
@@ -204,6 +204,10 @@ def _run(a: argparse.Namespace) -> None:
         from .tables import TABLES_DIR
 
         a.tables_dir = str(TABLES_DIR / "fast")  # the fp32 reference tables are never overwritten by fast ones
+    if getattr(a, "fast", False) and opts.device == "cpu" and native_bf16() is False:
+        import sys
+
+        print(FAST_ON_SLOW_CPU, file=sys.stderr)
     if a.cmd in ("figures", "notebooks", "report"):
         from . import notebooks
         from .tables import TABLES_DIR

@@ -42,3 +42,18 @@ def writable_dir(path: str | Path) -> str | None:
 def check_unique(parser: argparse.ArgumentParser, option: str, values) -> None:
     if values is not None and len(set(values)) != len(values):
         parser.error(f"{option} {' '.join(map(str, values))}: each value once")
+
+
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); None where it cannot be read (not Linux).
+    Without it, torch emulates bf16 and the fast mode is slower than fp32 (docs/speed.md: ~8× on an AVX2 CPU)."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+FAST_ON_SLOW_CPU = ("warning: --fast runs in bf16, but this CPU has no native bf16 (AVX-512 BF16 or AMX): torch "
+                    "emulates it, and a run is several times slower than fp32 here (docs/speed.md). Leave out --fast "
+                    "on this machine, or use a GPU (device cuda).")

@@ -24,7 +24,8 @@ class RunOptions:
     engine: str = "auto"
     """Local training: loop (one client after another, the reference) | threads (the same loop, as many clients at
     once as torch has threads, each client on one thread: a client's numbers do not depend on the machine's core
-    count) | batched (the round's clients as one vmapped computation) | auto (batched on a GPU, threads elsewhere) | flower (the whole run through Flower's simulation engine, one Ray worker per
+    count) | batched (the round's clients as one vmapped computation) | auto (batched on a GPU, threads elsewhere)
+    | flower (the whole run through Flower's simulation engine, one Ray worker per
     client at a time, each client trained by the loop; needs ``pip install -e '.[flower]'``). All agree up to float
     rounding (tests/test_local_training.py; Flower: tests/test_flower.py)."""
     eval_batch_size: int = 32

@@ -279,8 +279,8 @@ def test_force_recomputes_every_cached_input_too(tmp_path, monkeypatch):
 
 
 def test_the_fast_mode_runs_bf16_everywhere_under_its_own_key(tmp_path):
-    from paper_repro.replay import initial_model_key
     from paper_repro.inputs import prepare
+    from paper_repro.replay import initial_model_key
 
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound", "params": {"epochs": 1}})
     ref = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
@@ -310,3 +310,16 @@ def test_cli_fast_writes_its_tables_apart(tmp_path, monkeypatch):
     runs = list((tmp_path / "r").glob("*/config.json"))
     assert runs and all(json.loads(p.read_text())["config"]["fl"]["precision"] == "bf16" for p in runs)
     assert (tmp_path / "t" / "attack_breadth_smoke.csv").is_file()
+    from paper_repro.cliargs import native_bf16
+
+    if native_bf16() is False:  # the user is told that bf16 is emulated on this CPU
+        assert "no native bf16" in out.stderr
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+    from paper_repro.cliargs import native_bf16
+
+    (tmp_path / "a").write_text("flags\t\t: fpu avx2 avx512f\n")
+    (tmp_path / "b").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert native_bf16(tmp_path / "a") is False and native_bf16(tmp_path / "b") is True
+    assert native_bf16(tmp_path / "missing") is None
