@@ -394,6 +394,7 @@ def main(argv=None) -> dict:
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--merge", action="store_true", help="keep the other parts of the saved JSON")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed_<device>.json)")
     a = p.parse_args(argv)
     res = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
            "device": DEV.type,
@@ -426,7 +427,7 @@ def main(argv=None) -> dict:
             res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
                                                 for k, v in e.items() if k != "rounds"}
     OUT.mkdir(exist_ok=True)
-    path = OUT / f"speed_{DEV.type}.json"
+    path = Path(a.out) if a.out else OUT / f"speed_{DEV.type}.json"
     if a.merge and path.exists():  # a subset of parts updates its entries of the last full run
         res = {**json.loads(path.read_text()), **res}
     path.write_text(json.dumps(res, indent=2))

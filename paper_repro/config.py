@@ -242,11 +242,9 @@ class FLConfig:
     weighting: str = "samples"
     """FedAvg weights: samples (FedAvg) | uniform (author code). [C: docs/paper.md, traps]"""
     precision: str = "fp32"
-    """The FL loop's arithmetic: fp32 (the reference) | bf16, the fast mode (``torch.autocast`` to bfloat16 for the
-    convolutions and matrix products of the initial training, local training, the FedDF teachers and distillation,
-    and evaluation; weights, optimiser state, updates, losses and the defenses stay fp32). bf16 changes the numbers
-    (docs/speed.md: how far from fp32, measured against the seed spread), so it is part of the run key; fp32 runs
-    keep the key they had before this option existed. ours"""
+    """The FL loop's arithmetic: fp32 (the reference) | bf16, the fast mode (bf16 autocast in the initial, local and
+    fusion training, the FedDF teachers and evaluation; weights, optimiser state, updates, losses and defenses stay
+    fp32). bf16 changes the numbers (docs/speed.md), so it is part of the run key; fp32 runs keep their old key. ours"""
 
     def __post_init__(self) -> None:
         _check_types(self, "fl")

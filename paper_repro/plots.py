@@ -69,10 +69,8 @@ def sample_grid(data: ImageSet, n_per_class: int = 8, title: str = "", highlight
 
 @styled
 def trigger_gallery(examples: dict[str, np.ndarray], title: str = ""):
-    """What every attack plants: one row per attack, its poisoned training images (left of the gap, as the attack
-    puts them into the synthetic set or a malicious client's data) and triggered test images (right).
-    ``examples``: ``<label>/train`` and ``<label>/test`` uint8 arrays (``paper_repro.studies.attacks.
-    trigger_examples``)."""
+    """One row per attack: its poisoned training images (left) and triggered test images (right); ``examples``:
+    ``<label>/train``, ``<label>/test`` uint8 arrays (``paper_repro.studies.attacks.trigger_examples``)."""
     labels = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in examples))
     n_train = max(len(examples[f"{a}/train"]) for a in labels)
     n_test = max(len(examples[f"{a}/test"]) for a in labels)
@@ -82,8 +80,7 @@ def trigger_gallery(examples: dict[str, np.ndarray], title: str = ""):
         imgs = [*examples[f"{a}/train"], None, *examples[f"{a}/test"]]
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([]), ax.set_yticks([])
-            img = imgs[j] if j < len(imgs) else None
-            if img is None:
+            if (img := imgs[j] if j < len(imgs) else None) is None:
                 ax.axis("off")
                 continue
             ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
@@ -135,7 +132,10 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
     over seeds) is written under each value as ± s. ASR is coloured on its full range 0–1; ACC on the range the
     table spans, so that 0.78 against 0.85 shows as a difference."""
     metrics = [m for m in ("acc", "asr") if m in table.columns.get_level_values(0)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.36 * len(table) + 1.6))
+    wide = max(len(table[m].columns) for m in metrics) > 4  # many attacks: panels one above the other
+    w, h = max(4.6, 0.75 * len(table[metrics[0]].columns) + 1.8), 0.36 * len(table) + (2.4 if wide else 1.6)
+    fig, axes = plt.subplots(*((len(metrics), 1) if wide else (1, len(metrics))),
+                             figsize=(w, h * len(metrics)) if wide else (w * len(metrics), h))
     axes = np.atleast_1d(axes)
     for ax, m, cmap in zip(axes, metrics, ("Greens", "Reds")):
         sub = table[m].astype(float)
@@ -147,7 +147,7 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
         sns.heatmap(sub, ax=ax, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3), annot=text.values, fmt="",
                     annot_kws={"fontsize": 7}, cbar_kws={"fraction": 0.05}, linewidths=0.5, linecolor="white")
         ax.set_xticks(np.arange(sub.shape[1]) + 0.5, [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
-                      fontsize=8, rotation=0)
+                      fontsize=8, rotation=30 if wide else 0, ha="right" if wide else "center")
         ax.set_yticks(np.arange(sub.shape[0]) + 0.5, sub.index, fontsize=8, rotation=0)
         ax.set_xlabel("")
         ax.set_ylabel("")

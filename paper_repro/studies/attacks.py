@@ -162,3 +162,17 @@ def trigger_examples(profile: str = "quick", attacks: tuple[str, ...] = tuple(AT
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **out)
     return out
+
+
+def breadth_pivot(df: pd.DataFrame, stat: str = "mean", metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
+    """One row per defense (in :data:`DEFENSES` order), one column per (metric, attack) (in :data:`ATTACKS`
+    order), ``stat`` over seeds: the input of :func:`paper_repro.plots.defense_heatmap`."""
+    wide = df.groupby(["defense", "attack"])[list(metrics)].agg(stat).unstack("attack")
+    attacks = [a for a in ATTACKS if a in set(df["attack"])] + sorted(set(df["attack"]) - set(ATTACKS))
+    defenses = [d for d in DEFENSES if d in wide.index] + sorted(set(wide.index) - set(DEFENSES))
+    return wide.reindex(columns=attacks, level=1).reindex(defenses)
+
+
+def strength_for_plot(df: pd.DataFrame) -> pd.DataFrame:
+    """The strength table in the layout of :func:`paper_repro.plots.ablation` (one panel per knob)."""
+    return df.assign(ablation=df["knob"], label=df["knob"], value=df["value"].astype(str))
