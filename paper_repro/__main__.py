@@ -78,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     jobs(h)
     at = sub.add_parser("attacks", help="every attack against the main defenses, or the FM attack's strength sweep")
     profile(at)
-    at.add_argument("--study", default="breadth", choices=("breadth", "strength"),
+    at.add_argument("--study", default="breadth", choices=("breadth", "strength", "adaptive"),
                     help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
-                         "trigger strength of the FM attack (attack_strength_<profile>.csv)")
+                         "trigger strength of the FM attack (attack_strength_<profile>.csv); adaptive: the adaptive "
+                         "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv)")
     at.add_argument("--seeds", type=nonneg_int, nargs="+", default=None,
                     help="held-out seeds (breadth: 10 11 12; strength: 10)")
     at.add_argument("--attacks", nargs="+", default=None, help="breadth: attack labels (default: all)")
@@ -242,10 +243,17 @@ def _run(a: argparse.Namespace) -> None:
             df = st.attack_breadth(a.profile, tuple(a.attacks or st.ATTACKS), tuple(a.defenses or st.DEFENSES),
                                    tuple(a.seeds or (10, 11, 12)), tables_dir=a.tables_dir, options=opts)
             print(st.best_defense(df).round(3).to_string(index=False))
-        else:
+        elif a.study == "strength":
             df = st.attack_strength(a.profile, defense_names=tuple(a.defenses or ("none", "act_bound")),
                                     seeds=tuple(a.seeds or (10,)), tables_dir=a.tables_dir, options=opts)
             print(st.strength_threshold(df).to_string(index=False))
+        else:
+            from .tables import read_table, table_path
+
+            df = st.adaptive_table(read_table("attack_breadth", a.profile, a.tables_dir),
+                                   read_table("attack_strength", a.profile, a.tables_dir))
+            df.to_csv(table_path("attack_adaptive", a.profile, a.tables_dir), index=False, float_format="%.5g")
+            print(df.drop(columns="how").round(3).to_string(index=False))
     elif a.cmd == "calibrate-mars":
         from .studies.heldout import calibrate_mars
 

@@ -178,3 +178,21 @@ def test_strength_threshold_names_the_weakest_value_reaching_the_level():
     df = pd.DataFrame(rows, columns=["knob", "value", "defense", "asr"])
     out = st.strength_threshold(df).set_index("defense")
     assert out.loc["none", "ASR ≥ 0.9 from"] == "0.1" and out.loc["act_bound", "ASR ≥ 0.9 from"] == "never"
+
+
+def test_adaptive_table_reads_act_bound_against_no_defense_per_adaptive_attack():
+    import pandas as pd
+
+    from paper_repro.studies import attacks as st
+
+    rows = [("FM SIG", d, s, 0.8, a) for d, a in (("none", 0.2), ("act_bound", 0.4)) for s in (10, 11)]
+    rows += [("FM patch", "none", s, 0.85, 0.9) for s in (10, 11)]
+    breadth = pd.DataFrame(rows, columns=["attack", "defense", "seed", "acc", "asr"])
+    strength = pd.DataFrame([("poison share", v, d, 10, 0.8, a) for v, d, a in
+                             (("0.2", "none", 0.9), ("0.4", "none", 0.95), ("0.4", "act_bound", 0.5))],
+                            columns=["knob", "value", "defense", "seed", "acc", "asr"])
+    out = st.adaptive_table(breadth, strength).set_index("attack")
+    assert list(out.index) == ["FM SIG", "FM patch, poison share 0.4"]  # only adaptive attacks, plus the share
+    assert out.loc["FM SIG", "none_asr"] == pytest.approx(0.2) and out.loc["FM SIG", "act_bound_asr"] == 0.4
+    assert out.loc["FM patch, poison share 0.4", "act_bound_asr"] == 0.5
+    assert out.loc["FM patch, poison share 0.4", "n"] == 1

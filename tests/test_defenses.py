@@ -14,6 +14,9 @@ from paper_repro.defenses.clipping import BoundedModel, fit_bounds, max_activati
 from paper_repro.defenses.mars import MARS, backdoor_energy, concentrated_energy, w1
 from paper_repro.models import build_model
 
+VARIANTS = {"fm:random_patch": {"trigger": "random_patch"}, "fm:sig": {"trigger": "sig", "blend_alpha": 0.08},
+            "fm:all_to_all": {"mapping": "all_to_all"}}
+"""The FM attack's trigger and mapping variants (attack.trigger / attack.mapping of the ``fm`` kind)."""
 ATTACK_FAST = {"fm_generated": {"finetune_steps": 20}, "fm_bound_aware": {"steps": 20}}
 """Smoke-sized attack work (the attacks' defaults are the quick profile's)."""
 FAST = {"mm_bm": {"epochs": 4, "adapt_after": 1, "adapt_every": 2},
@@ -138,9 +141,10 @@ def test_post_fusion_defenses_keep_the_fused_weights(name):
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("defense", sorted(set(pr.defenses.names()) - {"none"}))
-@pytest.mark.parametrize("attack", pr.attacks.names())
+@pytest.mark.parametrize("attack", [*pr.attacks.names(), *VARIANTS])
 def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, attack):
-    trigger = {"trigger": "dba"} if attack == "dba" else {}
+    trigger = {"trigger": "dba"} if attack == "dba" else VARIANTS.get(attack, {})
+    attack = attack.split(":")[0]
     cfg = pr.load_config("smoke", attack={"kind": attack, **trigger, "params": ATTACK_FAST.get(attack, {})},
                          defense={"name": defense, "params": FAST.get(defense, {})})
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
@@ -151,7 +155,7 @@ def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, att
     assert rounds["num_flagged"].between(0, cfg.fl.clients_per_round).all()
     flagged = json.loads((res.run_dir / "flagged.json").read_text())
     assert [len(f) for f in flagged] == rounds["num_flagged"].tolist()  # the saved ids match the counts
-    if attack in ("none", "fm"):  # no malicious client sampled, ever: TPR is undefined in every round
+    if attack == "none" or attack.startswith("fm"):  # no malicious client sampled, ever: TPR is undefined
         assert rounds["tpr"].isna().all()
 
 

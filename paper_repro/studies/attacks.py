@@ -176,3 +176,43 @@ def breadth_pivot(df: pd.DataFrame, stat: str = "mean", metrics: tuple[str, ...]
 def strength_for_plot(df: pd.DataFrame) -> pd.DataFrame:
     """The strength table in the layout of :func:`paper_repro.plots.ablation` (one panel per knob)."""
     return df.assign(ablation=df["knob"], label=df["knob"], value=df["value"].astype(str))
+
+
+ADAPTIVE: dict[str, str] = {
+    "FM bound-aware": "knows the bounding procedure: trigger optimised under the bounds it predicts",
+    "FM all-to-all": "class allocation: poisoned images carry every label, so the class-balanced fitting set "
+                     "no longer caps them at one label's slots",
+    "FM SIG": "full-image low-amplitude trigger: no unit needs to fire far above its clean range",
+    "FM-generated patch": "the FM draws the trigger into the target class (no paste)",
+    "3DFed": "decoys draw the update-comparing defenses; scale adapted to acceptance",
+}
+"""The attacks of the breadth table that adapt to a defense, with what each exploits."""
+
+
+def adaptive_table(breadth: pd.DataFrame, strength: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How far each adaptive attack gets against ``act_bound`` (and the best other defense), from the per-run
+    breadth table; with ``strength``, also the FM patch at the largest poison share (the attacker outnumbering the
+    bounds' quantile), marked with its number of seeds."""
+    s = seed_intervals(breadth, by=("attack", "defense")).set_index(["attack", "defense"])
+    rows = []
+
+    def row(label: str, how: str, cell: pd.DataFrame) -> dict:  # cell: intervals indexed by defense
+        out = {"attack": label, "how": how}
+        for d in ("none", "act_bound"):
+            if d in cell.index:
+                r = cell.loc[d]
+                out |= {f"{d}_asr": r["asr_mean"], f"{d}_lo": r["asr_lo"], f"{d}_hi": r["asr_hi"],
+                        f"{d}_acc": r["acc_mean"], "n": int(r["n"])}
+        return out
+
+    for label, how in ADAPTIVE.items():
+        if label in s.index.get_level_values(0):
+            rows.append(row(label, how, s.loc[label]))
+    if strength is not None:
+        share = strength[strength["knob"] == "poison share"]
+        top = max(share["value"].astype(float))
+        sub = share[share["value"].astype(float) == top].assign(attack=f"FM patch, poison share {top:g}")
+        t = seed_intervals(sub, by=("attack", "defense")).set_index("defense")
+        rows.append(row(f"FM patch, poison share {top:g}", "more poisoned images than the bounds' quantile "
+                        "leaves out", t))
+    return pd.DataFrame(rows)
