@@ -61,11 +61,17 @@ def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, su
     return Path(tables_dir or TABLES_DIR) / f"{kind}_{profile}.{suffix}"
 
 
+WRITTEN_BY = {"attack_breadth": "attacks", "attack_strength": "attacks --study strength",
+              "attack_adaptive": "attacks --study adaptive", "heldout": "heldout"}
+"""The command that writes a table kind, where it is not ``results``."""
+
+
 def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame:
     """A committed table; a missing one raises with the command that writes it."""
     p = table_path(kind, profile, tables_dir)
     if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist. Write it with `python -m paper_repro results --profile "
+        how = WRITTEN_BY.get(kind, "results")
+        raise FileNotFoundError(f"{p} does not exist. Write it with `python -m paper_repro {how} --profile "
                                 f"{profile}` (runs the experiments) or use the committed quick tables "
                                 f"(tables_dir={TABLES_DIR}).")
     return pd.read_csv(p)
