@@ -20,7 +20,7 @@ from ..profiles import load_config
 from ..runner import run_many
 from ..tables import seed_intervals, table_path
 from .grid import summarise
-from .heldout import HELDOUT_SEEDS, VALIDATION, write_table_provenance
+from .heldout import HELDOUT_SEEDS, VALIDATION, save_run_table
 
 SIG_AMPLITUDE = round(20 / 255, 4)
 ATTACKS: dict[str, dict] = {
@@ -66,11 +66,7 @@ def _run_table(cells: list[tuple[dict, dict, str, int]], profile: str, table: st
     results = run_many(cfgs, results_dir, progress=progress, desc=desc, options=options)
     df = pd.DataFrame([{**labels, "kind": attack["kind"], "defense": d, "seed": seed, **summarise(r.history),
                         "run": r.run_dir.name} for (labels, attack, d, seed), r in zip(cells, results)])
-    out = table_path(table, profile, tables_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.5g")
-    write_table_provenance(df, out, results_dir)
-    return df
+    return save_run_table(df, table, profile, tables_dir, results_dir)
 
 
 def attack_breadth(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTACKS),

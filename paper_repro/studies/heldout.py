@@ -71,6 +71,13 @@ def heldout_study(profile: str = "quick", settings: tuple[str, ...] = tuple(SETT
     results = run_many(cfgs, results_dir, progress=progress, desc="held-out", options=options)
     df = pd.DataFrame([{"setting": s, "attack": a, "defense": d, "seed": seed, **summarise(r.history),
                         "run": r.run_dir.name} for (s, a, d, seed), r in zip(combos, results)])
+    return save_run_table(df, table, profile, tables_dir, results_dir)
+
+
+def save_run_table(df: pd.DataFrame, table: str, profile: str, tables_dir: str | Path | None = None,
+                   results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Write a per-run table (a ``run`` column naming each run folder) to ``<tables_dir>/<table>_<profile>.csv``
+    with its provenance file; returns ``df``."""
     out = table_path(table, profile, tables_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.5g")
