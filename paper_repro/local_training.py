@@ -25,7 +25,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .models import flat_state, state_keys
-from .training import autocast, local_train
+from .precision import autocast
+from .training import local_train
 
 
 def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PRECISIONS
 from .models import flat_state, load_flat_state
+from .precision import autocast
 
 
 def as_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -23,14 +23,6 @@ def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Mo
     if channels_last and x.dim() == 4:
         return model.to(memory_format=torch.channels_last), as_format(x, True)
     return model, x
-
-
-def autocast(device_type: str, precision: str = "fp32"):
-    """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (convolutions and matrix products in bf16, losses and
-    reductions in fp32, parameters untouched), a no-op context for ``"fp32"``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is unknown; choose one of {list(PRECISIONS)}")
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -15,7 +15,7 @@ PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
 LAYERS = [
     ["store", "rng", "options", "config", "codehash", "registry", "progress", "cliargs"],
-    ["data", "partition", "models", "aggregators", "triggers", "tables", "plots"],
+    ["data", "partition", "models", "precision", "aggregators", "triggers", "tables", "plots"],
     ["training", "local_training", "metrics", "fm.ddpm", "fm.text2image", "fm.quality", "fm.synthetic", "fm",
      "attacks.*", "attacks", "defenses.*", "defenses"],
     ["profiles", "fl"],

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet, to_uint8
+from ..precision import autocast
 from ..progress import tqdm
 from ..rng import torch_gen
-from ..training import autocast
 
 CONFIG_FILE = "fm_config.json"
 

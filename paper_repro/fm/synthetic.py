@@ -15,8 +15,8 @@ from ..data import ImageSet, load_dataset
 from ..rng import torch_gen
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
 
-SAMPLER_CODE = ("fm", "data.py", "rng.py", "training.py")
-"""The modules whose code draws a synthetic set (training.py: bf16 autocast)."""
+SAMPLER_CODE = ("fm", "data.py", "rng.py", "precision.py")
+"""The modules whose code draws a synthetic set (precision.py: bf16 autocast)."""
 
 
 def checkpoint_digest(folder: Path) -> str:
