@@ -368,6 +368,32 @@ def recompute_parts() -> dict:
     return out
 
 
+def precision_one_thread(reps: int = 3) -> dict:
+    """One client's local epoch (1,000 images, batch 32, channels_last) and the evaluation of 1,000 images, fp32
+    against bf16 autocast, on one thread, interleaved; median seconds and the bf16/fp32 ratios. Whether bf16 pays
+    depends on the CPU: native bf16 (AVX-512 BF16, AMX) or emulated."""
+    from paper_repro.cliargs import native_bf16
+    from paper_repro.training import predict_logits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = build_model("cnn", (1, 28, 28), 10, seed=0).to(memory_format=torch.channels_last)
+        x, y = torch.randn(1000, 1, 28, 28), torch.randint(0, 10, (1000,))
+        times = {f"{k}_{p}": [] for k in ("train", "eval") for p in ("fp32", "bf16")}
+        for _ in range(reps + 1):  # the first repetition warms up
+            for p in ("fp32", "bf16"):
+                times[f"train_{p}"].append(_timed(lambda: local_train(m, x, y, 1, LR, MOMENTUM, BATCH,
+                                                                       torch.Generator().manual_seed(0), True,
+                                                                       precision=p)))
+                times[f"eval_{p}"].append(_timed(lambda: predict_logits(m, x, 32, True, p)))
+    finally:
+        torch.set_num_threads(before)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {**med, "train_bf16_over_fp32": med["train_bf16"] / med["train_fp32"],
+            "eval_bf16_over_fp32": med["eval_bf16"] / med["eval_fp32"], "native_bf16": native_bf16()}
+
+
 def jobs_side_by_side(n: int = 4) -> dict:
     """``n`` distinct quick runs (seeds 100…) one at a time with all threads vs two at a time in worker processes
     with one thread each (``run_many(jobs=2)``), afresh; throughput ratio and the largest ACC/ASR difference."""
@@ -390,7 +416,8 @@ def jobs_side_by_side(n: int = 4) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
-    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss", "eval", "recompute", "jobs"]
+    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss", "eval", "recompute", "jobs",
+             "precision"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--merge", action="store_true", help="keep the other parts of the saved JSON")
@@ -410,7 +437,8 @@ def main(argv=None) -> dict:
         res["flower"] = [flower(clients, model, a.rounds, c) for c in (1, 2)]
     standalone = {"sampler": ("sampler", sampler), "overhead": ("defense_overhead_quick", overheads),
                   "rss": ("quick_main_job", peak_rss_main_job), "eval": ("eval_seconds_per_10k_images", eval_batches),
-                  "recompute": ("quick_run", recompute_parts), "jobs": ("jobs", jobs_side_by_side)}
+                  "recompute": ("quick_run", recompute_parts), "jobs": ("jobs", jobs_side_by_side),
+                  "precision": ("precision_one_thread", precision_one_thread)}
     for part, (key, fn) in standalone.items():
         if part in a.parts:
             res[key] = fn()
