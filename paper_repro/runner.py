@@ -67,6 +67,15 @@ def check_device(device: str) -> None:
                            "use RunOptions(device='cpu') (the smoke and quick profiles run on CPU)")
 
 
+def _attack_record(attack) -> dict:
+    """What the attack reports about itself (its own seconds, checks on its trigger; a 3DFed-style attacker's
+    acceptance log), JSON-ready."""
+    rec = {"info": getattr(attack, "info", {}) or {}}
+    if getattr(attack, "log", None):
+        rec["log"] = attack.log
+    return json.loads(json.dumps(rec, default=float))
+
+
 def in_fast_mode(cfg: Config) -> Config:
     """``cfg`` with ``fl.precision="bf16"``: what :attr:`RunOptions.fast` runs."""
     return replace(cfg, fl=replace(cfg.fl, precision="bf16"))
@@ -124,7 +133,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         history["total_seconds"] = time.perf_counter() - t0
         meta = {"config": cfg.to_dict(), "config_hash": key, "hashes": prep.hashes, "provenance": PROVENANCE,
                 "options": opts.__dict__, "versions": versions(), "git": git_state(), "started": started,
-                "finished": _now(), "inputs": inputs}
+                "finished": _now(), "inputs": inputs, "attack": _attack_record(prep.inputs.attack)}
         indices = {"fm_poisoned": prep.fm_poisoned, "malicious": prep.malicious,
                    **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
                    **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()}}

@@ -196,3 +196,17 @@ def test_adaptive_table_reads_act_bound_against_no_defense_per_adaptive_attack()
     assert out.loc["FM SIG", "none_asr"] == pytest.approx(0.2) and out.loc["FM SIG", "act_bound_asr"] == 0.4
     assert out.loc["FM patch, poison share 0.4", "act_bound_asr"] == 0.5
     assert out.loc["FM patch, poison share 0.4", "n"] == 1
+
+
+@pytest.mark.smoke
+def test_a_run_folder_records_what_the_attack_reports(tmp_path):
+    import json
+
+    cfg = pr.load_config("smoke", attack={"kind": "3dfed", "num_malicious": 3, "boost": 2.0})
+    res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
+    rec = json.loads((res.run_dir / "config.json").read_text())["attack"]
+    assert set(rec) <= {"info", "log"} and all({"round", "client", "acceptance"} <= set(e) for e in rec.get("log", []))
+    cfg = pr.load_config("smoke", attack={"kind": "fm_bound_aware", "params": {"steps": 5}})
+    res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
+    info = json.loads((res.run_dir / "config.json").read_text())["attack"]["info"]
+    assert {"seconds", "pattern_over_bounds", "clean_over_bounds"} <= set(info)
