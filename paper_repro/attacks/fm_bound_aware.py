@@ -133,8 +133,9 @@ class FMBoundAware(FMPoisoning):
         return delta_px
 
     def _check(self, model, source: torch.Tensor, bounds: dict, sites: list[str], delta_px: np.ndarray) -> dict:
-        """On the surrogate: the target-class share of the triggered images and their share of bounded
-        activations above the predicted bounds, against the patch trigger's share (what the design aims at)."""
+        """On the surrogate: the share of bounded activations above the predicted bounds and the share classified
+        as the target, for the triggered images and for the same images clean (what the design aims at: the first
+        close to clean)."""
         from ..data import to_float, to_uint8
 
         raw = to_uint8(source[:500])

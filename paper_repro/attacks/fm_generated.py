@@ -29,14 +29,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..codehash import code_digest, library_versions
 from ..config import Config
 from ..data import ImageSet, public_splits
-from ..fm.ddpm import ClassConditionalDDPM, DDPMTrainConfig
+from ..fm.ddpm import ClassConditionalDDPM, DDPMTrainConfig, ddpm_steps
 from ..fm.synthetic import SAMPLER_CODE, checkpoint_digest, draw_synthetic
-from ..progress import tqdm
 from ..rng import np_rng, torch_gen
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
 from ..triggers import poison
@@ -152,28 +150,14 @@ class _OneClass(torch.nn.Module):
 
 def finetune(fm: ClassConditionalDDPM, data: ImageSet, steps: int, lr: float, gen: torch.Generator,
              batch_size: int = 64, ema_decay: float = 0.995) -> None:
-    """DDPM ε-prediction steps on ``data`` from the FM's current weights (its noise schedule and label dropout);
-    the EMA weights are kept, in place."""
+    """DDPM ε-prediction steps on ``data`` from the FM's current weights (its noise schedule and label dropout;
+    constant ``lr``, no warm-up); the EMA weights are kept, in place."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    tc, unet = fm.train_config, fm.unet
+    tc, unet = replace(fm.train_config, batch_size=batch_size, bf16=False), fm.unet
     sched = DDPMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule)
     ema = EMAModel(unet.parameters(), decay=ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
-    x_all, y_all = data.tensors()
-    unet.train()
-    for _ in tqdm(range(steps), desc="fine-tune FM (attacker)", leave=False):
-        idx = torch.randint(len(x_all), (batch_size,), generator=gen)
-        x0, y = x_all[idx], y_all[idx].clone()
-        y[torch.rand(len(y), generator=gen) < tc.cond_drop] = data.num_classes
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(tc.num_train_timesteps, (len(x0),), generator=gen)
-        loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.step(unet.parameters())
-    ema.copy_to(unet.parameters())
+    ddpm_steps(unet, sched, data, tc, opt, ema, gen, steps, desc="fine-tune FM (attacker)")
     unet.eval()

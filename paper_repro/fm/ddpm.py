@@ -48,6 +48,40 @@ class DDPMTrainConfig:
     """bf16 autocast (measured slower than fp32 for this UNet on our 2-core CPU; useful on GPUs)."""
 
 
+def ddpm_steps(unet, sched, data: ImageSet, config: DDPMTrainConfig, opt: torch.optim.Optimizer, ema, gen:
+               torch.Generator, steps: int, lr_scheduler=None, desc: str = "train FM", progress: bool = True,
+               log_every: int = 0) -> list[float]:
+    """``steps`` DDPM ε-prediction steps on ``data`` from the UNet's current weights (batches of
+    ``config.batch_size``, label dropout ``config.cond_drop`` to the null class, gradient norm clipped at 1, the EMA
+    stepped after each update and copied into the weights at the end). Shared by training from scratch and the
+    attacker's fine-tuning. Returns the losses."""
+    x_all, y_all = data.tensors()
+    losses = []
+    unet.train()
+    for step in tqdm(range(steps), desc=desc, disable=not progress):
+        idx = torch.randint(len(x_all), (config.batch_size,), generator=gen)
+        x0, y = x_all[idx], y_all[idx].clone()
+        y[torch.rand(len(y), generator=gen) < config.cond_drop] = data.num_classes  # null class
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(config.num_train_timesteps, (len(x0),), generator=gen)
+        xt = sched.add_noise(x0, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            pred = unet(xt, t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        ema.step(unet.parameters())
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0 and not progress:
+            print(f"step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f}", flush=True)
+    ema.copy_to(unet.parameters())
+    return losses
+
+
 def _unet(shape: tuple[int, int, int], num_classes: int, cfg: DDPMTrainConfig):
     from diffusers import UNet2DModel
 
@@ -93,29 +127,9 @@ class ClassConditionalDDPM:
         warm = 100
         lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / config.steps))  # noqa
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        x_all, y_all = data.tensors()
-        losses, t0 = [], time.time()
-        unet.train()
-        for step in tqdm(range(config.steps), desc="train FM", disable=not progress):
-            idx = torch.randint(len(x_all), (config.batch_size,), generator=gen)
-            x0, y = x_all[idx], y_all[idx].clone()
-            y[torch.rand(len(y), generator=gen) < config.cond_drop] = data.num_classes  # null class
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(config.num_train_timesteps, (len(x0),), generator=gen)
-            xt = sched.add_noise(x0, noise, t)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                pred = unet(xt, t, class_labels=y).sample
-            loss = F.mse_loss(pred.float(), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            scheduler.step()
-            ema.step(unet.parameters())
-            losses.append(loss.item())
-            if log_every and (step + 1) % log_every == 0 and not progress:
-                print(f"step {step + 1}/{config.steps} loss {np.mean(losses[-log_every:]):.4f}", flush=True)
-        ema.copy_to(unet.parameters())
+        t0 = time.time()
+        losses = ddpm_steps(unet, sched, data, config, opt, ema, gen, config.steps, scheduler,
+                            desc="train FM", progress=progress, log_every=log_every)
         info = {"train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-100:])),
                 "train_data_digest": data.digest(), "train_size": len(data)}
         return cls(unet, data.classes, config, info)
