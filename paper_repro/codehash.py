@@ -1,20 +1,29 @@
 """Digests of the package's computing code and of the libraries it computes with: the part of a cache key that
-says "made by this code". Docstrings and comments are stripped first, so editing documentation keeps every cache;
-editing a line of code changes the digest of every result that code computes."""
+says "made by this code". A digest covers the import closure of where a computation starts (the modules that define
+it and every package module they import, also inside functions), never a hand-written list of files. Docstrings and
+comments are stripped first, so editing documentation keeps every cache; editing a line of code changes the digest of
+every result whose closure holds that line.
+
+A module says what it is to the digests with a top-level ``DIGEST_ROLE`` string (read from its source, never
+imported): ``"not computing"`` (it draws, orchestrates, shows progress or checks arguments: its imports are followed,
+its own code is not hashed) or ``"registry"`` (a list of every attack/defense: not entered, so that adding or editing
+another defense keeps this run's digest; a run's own attack and defense are start points of its closure)."""
 from __future__ import annotations
 
 import ast
 import functools
 import hashlib
 import importlib.metadata as md
+import inspect
 from pathlib import Path
 
+DIGEST_ROLE = "not computing"
+
 PACKAGE = Path(__file__).resolve().parent
-NOT_COMPUTING = ("plots.py", "notebooks.py", "teaching.py", "__main__.py", "fm/__main__.py", "tables.py",
-                 "codehash.py", "cliargs.py", "progress.py", "__init__.py")
-"""Modules that only draw, orchestrate, read tables, hash code, check arguments, show progress or list lazy names:
-they never change a number."""
 LIBRARIES = ("torch", "numpy", "diffusers", "scikit-learn", "scipy")
+RUN_ENTRY = "runner.py"
+"""Where every run starts (:func:`paper_repro.runner.run_experiment`); a run's closure is this module's plus that of
+its attack's and defense's modules."""
 
 
 def _strip(source: str) -> str:
@@ -29,37 +38,33 @@ def _strip(source: str) -> str:
     return ast.unparse(tree)
 
 
-def code_digest(parts: tuple[str, ...] | None = None, root: Path = PACKAGE) -> str:
-    """16 hex digits over the stripped code of the package's computing modules (or of ``parts``: file or folder
-    names relative to the package, e.g. ``("fm",)``), in path order."""
-    return _digest(tuple(parts) if parts else None, str(root))
-
-
 @functools.lru_cache(maxsize=None)
-def _digest(parts: tuple[str, ...] | None, root: str) -> str:
-    base = Path(root)
-    files = sorted(base.rglob("*.py"))
-    if parts:
-        files = [f for f in files if any(str(f.relative_to(base)).startswith(p) for p in parts)]
-    return _hash_files(base, [str(f.relative_to(base)) for f in files])
-
-
-def _hash_files(base: Path, rels: list[str]) -> str:
-    """16 hex digits over the stripped code of the files ``rels`` (relative to ``base``), non-computing ones
-    left out."""
-    h = hashlib.sha256()
-    for rel in rels:
-        if rel in NOT_COMPUTING:
+def _parsed(path: str, mtime_ns: int) -> tuple[str, str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    """(role, stripped code, imports) of one file; keyed by its modification time so that an edited file is read
+    again. Imports: (module, level, names) of every import outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(Path(path).read_text())
+    role = "computing"
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") ==
+                "DIGEST_ROLE" and isinstance(node.value, ast.Constant)):
+            role = str(node.value.value)
+    imports = []
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)  # annotations only: never executed
             continue
-        h.update(rel.encode())
-        h.update(_strip((base / rel).read_text()).encode())
-    return h.hexdigest()[:16]
+        if isinstance(node, ast.Import):
+            imports += [(a.name, 0, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imports.append((node.module or "", node.level, tuple(a.name for a in node.names)))
+        todo.extend(ast.iter_child_nodes(node))
+    return role, _strip(Path(path).read_text()), tuple(imports)
 
 
-REGISTRIES = ("attacks/__init__.py", "defenses/__init__.py")
-"""Lists of every attack/defense: a run's code is its own attack's and defense's modules, not the whole list (adding
-or editing another defense keeps its cached runs). What they also hold (``build``, ``get``, ``resolved_params``)
-only looks up a class; a defense's resolved parameters are part of the run key themselves."""
+def _info(path: Path):
+    return _parsed(str(path), path.stat().st_mtime_ns)
 
 
 def _module_file(name: str, base: Path) -> Path | None:
@@ -73,58 +78,89 @@ def _module_file(name: str, base: Path) -> Path | None:
 
 
 def _imports(path: Path, base: Path) -> set[Path]:
-    """Files of the package that ``path`` imports anywhere (also inside functions), as paths."""
-    rel = path.relative_to(base)
-    pkg = ["paper_repro", *rel.parent.parts]
+    """Files of the package that ``path`` imports (also inside functions; not under ``if TYPE_CHECKING:``)."""
+    pkg = ["paper_repro", *path.relative_to(base).parent.parts]
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.split(".")[0] == "paper_repro"]
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                mod = ".".join([*pkg[: len(pkg) - node.level + 1], *([mod] if mod else [])])
-            if mod.split(".")[0] != "paper_repro":
-                continue
-            names = [mod, *(f"{mod}.{a.name}" for a in node.names)]
-        out |= {f for n in names if (f := _module_file(n, base)) is not None}
+    for mod, level, names in _info(path)[2]:
+        if level:
+            mod = ".".join([*pkg[: len(pkg) - level + 1], *([mod] if mod else [])])
+        if mod.split(".")[0] != "paper_repro":
+            continue
+        cands = [mod, *(f"{mod}.{n}" for n in names)]
+        out |= {f for n in cands if (f := _module_file(n, base)) is not None}
     return out
 
 
 def import_closure(start: list[str], root: Path = PACKAGE) -> list[str]:
-    """Package files (relative paths) reachable from ``start`` through imports, not entering the registries'
-    ``__init__`` files; sorted."""
+    """Package files (relative paths) reachable from ``start`` through imports, registries not entered; sorted."""
     base = Path(root)
     todo, seen = [base / s for s in start], set()
     while todo:
         f = todo.pop()
         rel = str(f.relative_to(base))
-        if rel in seen or rel in REGISTRIES:
+        if rel in seen or _info(f)[0] == "registry":
             continue
         seen.add(rel)
         todo.extend(_imports(f, base))
     return sorted(seen)
 
 
-def run_code_digest(*classes: type, root: Path = PACKAGE) -> str:
-    """16 hex digits over the stripped code a run executes: the import closure of the run path (``runner.py``) and of
-    the modules defining ``classes`` (the run's defense and attack, with their base classes), registries and
-    non-computing modules left out. Editing another defense's file keeps this run's digest."""
-    base = Path(root)
-    start = ["runner.py"]
-    for cls in classes:
-        for c in cls.__mro__:
-            mod = getattr(c, "__module__", "")
+def start_files(*objects, root: Path = PACKAGE) -> list[str]:
+    """Relative paths of the package modules that define ``objects`` (functions, classes with their base classes,
+    modules) or that ``objects`` name directly (strings such as ``"runner.py"``)."""
+    base, out = Path(root), set()
+    for obj in objects:
+        if isinstance(obj, str):
+            out.add(obj)
+            continue
+        for c in (obj.__mro__ if inspect.isclass(obj) else (obj,)):
+            mod = c.__name__ if inspect.ismodule(c) else getattr(c, "__module__", "")
             if mod.startswith("paper_repro.") and (f := _module_file(mod, base)) is not None:
-                start.append(str(f.relative_to(base)))
-    return _closure_digest(tuple(sorted(set(start))), str(base))
+                out.add(str(f.relative_to(base)))
+    return sorted(out)
 
 
-@functools.lru_cache(maxsize=None)
-def _closure_digest(start: tuple[str, ...], root: str) -> str:
+def code_files(*objects, root: Path = PACKAGE) -> dict[str, str]:
+    """12 hex digits of the stripped code of every computing file in the closure of ``objects`` (see
+    :func:`start_files`), by relative path: what a run record keeps so that staleness can name the files that
+    changed."""
     base = Path(root)
-    return _hash_files(base, import_closure(list(start), base))
+    out = {}
+    for rel in import_closure(start_files(*objects, root=base), base):
+        role, code, _ = _info(base / rel)
+        if role == "computing":
+            out[rel] = hashlib.sha256(code.encode()).hexdigest()[:12]
+    return out
+
+
+def code_digest_of(*objects, root: Path = PACKAGE) -> str:
+    """16 hex digits over the stripped code of the closure of ``objects`` (computing modules only)."""
+    h = hashlib.sha256()
+    for rel, d in code_files(*objects, root=root).items():
+        h.update(f"{rel}:{d};".encode())
+    return h.hexdigest()[:16]
+
+
+def run_code_digest(*classes: type, root: Path = PACKAGE) -> str:
+    """The digest of the code a run executes: the closure of the run path (:data:`RUN_ENTRY`) and of the modules
+    defining ``classes`` (the run's attack and defense, with their base classes). Editing another defense's file
+    keeps this run's digest."""
+    return code_digest_of(RUN_ENTRY, *classes, root=root)
+
+
+def run_code_files(*classes: type, root: Path = PACKAGE) -> dict[str, str]:
+    """Per-file digests of the same closure as :func:`run_code_digest`."""
+    return code_files(RUN_ENTRY, *classes, root=root)
+
+
+def changed_files(recorded: dict[str, str], root: Path = PACKAGE) -> list[str]:
+    """The files of a recorded closure (:func:`code_files`) whose code differs now, or that no longer exist."""
+    base, out = Path(root), []
+    for rel, d in sorted(recorded.items()):
+        p = base / rel
+        if not p.is_file() or hashlib.sha256(_info(p)[1].encode()).hexdigest()[:12] != d:
+            out.append(rel)
+    return out
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .config import PRECISIONS
 
 
 def autocast(device_type: str, precision: str = "fp32"):
     """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (convolutions and matrix products in bf16, losses and
     reductions in fp32, parameters untouched), a no-op context for ``"fp32"``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is unknown; choose one of {list(PRECISIONS)}")
+    if precision not in ("fp32", "bf16"):  # config.PRECISIONS (not imported: a config edit must not redraw the FM)
+        raise ValueError(f"precision={precision!r} is unknown; choose one of ['fp32', 'bf16']")
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codehash import code_digest, library_versions
+from .codehash import code_digest_of, library_versions
 from .config import Config
 from .defenses import Defense
 from .fl import DIVERGED, OK, FLInputs, FLOutput, defend_and_evaluate, evaluate_served, init_global_model, round_context
@@ -33,9 +33,6 @@ class TrajectoryError(RuntimeError):
     """A saved trajectory is unreadable or belongs to another run; the message names the file and the fix."""
 
 
-INIT_CODE = ("models.py", "training.py", "fl.py", "rng.py", "data.py")
-"""The modules whose code trains the initial model."""
-
 TRAINING_SECONDS = ("local_seconds", "aggregate_seconds", "fusion_seconds")
 """Timing columns of steps 1–4, which a replayed run copies from the run it replays."""
 DETECTION_COLUMNS = ("num_flagged", "tpr", "fpr")
@@ -49,7 +46,7 @@ def initial_model_key(cfg: Config, inp: FLInputs) -> str:
            "init_seed": derive_seed(cfg.seed, "model_init"), "order_seed": cfg.seed,
            "synthetic": inp.synthetic_init.digest(), "epochs": fl.init_epochs, "lr": fl.init_lr,
            "momentum": fl.momentum, "batch_size": fl.batch_size, "channels_last": cfg.model.channels_last,
-           "code": code_digest(INIT_CODE), "libraries": library_versions(("torch",))}
+           "code": code_digest_of(init_global_model), "libraries": library_versions(("torch",))}
     if fl.precision != "fp32":  # fp32 models keep the key they had before the option existed
         src["precision"] = fl.precision
     return f"{cfg.model.name}_{stable_hash(src, 16)}"

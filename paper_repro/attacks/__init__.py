@@ -6,6 +6,8 @@ line in ``REGISTRY`` (or :func:`register` from your own code).
 """
 from __future__ import annotations
 
+DIGEST_ROLE = "registry"  # codehash: see its module docstring
+
 from ..config import Config
 from ..registry import Registry, check_param
 from .base import Attack, config_trigger

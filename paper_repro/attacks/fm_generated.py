@@ -30,11 +30,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..codehash import code_digest, library_versions
+from ..codehash import code_digest_of, library_versions
 from ..config import Config
 from ..data import ImageSet, public_splits
 from ..fm.ddpm import ClassConditionalDDPM, DDPMTrainConfig, ddpm_steps
-from ..fm.synthetic import SAMPLER_CODE, checkpoint_digest, draw_synthetic
+from ..fm.synthetic import checkpoint_digest, draw_synthetic
 from ..rng import np_rng, torch_gen
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
 from ..triggers import poison
@@ -100,7 +100,7 @@ class FMGenerated(FMPoisoning):
                 "trigger": repr(self.trigger), "target": self.target, "ratio": self.ratio, "steps": self.steps,
                 "lr": self.lr, "n": f.n_per_class, "sampler": [f.num_inference_steps, f.guidance_scale, f.eta,
                                                                f.sample_seed, f.batch_size, f.precision],
-                "code": code_digest((*SAMPLER_CODE, "attacks/fm_generated.py", "triggers.py")),
+                "code": code_digest_of(FMGenerated, draw_synthetic, ClassConditionalDDPM),
                 "libraries": library_versions(("torch", "diffusers"))}
 
     def compromised_draw(self) -> np.ndarray:

@@ -9,14 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codehash import code_digest, library_versions
+from ..codehash import code_digest_of, library_versions
 from ..config import Config, ConfigError, image_shape
 from ..data import ImageSet, load_dataset
-from ..rng import torch_gen
-from ..store import cache_dir, resolve_path, save_atomic, stable_hash
+from .draw import draw_synthetic
+from ..store import REPO_ROOT, cache_dir, resolve_path, save_atomic, stable_hash
 
-SAMPLER_CODE = ("fm", "data.py", "rng.py", "precision.py")
-"""The modules whose code draws a synthetic set (precision.py: bf16 autocast)."""
+SHIPPED = REPO_ROOT / "data" / "synthetic"
+"""Synthetic sets committed with the package (each with the key that made it): a fresh clone is served these
+instead of drawing them, as long as its key is the same."""
+
+
+def sampler_code(source: str) -> str:
+    """Digest of the code that draws from an FM of ``source``: the import closure of :func:`draw_synthetic` and of
+    the FM's class (loading, sampling, the DDIM/DDPM scheduler calls)."""
+    from .ddpm import ClassConditionalDDPM
+    from .text2image import StableDiffusionFM
+
+    fm = {"ddpm": ClassConditionalDDPM, "stable_diffusion": StableDiffusionFM}.get(source)
+    return code_digest_of(draw_synthetic, *([fm] if fm else []))
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -63,16 +74,6 @@ def load_fm(cfg: Config, public: ImageSet | None = None, device: str = "cpu"):
     raise ConfigError(f"fm.source={cfg.fm.source!r} has no model to load")
 
 
-def draw_synthetic(fm, cfg: Config, progress: bool = True, compile: bool = False) -> ImageSet:
-    """``cfg.fm.n_per_class`` images per class from ``fm`` with the config's sampler settings and sample seed (no
-    cache: :func:`synthetic_set` caches the draw of the configured checkpoint)."""
-    f = cfg.fm
-    kw = {"eta": f.eta, "precision": f.precision, "compile": compile} if f.source == "ddpm" else {}
-    return fm.generate(f.n_per_class, generator=torch_gen(f.sample_seed, "fm_sample"),
-                       num_inference_steps=f.num_inference_steps, guidance_scale=f.guidance_scale,
-                       batch_size=f.batch_size, progress=progress, **kw)
-
-
 def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
     """Everything that determines the draw: the checkpoint's bytes, every sampler setting, the sampler's code and
     the versions of the libraries it runs on."""
@@ -80,7 +81,7 @@ def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
     return {"source": f.source, "fm": checkpoint_digest(checkpoint), "n": f.n_per_class,
             "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
             "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision,
-            "code": code_digest(SAMPLER_CODE), "libraries": library_versions(("torch", "diffusers"))}
+            "code": sampler_code(f.source), "libraries": library_versions(("torch", "diffusers"))}
 
 
 def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: str = "cpu",
@@ -98,18 +99,45 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
     elif not path.is_dir():
         load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
     key_src = synthetic_key(cfg, path)
-    cache = cache_dir() / "synthetic" / f"{f.source}_{stable_hash(key_src)}.npz"
-    if cache.exists() and not refresh:
-        try:
-            with np.load(cache) as z:
-                if json.loads(str(z["key"])) != json.loads(json.dumps(key_src)):
-                    raise ValueError("it was drawn for another key (a file copied over it?)")
-                s = ImageSet(z["x"], z["y"], tuple(str(c) for c in z["classes"]))
-            return s, s.digest()
-        except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
-            warnings.warn(f"cached synthetic set {cache} is unreadable ({type(e).__name__}: {e}); drawing it again",
-                          stacklevel=2)
+    name = f"{f.source}_{stable_hash(key_src)}.npz"
+    cache = cache_dir() / "synthetic" / name
+    for stored in (() if refresh else (cache, SHIPPED / name)):  # this machine's draw, then the shipped one
+        if stored.exists():
+            try:
+                s = read_synthetic(stored, key_src)
+                return s, s.digest()
+            except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
+                warnings.warn(f"synthetic set {stored} is unreadable ({type(e).__name__}: {e}); drawing it again",
+                              stacklevel=2)
     s = draw_synthetic(load_fm(cfg, public, device), cfg, progress, compile)
     save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
-                                                key=json.dumps(key_src)), cache)
+                                                key=json.dumps(key_src), digest=s.digest()), cache)
     return s, s.digest()
+
+
+def read_synthetic(path: Path, key_src: dict) -> ImageSet:
+    """A stored draw, refused unless it was drawn for ``key_src`` and its images still hash to the digest written
+    with them."""
+    with np.load(path) as z:
+        if json.loads(str(z["key"])) != json.loads(json.dumps(key_src)):
+            raise ValueError("it was drawn for another key (a file copied over it?)")
+        s = ImageSet(z["x"], z["y"], tuple(str(c) for c in z["classes"]))
+        if "digest" in z and str(z["digest"]) != s.digest():
+            raise ValueError("its images differ from the digest written with them")
+    return s
+
+
+def ship_synthetic(cfg: Config, public: ImageSet, progress: bool = True) -> Path:
+    """Copy the draw of ``cfg`` (drawn here if this machine has none) into :data:`SHIPPED`, the folder committed with
+    the package, replacing any earlier draw of the same FM source and size; returns the shipped file."""
+    s, _ = synthetic_set(cfg, public, progress)
+    key_src = synthetic_key(cfg, resolve_path(cfg.fm.checkpoint))
+    out = SHIPPED / f"{cfg.fm.source}_{stable_hash(key_src)}.npz"
+    for old in SHIPPED.glob(f"{cfg.fm.source}_*.npz"):
+        with np.load(old) as z:
+            k = json.loads(str(z["key"]))
+        if old != out and k.get("n") == key_src["n"] and k.get("fm") == key_src["fm"]:
+            old.unlink()  # superseded: drawn by older code for the same FM and size
+    save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
+                                                key=json.dumps(key_src), digest=s.digest()), out)
+    return out
