@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   python -m paper_repro grid --profile quick --seeds 0 1 2 --jobs 2
   python -m paper_repro results --profile quick          # every table the figure notebooks read
   python -m paper_repro figures                          # every figure from the committed tables
+  python -m paper_repro check-tables                     # which tables the run ledger holds fresh
+  python -m paper_repro recompute grid --budget 90 --jobs 2   # resumable; commit data/ledger afterwards
 """
 
 
@@ -97,9 +99,20 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--tables-dir", default=None,
                     help="where mars_calibration_<profile>.csv goes (default data/tables)")
     jobs(cm)
-    c = sub.add_parser("check-tables", help="warn when the committed tables were computed by other code or libraries")
+    c = sub.add_parser("check-tables", help="per committed table: fresh, N runs stale (which files changed), or N "
+                                            "cells missing from the run ledger")
     profile(c)
     c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
+    c.add_argument("--strict", action="store_true", help="exit with status 1 unless every run table is fresh")
+    rc = sub.add_parser("recompute", help="compute the missing and stale cells of committed tables into the run "
+                                          "ledger within a time budget (resumable), then rebuild the complete ones")
+    profile(rc)
+    rc.add_argument("tables", nargs="*", metavar="TABLE",
+                    help="table kinds, e.g. grid heldout attack_breadth (default: every table made of runs)")
+    rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES",
+                    help="start no batch that would end later than this (default 60)")
+    rc.add_argument("--jobs", type=pos_int, default=1, help="runs side by side (2 is faster on 2 cores)")
+    rc.add_argument("--tables-dir", default=None, help="committed tables (default data/tables)")
     t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
     profile(t)
     t.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
@@ -190,19 +203,28 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(a: argparse.Namespace) -> None:
     if a.cmd in ("figures", "check-tables"):
-        from .tables import staleness
+        from .studies.recompute import check_tables
 
-        stale = staleness(a.profile, a.tables_dir)
-        print(f"WARNING: {stale}" if stale else f"the {a.profile} tables match the current code and libraries",
-              flush=True)
+        lines = check_tables(a.profile, a.tables_dir)
+        print("\n".join(lines), flush=True)
         if a.cmd == "check-tables":
+            if a.strict and any(" fresh (" not in ln for ln in lines[1:] if "not made of runs" not in ln):
+                raise SystemExit(1)
             return
+    if a.cmd == "recompute":
+        from .studies.recompute import recompute
+
+        summary = recompute(a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir)
+        print(json.dumps(summary, indent=1))
+        return
     from .options import RunOptions
     from .runner import keep_freed_memory
 
     keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
+    # the commands that write committed tables record their runs in the ledger, which those tables are rebuilt from
     opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs, "backend": a.backend, "address": a.address,
-                                                  "fast": a.fast} if "jobs" in a else {}))
+                                                  "fast": a.fast} if "jobs" in a else {}),
+                                  ledger=a.cmd in ("results", "heldout", "attacks", "calibrate-mars"))
     if getattr(a, "fast", False) and "tables_dir" in a and a.tables_dir is None:
         from .tables import TABLES_DIR
 

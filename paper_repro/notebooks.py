@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .figstamp import NOTEBOOK_ENV
 from .store import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -63,8 +64,9 @@ def _execute(paths: list[Path], out_dir: Path, progress: bool, parameters: dict)
         out = out_dir / path.name
         t = time.perf_counter()
         try:
-            pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3", cwd=str(path.parent),
-                                progress_bar=False)
+            with environ({NOTEBOOK_ENV: str(Path(path).resolve())}):  # figures it draws are stamped with it
+                pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3",
+                                    cwd=str(path.parent), progress_bar=False)
         except pm.PapermillExecutionError as e:
             raise RuntimeError(f"{path.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                                f"The executed copy is {out}.") from None

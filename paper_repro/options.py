@@ -56,6 +56,11 @@ class RunOptions:
     and folders; how far they are from fp32 is measured in docs/speed.md. The CLI's ``--fast`` (``make ... FAST=1``)
     writes their tables under ``data/tables/fast/``."""
 
+    ledger: bool = False
+    """Also record every finished run (computed or served) in the run ledger (``data/ledger``), the committed record
+    that tables are rebuilt from: what ``python -m paper_repro recompute`` does. Runs are served from the ledger
+    either way."""
+
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise OptionsError(f"engine={self.engine!r} is unknown; choose one of {list(ENGINES)}")
@@ -70,7 +75,7 @@ class RunOptions:
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise OptionsError(f"{name}={v!r} must be an integer >= {low}"
                                    + (" (0 = torch's default)" if name == "threads" else ""))
-        for name in ("share_training", "compile", "fast"):
+        for name in ("share_training", "compile", "fast", "ledger"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name}={getattr(self, name)!r} must be True or False")
 

@@ -114,7 +114,11 @@ def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: 
 
 
 def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Write ``fig`` as ``path``.png/.pdf (an image suffix on ``path`` is dropped); returns the files written."""
+    """Write ``fig`` as ``path``.png/.pdf (an image suffix on ``path`` is dropped), each stamped with what made it
+    (:mod:`paper_repro.figstamp`: the tables read, the plotting and notebook code); returns the files written."""
+    from . import figstamp
+
+    stamp = figstamp.current()
     path = Path(path)
     if path.suffix.lstrip(".") in ("png", "pdf", "svg", "jpg"):
         path = path.with_suffix("")
@@ -122,7 +126,7 @@ def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dp
     out = []
     for f in formats:
         p = path.parent / f"{path.name}.{f}"  # not with_suffix: names may hold dots (dirichlet0.5)
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=figstamp.metadata(f, stamp))
         out.append(p)
     return out
 

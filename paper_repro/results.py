@@ -157,28 +157,38 @@ def versions() -> dict[str, str]:
 
 def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[str, np.ndarray],
               flagged: list[list[int]], extra: dict | None = None) -> Path:
-    """Write every file of a run into a temporary folder beside ``run_dir``, then rename it into place. With an
-    existing ``run_dir`` (a forced rerun) the new folder is swapped in and the old one removed; if another process
-    finished the same run first, its folder is kept. ``extra``: file name → function writing that file."""
-    results_dir = run_dir.parent
-    results_dir.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(results_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
-    try:
+    """Write every file of a run (:func:`publish`); ``extra``: file name → function writing that file. The
+    completion record, written last, holds the SHA-256 of every other file."""
+
+    def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=list))
         _step("config.json")
         np.savez_compressed(tmp / "indices.npz", **indices)
         _step("indices.npz")
         (tmp / "flagged.json").write_text(json.dumps(flagged))
         _step("flagged.json")
-        for name, write in (extra or {}).items():
-            write(tmp / name)
+        for name, write_extra in (extra or {}).items():
+            write_extra(tmp / name)
             _step(name)
         history.to_csv(tmp / "metrics.csv", index=False)
         _step("metrics.csv")
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / COMPLETE).write_text(json.dumps({"files": files}, indent=1))  # last: marks the folder complete
         _step(COMPLETE)
+
+    return publish(run_dir, write)
+
+
+def publish(run_dir: Path, write) -> Path:
+    """``write(tmp)`` fills a temporary folder beside ``run_dir``, which is then renamed into place. With an existing
+    ``run_dir`` (a forced rerun) the new folder is swapped in and the old one removed; if another process finished
+    the same run first, its folder is kept."""
+    results_dir = run_dir.parent
+    results_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(results_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
+    try:
+        write(tmp)
         if run_dir.exists():  # a forced rerun (or a damaged folder): swap in the new run, then drop the old one
             old = run_dir.with_name(f".old_{os.getpid()}_{run_dir.name}")
             os.replace(run_dir, old)
@@ -196,6 +206,20 @@ def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[st
         if tmp.exists():
             shutil.rmtree(tmp)
     return run_dir
+
+
+def machine() -> dict:
+    """The CPU a run computed on (model name, core count, whether it has native bf16), for its provenance: float
+    rounding differs between CPU kinds, so "bit for bit" holds per kind."""
+    model, flags = platform.processor() or "unknown", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), model)
+        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
+            "native_bf16": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))}
 
 
 PUBLISH_STEPS = ("config.json", "indices.npz", "flagged.json", "metrics.csv", COMPLETE, "superseded", "swapped")

@@ -14,6 +14,8 @@ import torch
 
 from . import defenses
 from .cliargs import writable_dir
+from .codehash import run_code_files
+from . import ledger
 from .config import Config, DefenseConfig
 from .fl import run_federated
 from .inputs import prepare
@@ -36,6 +38,7 @@ from .results import (
     damage,
     git_state,
     load_results,
+    machine,
     run_key,
     run_name,
     versions,
@@ -101,9 +104,13 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
         if results_dir.is_dir():
             clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
+        if not run_dir.exists() and not force:
+            ledger.materialise(run_dir.name, results_dir)  # a run recorded in the ledger is served like a folder
         if run_dir.exists() and not force:
             problems = damage(run_dir)
             if not problems and have_trajectory:
+                if opts.ledger:
+                    ledger.write_record(run_dir)
                 return RunResult.load(run_dir)
             if problems:
                 warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=2)
@@ -133,12 +140,16 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         history["total_seconds"] = time.perf_counter() - t0
         meta = {"config": cfg.to_dict(), "config_hash": key, "hashes": prep.hashes, "provenance": PROVENANCE,
                 "options": opts.__dict__, "versions": versions(), "git": git_state(), "started": started,
-                "finished": _now(), "inputs": inputs, "attack": _attack_record(prep.inputs.attack)}
+                "finished": _now(), "inputs": inputs, "attack": _attack_record(prep.inputs.attack),
+                "code_files": run_code_files(type(prep.inputs.attack), defenses.REGISTRY.lookup(cfg.defense.name)),
+                "machine": machine()}
         indices = {"fm_poisoned": prep.fm_poisoned, "malicious": prep.malicious,
                    **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
                    **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()}}
         extra = {TRAJECTORY: recorder.trajectory(run_dir.name).save} if recorder is not None else {}
         write_run(run_dir, meta, history, indices, out.flagged, extra)
+        if opts.ledger:
+            ledger.write_record(run_dir)
     return RunResult(history, run_dir)
 
 

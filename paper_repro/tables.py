@@ -20,47 +20,14 @@ DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "tri
                  "mars", "geminiguard", "weidetect", "pruning", "mm_bm", "mmac", "act_bound"]
 
 
-def provenance_path(profile: str, tables_dir: str | Path | None = None) -> Path:
-    return Path(tables_dir or TABLES_DIR) / f"provenance_{profile}.json"
-
-
-def write_provenance(profile: str, tables_dir: str | Path | None = None, **extra) -> Path:
-    """Record which code and libraries computed the tables of ``profile`` (called after a recompute)."""
-    import json
-    import time
-
-    from .codehash import code_digest, library_versions
-
-    p = provenance_path(profile, tables_dir)
-    p.write_text(json.dumps({"code": code_digest(), "libraries": library_versions(),
-                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}, indent=2))
-    return p
-
-
-def staleness(profile: str = "quick", tables_dir: str | Path | None = None) -> str | None:
-    """None when the tables of ``profile`` were computed by the current code and libraries; otherwise a sentence
-    saying what differs and how to recompute."""
-    import json
-
-    from .codehash import code_digest, library_versions
-
-    p = provenance_path(profile, tables_dir)
-    fix = f"recompute with `make results PROFILE={profile}` (or read them as made by earlier code)"
-    if not p.is_file():
-        return f"the {profile} tables in {p.parent} do not say which code computed them: {fix}"
-    rec = json.loads(p.read_text())
-    if rec.get("code") != code_digest():
-        return (f"the {profile} tables were computed by other code (digest {rec.get('code')}, now "
-                f"{code_digest()}): {fix}")
-    libs = {k: v for k, v in library_versions().items() if rec.get("libraries", {}).get(k) != v}
-    if libs:
-        return f"the {profile} tables were computed with other library versions (now {libs}): {fix}"
-    return None
-
-
 def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, suffix: str = "csv") -> Path:
-    """``<tables_dir>/<kind>_<profile>.<suffix>``, e.g. ``grid_quick.csv``."""
-    return Path(tables_dir or TABLES_DIR) / f"{kind}_{profile}.{suffix}"
+    """``<tables_dir>/<kind>_<profile>.<suffix>``, e.g. ``grid_quick.csv`` (noted as a source of the figures this
+    process draws next: :mod:`paper_repro.figstamp`)."""
+    from .figstamp import note_source
+
+    path = Path(tables_dir or TABLES_DIR) / f"{kind}_{profile}.{suffix}"
+    note_source(path)
+    return path
 
 
 WRITTEN_BY = {"attack_breadth": "attacks", "attack_strength": "attacks --study strength",
@@ -126,6 +93,10 @@ PUBLISHED = TABLES_DIR / "published.csv"
 def compare_published(grid: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
     """T1: every published cell (docs/paper.md, "Published numbers") beside our mean ± std over seeds for the matching
     (attack, defense, partition) of the grid. ACC/ASR in %."""
+    if published is None:
+        from .figstamp import note_source
+
+        note_source(PUBLISHED)
     pub = published if published is not None else pd.read_csv(PUBLISHED)
     stats = grid.groupby(["attack", "defense", "partition"])[["acc", "asr"]].agg(["mean", "std", "count"])
     rows = []

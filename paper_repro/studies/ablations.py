@@ -49,6 +49,15 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def ablation_config(profile: str, a: Ablation, value, defense: str, seed: int):
+    """The config of one ablation point."""
+    kw = _merge({"defense": {"name": defense}}, a.overrides(value))
+    # a parameter at its default is left out, so that the point shares its cached run with the defense grid
+    defaults = defenses.resolved_params(defense)
+    kw["defense"]["params"] = {k: x for k, x in kw["defense"].get("params", {}).items() if defaults.get(k) != x}
+    return load_config(profile, seed=seed, **kw)
+
+
 def run_ablations(profile: str = "quick", names: list[str] | None = None, seeds: tuple[int, ...] = (0,),
                   results_dir: str | Path | None = None, progress: bool = True,
                   options: RunOptions | None = None) -> pd.DataFrame:
@@ -58,13 +67,7 @@ def run_ablations(profile: str = "quick", names: list[str] | None = None, seeds:
         raise ValueError(f"unknown ablations {sorted(unknown)}; known: {sorted(ABLATIONS)}")
     points = [(a, v, d, s) for a in (ABLATIONS[n] for n in (names or ABLATIONS)) for v in a.values
               for d in a.defenses for s in seeds]
-    cfgs = []
-    for a, v, d, s in points:
-        kw = _merge({"defense": {"name": d}}, a.overrides(v))
-        # a parameter at its default is left out, so that the point shares its cached run with the defense grid
-        defaults = defenses.resolved_params(d)
-        kw["defense"]["params"] = {k: x for k, x in kw["defense"].get("params", {}).items() if defaults.get(k) != x}
-        cfgs.append(load_config(profile, seed=s, **kw))
+    cfgs = [ablation_config(profile, a, v, d, s) for a, v, d, s in points]
     results = run_many(cfgs, results_dir, progress=progress, desc="ablations", options=options)
     return pd.DataFrame([{"ablation": a.name, "label": a.label, "value": v, "defense": d, "seed": s,
                           "acc": res.final["acc"], "asr": res.final["asr"], "run": res.run_dir.name}

@@ -12,7 +12,7 @@ import pandas as pd
 from ..inputs import prepare
 from ..options import RunOptions
 from ..profiles import load_config
-from ..tables import export_samples, table_path, write_provenance
+from ..tables import export_samples, table_path
 from .ablations import run_ablations
 from .activations import activation_study
 from .grid import collect, collect_rounds, run_grid
@@ -80,5 +80,4 @@ def compute_tables(profile: str = "quick", seeds: tuple[int, ...] = (0,), defens
                "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "total_seconds": round(sum(seconds.values()), 1), "peak_rss_mb": round(rss / 1024, 1)}
     table_path("results", profile, tables_dir, "json").write_text(json.dumps(summary, indent=2))
-    write_provenance(profile, tables_dir, seeds=list(seeds), jobs=opts.jobs)
     return summary
