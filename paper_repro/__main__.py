@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES",
                     help="start no batch that would end later than this (default 60)")
     rc.add_argument("--jobs", type=pos_int, default=1, help="runs side by side (2 is faster on 2 cores)")
+    rc.add_argument("--where", nargs="+", default=[], metavar="LABEL=VALUE",
+                    help="only the cells whose labels match, e.g. --where defense=none partition=iid seed=0")
     rc.add_argument("--tables-dir", default=None, help="committed tables (default data/tables)")
     t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
     profile(t)
@@ -214,7 +216,11 @@ def _run(a: argparse.Namespace) -> None:
     if a.cmd == "recompute":
         from .studies.recompute import recompute
 
-        summary = recompute(a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir)
+        bad = [w for w in a.where if "=" not in w]
+        if bad:
+            raise ValueError(f"--where takes LABEL=VALUE pairs, got {bad} (e.g. --where defense=none seed=0)")
+        summary = recompute(a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir,
+                            where=dict(w.split("=", 1) for w in a.where))
         print(json.dumps(summary, indent=1))
         return
     from .options import RunOptions

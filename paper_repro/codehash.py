@@ -6,8 +6,9 @@ every result whose closure holds that line.
 
 A module says what it is to the digests with a top-level ``DIGEST_ROLE`` string (read from its source, never
 imported): ``"not computing"`` (it draws, orchestrates, shows progress or checks arguments: its imports are followed,
-its own code is not hashed) or ``"registry"`` (a list of every attack/defense: not entered, so that adding or editing
-another defense keeps this run's digest; a run's own attack and defense are start points of its closure)."""
+its own code is not hashed), ``"bookkeeping"`` (paths, hashing, stamps: neither hashed nor followed, by any digest,
+figures' included) or ``"registry"`` (a list of every attack/defense: not entered, so that adding or editing another
+defense keeps this run's digest; a run's own attack and defense are start points of its closure)."""
 from __future__ import annotations
 
 import ast
@@ -17,7 +18,7 @@ import importlib.metadata as md
 import inspect
 from pathlib import Path
 
-DIGEST_ROLE = "not computing"
+DIGEST_ROLE = "bookkeeping"
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "numpy", "diffusers", "scikit-learn", "scipy")
@@ -39,10 +40,10 @@ def _strip(source: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _parsed(path: str, mtime_ns: int) -> tuple[str, str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
-    """(role, stripped code, imports) of one file; keyed by its modification time so that an edited file is read
-    again. Imports: (module, level, names) of every import outside ``if TYPE_CHECKING:`` blocks."""
-    tree = ast.parse(Path(path).read_text())
+def _parsed(source: str) -> tuple[str, str, tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    """(role, stripped code, imports) of a module's source (cached by the source itself, so an edited file is parsed
+    again). Imports: (module, level, names) of every import outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(source)
     role = "computing"
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") ==
@@ -60,11 +61,11 @@ def _parsed(path: str, mtime_ns: int) -> tuple[str, str, tuple[tuple[str, int, t
         elif isinstance(node, ast.ImportFrom):
             imports.append((node.module or "", node.level, tuple(a.name for a in node.names)))
         todo.extend(ast.iter_child_nodes(node))
-    return role, _strip(Path(path).read_text()), tuple(imports)
+    return role, _strip(source), tuple(imports)
 
 
 def _info(path: Path):
-    return _parsed(str(path), path.stat().st_mtime_ns)
+    return _parsed(Path(path).read_text())
 
 
 def _module_file(name: str, base: Path) -> Path | None:
@@ -101,6 +102,8 @@ def import_closure(start: list[str], root: Path = PACKAGE) -> list[str]:
         if rel in seen or _info(f)[0] == "registry":
             continue
         seen.add(rel)
+        if _info(f)[0] == "bookkeeping":
+            continue
         todo.extend(_imports(f, base))
     return sorted(seen)
 

@@ -5,7 +5,7 @@ modules it imports). A PNG carries it as a text chunk (``paper_repro``), a PDF i
 would draw differently now. Torch-free."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
+DIGEST_ROLE = "bookkeeping"  # codehash: see its module docstring
 
 import hashlib
 import json
@@ -59,12 +59,12 @@ def _code(modules: list[str], root: Path) -> dict[str, str]:
     from .codehash import _info, _module_file, import_closure
 
     pkg = root / "paper_repro"
-    files = set(import_closure(["plots.py", "tables.py", "figstamp.py"], pkg))
+    files = set(import_closure(["plots.py", "tables.py"], pkg))
     for m in modules:
         f = _module_file(m, pkg)
         if f is not None:
             files.add(str(f.relative_to(pkg)))
-    return {rel: _sha(_info(pkg / rel)[1].encode()) for rel in sorted(files)}
+    return {rel: _sha(_info(pkg / rel)[1].encode()) for rel in sorted(files) if _info(pkg / rel)[0] != "bookkeeping"}
 
 
 def make(notebook: str | Path | None, sources: list[Path], root: Path = REPO_ROOT) -> dict:

@@ -12,6 +12,8 @@ record whose self-checksum, name, key and file checksums all hold, and refuses a
 copied under another run's name)."""
 from __future__ import annotations
 
+DIGEST_ROLE = "bookkeeping"  # codehash: records runs, never changes a number
+
 import hashlib
 import json
 import os

@@ -2,7 +2,7 @@
 folders (overridable by environment variables), content hashes, and writes that readers never see half-done."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: paths and key hashing, never a number
+DIGEST_ROLE = "bookkeeping"  # codehash: paths and key hashing, never a number
 
 import hashlib
 import json

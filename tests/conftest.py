@@ -5,6 +5,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("PAPER_REPRO_CACHE", os.path.join(os.path.dirname(__file__), "..", "build", "test-cache"))
 os.environ.setdefault("PAPER_REPRO_RESULTS", os.path.join(os.path.dirname(__file__), "..", "build", "test-results"))
+# tests never read or write the committed run ledger unless they name it
+os.environ.setdefault("PAPER_REPRO_LEDGER", os.path.join(os.path.dirname(__file__), "..", "build", "test-ledger"))
 
 from pathlib import Path  # noqa: E402
 

@@ -105,16 +105,6 @@ def test_committed_published_table_points_at_grid_cells():
     assert set(pub["ours_partition"]) <= set(grid.PARTITIONS)
 
 
-def test_tables_say_when_they_are_stale(tmp_path, monkeypatch):
-    from paper_repro import codehash
-
-    assert "do not say which code" in tables.staleness("quick", tmp_path)
-    tables.write_provenance("quick", tmp_path)
-    assert tables.staleness("quick", tmp_path) is None
-    monkeypatch.setattr(codehash, "code_digest", lambda *a, **k: "0" * 16)
-    assert "computed by other code" in tables.staleness("quick", tmp_path)
-
-
 def test_tables_are_never_replaced_by_empty_or_partial_ones(tmp_path):
     from paper_repro.studies.compute import export_tables
 

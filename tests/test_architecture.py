@@ -14,18 +14,18 @@ import paper_repro as pr
 PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
 LAYERS = [
-    ["store", "rng", "options", "config", "codehash", "registry", "progress", "cliargs"],
+    ["store", "rng", "options", "config", "codehash", "registry", "progress", "cliargs", "figstamp"],
     ["data", "partition", "models", "precision", "aggregators", "triggers", "tables", "plots"],
-    ["training", "local_training", "metrics", "fm.ddpm", "fm.text2image", "fm.quality", "fm.synthetic", "fm",
+    ["training", "local_training", "metrics", "fm.ddpm", "fm.text2image", "fm.quality", "fm.draw", "fm.synthetic", "fm",
      "attacks.*", "attacks", "defenses.*", "defenses"],
     ["profiles", "fl"],
-    ["replay", "inputs", "results"],
+    ["replay", "inputs", "results", "ledger"],
     ["runner", "flower", "cluster"],
     ["studies", "studies.*"],
     ["notebooks", "teaching", "__main__", "fm.__main__", "__init__"],
 ]
 TORCH_FREE = ["store", "rng", "options", "config", "codehash", "cliargs", "data", "tables", "plots", "notebooks",
-              "teaching"]
+              "teaching", "figstamp"]
 
 
 def _module_name(path: Path) -> str:
@@ -196,39 +196,17 @@ def test_run_keys_are_those_of_earlier_versions(cell):
 
 
 @pytest.mark.unit
-def test_code_digest_ignores_documentation_but_not_code(tmp_path):
-    import shutil
-
-    from paper_repro.codehash import PACKAGE, _digest, code_digest
-
-    root = tmp_path / "pkg"
-    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_digest(root=root)
-    fl = root / "fl.py"
-    fl.write_text(fl.read_text().replace('"""The FM-integrated FL loop', '"""The federated loop', 1)
-                  .replace("# 1. sample clients", "# 1. draw the clients"))
-    (root / "plots.py").write_text((root / "plots.py").read_text() + "\nX = 1\n")  # drawing code, not computing
-    _digest.cache_clear()
-    assert code_digest(root=root) == before
-    fl.write_text(fl.read_text().replace("fl.kd_epochs > 0", "fl.kd_epochs > 1"))
-    _digest.cache_clear()
-    assert code_digest(root=root) != before
-    assert code_digest(("fm",), root=root) == code_digest(("fm",))  # the sampler's digest ignores fl.py
-
-
-@pytest.mark.unit
 def test_a_run_key_covers_the_code_the_run_executes_and_no_other_defense(tmp_path):
     import shutil
 
     from paper_repro.attacks import FMPoisoning
-    from paper_repro.codehash import PACKAGE, _closure_digest, run_code_digest
+    from paper_repro.codehash import PACKAGE, run_code_digest
     from paper_repro.defenses import ActBound, Defense, MMBMNeuron
 
     root = tmp_path / "pkg"
     shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
 
     def digests():
-        _closure_digest.cache_clear()
         return {name: run_code_digest(FMPoisoning, cls, root=root)
                 for name, cls in (("none", Defense), ("act_bound", ActBound), ("mm_bm_neuron", MMBMNeuron))}
 

@@ -1,4 +1,6 @@
-"""Command line: ``python -m paper_repro.fm train --profile quick --out data/fm/fashion_mnist_ddpm [--steps N]``."""
+"""Command line: ``python -m paper_repro.fm train --profile quick --out data/fm/fashion_mnist_ddpm [--steps N]``;
+``python -m paper_repro.fm ship --profile quick --sizes 200 100 50`` draws (or takes from this machine's cache) the
+synthetic sets a fresh clone should not have to draw and writes them, with their keys, into ``data/synthetic``."""
 from __future__ import annotations
 
 DIGEST_ROLE = "not computing"  # codehash: see its module docstring
@@ -22,7 +24,22 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=pos_int, default=DDPMTrainConfig.steps, help="optimiser steps")
     t.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of FM training (the public split uses data.split_seed)")
+    s = sub.add_parser("ship", help="draw the profile's synthetic sets into data/synthetic (committed, keyed)")
+    s.add_argument("--profile", default="quick", choices=PROFILES, help="whose FM and sampler settings (quick)")
+    s.add_argument("--sizes", type=pos_int, nargs="+", default=None,
+                   help="images per class (default: the profile's; the size ablation adds 100 50)")
     a = p.parse_args(argv)
+    if a.cmd == "ship":
+        import time
+
+        from .synthetic import ship_synthetic
+
+        for n in a.sizes or [load_config(a.profile).fm.n_per_class]:
+            cfg = load_config(a.profile, fm={"n_per_class": n})
+            t = time.perf_counter()
+            out = ship_synthetic(cfg, public_splits(cfg).public)
+            print(f"n_per_class={n}: {out} ({time.perf_counter() - t:.0f} s)")
+        return
     if why := writable_dir(a.out):
         p.error(f"--out: {why}")
     public = public_splits(load_config(a.profile)).public

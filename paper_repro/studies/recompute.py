@@ -333,13 +333,21 @@ def write_table(p: Plan, st: Status, tables_dir: str | Path | None = None) -> Pa
     return out
 
 
+def selected(p: Plan, where: dict[str, str] | None) -> list[Cell]:
+    """The cells of ``p`` whose labels match every ``label=value`` of ``where`` (compared as text; a label the table
+    does not have matches nothing)."""
+    if not where:
+        return p.cells
+    return [c for c in p.cells if all(k in c.labels and str(c.labels[k]) == str(v) for k, v in where.items())]
+
+
 def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_minutes: float = 60.0, jobs: int = 1,
               tables_dir: str | Path | None = None, progress: bool = True, options: RunOptions | None = None,
-              log=print) -> dict:
+              log=print, where: dict[str, str] | None = None) -> dict:
     """Compute the missing and stale cells of the named committed tables (default: every table made of runs) in a
     fixed order (tables as named, rows in table order), recording each run in the ledger as it finishes; start no
     batch of ``jobs`` runs that would end past ``budget_minutes``; then rebuild every table whose cells are all
-    fresh from the ledger alone. Killed at any instant, it loses at most the runs in flight; run again, on any
+    fresh from the ledger alone. ``where`` (label → value) computes only the matching cells. Killed at any instant, it loses at most the runs in flight; run again, on any
     machine, it continues. Returns per table: counts before, and whether it was rebuilt."""
     if budget_minutes <= 0:
         raise ValueError(f"budget_minutes={budget_minutes} must be > 0")
@@ -356,7 +364,7 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
         summary[p.name] = {"cells": len(p.cells), "fresh": len(st.fresh), "stale": len(st.stale),
                            "missing": len(st.missing)}
         log(st.line())
-        for c in p.cells:
+        for c in selected(p, where):
             if c.key not in st.fresh and c.key not in seen:
                 seen.add(c.key)
                 todo.append(c)
