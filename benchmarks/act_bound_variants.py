@@ -27,7 +27,7 @@ VARIANTS = {**ACT_BOUND_VARIANTS, "act_bound_dm": ("act_bound_dm", {})}
 
 
 def main(jobs: int, variants: list[str], stages: list[str], table: str) -> None:
-    opts = RunOptions.for_profile("quick", jobs=jobs)
+    opts = RunOptions.for_profile("quick", jobs=jobs, ledger=True)  # committed tables: runs go to the ledger
     cols = ["setting", "defense", "n", "acc_mean", "asr_mean", "asr_lo", "asr_hi", "acc_triggered_mean"]
     for stage in stages:
         settings, seeds = STAGES[stage]

@@ -24,7 +24,7 @@ def main(jobs: int) -> None:
     eps = float(cal["centre_distance"].max())
     variants = {"mars": ("mars", {}), f"mars eps{eps:.3g}": ("mars", {"epsilon": round(eps, 4)})}
     df = heldout_study("quick", ("validation",), ("none",), (0, 1, 2), attacks=("classic", "fm"), variants=variants,
-                       table="mars_validation", options=RunOptions.for_profile("quick", jobs=jobs))
+                       table="mars_validation", options=RunOptions.for_profile("quick", jobs=jobs, ledger=True))
     for attack, sub in df.groupby("attack"):
         best, table = select_variant(sub)
         print(f"--- {attack}\n{table.round(3).to_string(index=False)}\nchosen by the rule: {best}")

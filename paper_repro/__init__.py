@@ -9,9 +9,9 @@ Names load on first use, so ``import paper_repro.tables`` or ``paper_repro.plots
 """
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import importlib
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 # public name → module that defines it
 _NAMES = {

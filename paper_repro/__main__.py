@@ -1,8 +1,6 @@
 """Command line (``python -m paper_repro --help``). Heavy imports happen after the arguments are parsed."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import argparse
 import json
 import time
@@ -10,6 +8,8 @@ from pathlib import Path
 
 from .cliargs import FAST_ON_SLOW_CPU, PROFILES, check_unique, native_bf16, nonneg_int, pos_int, writable_dir
 from .store import REPO_ROOT
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 FIGURES = REPO_ROOT / "figures"
 EXAMPLES = """examples:
@@ -99,18 +99,16 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--tables-dir", default=None,
                     help="where mars_calibration_<profile>.csv goes (default data/tables)")
     jobs(cm)
-    c = sub.add_parser("check-tables", help="per committed table: fresh, N runs stale (which files changed), or N "
-                                            "cells missing from the run ledger")
+    c = sub.add_parser("check-tables", help="per committed table: fresh, N runs stale, or N cells missing (ledger)")
     profile(c)
     c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
     c.add_argument("--strict", action="store_true", help="exit with status 1 unless every run table is fresh")
-    rc = sub.add_parser("recompute", help="compute the missing and stale cells of committed tables into the run "
-                                          "ledger within a time budget (resumable), then rebuild the complete ones")
+    rc = sub.add_parser("recompute", help="the missing and stale cells of committed tables into the run ledger, "
+                        "within a budget (resumable); then rebuild the complete tables")
     profile(rc)
     rc.add_argument("tables", nargs="*", metavar="TABLE",
                     help="table kinds, e.g. grid heldout attack_breadth (default: every table made of runs)")
-    rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES",
-                    help="start no batch that would end later than this (default 60)")
+    rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES", help="start no batch ending later (60)")
     rc.add_argument("--jobs", type=pos_int, default=1, help="runs side by side (2 is faster on 2 cores)")
     rc.add_argument("--where", nargs="+", default=[], metavar="LABEL=VALUE",
                     help="only the cells whose labels match, e.g. --where defense=none partition=iid seed=0")
@@ -216,8 +214,7 @@ def _run(a: argparse.Namespace) -> None:
     if a.cmd == "recompute":
         from .studies.recompute import recompute
 
-        bad = [w for w in a.where if "=" not in w]
-        if bad:
+        if bad := [w for w in a.where if "=" not in w]:
             raise ValueError(f"--where takes LABEL=VALUE pairs, got {bad} (e.g. --where defense=none seed=0)")
         summary = recompute(a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir,
                             where=dict(w.split("=", 1) for w in a.where))

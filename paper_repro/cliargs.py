@@ -2,13 +2,13 @@
 each rejects a bad value while the arguments are parsed, before any work, with a message naming the fix."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import argparse
 import os
 from pathlib import Path
 
 from .config import PROFILES  # noqa: F401  (re-exported for the command lines)
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 
 def nonneg_int(text: str) -> int:

@@ -5,15 +5,14 @@ modules it imports). A PNG carries it as a text chunk (``paper_repro``), a PDF i
 would draw differently now. Torch-free."""
 from __future__ import annotations
 
-DIGEST_ROLE = "bookkeeping"  # codehash: see its module docstring
-
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 from .store import REPO_ROOT
+
+DIGEST_ROLE = "bookkeeping"  # codehash: see its module docstring
 
 KEY = "paper_repro"
 NOTEBOOK_ENV = "PAPER_REPRO_NOTEBOOK"
@@ -40,17 +39,22 @@ def _sha(data: bytes) -> str:
 
 def _notebook_code(nb: Path) -> tuple[str, list[str]]:
     """(digest of the code cells, package modules they import) of a notebook."""
+    import ast
+
     cells = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
              for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
-    code = "\n".join(cells)
     mods = set()
-    for m in re.finditer(r"^\s*from (paper_repro(?:\.\w+)*) import ([\w, ]+)|^\s*import (paper_repro(?:\.\w+)*)", code,
-                         re.M):
-        base = m.group(1) or m.group(3)
-        mods.add(base)
-        if m.group(2):
-            mods |= {f"{base}.{n.strip()}" for n in m.group(2).split(",") if n.strip()}
-    return _sha(code.encode()), sorted(mods)
+    for cell in cells:
+        try:  # IPython magics and shell lines are not Python
+            tree = ast.parse("\n".join(ln for ln in cell.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods |= {a.name for a in node.names if a.name.split(".")[0] == "paper_repro"}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "paper_repro":
+                mods |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return _sha("\n".join(cells).encode()), sorted(mods)
 
 
 def _code(modules: list[str], root: Path) -> dict[str, str]:

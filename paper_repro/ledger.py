@@ -12,8 +12,6 @@ record whose self-checksum, name, key and file checksums all hold, and refuses a
 copied under another run's name)."""
 from __future__ import annotations
 
-DIGEST_ROLE = "bookkeeping"  # codehash: records runs, never changes a number
-
 import hashlib
 import json
 import os
@@ -22,6 +20,8 @@ from pathlib import Path
 
 from .results import COMPLETE, damage, key_dict, sha256
 from .store import REPO_ROOT, save_atomic, stable_hash
+
+DIGEST_ROLE = "bookkeeping"  # codehash: records runs, never changes a number
 
 FORMAT = 1
 SMALL_FILES = ("config.json", "metrics.csv", "flagged.json")
@@ -54,16 +54,28 @@ def make_record(run_dir: Path) -> dict:
     if problems:
         raise LedgerError(f"{run_dir} is not a finished run ({'; '.join(problems)}): nothing to record")
     files = json.loads((run_dir / COMPLETE).read_text())["files"]
-    text = {name: (run_dir / name).read_text() for name in SMALL_FILES}
+    text = {name: (run_dir / name).read_bytes().decode() for name in SMALL_FILES}  # verbatim: no newline translation
     meta = json.loads(text["config.json"])
     rec = {"format": FORMAT, "run": run_dir.name, "key": meta["config_hash"], "config_key": config_key(meta["config"]),
            "files": files, "text": text}
     rec["sha256"] = _self_digest(rec)
+    problems = check_record(rec, run_dir.name)
+    if problems:
+        raise LedgerError(f"{run_dir} cannot be recorded: {'; '.join(problems)}")
     return rec
 
 
 def check_record(rec: dict, name: str) -> list[str]:
-    """What is wrong with a record read from the file ``<name>.json`` (empty: intact)."""
+    """What is wrong with a record read from the file ``<name>.json`` (empty: intact): its self-checksum, the run it
+    names, its files against the checksums the run wrote, and its run key against the key its own config and
+    digests give."""
+    try:
+        return _problems(rec, name)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a malformed record is refused, never a crash
+        return [f"malformed ({type(e).__name__}: {e})"]
+
+
+def _problems(rec: dict, name: str) -> list[str]:
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
         return [f"not a ledger record of format {FORMAT}"]
     out = []
@@ -71,20 +83,24 @@ def check_record(rec: dict, name: str) -> list[str]:
         out.append("its content changed since it was written (self-checksum differs)")
     if rec.get("run") != name:
         out.append(f"it records run {rec.get('run')!r}, not {name!r} (a file copied under another name?)")
-    text = rec.get("text", {})
+    text, files = rec["text"], rec["files"]
+    if not isinstance(text, dict) or not isinstance(files, dict):
+        return [*out, "its text and files fields are not mappings"]
     for f in SMALL_FILES:
-        if f not in text:
+        if not isinstance(text.get(f), str):
             out.append(f"{f} missing")
-        elif hashlib.sha256(text[f].encode()).hexdigest() != rec.get("files", {}).get(f):
+        elif hashlib.sha256(text[f].encode()).hexdigest() != files.get(f):
             out.append(f"{f} differs from the checksum the run wrote")
-    try:
-        meta = json.loads(text["config.json"])
-        if meta.get("config_hash") != rec.get("key") or not name.endswith(f"_{rec.get('key')}"):
-            out.append(f"its config.json belongs to run key {meta.get('config_hash')!r}")
-        if config_key(meta["config"]) != rec.get("config_key"):
-            out.append("its config differs from the config key it is filed under")
-    except (KeyError, ValueError, TypeError):
-        out.append("config.json unreadable")
+    if out:
+        return out
+    meta = json.loads(text["config.json"])
+    key = meta["config_hash"]
+    if key != rec.get("key") or not name.endswith(f"_{key}"):
+        out.append(f"its config.json belongs to run key {key!r}")
+    if stable_hash({**key_dict(meta["config"]), "_extra": meta["hashes"]}) != key:
+        out.append("its run key is not the key of its own config and digests (edited?)")
+    if config_key(meta["config"]) != rec.get("config_key"):
+        out.append("its config differs from the config key it is filed under")
     return out
 
 
@@ -128,9 +144,20 @@ def write_record(run_dir: Path, ledger: Path | None = None) -> Path:
             try:
                 if json.loads(other.read_text()).get("config_key") == rec["config_key"]:
                     other.unlink()
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 continue
+    _clean_leftovers(base)
     return path
+
+
+def _clean_leftovers(base: Path) -> None:
+    """Remove the hidden temporary files (``.<name>.<pid>.tmp.json``) of writers that no longer run."""
+    from .results import _alive
+
+    for p in base.glob(".*.tmp.json"):
+        pid = p.name.rsplit(".tmp.json", 1)[0].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
 
 
 def materialise(name: str, results_dir: Path, ledger: Path | None = None) -> bool:

@@ -2,8 +2,6 @@
 folder (the committed notebooks stay output-free)."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import html
 import os
 import time
@@ -14,6 +12,8 @@ from tqdm.auto import tqdm
 
 from .figstamp import NOTEBOOK_ENV
 from .store import REPO_ROOT
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_NB_DIR = NOTEBOOKS_DIR / "figures"

@@ -6,8 +6,6 @@ importing this module changes no global setting); statistical figures use seabor
 """
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import functools
 from pathlib import Path
 
@@ -17,7 +15,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import figstamp
 from .data import ImageSet
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.8),
          "axes.prop_cycle": mpl.cycler(color=sns.color_palette("colorblind")), "figure.dpi": 100}
@@ -116,18 +117,12 @@ def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: 
 def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Write ``fig`` as ``path``.png/.pdf (an image suffix on ``path`` is dropped), each stamped with what made it
     (:mod:`paper_repro.figstamp`: the tables read, the plotting and notebook code); returns the files written."""
-    from . import figstamp
-
     stamp = figstamp.current()
-    path = Path(path)
-    if path.suffix.lstrip(".") in ("png", "pdf", "svg", "jpg"):
-        path = path.with_suffix("")
+    path = Path(path).with_suffix("") if Path(path).suffix.lstrip(".") in ("png", "pdf", "svg", "jpg") else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in formats:
-        p = path.parent / f"{path.name}.{f}"  # not with_suffix: names may hold dots (dirichlet0.5)
+    out = [path.parent / f"{path.name}.{f}" for f in formats]  # not with_suffix: names may hold dots (dirichlet0.5)
+    for f, p in zip(formats, out):
         fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=figstamp.metadata(f, stamp))
-        out.append(p)
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 
-
 def autocast(device_type: str, precision: str = "fp32"):
     """``torch.autocast`` to bfloat16 for ``precision="bf16"`` (convolutions and matrix products in bf16, losses and
     reductions in fp32, parameters untouched), a no-op context for ``"fp32"``."""

@@ -3,9 +3,9 @@
 holding widget views that render as nothing outside a live kernel."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import os
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 if os.environ.get("PAPER_REPRO_PROGRESS") == "text":
     from tqdm.std import tqdm

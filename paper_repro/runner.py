@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import defenses
+from . import defenses, ledger
 from .cliargs import writable_dir
 from .codehash import run_code_files
-from . import ledger
 from .config import Config, DefenseConfig
 from .fl import run_federated
+from .fm.synthetic import synthetic_key_hash
 from .inputs import prepare
 from .options import OptionsError, RunOptions
 from .profiles import check_registered
@@ -104,7 +104,7 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
         have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
         if results_dir.is_dir():
             clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
-        if not run_dir.exists() and not force:
+        if not run_dir.exists() and not force and not writable_dir(results_dir):
             ledger.materialise(run_dir.name, results_dir)  # a run recorded in the ledger is served like a folder
         if run_dir.exists() and not force:
             problems = damage(run_dir)
@@ -118,7 +118,8 @@ def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress:
             raise PermissionError(f"cannot compute {run_dir.name}: {why} (pass results_dir= to say where runs go)")
         t0, started = time.perf_counter(), _now()
         recorder = None
-        inputs = {"synthetic_digest": prep.hashes["synthetic"], "initial_model": None, "replayed_from": None}
+        inputs = {"synthetic_digest": prep.hashes["synthetic"], "synthetic_key": synthetic_key_hash(cfg),
+                  "initial_model": None, "replayed_from": None}
         if _replays(cfg, opts, defense):
             base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True, force=force)
             out = replay_federated(cfg, prep.inputs, defense, base, opts, progress)

@@ -2,13 +2,13 @@
 folders (overridable by environment variables), content hashes, and writes that readers never see half-done."""
 from __future__ import annotations
 
-DIGEST_ROLE = "bookkeeping"  # codehash: paths and key hashing, never a number
-
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+DIGEST_ROLE = "bookkeeping"  # codehash: paths and key hashing, never a number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,6 @@ this module (and :mod:`paper_repro.plots`) does not import torch; the tables are
 :mod:`paper_repro.studies.compute`."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,8 @@ import pandas as pd
 
 from .data import ImageSet
 from .store import REPO_ROOT
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 TABLES_DIR = REPO_ROOT / "data" / "tables"
 # reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense

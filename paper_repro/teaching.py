@@ -5,8 +5,6 @@ Torch-free: it reads CSV/JSON only, so a notebook can show the expected numbers 
 """
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import json
 from pathlib import Path
 
@@ -14,6 +12,8 @@ import pandas as pd
 
 from .store import REPO_ROOT
 from .tables import DEFENSE_ORDER, read_table
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 NOTEBOOKS = ("01", "02", "03", "04", "05")
 SPEED_RESULTS = REPO_ROOT / "benchmarks" / "results" / "speed_cpu.json"

@@ -2,6 +2,7 @@
 recompute killed at random moments and resumed in new processes makes the same table as an uninterrupted one; a
 table's staleness follows the code of its runs' closures; code digests come from import closures alone; committed
 figures carry the digest of what drew them; the shipped synthetic set is the one the current code would draw."""
+import hashlib
 import json
 import os
 import random
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +25,11 @@ PKG = REPO / "paper_repro"
 TIMING = ("defense_seconds", "round_seconds", "overhead")
 """Columns that measure the machine, not the run: equal only between one run and itself."""
 SMOKE_CELLS = [("none", "fm", "iid", 0), ("act_bound", "fm", "iid", 0), ("median", "classic", "iid", 0),
-               ("none", "none", "dirichlet0.5", 1), ("mm_bm", "fm", "iid", 0)]
+               ("none", "none", "dirichlet0.5", 1), ("mm_bm", "fm", "iid", 0), ("krum", "classic", "iid", 1),
+               ("none", "classic", "iid", 2), ("flame", "none", "iid", 0)]
+MORE_CELLS = [(d, a, p, s) for s in (3, 4, 5) for p in ("iid", "dirichlet0.5") for a, d in
+              (("fm", "none"), ("fm", "act_bound"), ("classic", "median"), ("classic", "krum"))]
+"""A longer table for the kill test: smoke runs take a fraction of a second each."""
 
 
 @pytest.fixture
@@ -36,11 +40,11 @@ def stores(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _smoke_table(folder: Path) -> Path:
+def _smoke_table(folder: Path, cells=SMOKE_CELLS) -> Path:
     """A committed-table stand-in: a smoke grid table holding only its label columns."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "grid_smoke.csv"
-    pd.DataFrame(SMOKE_CELLS, columns=["defense", "attack", "partition", "seed"]).to_csv(path, index=False)
+    pd.DataFrame(cells, columns=["defense", "attack", "partition", "seed"]).to_csv(path, index=False)
     return path
 
 
@@ -79,6 +83,17 @@ def test_a_ledger_record_is_served_like_its_run_folder_and_damaged_ones_are_refu
     shutil.copy(rec_path, copied)
     with pytest.raises(lg.LedgerError, match="not"):
         lg.read_record(copied)
+    copied.write_text(json.dumps({"format": 1, "text": None, "files": []}))  # malformed: refused, not a crash
+    with pytest.raises(lg.LedgerError, match="malformed|not mappings"):
+        lg.read_record(copied)
+    # an edited config with every checksum recomputed still does not give its own run key
+    forged = json.loads(rec_path.read_text())
+    meta["config"]["fl"]["lr"] = meta["config"]["fl"]["lr"] * 2
+    forged["text"]["config.json"] = json.dumps(meta, indent=2)
+    forged["files"]["config.json"] = hashlib.sha256(forged["text"]["config.json"].encode()).hexdigest()
+    forged["config_key"] = lg.config_key(meta["config"])
+    forged["sha256"] = lg._self_digest(forged)
+    assert any("not the key of its own config" in m for m in lg.check_record(forged, rec_path.stem))
 
 
 @pytest.mark.smoke
@@ -98,6 +113,7 @@ def test_a_record_of_other_code_is_superseded_and_records_stay_small(stores):
 @pytest.mark.unit
 def test_every_committed_ledger_record_is_intact_and_within_budget():
     recs = lg.records(REPO / "data" / "ledger")
+    assert recs, "the committed ledger is empty"
     for p in recs:
         lg.read_record(p)
         assert p.stat().st_size <= 12_000, f"{p.name}: {p.stat().st_size} bytes (budget: docs/ledger.md)"
@@ -116,13 +132,18 @@ def _env(tmp: Path, ledger: str) -> dict:
 @pytest.mark.smoke
 def test_a_recompute_killed_three_times_gives_the_uninterrupted_table(tmp_path):
     whole, parts = tmp_path / "tables_whole", tmp_path / "tables_parts"
-    _smoke_table(whole), _smoke_table(parts)
+    _smoke_table(whole, SMOKE_CELLS + MORE_CELLS), _smoke_table(parts, SMOKE_CELLS + MORE_CELLS)
     subprocess.run(_recompute_cmd(whole), env=_env(tmp_path, "a"), check=True, capture_output=True, timeout=600)
     rng = random.Random(0)
-    for _ in range(3):  # killed at three random moments, each resumed by a new process
+    for _ in range(3):  # killed at three random moments inside the work, each time resumed by a new process
+        before = len(lg.records(tmp_path / "b"))
         proc = subprocess.Popen(_recompute_cmd(parts), env=_env(tmp_path, "b"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(4, 14))
+        deadline = time.monotonic() + 300
+        while len(lg.records(tmp_path / "b")) == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # until it has recorded a run of its own: the kill lands among later runs
+        time.sleep(rng.uniform(0, 1.5))  # somewhere among the next few runs
+        assert proc.poll() is None, "the recompute finished before it could be killed: the test would prove nothing"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         for p in lg.records(tmp_path / "b"):  # whatever instant it died at, every record is whole
@@ -132,7 +153,7 @@ def test_a_recompute_killed_three_times_gives_the_uninterrupted_table(tmp_path):
                          timeout=600)
     assert "rebuilt from the ledger" in out.stdout
     a, b = pd.read_csv(whole / "grid_smoke.csv"), pd.read_csv(parts / "grid_smoke.csv")
-    assert len(a) == len(SMOKE_CELLS)
+    assert len(a) == len(SMOKE_CELLS + MORE_CELLS)
     pd.testing.assert_frame_equal(a.drop(columns=[*TIMING]), b.drop(columns=[*TIMING]))
 
 
@@ -168,7 +189,7 @@ def test_staleness_follows_the_code_of_the_runs_closure(stores):
     fl.write_text(fl.read_text().replace('"""', '"""Edited documentation. ', 1))  # a docstring
     assert line().startswith("grid_smoke: fresh")
     fl.write_text(fl.read_text() + "\n_EDITED = 1\n")  # code every run executes
-    assert "5 runs stale (fl.py changed)" in line()
+    assert f"{len(SMOKE_CELLS)} runs stale (fl.py changed)" in line()
     mm = root / "defenses" / "mm_bm.py"
     fl.write_text(fl.read_text().replace("\n_EDITED = 1\n", "\n"))
     mm.write_text(mm.read_text() + "\n_EDITED = 1\n")  # one defense's own file: only its runs

@@ -6,8 +6,6 @@ line in ``REGISTRY`` (or :func:`register` from your own code).
 """
 from __future__ import annotations
 
-DIGEST_ROLE = "registry"  # codehash: see its module docstring
-
 from ..config import Config
 from ..registry import Registry, check_param
 from .base import Attack, config_trigger
@@ -20,6 +18,8 @@ from .fm_poisoning import FMPoisoning
 from .neurotoxin import Neurotoxin
 from .replacement import ModelReplacement
 from .threedfed import ThreeDFed
+
+DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
 REGISTRY = Registry("attack", Attack, {
     "none": Attack,

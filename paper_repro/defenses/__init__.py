@@ -6,8 +6,6 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 """
 from __future__ import annotations
 
-DIGEST_ROLE = "registry"  # codehash: see its module docstring
-
 import inspect
 
 from ..registry import Registry, check_param
@@ -20,6 +18,8 @@ from .mm_bm import MMBM, MMBMNeuron
 from .mmac import MMAC, MMACNeuron
 from .pruning import Pruning
 from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
+
+DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
 REGISTRY = Registry("defense", Defense, {
     "none": Defense,

@@ -3,8 +3,6 @@
 synthetic sets a fresh clone should not have to draw and writes them, with their keys, into ``data/synthetic``."""
 from __future__ import annotations
 
-DIGEST_ROLE = "not computing"  # codehash: see its module docstring
-
 import argparse
 import shlex
 import sys
@@ -13,6 +11,8 @@ from ..cliargs import PROFILES, nonneg_int, pos_int, writable_dir
 from ..data import public_splits
 from ..profiles import load_config
 from .ddpm import ClassConditionalDDPM, DDPMTrainConfig
+
+DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 
 def main(argv: list[str] | None = None) -> None:

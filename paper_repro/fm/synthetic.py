@@ -2,6 +2,7 @@
 trained on), a class-balanced draw, and its disk cache keyed by everything that made the draw."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -12,8 +13,8 @@ import numpy as np
 from ..codehash import code_digest_of, library_versions
 from ..config import Config, ConfigError, image_shape
 from ..data import ImageSet, load_dataset
-from .draw import draw_synthetic
 from ..store import REPO_ROOT, cache_dir, resolve_path, save_atomic, stable_hash
+from .draw import draw_synthetic
 
 SHIPPED = REPO_ROOT / "data" / "synthetic"
 """Synthetic sets committed with the package (each with the key that made it): a fresh clone is served these
@@ -32,11 +33,17 @@ def sampler_code(source: str) -> str:
 
 def checkpoint_digest(folder: Path) -> str:
     """Hash of every file of an FM checkpoint folder (names and bytes): the FM's part of a cache key, computed
-    without loading the model."""
+    without loading the model (read once per process while no file changes size or time)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return _checkpoint_digest(str(folder), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_digest(folder: str, files: tuple) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        h.update(f.read_bytes())
+    for f, _, _ in files:
+        h.update(str(Path(f).relative_to(folder)).encode())
+        h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -82,6 +89,14 @@ def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
             "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
             "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision,
             "code": sampler_code(f.source), "libraries": library_versions(("torch", "diffusers"))}
+
+
+def synthetic_key_hash(cfg: Config) -> str | None:
+    """The hash of :func:`synthetic_key` for ``cfg`` (None for a set taken from the public split itself): what a run
+    record keeps so that a check can tell a run whose synthetic set would be drawn differently now."""
+    if cfg.fm.source == "real_public":
+        return None
+    return stable_hash(synthetic_key(cfg, resolve_path(cfg.fm.checkpoint)))
 
 
 def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: str = "cpu",
