@@ -17,21 +17,25 @@ pytestmark = pytest.mark.claims
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
+def claims_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("claims")
+
+
+@pytest.fixture(scope="module")
+def quick_runs(claims_dir):
     try:
         load_dataset("fashion_mnist")
     except DataNotFoundError as e:
         pytest.skip(str(e))
-    out = tmp_path_factory.mktemp("claims")
-    return {k: pr.run_experiment(pr.load_config("quick", attack={"kind": k}, seed=0), results_dir=out,
-                                 progress=False).final for k in ("none", "classic", "fm")}
+    # the FM run keeps its trajectory: act_bound below replays it instead of training the same run again
+    return {k: pr.run_experiment(pr.load_config("quick", attack={"kind": k}, seed=0), results_dir=claims_dir,
+                                 progress=False, record_trajectory=k == "fm").final for k in ("none", "classic", "fm")}
 
 
 @pytest.fixture(scope="module")
-def defended_runs(quick_runs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("claims_defended")
+def defended_runs(quick_runs, claims_dir):
     return {(d, k): pr.run_experiment(pr.load_config("quick", attack={"kind": k}, defense={"name": d}, seed=0),
-                                      results_dir=out, progress=False).final
+                                      results_dir=claims_dir, progress=False).final
             for d, k in (("act_bound", "fm"), ("median", "fm"), ("median", "classic"))}
 
 

@@ -122,8 +122,9 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
                 s = read_synthetic(stored, key_src)
                 return s, s.digest()
             except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
-                warnings.warn(f"synthetic set {stored} is unreadable ({type(e).__name__}: {e}); drawing it again",
-                              stacklevel=2)
+                which = "cached" if stored == cache else "shipped"
+                warnings.warn(f"{which} synthetic set {stored} is unreadable ({type(e).__name__}: {e}); drawing it "
+                              "again", stacklevel=2)
     s = draw_synthetic(load_fm(cfg, public, device), cfg, progress, compile)
     save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
                                                 key=json.dumps(key_src), digest=s.digest()), cache)
