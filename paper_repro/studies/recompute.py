@@ -86,6 +86,28 @@ def selected(p: Plan, where: dict[str, str] | None) -> list[Cell]:
     return [c for c in p.cells if all(k in c.labels and str(c.labels[k]) == str(v) for k, v in where.items())]
 
 
+def batches(todo: list[Cell], jobs: int, opts: RunOptions) -> list[list[Cell]]:
+    """``todo`` cut into batches of at least ``jobs`` cells, each no-defense run in the batch of the runs that
+    replay it (their order otherwise kept): a batch records the trajectories its replays need, so no training runs
+    twice and a budget stop falls between whole groups."""
+    from dataclasses import replace
+
+    from ..config import DefenseConfig
+    from ..runner import _replays
+
+    groups: dict[str, list[Cell]] = {}
+    for c in todo:
+        base = replace(c.config, defense=DefenseConfig()) if _replays(c.config, opts) else c.config
+        groups.setdefault(lg.config_key(base.to_dict()), []).append(c)
+    out, batch = [], []
+    for group in groups.values():
+        batch += sorted(group, key=lambda c: c.config.defense.name != "none")  # the base first
+        if len(batch) >= jobs:
+            out.append(batch)
+            batch = []
+    return out + ([batch] if batch else [])
+
+
 def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_minutes: float = 60.0, jobs: int = 1,
               tables_dir: str | Path | None = None, progress: bool = True, options: RunOptions | None = None,
               log=print, where: dict[str, str] | None = None) -> dict:
@@ -119,7 +141,7 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
 
     t0, batch_seconds, done = time.perf_counter(), [], 0
     bar = tqdm(total=len(todo), desc="recompute", disable=not progress)
-    for i in range(0, len(todo), jobs):
+    for batch in batches(todo, jobs, opts):
         elapsed = time.perf_counter() - t0
         expected = max(batch_seconds) if batch_seconds else 0.0
         if elapsed + expected > 60 * budget_minutes:
@@ -127,7 +149,6 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
                 "again (on any machine) to continue")
             break
         t = time.perf_counter()
-        batch = todo[i:i + jobs]
         run_many([c.config for c in batch], progress=False, options=opts)
         batch_seconds.append(time.perf_counter() - t)
         done += len(batch)
