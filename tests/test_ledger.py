@@ -189,18 +189,33 @@ def test_staleness_follows_the_code_of_the_runs_closure(stores):
     fl.write_text(fl.read_text().replace('"""', '"""Edited documentation. ', 1))  # a docstring
     assert line().startswith("grid_smoke: fresh")
     fl.write_text(fl.read_text() + "\n_EDITED = 1\n")  # code every run executes
-    assert f"{len(SMOKE_CELLS)} runs stale (fl.py changed)" in line()
+    assert f"{len(SMOKE_CELLS)} cells stale (fl.py changed)" in line()
     mm = root / "defenses" / "mm_bm.py"
     fl.write_text(fl.read_text().replace("\n_EDITED = 1\n", "\n"))
     mm.write_text(mm.read_text() + "\n_EDITED = 1\n")  # one defense's own file: only its runs
-    assert "1 runs stale (defenses/mm_bm.py changed)" in line()
+    assert "1 cells stale (defenses/mm_bm.py changed)" in line()
     # fresh again once the edited code has recomputed them (the copy runs in a process of its own)
     env = {**os.environ, "PYTHONPATH": str(root.parent), "PAPER_REPRO_PROGRESS": "off"}
     out = subprocess.run([sys.executable, "-m", "paper_repro", "recompute", "grid", "--profile", "smoke",
                           "--tables-dir", str(tables)], env=env, cwd=root.parent, check=True, capture_output=True,
                          text=True, timeout=600)
-    assert "1 runs stale" in out.stdout and "rebuilt" in out.stdout
+    assert "1 cells stale" in out.stdout and "rebuilt" in out.stdout
     assert line().startswith("grid_smoke: fresh")
+
+
+@pytest.mark.unit
+def test_cells_that_share_a_run_count_once_each():
+    from paper_repro.studies import plans
+
+    cfg = pr.load_config("smoke")
+    cell = plans.Cell({"value": 1}, cfg, lg.config_key(cfg.to_dict()))
+    twin = plans.Cell({"value": 2}, cfg, cell.key)  # another label, the same run (an ablation's default point)
+    p = plans.Plan("ablations", "smoke", Path("ablations_smoke.csv"), plans.FAMILIES["ablations"], [cell, twin])
+    st = plans.Status(p, {cell.key: {}}, {}, [])
+    assert st.complete and st.count(st.fresh) == 2
+    assert st.line().startswith("ablations_smoke: fresh (2 cells, 1 runs")
+    half = plans.Status(p, {}, {}, [cell, twin])
+    assert not half.complete and "2 cells missing of 2 (fresh: 0)" in half.line()
 
 
 @pytest.mark.unit

@@ -279,18 +279,27 @@ class Status:
     stale: dict[str, list[str]]
     missing: list[Cell]
 
+    def count(self, of: dict) -> int:
+        """How many cells (not distinct runs: cells of one table may share a run) have their key in ``of``."""
+        return sum(c.key in of for c in self.plan.cells)
+
+    @property
+    def complete(self) -> bool:
+        return self.count(self.fresh) == len(self.plan.cells)
+
     def line(self) -> str:
         n = len(self.plan.cells)
-        if len(self.fresh) == n:
-            return f"{self.plan.name}: fresh ({n} runs in the ledger, made by the current code)"
+        if self.complete:
+            runs = len(self.fresh)
+            return f"{self.plan.name}: fresh ({n} cells, {runs} runs in the ledger, made by the current code)"
         parts = []
         if self.stale:
             files = Counter(f for why in self.stale.values() for f in why)
             top = ", ".join(f for f, _ in files.most_common(4)) + (" ..." if len(files) > 4 else "")
-            parts.append(f"{len(self.stale)} runs stale ({top} changed)")
+            parts.append(f"{self.count(self.stale)} cells stale ({top} changed)")
         if self.missing:
             parts.append(f"{len(self.missing)} cells missing")
-        return f"{self.plan.name}: {'; '.join(parts)} of {n} (fresh: {len(self.fresh)})"
+        return f"{self.plan.name}: {'; '.join(parts)} of {n} (fresh: {self.count(self.fresh)})"
 
 
 def status(p: Plan, found: Found, root: Path = PACKAGE, memo: dict | None = None) -> Status:

@@ -129,7 +129,7 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
     todo, seen, summary = [], set(), {}
     for p in plans:
         st = status(p, found)
-        summary[p.name] = {"cells": len(p.cells), "fresh": len(st.fresh), "stale": len(st.stale),
+        summary[p.name] = {"cells": len(p.cells), "fresh": st.count(st.fresh), "stale": st.count(st.stale),
                            "missing": len(st.missing)}
         log(st.line())
         for c in selected(p, where):
@@ -157,7 +157,7 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
     found = Found.read()
     for p in plans:
         st = status(p, found)
-        if len(st.fresh) == len(p.cells):
+        if st.complete:
             write_table(p, st, tables_dir)
             summary[p.name]["rebuilt"] = True
             log(f"{p.name}: rebuilt from the ledger ({len(p.cells)} runs)")
