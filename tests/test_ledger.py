@@ -162,12 +162,14 @@ def test_a_budget_stops_the_recompute_cleanly_and_the_table_names_what_it_lacks(
     from paper_repro.studies import recompute as rc
 
     tables = _smoke_table(stores / "tables").parent
+    ticks = iter(range(0, 10_000, 60))  # a clock that moves one minute per reading: each batch "takes" a minute
     lines = []
-    summary = rc.recompute(["grid"], "smoke", budget_minutes=0.02, tables_dir=tables, progress=False,
-                           log=lines.append)
+    summary = rc.recompute(["grid"], "smoke", budget_minutes=2.5, tables_dir=tables, progress=False,
+                           log=lines.append, clock=lambda: next(ticks))
     assert summary["grid_smoke"]["rebuilt"] is False
-    assert any("budget reached" in ln for ln in lines) and any("still lacks" in ln for ln in lines)
-    assert 1 <= len(lg.records()) < len(SMOKE_CELLS)  # what it finished is kept; it started nothing past the budget
+    assert any("budget reached after 4.0 min" in ln for ln in lines) and any("still lacks" in ln for ln in lines)
+    first = rc.batches(rc.plan("grid", "smoke", tables).cells, 1, RunOptions.for_profile("smoke"))[0]
+    assert len(lg.records()) == len(first) < len(SMOKE_CELLS)  # its first batch is kept; nothing else started
 
 
 @pytest.mark.smoke
