@@ -211,15 +211,15 @@ def publish(run_dir: Path, write) -> Path:
 def machine() -> dict:
     """The CPU a run computed on (model name, core count, whether it has native bf16), for its provenance: float
     rounding differs between CPU kinds, so "bit for bit" holds per kind."""
-    model, flags = platform.processor() or "unknown", ""
+    from .cliargs import native_bf16
+
+    model = platform.processor() or "unknown"
     try:
         info = Path("/proc/cpuinfo").read_text()
         model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), model)
-        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
-            "native_bf16": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))}
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "native_bf16": native_bf16()}
 
 
 PUBLISH_STEPS = ("config.json", "indices.npz", "flagged.json", "metrics.csv", COMPLETE, "superseded", "swapped")
@@ -265,16 +265,22 @@ def clean_leftovers(results_dir: Path) -> list[Path]:
 
 
 def runs_provenance(run_names, results_dir: str | Path | None = None) -> dict:
-    """What made a set of runs (e.g. the rows of a table): the distinct git commits (with their dirty flag), run code
-    digests, library versions and run options found in their folders, with how many runs each."""
+    """What made a set of runs (e.g. the rows of a table), read from their folders: :func:`provenance_of`."""
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    return provenance_of([json.loads((results_dir / name / "config.json").read_text())
+                          for name in sorted(set(run_names))])
+
+
+def provenance_of(metas: list[dict]) -> dict:
+    """The distinct git commits (with their dirty flag), run code digests, library versions, run options and
+    machines of runs given by their ``config.json`` contents, with how many runs each."""
     from collections import Counter
 
-    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    seen: dict[str, Counter] = {"git": Counter(), "code": Counter(), "versions": Counter(), "options": Counter()}
-    for name in sorted(set(run_names)):
-        meta = json.loads((results_dir / name / "config.json").read_text())
+    seen: dict[str, Counter] = {f: Counter() for f in ("git", "code", "versions", "options", "machine")}
+    for meta in metas:
         for field, value in (("git", meta.get("git")), ("code", meta["hashes"].get("code")),
-                             ("versions", meta.get("versions")), ("options", meta.get("options"))):
+                             ("versions", meta.get("versions")), ("options", meta.get("options")),
+                             ("machine", meta.get("machine"))):
             seen[field][json.dumps(value, sort_keys=True)] += 1
     return {field: [{"value": json.loads(v), "runs": n} for v, n in c.most_common()] for field, c in seen.items()}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +17,12 @@ from .. import ledger as lg
 from ..codehash import PACKAGE
 from ..options import RunOptions
 from ..progress import tqdm
+from ..results import provenance_of
 from ..store import save_atomic
 from ..tables import table_path
 from .plans import NOT_FROM_RUNS, Cell, Found, Plan, Status, _meta, family_of, plan, status, table_names
 
-__all__ = ["recompute", "build_table", "write_table", "provenance", "selected", "check_tables", "plan", "status",
+__all__ = ["recompute", "build_table", "write_table", "selected", "check_tables", "plan", "status",
            "Found"]
 
 
@@ -54,25 +54,13 @@ def build_table(p: Plan, st: Status) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def provenance(recs: list[dict]) -> dict:
-    """What made a set of records: commits (with dirty flag), run code digests, libraries, run options and
-    machines, with how many runs each."""
-    seen: dict[str, Counter] = {f: Counter() for f in ("git", "code", "versions", "options", "machine")}
-    for rec in recs:
-        meta = _meta(rec)
-        for f, v in (("git", meta.get("git")), ("code", meta["hashes"].get("code")), ("versions", meta.get("versions")),
-                     ("options", meta.get("options")), ("machine", meta.get("machine"))):
-            seen[f][json.dumps(v, sort_keys=True)] += 1
-    return {f: [{"value": json.loads(v), "runs": n} for v, n in c.most_common()] for f, c in seen.items()}
-
-
 def write_table(p: Plan, st: Status, tables_dir: str | Path | None = None) -> Path:
     """Write the rebuilt table (and its provenance, read from the records) over the committed one."""
     out = table_path(p.kind, p.profile, tables_dir or p.path.parent)
     df = build_table(p, st)
     recs = [st.fresh[c.key] for c in p.cells]
     # atomically, table last: a kill leaves the old table (the plan is read from its rows) or the whole new one
-    save_atomic(lambda tmp: tmp.write_text(json.dumps(provenance(recs), indent=1) + "\n"),
+    save_atomic(lambda tmp: tmp.write_text(json.dumps(provenance_of([_meta(r) for r in recs]), indent=1) + "\n"),
                 out.with_suffix(".provenance.json"))
     save_atomic(lambda tmp: df.to_csv(tmp, index=False, float_format=p.family.float_format), out)
     return out
