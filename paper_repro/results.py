@@ -130,7 +130,8 @@ class RunResult:
 
 
 def git_state() -> dict:
-    """The package's git commit and whether tracked files differ from it ("unknown" outside a git checkout)."""
+    """The package's git commit and whether tracked files differ from it ("unknown" outside a git checkout). The run
+    ledger is left out: a recompute writes records into it while it runs, and they are its output, not its code."""
     import subprocess
 
     from .store import REPO_ROOT
@@ -138,7 +139,8 @@ def git_state() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)data/ledger"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):

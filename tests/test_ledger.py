@@ -206,6 +206,27 @@ def test_staleness_follows_the_code_of_the_runs_closure(stores):
 
 
 @pytest.mark.unit
+def test_records_written_during_a_recompute_do_not_make_its_tree_dirty(tmp_path, monkeypatch):
+    from paper_repro import results, store
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "data" / "ledger").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "data" / "ledger" / "old.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(store, "REPO_ROOT", tmp_path)
+    assert results.git_state()["dirty"] is False
+    (tmp_path / "data" / "ledger" / "old.json").unlink()  # a record superseded by the recompute
+    assert results.git_state()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_state()["dirty"] is True
+
+
+@pytest.mark.unit
 def test_cells_that_share_a_run_count_once_each():
     from paper_repro.studies import plans
 
