@@ -18,7 +18,8 @@ import os
 import warnings
 from pathlib import Path
 
-from .results import COMPLETE, damage, key_dict, sha256
+from .profiles import config_from_dict
+from .results import COMPLETE, damage, key_dict, run_key, sha256
 from .store import REPO_ROOT, save_atomic, stable_hash
 
 DIGEST_ROLE = "bookkeeping"  # codehash: records runs, never changes a number
@@ -40,7 +41,7 @@ def ledger_dir() -> Path:
 def config_key(config: dict) -> str:
     """What a table cell and a record share: the hash of the key part of a resolved config (no code, no data
     digests), so that a record made by older code is found as that cell's stale record."""
-    return stable_hash(json.loads(json.dumps(key_dict(config), default=list)))
+    return stable_hash(key_dict(config))
 
 
 def _self_digest(rec: dict) -> str:
@@ -97,7 +98,7 @@ def _problems(rec: dict, name: str) -> list[str]:
     key = meta["config_hash"]
     if key != rec.get("key") or not name.endswith(f"_{key}"):
         out.append(f"its config.json belongs to run key {key!r}")
-    if stable_hash({**key_dict(meta["config"]), "_extra": meta["hashes"]}) != key:
+    if run_key(config_from_dict(meta["config"]), meta["hashes"]) != key:  # the key the run store would compute
         out.append("its run key is not the key of its own config and digests (edited?)")
     if config_key(meta["config"]) != rec.get("config_key"):
         out.append("its config differs from the config key it is filed under")

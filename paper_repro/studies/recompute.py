@@ -31,7 +31,7 @@ def check_tables(profile: str = "quick", tables_dir: str | Path | None = None, l
     """One line per committed table of ``profile``: fresh, N runs stale (which files changed), N cells missing; or
     what makes a table that is not made of runs."""
     found = Found.read(ledger)
-    out = [f"ledger: {len(lg.records(ledger))} records"
+    out = [f"ledger: {sum(map(len, found.by_key.values())) + len(found.damaged)} records"
            + (f", {len(found.damaged)} damaged: {found.damaged[0]}" if found.damaged else "")]
     for kind in table_names(profile, tables_dir):
         if family_of(kind) is None:
