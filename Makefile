@@ -11,6 +11,9 @@ FAST ?= 0
 FAST_FLAG := $(if $(filter 1,$(FAST)),--fast,)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
+# glibc keeps freed blocks up to 32 MB for reuse (paper_repro.execution.ALLOCATOR_ENV: fewer page faults in training)
+export MALLOC_MMAP_THRESHOLD_ ?= 33554432
+export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
 .PHONY: setup data browser test test-fast figures results notebooks report main all bench clean lab nbval-refs
 

@@ -4,6 +4,7 @@ training, 4 rounds): final ACC/ASR of the bounded model and the seconds one fit 
     python benchmarks/act_bound_knobs.py                      # the variants below
     python benchmarks/act_bound_knobs.py '{"init_quantile": 0.95}' '{"sites": "all"}'
 """
+
 import json
 import sys
 import time
@@ -37,8 +38,9 @@ def main(variants: list[dict], seed: int = 0) -> None:
         print(f"{attack:8s} no defense              acc {base['acc']:.3f} asr {base['asr']:.3f}", flush=True)
         for v in variants:
             d = pr.defenses.get("act_bound", **v)
-            ctx = RoundContext(1, np.arange(5), model, prep.inputs.synthetic_kd, torch.Generator().manual_seed(seed),
-                               "cpu", 1)
+            ctx = RoundContext(
+                1, np.arange(5), model, prep.inputs.synthetic_kd, torch.Generator().manual_seed(seed), "cpu", 1
+            )
             t = time.perf_counter()
             served = d.after_fusion(model, ctx)
             dt = time.perf_counter() - t

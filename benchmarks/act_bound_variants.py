@@ -9,17 +9,20 @@
         --table act_bound_dm      # one more candidate against the chosen default, in tables of its own
 
 Writes data/tables/act_bound_{validation,development,heldout}_quick.csv (+ .provenance.json) and prints the choice
-and the mean ± 95 % interval per cell. Post-fusion defenses replay the no-defense training: each setting × seed is
-trained once.
+and the mean ± 95 % interval per cell. Post-fusion defenses are served from the no-defense training: each
+setting × seed is trained once.
 """
+
 import argparse
 
 from paper_repro.options import RunOptions
 from paper_repro.studies.heldout import ACT_BOUND_VARIANTS, heldout_study, heldout_summary, select_variant
 
-STAGES = {"validation": (("validation",), (0, 1, 2)),
-          "development": (("validation", "sig", "random_patch", "beta0.1"), (10, 11, 12)),
-          "heldout": (("target7", "poison0.1"), (13, 14))}
+STAGES = {
+    "validation": (("validation",), (0, 1, 2)),
+    "development": (("validation", "sig", "random_patch", "beta0.1"), (10, 11, 12)),
+    "heldout": (("target7", "poison0.1"), (13, 14)),
+}
 
 
 VARIANTS = {**ACT_BOUND_VARIANTS, "act_bound_dm": ("act_bound_dm", {})}
@@ -31,8 +34,15 @@ def main(jobs: int, variants: list[str], stages: list[str], table: str) -> None:
     cols = ["setting", "defense", "n", "acc_mean", "asr_mean", "asr_lo", "asr_hi", "acc_triggered_mean"]
     for stage in stages:
         settings, seeds = STAGES[stage]
-        df = heldout_study("quick", settings, ("none",), seeds, variants={v: VARIANTS[v] for v in variants},
-                           table=f"{table}_{stage}", options=opts)
+        df = heldout_study(
+            "quick",
+            settings,
+            ("none",),
+            seeds,
+            variants={v: VARIANTS[v] for v in variants},
+            table=f"{table}_{stage}",
+            options=opts,
+        )
         if stage == "validation":
             best, table = select_variant(df)
             print(table.round(3).to_string(index=False), f"\nchosen by the rule: {best}\n", flush=True)

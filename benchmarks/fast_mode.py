@@ -11,6 +11,7 @@ an empty results folder so that nothing is served from a cache). Reports
 
     python benchmarks/fast_mode.py --seeds 10 11 12          # ~20 min on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 
 import paper_repro as pr
-from paper_repro.studies.grid import summarise
+from paper_repro.metrics import summarise
 from paper_repro.studies.heldout import setting_config
 from paper_repro.tables import seed_intervals
 
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
     results = tempfile.mkdtemp(prefix="fast_mode_") if a.fresh else None
-    # no replay: every run trains, so that its seconds are its own
+    # no shared training: every run trains, so that its seconds are its own
     rows = []
     for seed in a.seeds:
         for d in a.defenses:
@@ -51,8 +52,16 @@ def main(argv=None) -> dict:
             for mode in ("fp32", "bf16"):
                 opts = pr.RunOptions.for_profile("quick", fast=mode == "bf16", share_training=False)
                 r = pr.run_experiment(cfg, results_dir=results, progress=False, options=opts)
-                rows.append({"mode": mode, "defense": d, "seed": seed, **summarise(r.history),
-                             "seconds": run_seconds(r.history), "run": r.run_dir.name})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "defense": d,
+                        "seed": seed,
+                        **summarise(r.history),
+                        "seconds": run_seconds(r.history),
+                        "run": r.run_dir.name,
+                    }
+                )
                 print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     s = seed_intervals(df, by=("mode", "defense")).set_index(["mode", "defense"])
@@ -61,14 +70,30 @@ def main(argv=None) -> dict:
         for m in ("acc", "asr", "acc_client_mean"):
             ref, fast = s.loc[("fp32", d)], s.loc[("bf16", d)]
             sd = ref[f"{m}_std"]
-            agreement.append({"defense": d, "metric": m, "fp32_mean": ref[f"{m}_mean"], "fp32_lo": ref[f"{m}_lo"],
-                              "fp32_hi": ref[f"{m}_hi"], "bf16_mean": fast[f"{m}_mean"],
-                              "diff_in_fp32_sd": (fast[f"{m}_mean"] - ref[f"{m}_mean"]) / sd if sd else None,
-                              "inside_fp32_interval": bool(ref[f"{m}_lo"] <= fast[f"{m}_mean"] <= ref[f"{m}_hi"])})
+            agreement.append(
+                {
+                    "defense": d,
+                    "metric": m,
+                    "fp32_mean": ref[f"{m}_mean"],
+                    "fp32_lo": ref[f"{m}_lo"],
+                    "fp32_hi": ref[f"{m}_hi"],
+                    "bf16_mean": fast[f"{m}_mean"],
+                    "diff_in_fp32_sd": (fast[f"{m}_mean"] - ref[f"{m}_mean"]) / sd if sd else None,
+                    "inside_fp32_interval": bool(ref[f"{m}_lo"] <= fast[f"{m}_mean"] <= ref[f"{m}_hi"]),
+                }
+            )
     sec = df.groupby("mode")["seconds"].sum()
-    out = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads(), "seeds": a.seeds, "runs": rows, "agreement": agreement,
-           "seconds": sec.to_dict(), "bf16_over_fp32_seconds": float(sec["bf16"] / sec["fp32"])}
+    out = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "seeds": a.seeds,
+        "runs": rows,
+        "agreement": agreement,
+        "seconds": sec.to_dict(),
+        "bf16_over_fp32_seconds": float(sec["bf16"] / sec["fp32"]),
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=float))
     print(pd.DataFrame(agreement).round(3).to_string(index=False))

@@ -10,6 +10,7 @@
 
 Each measurement uses a fresh results folder, so nothing is served from a cache.
 """
+
 import argparse
 import json
 import tempfile
@@ -28,15 +29,22 @@ def one_run(engine: str, where: Path) -> dict:
     res = pr.run_experiment(cfg, results_dir=where / engine, progress=False, options=opts)
     total = time.perf_counter() - t
     rounds = res.history[res.history["round"] > 0]
-    return {"engine": engine, "total_seconds": total, "seconds_per_round": float(rounds["round_seconds"].median()),
-            "local_seconds_per_round": float(rounds["local_seconds"].median()),
-            "server_seconds_per_round": float((rounds["round_seconds"] - rounds["local_seconds"]).median()),
-            "final_acc": float(res.final["acc"]), "final_asr": float(res.final["asr"])}
+    return {
+        "engine": engine,
+        "total_seconds": total,
+        "seconds_per_round": float(rounds["round_seconds"].median()),
+        "local_seconds_per_round": float(rounds["local_seconds"].median()),
+        "server_seconds_per_round": float((rounds["round_seconds"] - rounds["local_seconds"]).median()),
+        "final_acc": float(res.final["acc"]),
+        "final_asr": float(res.final["asr"]),
+    }
 
 
 def throughput(backend: str, parallel: int, runs: int, where: Path) -> dict:
-    cfgs = [pr.load_config("quick", attack={"kind": "classic"}, defense={"name": "median"}, seed=s)
-            for s in range(100, 100 + runs)]
+    cfgs = [
+        pr.load_config("quick", attack={"kind": "classic"}, defense={"name": "median"}, seed=s)
+        for s in range(100, 100 + runs)
+    ]
     extra = {"cpus_per_run": 2 // parallel} if backend == "ray" else {"jobs": parallel}
     opts = pr.RunOptions.for_profile("quick", backend=backend, **extra)
     t = time.perf_counter()
@@ -46,8 +54,13 @@ def throughput(backend: str, parallel: int, runs: int, where: Path) -> dict:
         import ray
 
         ray.shutdown()
-    return {"backend": backend, "parallel": parallel, "runs": runs, "minutes": minutes,
-            "runs_per_minute": runs / minutes}
+    return {
+        "backend": backend,
+        "parallel": parallel,
+        "runs": runs,
+        "minutes": minutes,
+        "runs_per_minute": runs / minutes,
+    }
 
 
 def main(runs: int, out: Path) -> None:
@@ -56,11 +69,15 @@ def main(runs: int, out: Path) -> None:
         engines = [one_run(e, where) for e in ("loop", "flower")]
         grid = [throughput(b, p, runs, where) for b in ("local", "ray") for p in (1, 2)]
     loop, flower = engines
-    res = {"engines": engines, "grid": grid,
-           "flower_over_loop_per_round": flower["seconds_per_round"] / loop["seconds_per_round"],
-           "flower_startup_seconds": flower["total_seconds"] - 10 * flower["seconds_per_round"],
-           "same_final_numbers": bool(np.isclose(loop["final_acc"], flower["final_acc"])
-                                      and np.isclose(loop["final_asr"], flower["final_asr"]))}
+    res = {
+        "engines": engines,
+        "grid": grid,
+        "flower_over_loop_per_round": flower["seconds_per_round"] / loop["seconds_per_round"],
+        "flower_startup_seconds": flower["total_seconds"] - 10 * flower["seconds_per_round"],
+        "same_final_numbers": bool(
+            np.isclose(loop["final_acc"], flower["final_acc"]) and np.isclose(loop["final_asr"], flower["final_asr"])
+        ),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

@@ -10,6 +10,7 @@
 
 Writes data/tables/mars_validation_quick.csv (+ .provenance.json).
 """
+
 import argparse
 
 import pandas as pd
@@ -23,8 +24,16 @@ def main(jobs: int) -> None:
     cal = pd.read_csv(table_path("mars_calibration", "quick"))
     eps = float(cal["centre_distance"].max())
     variants = {"mars": ("mars", {}), f"mars eps{eps:.3g}": ("mars", {"epsilon": round(eps, 4)})}
-    df = heldout_study("quick", ("validation",), ("none",), (0, 1, 2), attacks=("classic", "fm"), variants=variants,
-                       table="mars_validation", options=RunOptions.for_profile("quick", jobs=jobs, ledger=True))
+    df = heldout_study(
+        "quick",
+        ("validation",),
+        ("none",),
+        (0, 1, 2),
+        attacks=("classic", "fm"),
+        variants=variants,
+        table="mars_validation",
+        options=RunOptions.for_profile("quick", jobs=jobs, ledger=True),
+    )
     for attack, sub in df.groupby("attack"):
         best, table = select_variant(sub)
         print(f"--- {attack}\n{table.round(3).to_string(index=False)}\nchosen by the rule: {best}")

@@ -26,11 +26,12 @@ diffusers' pipelines, fp32, one UNet call per guidance branch) at equal steps, w
 the fp32 and bf16 samples; each defense's overhead per round from the committed grid table; and the peak RSS of the
 quick main job (``python -m paper_repro main --profile quick``, run afresh in a temporary results folder).
 For the recompute (``make results``): evaluation batch sizes (``eval``), one quick run under each execution change —
-evaluation batches, init cache, act_bound replaying the no-defense weights (``recompute``) — and runs two at a time
-in worker processes vs one at a time (``jobs``).
+evaluation batches, init cache, post-fusion defenses side by side on one training (``recompute``) — and runs two
+at a time in worker processes vs one at a time (``jobs``).
 
 The ``ours`` engine in the ratios is the fastest of our engines on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,7 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -92,8 +93,12 @@ def _timed(fn) -> float:
 
 def research_local_train(model, x, y, seed):
     m = copy.deepcopy(model).train()
-    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True,
-                                     generator=torch.Generator().manual_seed(seed))
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=BATCH,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
     for _ in range(EPOCHS):
         for xb, yb in dl:
@@ -105,26 +110,39 @@ def research_local_train(model, x, y, seed):
 
 def engines(clients, model, rounds: int) -> dict:
     """Median seconds per round of each engine, interleaved round by round so that load drifts hit all alike."""
+
     def gens(ids, r):
         return [torch.Generator().manual_seed(int(k) + 1000 * r) for k in ids]
 
     def batched(precision):
-        return lambda ids, r: batched_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
-                                                  gens(ids, r), precision=precision)
+        return lambda ids, r: batched_local_train(
+            model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH, gens(ids, r), precision=precision
+        )
 
     def loop(precision):
-        return lambda ids, r: torch.stack([local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH, g, True,
-                                                       precision=precision) for k, g in zip(ids, gens(ids, r))])
+        return lambda ids, r: torch.stack(
+            [
+                local_train(model, *clients[k], EPOCHS, LR, MOMENTUM, BATCH, g, True, precision=precision)
+                for k, g in zip(ids, gens(ids, r))
+            ]
+        )
 
     def threads(precision):
-        return lambda ids, r: threaded_local_train(model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH,
-                                                   gens(ids, r), True, precision=precision)
+        return lambda ids, r: threaded_local_train(
+            model, [clients[k] for k in ids], EPOCHS, LR, MOMENTUM, BATCH, gens(ids, r), True, precision=precision
+        )
 
-    fns = {"loop": loop("fp32"), "loop_bf16": loop("bf16"), "threads": threads("fp32"),
-           "threads_bf16": threads("bf16"), "batched": batched("fp32"),
-           "batched_bf16": batched("bf16"),
-           "research_loop": lambda ids, r: torch.stack([research_local_train(model, *clients[k], int(k) + 1000 * r)
-                                                        for k in ids])}
+    fns = {
+        "loop": loop("fp32"),
+        "loop_bf16": loop("bf16"),
+        "threads": threads("fp32"),
+        "threads_bf16": threads("bf16"),
+        "batched": batched("fp32"),
+        "batched_bf16": batched("bf16"),
+        "research_loop": lambda ids, r: torch.stack(
+            [research_local_train(model, *clients[k], int(k) + 1000 * r) for k in ids]
+        ),
+    }
     times = {k: [] for k in fns}
     for r in range(rounds + 1):  # round 0 warms up
         ids = sampled(r)
@@ -184,21 +202,35 @@ def flower(clients, model, rounds: int, num_cpus: int) -> dict:
             return super().configure_fit(server_round, parameters, client_manager)
 
     def server_fn(context: Context):
-        strategy = TimedFedAvg(fraction_fit=PER_ROUND / NUM_CLIENTS, fraction_evaluate=0.0,
-                               min_fit_clients=PER_ROUND, min_available_clients=NUM_CLIENTS,
-                               initial_parameters=ndarrays_to_parameters(init))
+        strategy = TimedFedAvg(
+            fraction_fit=PER_ROUND / NUM_CLIENTS,
+            fraction_evaluate=0.0,
+            min_fit_clients=PER_ROUND,
+            min_available_clients=NUM_CLIENTS,
+            initial_parameters=ndarrays_to_parameters(init),
+        )
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds + 1))
 
     t0 = time.perf_counter()
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                   num_supernodes=NUM_CLIENTS,
-                   backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": torch.get_num_threads(), "log_to_driver": False}})
+    run_simulation(
+        server_app=ServerApp(server_fn=server_fn),
+        client_app=ClientApp(client_fn=client_fn),
+        num_supernodes=NUM_CLIENTS,
+        backend_config={
+            "client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": torch.get_num_threads(), "log_to_driver": False},
+        },
+    )
     total = time.perf_counter() - t0
     stamps.append(time.perf_counter())
     per_round = np.diff(stamps)[1:]  # drop round 1 (actor start-up)
-    return {"flwr": flwr.__version__, "num_cpus_per_actor": num_cpus, "seconds_per_round": float(np.median(per_round)),
-            "startup_and_first_round": float(stamps[1] - t0) if len(stamps) > 1 else total, "total": total}
+    return {
+        "flwr": flwr.__version__,
+        "num_cpus_per_actor": num_cpus,
+        "seconds_per_round": float(np.median(per_round)),
+        "startup_and_first_round": float(stamps[1] - t0) if len(stamps) > 1 else total,
+        "total": total,
+    }
 
 
 def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
@@ -217,19 +249,33 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
 
     def ours(precision, compile=False):
         def go():
-            samples[precision] = fm.generate(n_per_class, torch.Generator().manual_seed(0), steps, 2.0, n, False,
-                                             1.0, precision=precision, compile=compile)
+            samples[precision] = fm.generate(
+                n_per_class,
+                torch.Generator().manual_seed(0),
+                steps,
+                2.0,
+                n,
+                False,
+                1.0,
+                precision=precision,
+                compile=compile,
+            )
+
         return go
 
     out = {"images": n, "steps": steps}
-    out["compile_first_call_s"] = _timed(lambda: fm.generate(n_per_class, torch.Generator().manual_seed(0), 1, 2.0, n,
-                                                             False, 1.0, precision="bf16", compile=True))
+    out["compile_first_call_s"] = _timed(
+        lambda: fm.generate(
+            n_per_class, torch.Generator().manual_seed(0), 1, 2.0, n, False, 1.0, precision="bf16", compile=True
+        )
+    )
 
     @torch.no_grad()
     def stock():
         tc = fm.train_config
-        sched = DDIMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                              clip_sample=True)
+        sched = DDIMScheduler(
+            num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule, clip_sample=True
+        )
         sched.set_timesteps(steps)
         y = torch.arange(len(fm.classes)).repeat_interleave(n_per_class)
         null = torch.full_like(y, len(fm.classes))
@@ -240,8 +286,12 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
             e_u = fm.unet(x, t, class_labels=null).sample
             x = sched.step(e_u + 2.0 * (e_c - e_u), t, x, eta=1.0).prev_sample
 
-    variants = {"stock": stock, "ours_fp32": ours("fp32"), "ours_bf16": ours("bf16"),
-                "ours_bf16_compiled": ours("bf16", compile=True)}
+    variants = {
+        "stock": stock,
+        "ours_fp32": ours("fp32"),
+        "ours_bf16": ours("bf16"),
+        "ours_bf16_compiled": ours("bf16", compile=True),
+    }
     times = {k: [] for k in variants}
     for _ in range(2):  # interleaved, best of two
         for k, fn in variants.items():
@@ -249,8 +299,9 @@ def sampler(steps: int = 25, n_per_class: int = 25) -> dict:
     ips = {k: n / min(v) for k, v in times.items()}
     out |= {"images_per_s": ips, "ratio_vs_stock": {k: v / ips["stock"] for k, v in ips.items() if k != "stock"}}
     train, test = load_dataset("fashion_mnist")
-    out["real_classifier_accuracy"] = {p: synthetic_accuracy(s, train, test, epochs=1)["synthetic_acc"]
-                                       for p, s in samples.items()}
+    out["real_classifier_accuracy"] = {
+        p: synthetic_accuracy(s, train, test, epochs=1)["synthetic_acc"] for p, s in samples.items()
+    }
     return out
 
 
@@ -276,8 +327,9 @@ def peak_rss_main_job() -> dict:
         t = time.perf_counter()
         cmd = [sys.executable, "-m", "paper_repro", "main", "--profile", "quick", "--out", tmp]
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1],
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=err
+            )
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not Ray's or any other child's)
             secs = time.perf_counter() - t
             if os.waitstatus_to_exitcode(status):
@@ -294,10 +346,11 @@ def eval_batches(n: int = 10_000, reps: int = 3) -> dict:
     x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(DEV)
     xc = x.contiguous(memory_format=torch.channels_last)
     out = {}
-    for name, m, xx, bs in (("bs1000_input_only_channels_last", model, xc, 1000),
-                            ("bs1000_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc,
-                             1000),
-                            ("bs32_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc, 32)):
+    for name, m, xx, bs in (
+        ("bs1000_input_only_channels_last", model, xc, 1000),
+        ("bs1000_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc, 1000),
+        ("bs32_channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), xc, 32),
+    ):
         m.eval()
 
         def run(m=m, xx=xx, bs=bs):
@@ -340,18 +393,20 @@ class _FreshRuns:
 def recompute_parts() -> dict:
     """One quick run (FM attack, IID, seed 0) measured afresh under each of this session's execution changes, side by
     side: evaluation batches of 1,000 vs 32 (``RunOptions.eval_batch_size``), the initial model trained vs loaded
-    from the init cache, and act_bound trained in full vs replaying the no-defense run's weights
+    from the init cache, and four post-fusion defenses trained one by one vs served side by side from one training
     (``share_training``)."""
     from paper_repro.options import RunOptions
     from paper_repro.profiles import load_config
-    from paper_repro.runner import keep_freed_memory, run_experiment
-
-    keep_freed_memory()  # as the command line does
+    from paper_repro.runner import run_experiment, run_many
 
     def run(options: dict | None = None, **kw) -> dict:
         t = time.perf_counter()
-        res = run_experiment(load_config("quick", attack={"kind": "fm"}, **kw), progress=False, force=True,
-                             options=RunOptions.for_profile("quick", **(options or {})))
+        res = run_experiment(
+            load_config("quick", attack={"kind": "fm"}, **kw),
+            progress=False,
+            force=True,
+            options=RunOptions.for_profile("quick", **(options or {})),
+        )
         return {"seconds": time.perf_counter() - t, "acc": float(res.final["acc"]), "asr": float(res.final["asr"])}
 
     out = {}
@@ -360,11 +415,15 @@ def recompute_parts() -> dict:
         out["eval_bs32_init_cached"] = run()
         with _FreshRuns():
             out["eval_bs32_init_trained"] = run()
-        out["act_bound_full"] = run({"share_training": False}, defense="act_bound")
-        out["act_bound_replay"] = run(defense="act_bound")  # the no-defense run above holds no trajectory: re-run
-        out["act_bound_replay_again"] = run(defense="act_bound")
+        post = ("act_bound", "mm_bm", "mmac", "pruning")
+        out["post_fusion_one_by_one"] = [run({"share_training": False}, defense=d) for d in post]
+        t = time.perf_counter()
+        run_many([load_config("quick", attack={"kind": "fm"}, defense=d) for d in post], progress=False, force=True)
+        out["post_fusion_alongside_seconds"] = time.perf_counter() - t
     out["speedup_run"] = out["eval_bs1000_init_trained"]["seconds"] / out["eval_bs32_init_cached"]["seconds"]
-    out["speedup_act_bound_replay"] = out["act_bound_full"]["seconds"] / out["act_bound_replay_again"]["seconds"]
+    out["speedup_post_fusion_alongside"] = (
+        sum(r["seconds"] for r in out["post_fusion_one_by_one"]) / out["post_fusion_alongside_seconds"]
+    )
     return out
 
 
@@ -383,24 +442,31 @@ def precision_one_thread(reps: int = 3) -> dict:
         times = {f"{k}_{p}": [] for k in ("train", "eval") for p in ("fp32", "bf16")}
         for _ in range(reps + 1):  # the first repetition warms up
             for p in ("fp32", "bf16"):
-                times[f"train_{p}"].append(_timed(lambda: local_train(m, x, y, 1, LR, MOMENTUM, BATCH,
-                                                                       torch.Generator().manual_seed(0), True,
-                                                                       precision=p)))
+                times[f"train_{p}"].append(
+                    _timed(
+                        lambda: local_train(
+                            m, x, y, 1, LR, MOMENTUM, BATCH, torch.Generator().manual_seed(0), True, precision=p
+                        )
+                    )
+                )
                 times[f"eval_{p}"].append(_timed(lambda: predict_logits(m, x, 32, True, p)))
     finally:
         torch.set_num_threads(before)
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
-    return {**med, "train_bf16_over_fp32": med["train_bf16"] / med["train_fp32"],
-            "eval_bf16_over_fp32": med["eval_bf16"] / med["eval_fp32"], "native_bf16": native_bf16()}
+    return {
+        **med,
+        "train_bf16_over_fp32": med["train_bf16"] / med["train_fp32"],
+        "eval_bf16_over_fp32": med["eval_bf16"] / med["eval_fp32"],
+        "native_bf16": native_bf16(),
+    }
 
 
 def jobs_side_by_side(n: int = 4) -> dict:
     """``n`` distinct quick runs (seeds 100…) one at a time with all threads vs two at a time in worker processes
     with one thread each (``run_many(jobs=2)``), afresh; throughput ratio and the largest ACC/ASR difference."""
     from paper_repro.profiles import load_config
-    from paper_repro.runner import keep_freed_memory, run_many
+    from paper_repro.runner import run_many
 
-    keep_freed_memory()  # as the command line and the workers do
     cfgs = [load_config("quick", attack={"kind": k}, seed=100 + i) for i, k in enumerate(["fm", "classic"] * (n // 2))]
     out = {}
     for jobs in (1, 2):
@@ -416,16 +482,30 @@ def jobs_side_by_side(n: int = 4) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
-    parts = ["peak", "engines", "flops", "flower", "sampler", "overhead", "rss", "eval", "recompute", "jobs",
-             "precision"]
+    parts = [
+        "peak",
+        "engines",
+        "flops",
+        "flower",
+        "sampler",
+        "overhead",
+        "rss",
+        "eval",
+        "recompute",
+        "jobs",
+        "precision",
+    ]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--merge", action="store_true", help="keep the other parts of the saved JSON")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed_<device>.json)")
     a = p.parse_args(argv)
-    res = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-           "device": DEV.type,
-           "workload": dict(num_clients=NUM_CLIENTS, per_round=PER_ROUND, epochs=EPOCHS, batch=BATCH)}
+    res = {
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": DEV.type,
+        "workload": dict(num_clients=NUM_CLIENTS, per_round=PER_ROUND, epochs=EPOCHS, batch=BATCH),
+    }
     clients, model = workload()
     if "peak" in a.parts:
         res["matmul_peak_gflops"] = matmul_peak()
@@ -435,10 +515,15 @@ def main(argv=None) -> dict:
         res["client_gflop_per_round"] = client_flops(model, clients) / 1e9
     if "flower" in a.parts:
         res["flower"] = [flower(clients, model, a.rounds, c) for c in (1, 2)]
-    standalone = {"sampler": ("sampler", sampler), "overhead": ("defense_overhead_quick", overheads),
-                  "rss": ("quick_main_job", peak_rss_main_job), "eval": ("eval_seconds_per_10k_images", eval_batches),
-                  "recompute": ("quick_run", recompute_parts), "jobs": ("jobs", jobs_side_by_side),
-                  "precision": ("precision_one_thread", precision_one_thread)}
+    standalone = {
+        "sampler": ("sampler", sampler),
+        "overhead": ("defense_overhead_quick", overheads),
+        "rss": ("quick_main_job", peak_rss_main_job),
+        "eval": ("eval_seconds_per_10k_images", eval_batches),
+        "recompute": ("quick_run", recompute_parts),
+        "jobs": ("jobs", jobs_side_by_side),
+        "precision": ("precision_one_thread", precision_one_thread),
+    }
     for part, (key, fn) in standalone.items():
         if part in a.parts:
             res[key] = fn()
@@ -452,8 +537,9 @@ def main(argv=None) -> dict:
             key = f"flower(num_cpus={f['num_cpus_per_actor']}) / ours({ours})"
             res["ratios"][key] = f["seconds_per_round"] / e[ours]
         if "client_gflop_per_round" in res and "matmul_peak_gflops" in res:
-            res["achieved_fraction_of_peak"] = {k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"]
-                                                for k, v in e.items() if k != "rounds"}
+            res["achieved_fraction_of_peak"] = {
+                k: res["client_gflop_per_round"] / v / res["matmul_peak_gflops"] for k, v in e.items() if k != "rounds"
+            }
     OUT.mkdir(exist_ok=True)
     path = Path(a.out) if a.out else OUT / f"speed_{DEV.type}.json"
     if a.merge and path.exists():  # a subset of parts updates its entries of the last full run

@@ -7,6 +7,7 @@ Model Integration" (Bi & Li, arXiv 2410.17573) — a reconstruction, see docs/pa
 
 Names load on first use, so ``import paper_repro.tables`` or ``paper_repro.plots`` does not import torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,17 +16,48 @@ DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 # public name → module that defines it
 _NAMES = {
-    "Config": "config", "ConfigError": "config",
-    "load_config": "profiles", "config_from_dict": "profiles",
+    "Config": "config",
+    "ConfigError": "config",
+    "load_config": "profiles",
+    "config_from_dict": "profiles",
     "RunOptions": "options",
-    "DataNotFoundError": "data", "ImageSet": "data",
-    "prepare": "inputs", "Prepared": "inputs",
-    "RunResult": "results", "load_results": "results",
-    "run_experiment": "runner", "run_many": "runner",
+    "DataNotFoundError": "data",
+    "ImageSet": "data",
+    "prepare": "inputs",
+    "Prepared": "inputs",
+    "RunResult": "results",
+    "load_results": "results",
+    "run_experiment": "runner",
+    "run_many": "runner",
 }
-_MODULES = ("aggregators", "attacks", "defenses", "fl", "replay", "runner", "inputs", "results", "training",
-            "models", "data", "config", "profiles", "options", "rng", "store", "metrics", "local_training",
-            "partition", "triggers", "fm", "studies", "tables", "plots", "notebooks", "teaching")
+_MODULES = (
+    "aggregators",
+    "attacks",
+    "defenses",
+    "fl",
+    "initial",
+    "runner",
+    "inputs",
+    "results",
+    "training",
+    "models",
+    "data",
+    "config",
+    "profiles",
+    "options",
+    "rng",
+    "store",
+    "metrics",
+    "local_training",
+    "partition",
+    "triggers",
+    "fm",
+    "studies",
+    "tables",
+    "plots",
+    "notebooks",
+    "teaching",
+)
 
 __all__ = sorted([*_NAMES, "aggregators", "attacks", "defenses"])
 

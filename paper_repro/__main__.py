@@ -1,4 +1,5 @@
 """Command line (``python -m paper_repro --help``). Heavy imports happen after the arguments are parsed."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,13 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m paper_repro", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Reproducibility package (a reconstruction) for 'Securing Federated "
-                                            "Learning against Backdoor Threats with Foundation Model Integration'.")
+    p = argparse.ArgumentParser(
+        prog="python -m paper_repro",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Reproducibility package (a reconstruction) for 'Securing Federated "
+        "Learning against Backdoor Threats with Foundation Model Integration'.",
+    )
     p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -35,14 +39,25 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--profile", default="quick", choices=PROFILES, help="preset (quick)")
 
     def jobs(q):
-        q.add_argument("--jobs", type=pos_int, default=1,
-                       help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding")
-        q.add_argument("--backend", default="local", choices=("local", "ray"),
-                       help="local worker processes, or one Ray task per run (needs the flower extra)")
+        q.add_argument(
+            "--jobs",
+            type=pos_int,
+            default=1,
+            help="runs side by side in worker processes; 2 is faster on 2 cores, equal up to float rounding",
+        )
+        q.add_argument(
+            "--backend",
+            default="local",
+            choices=("local", "ray"),
+            help="local worker processes, or one Ray task per run (needs the flower extra)",
+        )
         q.add_argument("--address", default="", help="Ray head HOST:PORT or auto (default: start Ray here)")
-        q.add_argument("--fast", action="store_true",
-                       help="the fast mode: every run in bf16 (own run keys; tables go to data/tables/fast/ unless "
-                            "--tables-dir says otherwise; how far from fp32: docs/speed.md)")
+        q.add_argument(
+            "--fast",
+            action="store_true",
+            help="the fast mode: every run in bf16 (own run keys; tables go to data/tables/fast/ unless "
+            "--tables-dir says otherwise; how far from fp32: docs/speed.md)",
+        )
 
     r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
     profile(r)
@@ -50,9 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--defense", default="none", help="defense name (see paper_repro.defenses.names())")
     r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"))
     r.add_argument("--seed", type=nonneg_int, default=0)
-    r.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any config field, e.g. --set fl.num_rounds=5 defense.params.epochs=3 "
-                        "(values are read as JSON: 0.1, true, [\"kd\"]; anything else as a string)")
+    r.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any config field, e.g. --set fl.num_rounds=5 defense.params.epochs=3 "
+        '(values are read as JSON: 0.1, true, ["kd"]; anything else as a string)',
+    )
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures F1, F2")
     profile(m)
     m.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0])
@@ -72,53 +92,84 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("heldout", help="defenses at their defaults on held-out seeds and settings (docs/protocol.md)")
     profile(h)
     h.add_argument("--seeds", type=nonneg_int, nargs="+", default=[10, 11, 12], help="held-out seeds (10 11 12)")
-    h.add_argument("--settings", nargs="+", default=None,
-                   help="random_patch sig target7 poison0.1 beta0.1 all_to_all validation (default: all but "
-                        "validation)")
+    h.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        help="random_patch sig target7 poison0.1 beta0.1 all_to_all validation (default: all but validation)",
+    )
     h.add_argument("--defenses", nargs="+", default=None, help="defense names (default: none act_bound mm_bm pruning)")
-    h.add_argument("--attacks", nargs="+", default=["fm"],
-                   help="attack names (default fm; none measures what a defense does to triggered images by itself)")
+    h.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["fm"],
+        help="attack names (default fm; none measures what a defense does to triggered images by itself)",
+    )
     h.add_argument("--tables-dir", default=None, help="where heldout_<profile>.csv goes (default data/tables)")
     jobs(h)
     at = sub.add_parser("attacks", help="every attack against the main defenses, or the FM attack's strength sweep")
     profile(at)
-    at.add_argument("--study", default="breadth", choices=("breadth", "strength", "adaptive"),
-                    help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
-                         "trigger strength of the FM attack (attack_strength_<profile>.csv); adaptive: the adaptive "
-                         "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv)")
-    at.add_argument("--seeds", type=nonneg_int, nargs="+", default=None,
-                    help="held-out seeds (breadth: 10 11 12; strength: 10)")
+    at.add_argument(
+        "--study",
+        default="breadth",
+        choices=("breadth", "strength", "adaptive"),
+        help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
+        "trigger strength of the FM attack (attack_strength_<profile>.csv); adaptive: the adaptive "
+        "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv)",
+    )
+    at.add_argument(
+        "--seeds", type=nonneg_int, nargs="+", default=None, help="held-out seeds (breadth: 10 11 12; strength: 10)"
+    )
     at.add_argument("--attacks", nargs="+", default=None, help="breadth: attack labels (default: all)")
-    at.add_argument("--defenses", nargs="+", default=None,
-                    help="defense names (breadth: none median flame mars mm_bm act_bound; strength: none act_bound)")
+    at.add_argument(
+        "--defenses",
+        nargs="+",
+        default=None,
+        help="defense names (breadth: none median flame mars mm_bm act_bound; strength: none act_bound)",
+    )
     at.add_argument("--tables-dir", default=None, help="where the table goes (default data/tables)")
     jobs(at)
     cm = sub.add_parser("calibrate-mars", help="MARS's epsilon from benign validation runs (docs/protocol.md)")
     profile(cm)
     cm.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2], help="validation seeds (0 1 2)")
-    cm.add_argument("--tables-dir", default=None,
-                    help="where mars_calibration_<profile>.csv goes (default data/tables)")
+    cm.add_argument(
+        "--tables-dir", default=None, help="where mars_calibration_<profile>.csv goes (default data/tables)"
+    )
     jobs(cm)
     c = sub.add_parser("check-tables", help="per committed table: fresh, N runs stale, or N cells missing (ledger)")
     profile(c)
     c.add_argument("--tables-dir", default=None, help="tables to check (default data/tables)")
     c.add_argument("--strict", action="store_true", help="exit with status 1 unless every run table is fresh")
-    rc = sub.add_parser("recompute", help="the missing and stale cells of committed tables into the run ledger, "
-                        "within a budget (resumable); then rebuild the complete tables")
+    rc = sub.add_parser(
+        "recompute",
+        help="the missing and stale cells of committed tables into the run ledger, "
+        "within a budget (resumable); then rebuild the complete tables",
+    )
     profile(rc)
-    rc.add_argument("tables", nargs="*", metavar="TABLE",
-                    help="table kinds, e.g. grid heldout attack_breadth (default: every table made of runs)")
+    rc.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help="table kinds, e.g. grid heldout attack_breadth (default: every table made of runs)",
+    )
     rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES", help="start no batch ending later (60)")
     rc.add_argument("--jobs", type=pos_int, default=1, help="runs side by side (2 is faster on 2 cores)")
-    rc.add_argument("--where", nargs="+", default=[], metavar="LABEL=VALUE",
-                    help="only the cells whose labels match, e.g. --where defense=none partition=iid seed=0")
+    rc.add_argument(
+        "--where",
+        nargs="+",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="only the cells whose labels match, e.g. --where defense=none partition=iid seed=0",
+    )
     rc.add_argument("--tables-dir", default=None, help="committed tables (default data/tables)")
     t = sub.add_parser("tables", help="export the grid and per-round tables from finished run folders (no runs)")
     profile(t)
     t.add_argument("--tables-dir", default=None, help="where the tables go (default data/tables)")
-    for name, what in (("figures", "the figure notebooks (from the tables) → figures/"),
-                       ("notebooks", "the numbered notebooks 01–05 through papermill"),
-                       ("report", "the numbered and figure notebooks, executed, as static HTML with an index")):
+    for name, what in (
+        ("figures", "the figure notebooks (from the tables) → figures/"),
+        ("notebooks", "the numbered notebooks 01–05 through papermill"),
+        ("report", "the numbered and figure notebooks, executed, as static HTML with an index"),
+    ):
         f = sub.add_parser(name, help=what)
         profile(f)
         f.add_argument("--tables-dir", default=None, help="tables to read (default data/tables)")
@@ -216,18 +267,19 @@ def _run(a: argparse.Namespace) -> None:
 
         if bad := [w for w in a.where if "=" not in w]:
             raise ValueError(f"--where takes LABEL=VALUE pairs, got {bad} (e.g. --where defense=none seed=0)")
-        summary = recompute(a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir,
-                            where=dict(w.split("=", 1) for w in a.where))
+        summary = recompute(
+            a.tables or None, a.profile, a.budget, a.jobs, a.tables_dir, where=dict(w.split("=", 1) for w in a.where)
+        )
         print(json.dumps(summary, indent=1))
         return
     from .options import RunOptions
-    from .runner import keep_freed_memory
 
-    keep_freed_memory()  # a long-running process: reuse freed buffers instead of page-faulting fresh ones
     # the commands that write committed tables record their runs in the ledger, which those tables are rebuilt from
-    opts = RunOptions.for_profile(a.profile, **({"jobs": a.jobs, "backend": a.backend, "address": a.address,
-                                                  "fast": a.fast} if "jobs" in a else {}),
-                                  ledger=a.cmd in ("results", "heldout", "attacks", "calibrate-mars"))
+    opts = RunOptions.for_profile(
+        a.profile,
+        **({"jobs": a.jobs, "backend": a.backend, "address": a.address, "fast": a.fast} if "jobs" in a else {}),
+        ledger=a.cmd in ("results", "heldout", "attacks", "calibrate-mars"),
+    )
     if getattr(a, "fast", False) and "tables_dir" in a and a.tables_dir is None:
         from .tables import TABLES_DIR
 
@@ -240,12 +292,20 @@ def _run(a: argparse.Namespace) -> None:
         from . import notebooks
         from .tables import TABLES_DIR
 
-        paths = {"figures": notebooks.figure_notebooks(), "notebooks": notebooks.numbered_notebooks(),
-                 "report": notebooks.numbered_notebooks() + notebooks.figure_notebooks()}[a.cmd]
+        paths = {
+            "figures": notebooks.figure_notebooks(),
+            "notebooks": notebooks.numbered_notebooks(),
+            "report": notebooks.numbered_notebooks() + notebooks.figure_notebooks(),
+        }[a.cmd]
         out = Path(a.out or notebooks.BUILD_DIR / a.cmd)
         t0 = time.perf_counter()
-        done = notebooks.run_notebooks(paths, out, profile=a.profile, tables_dir=str(a.tables_dir or TABLES_DIR),
-                                       figures_dir=str(Path(a.figures_dir).resolve()))
+        done = notebooks.run_notebooks(
+            paths,
+            out,
+            profile=a.profile,
+            tables_dir=str(a.tables_dir or TABLES_DIR),
+            figures_dir=str(Path(a.figures_dir).resolve()),
+        )
         summary = {"notebooks": done, "seconds": round(time.perf_counter() - t0, 1), "executed": str(out)}
         if a.cmd == "report":
             summary["report"] = str(notebooks.render_report([out / p.name for p in paths], out / "html"))
@@ -253,32 +313,55 @@ def _run(a: argparse.Namespace) -> None:
     elif a.cmd == "results":
         from .studies.compute import compute_tables
 
-        print(json.dumps(compute_tables(a.profile, tuple(a.seeds), a.defenses, tables_dir=a.tables_dir,
-                                        options=opts), indent=2))
+        print(
+            json.dumps(
+                compute_tables(a.profile, tuple(a.seeds), a.defenses, tables_dir=a.tables_dir, options=opts), indent=2
+            )
+        )
     elif a.cmd == "heldout":
         from .studies.heldout import DEFENSES, SETTINGS, heldout_study, heldout_summary
 
-        df = heldout_study(a.profile, tuple(a.settings or SETTINGS), tuple(a.defenses or DEFENSES), tuple(a.seeds),
-                           tuple(a.attacks), tables_dir=a.tables_dir, options=opts,
-                           table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks))
+        df = heldout_study(
+            a.profile,
+            tuple(a.settings or SETTINGS),
+            tuple(a.defenses or DEFENSES),
+            tuple(a.seeds),
+            tuple(a.attacks),
+            tables_dir=a.tables_dir,
+            options=opts,
+            table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks),
+        )
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))
     elif a.cmd == "attacks":
         from .studies import attacks as st
 
         if a.study == "breadth":
-            df = st.attack_breadth(a.profile, tuple(a.attacks or st.ATTACKS), tuple(a.defenses or st.DEFENSES),
-                                   tuple(a.seeds or (10, 11, 12)), tables_dir=a.tables_dir, options=opts)
+            df = st.attack_breadth(
+                a.profile,
+                tuple(a.attacks or st.ATTACKS),
+                tuple(a.defenses or st.DEFENSES),
+                tuple(a.seeds or (10, 11, 12)),
+                tables_dir=a.tables_dir,
+                options=opts,
+            )
             print(st.best_defense(df).round(3).to_string(index=False))
         elif a.study == "strength":
-            df = st.attack_strength(a.profile, defense_names=tuple(a.defenses or ("none", "act_bound")),
-                                    seeds=tuple(a.seeds or (10,)), tables_dir=a.tables_dir, options=opts)
+            df = st.attack_strength(
+                a.profile,
+                defense_names=tuple(a.defenses or ("none", "act_bound")),
+                seeds=tuple(a.seeds or (10,)),
+                tables_dir=a.tables_dir,
+                options=opts,
+            )
             print(st.strength_threshold(df).to_string(index=False))
         else:
             from .tables import read_table, table_path
 
-            df = st.adaptive_table(read_table("attack_breadth", a.profile, a.tables_dir),
-                                   read_table("attack_strength", a.profile, a.tables_dir))
+            df = st.adaptive_table(
+                read_table("attack_breadth", a.profile, a.tables_dir),
+                read_table("attack_strength", a.profile, a.tables_dir),
+            )
             df.to_csv(table_path("attack_adaptive", a.profile, a.tables_dir), index=False, float_format="%.5g")
             print(df.drop(columns="how").round(3).to_string(index=False))
     elif a.cmd == "calibrate-mars":
@@ -302,8 +385,12 @@ def _run(a: argparse.Namespace) -> None:
         from .runner import run_experiment
 
         sets = parse_sets(a.set)
-        over = {"attack": {"kind": a.attack}, "defense": {"name": a.defense},
-                "data": {"partition": a.partition} if a.partition else {}, "seed": a.seed}
+        over = {
+            "attack": {"kind": a.attack},
+            "defense": {"name": a.defense},
+            "data": {"partition": a.partition} if a.partition else {},
+            "seed": a.seed,
+        }
         for section, value in sets.items():
             over[section] = {**over[section], **value} if isinstance(over.get(section), dict) else value
         cfg = load_config(a.profile, **over)

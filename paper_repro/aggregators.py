@@ -6,6 +6,7 @@ unweighted ignore them and say so). Inputs are never modified; the result has th
 The detection-style rules (Krum, Multi-Krum, FLAME, FoolsGold) also expose a ``*_select`` / ``*_weights`` function
 that reports which clients were accepted; the plain rule calls it, so the logic lives in one place.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -113,8 +114,14 @@ def norm_clip(updates: Tensor, weights: Tensor, max_norm: float | None = None, r
     return _weighted_mean(_clip(updates, bound, norms), weights)
 
 
-def dp(updates: Tensor, weights: Tensor, max_norm: float | None = None, ratio: float = 0.9, sigma: float = 1e-3,
-       generator: torch.Generator | None = None) -> Tensor:
+def dp(
+    updates: Tensor,
+    weights: Tensor,
+    max_norm: float | None = None,
+    ratio: float = 0.9,
+    sigma: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Weak differential privacy (Sun et al. 2019; Geyer et al. 2017): clip and average exactly as :func:`norm_clip`,
     then add isotropic Gaussian noise N(0, σ²I) to the aggregate (equivalently to the new global model), drawn with
     ``generator``. σ = 1e-3 is the FRJ-AJ default ``--DP_stddev``; it is an absolute std, not Geyer's σ·S/m scaling.
@@ -158,8 +165,9 @@ def krum(updates: Tensor, weights: Tensor, num_malicious: int = 1) -> Tensor:
     return krum_select(updates, weights, num_malicious)[0]
 
 
-def multi_krum_select(updates: Tensor, weights: Tensor, num_malicious: int = 1,
-                      num_selected: int | None = None) -> tuple[Tensor, np.ndarray]:
+def multi_krum_select(
+    updates: Tensor, weights: Tensor, num_malicious: int = 1, num_selected: int | None = None
+) -> tuple[Tensor, np.ndarray]:
     """:func:`multi_krum` that also returns the accepted row indices (sorted ascending)."""
     _check(updates, weights)
     scores = krum_scores(updates, num_malicious)
@@ -201,12 +209,17 @@ def trimmed_mean(updates: Tensor, weights: Tensor, beta: float = 0.1) -> Tensor:
         raise ValueError(f"trimmed_mean with beta={beta} drops 2*{b} of K={k} values per coordinate: nothing remains")
     if b == 0:
         return updates.mean(dim=0)
-    return updates.sort(dim=0).values[b:k - b].mean(dim=0)
+    return updates.sort(dim=0).values[b : k - b].mean(dim=0)
 
 
-def flame_select(updates: Tensor, weights: Tensor, global_params: Tensor, noise_lambda: float = 0.001,
-                 generator: torch.Generator | None = None,
-                 cluster_coords: Tensor | slice | None = None) -> tuple[Tensor, np.ndarray]:
+def flame_select(
+    updates: Tensor,
+    weights: Tensor,
+    global_params: Tensor,
+    noise_lambda: float = 0.001,
+    generator: torch.Generator | None = None,
+    cluster_coords: Tensor | slice | None = None,
+) -> tuple[Tensor, np.ndarray]:
     """:func:`flame` that also returns the admitted row indices (sorted ascending)."""
     from sklearn.cluster import HDBSCAN
 
@@ -226,8 +239,9 @@ def flame_select(updates: Tensor, weights: Tensor, global_params: Tensor, noise_
         dist = (_pairwise_dists(unit).double().square() / 2).clamp(0.0, 2.0).cpu().numpy()
         dist = (dist + dist.T) / 2
         np.fill_diagonal(dist, 0.0)
-        labels = HDBSCAN(metric="precomputed", min_cluster_size=k // 2 + 1, min_samples=1,
-                         allow_single_cluster=True, copy=True).fit_predict(dist)
+        labels = HDBSCAN(
+            metric="precomputed", min_cluster_size=k // 2 + 1, min_samples=1, allow_single_cluster=True, copy=True
+        ).fit_predict(dist)
         clustered = labels[labels >= 0]
         if clustered.size == 0:
             accepted = np.arange(k)
@@ -245,8 +259,14 @@ def flame_select(updates: Tensor, weights: Tensor, global_params: Tensor, noise_
     return agg, accepted
 
 
-def flame(updates: Tensor, weights: Tensor, global_params: Tensor, noise_lambda: float = 0.001,
-          generator: torch.Generator | None = None, cluster_coords: Tensor | slice | None = None) -> Tensor:
+def flame(
+    updates: Tensor,
+    weights: Tensor,
+    global_params: Tensor,
+    noise_lambda: float = 0.001,
+    generator: torch.Generator | None = None,
+    cluster_coords: Tensor | slice | None = None,
+) -> Tensor:
     """FLAME (Nguyen et al., USENIX Security 2022): following the paper, cluster the *local models*
     θ_i = ``global_params`` + Δ_i (not the deltas) with HDBSCAN on pairwise cosine distances (min_cluster_size
     K//2 + 1, min_samples 1, single cluster allowed) and admit the majority cluster (noise points rejected; if

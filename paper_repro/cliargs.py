@@ -1,5 +1,6 @@
 """Argument types and checks shared by the command lines (``python -m paper_repro``, ``python -m paper_repro.fm``):
 each rejects a bad value while the arguments are parsed, before any work, with a message naming the fix."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,8 @@ def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-FAST_ON_SLOW_CPU = ("warning: --fast runs in bf16, but this CPU has no native bf16 (AVX-512 BF16 or AMX): torch "
-                    "emulates it, and a run is several times slower than fp32 here (docs/speed.md). Leave out --fast "
-                    "on this machine, or use a GPU (device cuda).")
+FAST_ON_SLOW_CPU = (
+    "warning: --fast runs in bf16, but this CPU has no native bf16 (AVX-512 BF16 or AMX): torch "
+    "emulates it, and a run is several times slower than fp32 here (docs/speed.md). Leave out --fast "
+    "on this machine, or use a GPU (device cuda)."
+)

@@ -9,6 +9,7 @@ imported): ``"not computing"`` (it draws, orchestrates, shows progress or checks
 its own code is not hashed), ``"bookkeeping"`` (paths, hashing, stamps: neither hashed nor followed, by any digest,
 figures' included) or ``"registry"`` (a list of every attack/defense: not entered, so that adding or editing another
 defense keeps this run's digest; a run's own attack and defense are start points of its closure)."""
+
 from __future__ import annotations
 
 import ast
@@ -34,8 +35,13 @@ def _strip(source: str) -> str:
     # every bare string statement is documentation, never code
     for node in ast.walk(tree):
         if hasattr(node, "body") and isinstance(node.body, list):
-            node.body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
-                                                        and isinstance(n.value.value, str))] or [ast.Pass()]
+            node.body = [
+                n
+                for n in node.body
+                if not (
+                    isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                )
+            ] or [ast.Pass()]
     return ast.unparse(tree)
 
 
@@ -46,8 +52,12 @@ def _parsed(source: str) -> tuple[str, str, tuple[tuple[str, int, tuple[str, ...
     tree = ast.parse(source)
     role = "computing"
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") ==
-                "DIGEST_ROLE" and isinstance(node.value, ast.Constant)):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and getattr(node.targets[0], "id", "") == "DIGEST_ROLE"
+            and isinstance(node.value, ast.Constant)
+        ):
             role = str(node.value.value)
     imports = []
     todo = list(tree.body)
@@ -71,8 +81,7 @@ def _info(path: Path):
 def _module_file(name: str, base: Path) -> Path | None:
     """``paper_repro.a.b`` → ``<base>/a/b.py`` or ``<base>/a/b/__init__.py`` (None if neither exists)."""
     parts = name.split(".")[1:]
-    for cand in (base.joinpath(*parts).with_suffix(".py") if parts else None,
-                 base.joinpath(*parts, "__init__.py")):
+    for cand in (base.joinpath(*parts).with_suffix(".py") if parts else None, base.joinpath(*parts, "__init__.py")):
         if cand is not None and cand.is_file():
             return cand
     return None
@@ -116,7 +125,7 @@ def start_files(*objects, root: Path = PACKAGE) -> list[str]:
         if isinstance(obj, str):
             out.add(obj)
             continue
-        for c in (obj.__mro__ if inspect.isclass(obj) else (obj,)):
+        for c in obj.__mro__ if inspect.isclass(obj) else (obj,):
             mod = c.__name__ if inspect.ismodule(c) else getattr(c, "__module__", "")
             if mod.startswith("paper_repro.") and (f := _module_file(mod, base)) is not None:
                 out.add(str(f.relative_to(base)))

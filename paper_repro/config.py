@@ -2,6 +2,7 @@
 construction. Presets: :mod:`paper_repro.profiles`; execution settings: :mod:`paper_repro.options`; run keys:
 :mod:`paper_repro.results`. Every field's docstring names its source: ``[C: ...]`` confirmed in a paper or its code,
 ``[R]`` reconstructed by us, ``ours`` a package choice (mostly to fit 2 CPU cores); see docs/paper.md."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,15 +45,19 @@ def _check_types(obj: Any, section: str) -> None:
         if f.type == "int":
             _check(isinstance(v, int) and not isinstance(v, bool), f"{name}={v!r} must be an integer")
         elif f.type == "float":
-            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                   f"{name}={v!r} must be a finite number")
+            _check(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                f"{name}={v!r} must be a finite number",
+            )
         elif f.type in ("str", "bool"):
             _check(type(v).__name__ == f.type, f"{name}={v!r} must be a {f.type}")
 
 
 def _positive(name: str, value: float) -> None:
-    _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-           f"{name}={value} must be a finite number > 0")
+    _check(
+        isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+        f"{name}={value} must be a finite number > 0",
+    )
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,7 @@ class FMConfig:
     guidance_scale: float = 2.0
     """Classifier-free guidance weight (1.0 = plain conditional sampling). ours"""
     eta: float = 1.0
-    """DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like). With the shipped FM, η = 1 raised the real-classifier
-    accuracy on samples from 0.75 to 0.87 (25 steps, guidance 2; guidance 4 fell to 0.36). ours"""
+    """DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like); why 1, in docs/methods.md ("Sampler settings"). ours"""
     batch_size: int = 250
     """Images per sampling batch. Part of the synthetic set's cache key: the noise is drawn batch by batch, so
     another batch size draws other images. ours"""
@@ -186,8 +190,10 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "attack")
-        _check(isinstance(self.kind, str) and bool(self.kind), "attack.kind must be an attack name, see "
-               "paper_repro.attacks.names()")
+        _check(
+            isinstance(self.kind, str) and bool(self.kind),
+            "attack.kind must be an attack name, see paper_repro.attacks.names()",
+        )
         _choice("attack.trigger", self.trigger, TRIGGERS)
         _choice("attack.mapping", self.mapping, MAPPINGS)
         _fraction("attack.poison_ratio", self.poison_ratio)
@@ -197,14 +203,15 @@ class AttackConfig:
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
         _positive("attack.boost", self.boost)
-        _check(isinstance(self.fm_stages, (tuple, list)) and len(self.fm_stages) >= 1,
-               f"attack.fm_stages={self.fm_stages!r} must list at least one of {list(FM_STAGES)}")
+        _check(
+            isinstance(self.fm_stages, (tuple, list)) and len(self.fm_stages) >= 1,
+            f"attack.fm_stages={self.fm_stages!r} must list at least one of {list(FM_STAGES)}",
+        )
         stages = tuple(self.fm_stages)
         object.__setattr__(self, "fm_stages", stages)
         for s in stages:
             _choice("attack.fm_stages[]", s, FM_STAGES)
         _check(isinstance(self.params, dict), f"attack.params={self.params!r} must be a dict of keyword arguments")
-
 
 
 @dataclass(frozen=True)
@@ -250,8 +257,10 @@ class FLConfig:
         _check_types(self, "fl")
         _choice("fl.precision", self.precision, PRECISIONS)
         _check(self.num_clients >= 1, "fl.num_clients must be >= 1")
-        _check(1 <= self.clients_per_round <= self.num_clients,
-               f"fl.clients_per_round={self.clients_per_round} must be in [1, num_clients={self.num_clients}]")
+        _check(
+            1 <= self.clients_per_round <= self.num_clients,
+            f"fl.clients_per_round={self.clients_per_round} must be in [1, num_clients={self.num_clients}]",
+        )
         _check(self.num_rounds >= 0, "fl.num_rounds must be >= 0")
         _check(self.local_epochs >= 1, "fl.local_epochs must be >= 1")
         _check(self.init_epochs >= 0 and self.kd_epochs >= 0, "fl.init_epochs/kd_epochs must be >= 0")
@@ -274,8 +283,10 @@ class DefenseConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "defense")
-        _check(isinstance(self.name, str) and bool(self.name), "defense.name must be a defense name, see "
-               "paper_repro.defenses.names()")
+        _check(
+            isinstance(self.name, str) and bool(self.name),
+            "defense.name must be a defense name, see paper_repro.defenses.names()",
+        )
         _check(isinstance(self.params, dict), "defense.params must be a dict of keyword arguments")
 
 
@@ -298,14 +309,20 @@ class Config:
         _check_types(self, "")
         _choice("profile", self.profile, PROFILES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed must be a non-negative integer")
-        _check(self.attack.num_malicious <= self.fl.num_clients,
-               f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}")
-        _check(self.attack.target_class < num_classes(self.data.dataset),
-               f"attack.target_class={self.attack.target_class} is not a class of {self.data.dataset} "
-               f"(0..{num_classes(self.data.dataset) - 1})")
+        _check(
+            self.attack.num_malicious <= self.fl.num_clients,
+            f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}",
+        )
+        _check(
+            self.attack.target_class < num_classes(self.data.dataset),
+            f"attack.target_class={self.attack.target_class} is not a class of {self.data.dataset} "
+            f"(0..{num_classes(self.data.dataset) - 1})",
+        )
         size = image_shape(self.data.dataset)[-1]
-        _check(self.attack.trigger_size <= size,
-               f"attack.trigger_size={self.attack.trigger_size} is larger than the {size}×{size} image")
+        _check(
+            self.attack.trigger_size <= size,
+            f"attack.trigger_size={self.attack.trigger_size} is larger than the {size}×{size} image",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

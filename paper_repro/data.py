@@ -1,7 +1,9 @@
 """Image data: the frozen ``ImageSet``, offline loaders (Fashion-MNIST, CIFAR-10, a synthetic smoke set) and the
 server/client split."""
+
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -18,8 +20,18 @@ if TYPE_CHECKING:
 
 from .store import REPO_ROOT  # noqa: F401  (re-exported: data paths are relative to it)
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -116,6 +128,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- loaders
 
+
 def _read_idx(path: Path, offset: int) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
@@ -135,17 +148,25 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     Looks in ``root``, then ``$PAPER_REPRO_DATA`` (also its ``fashion-mnist/`` or ``FashionMNIST/raw/``), then
     the Debian package's ``/usr/share/datasets/fashion-mnist``; falls back to torchvision's downloader.
     """
-    names = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
-             "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
+    names = {
+        "xtr": "train-images-idx3-ubyte",
+        "ytr": "train-labels-idx1-ubyte",
+        "xte": "t10k-images-idx3-ubyte",
+        "yte": "t10k-labels-idx1-ubyte",
+    }
     for d in _fashion_dirs(root):
         files = {k: d / f"{v}.gz" for k, v in names.items()}
         if all(p.exists() for p in files.values()):
             xtr = _read_idx(files["xtr"], 16).reshape(-1, 1, 28, 28)
             xte = _read_idx(files["xte"], 16).reshape(-1, 1, 28, 28)
-            return (ImageSet(xtr, _read_idx(files["ytr"], 8), FASHION_MNIST_CLASSES),
-                    ImageSet(xte, _read_idx(files["yte"], 8), FASHION_MNIST_CLASSES))
-    hint = ("Fashion-MNIST not found. Install it with `apt-get install dataset-fashion-mnist` (as root), or put the "
-            "four *-ubyte.gz files in a folder and set PAPER_REPRO_DATA=<folder>.")
+            return (
+                ImageSet(xtr, _read_idx(files["ytr"], 8), FASHION_MNIST_CLASSES),
+                ImageSet(xte, _read_idx(files["yte"], 8), FASHION_MNIST_CLASSES),
+            )
+    hint = (
+        "Fashion-MNIST not found. Install it with `apt-get install dataset-fashion-mnist` (as root), or put the "
+        "four *-ubyte.gz files in a folder and set PAPER_REPRO_DATA=<folder>."
+    )
     if not download:
         raise DataNotFoundError(hint)
     try:
@@ -155,8 +176,10 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
         tr, te = FashionMNIST(dl_root, train=True, download=True), FashionMNIST(dl_root, train=False, download=True)
     except Exception as e:  # no internet here: say what to do instead
         raise DataNotFoundError(f"{hint} (torchvision download failed: {type(e).__name__}: {e})") from None
-    return (ImageSet(tr.data.numpy()[:, None], tr.targets.numpy(), FASHION_MNIST_CLASSES),
-            ImageSet(te.data.numpy()[:, None], te.targets.numpy(), FASHION_MNIST_CLASSES))
+    return (
+        ImageSet(tr.data.numpy()[:, None], tr.targets.numpy(), FASHION_MNIST_CLASSES),
+        ImageSet(te.data.numpy()[:, None], te.targets.numpy(), FASHION_MNIST_CLASSES),
+    )
 
 
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> tuple[ImageSet, ImageSet]:
@@ -173,12 +196,15 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
             "copy the extracted `cifar-10-batches-py/` folder into a directory and set PAPER_REPRO_DATA to it."
         ) from None
     to_chw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731  HWC → CHW
-    return (ImageSet(to_chw(tr.data), np.array(tr.targets), CIFAR10_CLASSES),
-            ImageSet(to_chw(te.data), np.array(te.targets), CIFAR10_CLASSES))
+    return (
+        ImageSet(to_chw(tr.data), np.array(tr.targets), CIFAR10_CLASSES),
+        ImageSet(to_chw(te.data), np.array(te.targets), CIFAR10_CLASSES),
+    )
 
 
-def make_synthetic_blobs(n_train: int = 1200, n_test: int = 300, size: int = 12, seed: int = 0
-                         ) -> tuple[ImageSet, ImageSet]:
+def make_synthetic_blobs(
+    n_train: int = 1200, n_test: int = 300, size: int = 12, seed: int = 0
+) -> tuple[ImageSet, ImageSet]:
     """A tiny procedurally generated 10-class set for smoke tests: class c is a bright bar at a class-specific
     position/orientation on a noisy dark background. Learnable in seconds; no files needed."""
     rng = np_rng(seed, "synthetic_blobs")
@@ -190,9 +216,9 @@ def make_synthetic_blobs(n_train: int = 1200, n_test: int = 300, size: int = 12,
             m = y == c
             pos = 1 + (c % 5) * (size - 3) // 5
             if c < 5:
-                x[m, 0, pos:pos + 2, 1:size - 4] += 170
+                x[m, 0, pos : pos + 2, 1 : size - 4] += 170
             else:
-                x[m, 0, 1:size - 4, pos:pos + 2] += 170
+                x[m, 0, 1 : size - 4, pos : pos + 2] += 170
         return np.clip(x, 0, 255).astype(np.uint8), y
 
     names = tuple(f"blob{c}" for c in range(10))
@@ -210,6 +236,24 @@ def load_dataset(name: str) -> tuple[ImageSet, ImageSet]:
     raise ValueError(f"unknown dataset {name!r}")
 
 
+def dataset_digest(name: str) -> str:
+    """A digest of dataset ``name`` known before it is loaded (part of every run key): the SHA-256 of its files as
+    found on disk (Fashion-MNIST's four ``.gz`` files), else of the loaded arrays (CIFAR-10, downloads, the generated
+    smoke set). Reading the files is a fraction of decoding them."""
+    if name == "fashion_mnist":
+        for d in _fashion_dirs(None):
+            files = sorted(d.glob("*-ubyte.gz"))
+            if len(files) == 4:
+                return hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()
+    return _loaded_digest(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded_digest(name: str) -> str:
+    train, test = load_dataset(name)
+    return hashlib.sha256((train.digest() + test.digest()).encode()).hexdigest()
+
+
 @dataclass(frozen=True, eq=False)
 class Splits:
     """The server's public split (for the FM only), the pool shared among clients, and the clean test set."""
@@ -219,8 +263,9 @@ class Splits:
     test: ImageSet
 
 
-def split_public(train: ImageSet, test: ImageSet, public_size: int, client_size: int = 0, test_size: int = 0,
-                 seed: int = 0) -> Splits:
+def split_public(
+    train: ImageSet, test: ImageSet, public_size: int, client_size: int = 0, test_size: int = 0, seed: int = 0
+) -> Splits:
     """Disjoint public / client pools drawn by a seeded permutation of ``train``; optional test subset."""
     n = len(train)
     client_size = client_size or n - public_size
@@ -230,9 +275,11 @@ def split_public(train: ImageSet, test: ImageSet, public_size: int, client_size:
     test_idx = np.arange(len(test))
     if test_size and test_size < len(test):
         test_idx = np.sort(np_rng(seed, "test_subset").permutation(len(test))[:test_size])
-    return Splits(train.subset(np.sort(perm[:public_size])),
-                  train.subset(np.sort(perm[public_size:public_size + client_size])),
-                  test.subset(test_idx))
+    return Splits(
+        train.subset(np.sort(perm[:public_size])),
+        train.subset(np.sort(perm[public_size : public_size + client_size])),
+        test.subset(test_idx),
+    )
 
 
 def public_splits(cfg) -> Splits:

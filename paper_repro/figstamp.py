@@ -3,6 +3,7 @@ code (``plots``, ``tables`` and what they import) and of the notebook that drew 
 modules it imports). A PNG carries it as a text chunk (``paper_repro``), a PDF in its Subject field;
 :func:`expected` recomputes it from the current files, so a test can tell a committed figure that ``make figures``
 would draw differently now. Torch-free."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,11 @@ def _notebook_code(nb: Path) -> tuple[str, list[str]]:
     """(digest of the code cells, package modules they import) of a notebook."""
     import ast
 
-    cells = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-             for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = [
+        ("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+        for c in json.loads(nb.read_text())["cells"]
+        if c["cell_type"] == "code"
+    ]
     mods = set()
     for cell in cells:
         try:  # IPython magics and shell lines are not Python
@@ -75,9 +79,12 @@ def make(notebook: str | Path | None, sources: list[Path], root: Path = REPO_ROO
     """The stamp of a figure drawn by ``notebook`` from ``sources`` (paths of tables)."""
     root = Path(root).resolve()
     nb_digest, mods = _notebook_code(Path(notebook)) if notebook else (None, [])
-    stamp = {"notebook": _rel(notebook, root) if notebook else None, "notebook_code": nb_digest,
-             "tables": {_rel(p, root): _sha(Path(p).read_bytes()) for p in sources if Path(p).is_file()},
-             "code": _code(mods, root)}
+    stamp = {
+        "notebook": _rel(notebook, root) if notebook else None,
+        "notebook_code": nb_digest,
+        "tables": {_rel(p, root): _sha(Path(p).read_bytes()) for p in sources if Path(p).is_file()},
+        "code": _code(mods, root),
+    }
     stamp["digest"] = _sha(json.dumps(stamp, sort_keys=True).encode())
     return stamp
 

@@ -1,10 +1,18 @@
 """The FM-integrated FL loop, :func:`run_federated`, read top to bottom as the paper's pipeline: (0) initialise
 the global model on the synthetic set, then per round (1) sample clients, (2) local training, (3) aggregation through
-the defense, (4) FedDF fusion on the synthetic set, (5) post-fusion defense, (6) evaluation."""
+the defense, (4) FedDF fusion on the synthetic set, (5) post-fusion defense, (6) evaluation.
+
+Each step is a small function with explicit inputs and outputs; the loop calls them in order, and so does the Flower
+strategy (:mod:`paper_repro.integrations.flower`). A defense that acts only at step 5 (``Defense.trains_like_none``)
+can be evaluated *alongside* the run's own defense on the same training: one training, one output per defense."""
+
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +26,7 @@ from .defenses import Defense, RoundContext
 from .local_training import train_clients
 from .metrics import class_shares, detection_rates, evaluate, no_metrics
 from .models import build_model, flat_state, load_flat_state
-from .options import RunOptions
+from .options import RunOptions, options_for
 from .progress import tqdm
 from .rng import derive_seed, np_rng, torch_gen
 from .training import distill, ensemble_logits, train_supervised
@@ -46,60 +54,73 @@ class FLInputs:
 @dataclass
 class FLOutput:
     """What :func:`run_federated` returns: one history row per round (round 0 = after initialisation), the model
-    served after the last round (bounded, for a post-fusion defense), and each round's flagged client ids."""
+    served after the last round (bounded, for a post-fusion defense), the final fused weights (what the next round
+    would start from), each round's flagged client ids, and the outputs of the defenses run ``alongside``."""
 
     history: list[dict] = field(default_factory=list)
     model: nn.Module | None = None
+    fused: nn.Module | None = None
     flagged: list[list[int]] = field(default_factory=list)
+    alongside: dict[str, FLOutput] = field(default_factory=dict)
 
 
 OK, DIVERGED = "ok", "diverged"
 """Per-round ``status``: a run whose weights become non-finite ends with a ``diverged`` row (ACC/ASR NaN)."""
+TRAINING_COLUMNS = ("local_seconds", "aggregate_seconds", "fusion_seconds", "num_flagged", "tpr", "fpr")
+"""Columns of steps 1–4, which a defense evaluated alongside shares with the run it was evaluated on."""
 
-OnFused = Callable[[int, nn.Module, np.ndarray, dict], None]
-"""Called after step 4 of every round with (round, fused model, sampled client ids, the round's row so far)."""
+
+class Timer:
+    """Seconds per step, kept in one place: ``with timer("local"): ...`` adds to ``timer.seconds["local_seconds"]``;
+    :meth:`take` hands them over and starts afresh."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{step}_seconds"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
 
 
+@dataclass(frozen=True)
+class Aggregated:
+    """Step 3's result: the global state after aggregation (P,), the flagged client ids and the row's columns
+    (detection rates; what the defense measured, as ``defense_<key>``)."""
+
+    state: torch.Tensor
+    flagged: list[int]
+    columns: dict
+
+
+# ------------------------------------------------------------------------------------------------ the steps
 def init_global_model(cfg: Config, inp: FLInputs, device: str = "cpu") -> nn.Module:
     """Step 0: a fresh model trained supervised on the synthetic init set. [C: 2401.10375]"""
     fl = cfg.fl
-    model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes,
-                        derive_seed(cfg.seed, "model_init")).to(device)
+    model = build_model(cfg.model.name, inp.test.shape, inp.test.num_classes, derive_seed(cfg.seed, "model_init")).to(
+        device
+    )
     xi, yi = inp.synthetic_init.tensors(device)
-    return train_supervised(model, xi, yi, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
-                            torch_gen(cfg.seed, "init"), cfg.model.channels_last, fl.precision)
-
-
-def evaluate_served(model: nn.Module, cfg: Config, inp: FLInputs, opts: RunOptions) -> dict[str, float]:
-    """Step 6: ACC/ASR of ``model`` as the run evaluates (device, batch, memory format)."""
-    return evaluate(model, inp.test, inp.asr_test, inp.target_class, opts.device, opts.eval_batch_size,
-                    cfg.model.channels_last, class_shares([c.y for c in inp.clients], inp.test.num_classes),
-                    cfg.fl.precision)
-
-
-def round_context(cfg: Config, opts: RunOptions, inp: FLInputs, model: nn.Module, rnd: int) -> RoundContext:
-    """What the defense may see in round ``rnd`` (its generator is derived from the seed and the round)."""
-    return RoundContext(rnd, np.zeros(0, np.int64), model, inp.synthetic_kd, torch_gen(cfg.seed, "defense", rnd),
-                        opts.device, cfg.fl.num_rounds, opts.eval_batch_size, cfg.model.channels_last)
-
-
-def defend_and_evaluate(defense: Defense, model: nn.Module, ctx: RoundContext, cfg: Config, inp: FLInputs,
-                        opts: RunOptions, row: dict) -> nn.Module:
-    """Steps 5–6 of a round: the post-fusion defense acts on a view of the fused model (the weights stay as fused),
-    and the served model is evaluated; their seconds and ACC/ASR go into ``row``. Returns the served model."""
-    t = time.perf_counter()
-    ctx.global_model = model
-    served = defense.after_fusion(model, ctx)
-    row["defense_seconds"] = time.perf_counter() - t + row["aggregate_seconds"]
-    t = time.perf_counter()
-    row.update(evaluate_served(served, cfg, inp, opts))
-    row["eval_seconds"] = time.perf_counter() - t
-    return served
-
-
-def client_sizes(inp: FLInputs) -> torch.Tensor:
-    """(K,) local data sizes, the sample weights of FedAvg."""
-    return torch.tensor([len(c) for c in inp.clients], dtype=torch.float32)
+    return train_supervised(
+        model,
+        xi,
+        yi,
+        fl.init_epochs,
+        fl.init_lr,
+        fl.momentum,
+        fl.batch_size,
+        torch_gen(cfg.seed, "init"),
+        cfg.model.channels_last,
+        fl.precision,
+    )
 
 
 def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
@@ -107,94 +128,212 @@ def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(cfg.fl.num_clients, size=cfg.fl.clients_per_round, replace=False))
 
 
-def server_steps(cfg: Config, opts: RunOptions, inp: FLInputs, defense: Defense, model: nn.Module,
-                 ctx: RoundContext, thetas: torch.Tensor, updates: torch.Tensor, g: torch.Tensor,
-                 sizes: torch.Tensor, kd: tuple[torch.Tensor, torch.Tensor], row: dict,
-                 on_fused: OnFused | None = None) -> tuple[nn.Module | None, list[int]]:
-    """Steps 3–6 of round ``ctx.round`` on the server, given the sampled clients' local models ``thetas`` (K, P) and the
-    updates they sent ``updates`` (K, P; a malicious client's may be crafted), the global state ``g`` they started
-    from, the clients' data sizes ``sizes`` (indexed by ``ctx.client_ids``) and the fusion set ``kd``
-    (``inp.synthetic_kd.tensors(device)``, converted once per run): aggregation through the defense, FedDF fusion,
-    the post-fusion defense and evaluation. ``model`` (the global model) is updated in place; the round's numbers go
-    into ``row``. Returns (the served model, the flagged ids), or (None, flagged) when the weights diverged (``row``
-    then says so). Shared by :func:`run_federated` and the Flower strategy (:mod:`paper_repro.flower`)."""
-    fl, cl, ids = cfg.fl, cfg.model.channels_last, ctx.client_ids
-    # 3. aggregation through the defense (robust aggregators and detectors act here)
-    t = time.perf_counter()
-    weights = sizes[ids] if fl.weighting == "samples" else torch.ones(len(ids))
+def local_training(
+    cfg: Config, opts: RunOptions, model: nn.Module, data: list, ids: np.ndarray, rnd: int, context=None
+) -> torch.Tensor:
+    """Step 2: the sampled clients' local models (K, P), each trained from ``model`` (left as it is) on its own
+    data with its own generator (seed, client, round); ``context``: the defense's client-side context, if any."""
+    fl = cfg.fl
+    gens = [torch_gen(cfg.seed, "client", int(k), "round", rnd) for k in ids]
+    return train_clients(
+        opts.engine,
+        opts.device,
+        model,
+        data,
+        fl.local_epochs,
+        fl.lr,
+        fl.momentum,
+        fl.batch_size,
+        gens,
+        cfg.model.channels_last,
+        context=context,
+        precision=fl.precision,
+    )
+
+
+def aggregate(
+    defense: Defense,
+    g: torch.Tensor,
+    updates: torch.Tensor,
+    weights: torch.Tensor,
+    ctx: RoundContext,
+    malicious: frozenset,
+) -> Aggregated:
+    """Step 3: the defense combines the updates (K, P) sent from global state ``g`` (robust aggregators and
+    detectors act here); ``malicious`` (ground truth) only scores its detections."""
     agg = defense.aggregate(updates, weights, ctx)
-    load_flat_state(model, g + agg.update)
     flagged = sorted(int(f) for f in (agg.flagged or []))
-    row["aggregate_seconds"] = time.perf_counter() - t
-    row.update(detection_rates(flagged, ids, inp.attack.malicious))
-    row.update({f"defense_{k}": float(v) for k, v in (agg.info or {}).items()})
-    # 4. FedDF fusion: distil toward the mean logits of the admitted clients' (un-scaled) local models
-    t = time.perf_counter()
-    if fl.fusion and fl.kd_epochs > 0:
-        x_kd, y_kd = kd
-        admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-        teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl,
-                                  fl.precision)  # (N_syn, C)
-        distill(model, x_kd, y_kd, teacher, fl.kd_epochs, fl.kd_lr, fl.momentum, fl.batch_size, fl.kd_alpha,
-                fl.kd_temperature, torch_gen(cfg.seed, "kd", ctx.round), cl, fl.precision)
-    row["fusion_seconds"] = time.perf_counter() - t
-    if not torch.isfinite(flat_state(model)).all():
-        row.update({"status": DIVERGED, **no_metrics()})
-        return None, flagged
-    if on_fused is not None:
-        on_fused(ctx.round, model, ids, row)
-    # 5.–6. post-fusion defense on a view of the fused model, then ACC/ASR of the model the server serves
-    return defend_and_evaluate(defense, model, ctx, cfg, inp, opts, row), flagged
+    columns = {
+        **detection_rates(flagged, ctx.client_ids, malicious),
+        **{f"defense_{k}": float(v) for k, v in (agg.info or {}).items()},
+    }
+    return Aggregated(g + agg.update, flagged, columns)
 
 
-def run_federated(cfg: Config, inp: FLInputs, defense: Defense, opts: RunOptions | None = None,
-                  progress: bool = True, initial_model: nn.Module | None = None,
-                  on_fused: OnFused | None = None) -> FLOutput:
+def fuse(
+    cfg: Config,
+    opts: RunOptions,
+    model: nn.Module,
+    thetas: torch.Tensor,
+    ids: np.ndarray,
+    flagged: list[int],
+    kd: tuple[torch.Tensor, torch.Tensor],
+    rnd: int,
+) -> nn.Module:
+    """Step 4, FedDF fusion: a copy of the aggregated ``model`` distilled on the synthetic set ``kd`` toward the mean
+    logits of the admitted (not flagged) clients' local models ``thetas`` (all of them if every one was flagged).
+    Without fusion (or zero KD epochs), the aggregated model itself."""
+    fl, cl = cfg.fl, cfg.model.channels_last
+    if not (fl.fusion and fl.kd_epochs > 0):
+        return model
+    x_kd, y_kd = kd
+    admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
+    teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl, fl.precision)  # (N_syn, C)
+    student = copy.deepcopy(model)
+    return distill(
+        student,
+        x_kd,
+        y_kd,
+        teacher,
+        fl.kd_epochs,
+        fl.kd_lr,
+        fl.momentum,
+        fl.batch_size,
+        fl.kd_alpha,
+        fl.kd_temperature,
+        torch_gen(cfg.seed, "kd", rnd),
+        cl,
+        fl.precision,
+    )
+
+
+def is_finite(model: nn.Module) -> bool:
+    """False once training diverged (a non-finite weight): the run then ends with a ``diverged`` row."""
+    return bool(torch.isfinite(flat_state(model)).all())
+
+
+def evaluate_served(model: nn.Module, cfg: Config, inp: FLInputs, opts: RunOptions) -> dict[str, float]:
+    """Step 6: ACC/ASR of ``model`` as the run evaluates (device, batch, memory format)."""
+    return evaluate(
+        model,
+        inp.test,
+        inp.asr_test,
+        inp.target_class,
+        opts.device,
+        opts.eval_batch_size,
+        cfg.model.channels_last,
+        class_shares([c.y for c in inp.clients], inp.test.num_classes),
+        cfg.fl.precision,
+    )
+
+
+def serve(
+    defense: Defense, model: nn.Module, ctx: RoundContext, cfg: Config, inp: FLInputs, opts: RunOptions, timer: Timer
+) -> tuple[nn.Module, dict]:
+    """Steps 5–6: the post-fusion defense acts on a view of the fused ``model`` (its weights stay as fused), then the
+    served model is evaluated. Returns (served model, its ACC/ASR and the two steps' seconds)."""
+    with timer("post_fusion"):
+        served = defense.after_fusion(model, dataclasses.replace(ctx, global_model=model))
+    with timer("eval"):
+        metrics = evaluate_served(served, cfg, inp, opts)
+    return served, {**metrics, **timer.take()}
+
+
+def round_context(
+    cfg: Config, opts: RunOptions, inp: FLInputs, model: nn.Module, rnd: int, ids: np.ndarray
+) -> RoundContext:
+    """What a defense may see in round ``rnd`` (its generator is derived from the seed and the round)."""
+    return RoundContext(
+        rnd,
+        ids,
+        model,
+        inp.synthetic_kd,
+        torch_gen(cfg.seed, "defense", rnd),
+        opts.device,
+        cfg.fl.num_rounds,
+        opts.eval_batch_size,
+        cfg.model.channels_last,
+    )
+
+
+def fedavg_weights(cfg: Config, inp: FLInputs, ids: np.ndarray) -> torch.Tensor:
+    """(K,) weights of the sampled clients in aggregation: their data sizes (``fl.weighting="samples"``) or ones."""
+    if cfg.fl.weighting != "samples":
+        return torch.ones(len(ids))
+    return torch.tensor([len(inp.clients[int(k)]) for k in ids], dtype=torch.float32)
+
+
+def finish_row(row: dict) -> dict:
+    """A round's row with its totals: the defense's seconds (aggregation + post-fusion) and the round's (its steps)."""
+    steps = ("local", "aggregate", "fusion", "post_fusion", "eval")
+    return {
+        **row,
+        "defense_seconds": row.get("aggregate_seconds", 0.0) + row.get("post_fusion_seconds", 0.0),
+        "round_seconds": sum(row.get(f"{s}_seconds", 0.0) for s in steps),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def run_federated(
+    cfg: Config,
+    inp: FLInputs,
+    defense: Defense,
+    opts: RunOptions | None = None,
+    progress: bool = True,
+    initial_model: nn.Module | None = None,
+    alongside: Mapping[str, Defense] | None = None,
+) -> FLOutput:
     """Run ``cfg.fl.num_rounds`` rounds of FM-integrated FL with ``defense``.
 
-    ``initial_model``: the step-0 model if it was already trained (e.g. loaded from a cache; it is trained further
-    in place), else it is trained here. ``on_fused``: a hook after step 4 (e.g. to record the weights)."""
-    opts = opts or RunOptions.for_profile(cfg.profile)
-    fl, dev, cl, seed = cfg.fl, opts.device, cfg.model.channels_last, cfg.seed
-    out = FLOutput()
+    ``initial_model``: the step-0 model if it was already trained (e.g. loaded from a cache; left as it is), else it
+    is trained here. ``alongside``: more post-fusion defenses (``trains_like_none``, as ``defense`` must then be)
+    served from this same training every round, each with its own output in ``FLOutput.alongside``."""
+    opts = options_for(cfg.profile, opts)
+    alongside = dict(alongside or {})
+    if alongside and not all(d.trains_like_none for d in (defense, *alongside.values())):
+        raise ValueError("defenses evaluated alongside must all act only after fusion (trains_like_none)")
+    fl, dev, timer = cfg.fl, opts.device, Timer()
+    out = FLOutput(alongside={name: FLOutput() for name in alongside})
+    served_by = [(defense, out), *((alongside[n], o) for n, o in out.alongside.items())]
     # 0. initialise the global model by supervised training on the (possibly poisoned) synthetic set
-    t = time.perf_counter()
-    model = initial_model if initial_model is not None else init_global_model(cfg, inp, dev)
-    out.history.append({"round": 0, **evaluate_served(model, cfg, inp, opts), "init_seconds": time.perf_counter() - t,
-                        "status": OK})
-    out.model = model
+    with timer("init"):
+        model = copy.deepcopy(initial_model) if initial_model is not None else init_global_model(cfg, inp, dev)
+    first = {"round": 0, **evaluate_served(model, cfg, inp, opts), **timer.take(), "status": OK}
+    for _, o in served_by:
+        o.history.append(dict(first))
+        o.model = o.fused = model
     clients = [inp.attack.local_data(k, d).tensors(dev) for k, d in enumerate(inp.clients)]  # malicious: poisoned
-    sizes = client_sizes(inp)
     kd = inp.synthetic_kd.tensors(dev)
-    sample_rng = np_rng(seed, "client_sampling")
+    sample_rng = np_rng(cfg.seed, "client_sampling")
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
-        t_round, row = time.perf_counter(), {"round": rnd, "status": OK}
-        ctx = round_context(cfg, opts, inp, model, rnd)
         # 1. sample clients without replacement
         ids = sample_clients(cfg, sample_rng)
-        ctx.client_ids = ids
         # 2. local training from the global model; malicious clients train on poisoned data and craft their update
-        t = time.perf_counter()
-        g = flat_state(model)
-        inp.attack.begin_round(rnd, g)
-        gens = [torch_gen(seed, "client", int(k), "round", rnd) for k in ids]
-        thetas = train_clients(opts.engine, dev, model, [clients[k] for k in ids], fl.local_epochs, fl.lr,
-                               fl.momentum, fl.batch_size, gens, cl, context=defense.client_context(),
-                               precision=fl.precision)  # (K, P): each client's local model
-        updates = torch.stack([inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)])
-        row["local_seconds"] = time.perf_counter() - t
-        # 3. the defense aggregates the updates (robust aggregators and detectors act here)
+        with timer("local"):
+            g = flat_state(model)
+            inp.attack.begin_round(rnd, g)
+            thetas = local_training(cfg, opts, model, [clients[k] for k in ids], ids, rnd, defense.client_context())
+            updates = torch.stack([inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)])
+        # 3. aggregation through the defense (robust aggregators and detectors act here)
+        ctx = round_context(cfg, opts, inp, model, rnd, ids)
+        with timer("aggregate"):
+            agg = aggregate(defense, g, updates, fedavg_weights(cfg, inp, ids), ctx, inp.attack.malicious)
+            model = load_flat_state(copy.deepcopy(model), agg.state)
         # 4. FedDF fusion on the server's synthetic set
-        # 5.–6. the post-fusion defense, then ACC/ASR of the served model (the server's side: server_steps, shared
-        #       with the Flower strategy)
-        served, flagged = server_steps(cfg, opts, inp, defense, model, ctx, thetas, updates, g, sizes, kd, row,
-                                       on_fused)
-        if served is None:  # diverged: the run ends here and reports no ACC/ASR
-            out.history.append(row)
+        with timer("fusion"):
+            model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd)
+        trained = {"round": rnd, "status": OK, **agg.columns, **timer.take()}
+        if not is_finite(model):  # diverged: the run ends here and reports no ACC/ASR
+            for _, o in served_by:
+                o.history.append({**trained, "status": DIVERGED, **no_metrics()})
             break
-        out.model = served
-        row["round_seconds"] = time.perf_counter() - t_round
-        out.history.append(row)
-        out.flagged.append(flagged)
+        # 5.–6. each post-fusion defense on a view of the fused model, then ACC/ASR of the model the server serves
+        for i, (d, o) in enumerate(served_by):
+            o.model, metrics = serve(
+                d, model, ctx if i == 0 else round_context(cfg, opts, inp, model, rnd, ids), cfg, inp, opts, timer
+            )
+            o.history.append(finish_row({**trained, **metrics, **({"shared_training": True} if i else {})}))
+            o.flagged.append(agg.flagged)
+            o.fused = model
     return out

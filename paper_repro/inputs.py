@@ -1,6 +1,7 @@
 """From a config to the FL loop's inputs: the public/client/test split, the client partition, the synthetic set
 (drawn by the FM, cached), the attack (through its registry) and what it poisoned; all randomness from
 ``cfg.seed``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,16 +11,17 @@ import numpy as np
 from . import attacks, defenses
 from .codehash import library_versions, run_code_digest
 from .config import Config
-from .data import ImageSet, public_splits
+from .data import ImageSet, dataset_digest, public_splits
 from .fl import FLInputs
-from .fm.synthetic import synthetic_set
-from .options import RunOptions
+from .fm.synthetic import synthetic_key_hash, synthetic_set
+from .options import RunOptions, options_for
 from .partition import make_partition
 from .rng import np_rng
 from .triggers import asr_set, backdoor_labels
 
-RESULTS_VERSION = 1
-"""Bumped when a change of the code changes results; part of every run key."""
+RESULTS_VERSION = 2
+"""Bumped when a change of the code changes results or the form of run keys; part of every run key (2: keys from the
+config and the keys of the inputs, :func:`run_hashes`)."""
 
 
 @dataclass(frozen=True)
@@ -34,29 +36,67 @@ class Prepared:
     """Ids of the malicious clients."""
     synthetic_clean: ImageSet
     hashes: dict
-    """Digests of the data, the defense's resolved parameters, the computing code and the libraries' versions:
-    with the config, the run's key."""
+    """What makes the run besides its config (:func:`run_hashes`): with the config, the run's key."""
+    digests: dict
+    """Content digests of what was prepared (public split, client pool, test set, synthetic set), for the record."""
 
 
-def prepare(cfg: Config, progress: bool = True, opts: RunOptions | None = None, refresh: bool = False) -> Prepared:
+def run_hashes(cfg: Config) -> dict:
+    """Everything besides the config that makes a run, known before any data is loaded or drawn: the dataset's
+    files, the synthetic set's key (FM checkpoint, sampler settings and code), the defense's resolved parameters,
+    the computing code and the libraries' versions. With the config, the run's key: a cached run is served without
+    preparing anything."""
+    attack, defense = attacks.REGISTRY.lookup(cfg.attack.kind), defenses.REGISTRY.lookup(cfg.defense.name)
+    return {
+        "data": dataset_digest(cfg.data.dataset),
+        "synthetic": synthetic_key_hash(cfg),
+        "results_version": RESULTS_VERSION,
+        "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),
+        "code": run_code_digest(attack, defense),
+        "libraries": library_versions(),
+    }
+
+
+def prepare(
+    cfg: Config,
+    progress: bool = True,
+    opts: RunOptions | None = None,
+    refresh: bool = False,
+    attack: attacks.Attack | None = None,
+) -> Prepared:
     """Data, public split, partition, synthetic set, attack and its poison: all from ``cfg.seed``. ``refresh``
-    redraws the synthetic set instead of reading its cache."""
-    opts = opts or RunOptions.for_profile(cfg.profile)
+    redraws the synthetic set instead of reading its cache; ``attack``: the config's attack if already built (fresh:
+    it keeps state over a run)."""
+    opts = options_for(cfg.profile, opts)
     d, a = cfg.data, cfg.attack
     splits = public_splits(cfg)
-    parts = make_partition(splits.clients.y, cfg.fl.num_clients, d.partition, np_rng(cfg.seed, "partition"),
-                           beta=d.beta, min_size=d.min_size, shards_per_client=d.shards_per_client)
+    parts = make_partition(
+        splits.clients.y,
+        cfg.fl.num_clients,
+        d.partition,
+        np_rng(cfg.seed, "partition"),
+        beta=d.beta,
+        min_size=d.min_size,
+        shards_per_client=d.shards_per_client,
+    )
     clean, syn_digest = synthetic_set(cfg, splits.public, progress, opts.device, opts.compile, refresh)
-    attack = attacks.build(cfg)
+    attack = attack if attack is not None else attacks.build(cfg)
     syn_init, syn_kd, fm_idx = attack.poison_synthetic(clean)
     asr_test = asr_set(splits.test, attack.asr_trigger(cfg), a.target_class, a.mapping)
-    targets = (a.target_class if a.mapping == "all_to_one"
-               else backdoor_labels(asr_test.y, a.target_class, a.mapping, asr_test.num_classes))
-    inputs = FLInputs([splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test, asr_test, attack,
-                      targets)
-    hashes = {"public": splits.public.digest(), "clients": splits.clients.digest(), "test": splits.test.digest(),
-              "synthetic": syn_digest, "results_version": RESULTS_VERSION,
-              "defense": defenses.resolved_params(cfg.defense.name, cfg.defense.params),
-              "code": run_code_digest(type(attack), defenses.REGISTRY.lookup(cfg.defense.name)),
-              "libraries": library_versions()}
-    return Prepared(inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, hashes)
+    targets = (
+        a.target_class
+        if a.mapping == "all_to_one"
+        else backdoor_labels(asr_test.y, a.target_class, a.mapping, asr_test.num_classes)
+    )
+    inputs = FLInputs(
+        [splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test, asr_test, attack, targets
+    )
+    digests = {
+        "public": splits.public.digest(),
+        "clients": splits.clients.digest(),
+        "test": splits.test.digest(),
+        "synthetic": syn_digest,
+    }
+    return Prepared(
+        inputs, parts, fm_idx, np.array(sorted(attack.malicious), dtype=np.int64), clean, run_hashes(cfg), digests
+    )

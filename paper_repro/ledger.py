@@ -4,12 +4,13 @@ them. A run folder under ``data/results`` is this machine's cache; the ledger (`
 (``<profile>_<attack>_<defense>_<partition>_s<seed>_<run key>.json``), holding the run's ``config.json`` (resolved
 config, key, data digests, provenance with the per-file code digests of the run's import closure and the machine),
 its per-round metrics, its flagged clients and the SHA-256 of every file of the folder it was made from (weights,
-indices and trajectories stay out). A record is written in one atomic rename, so a writer killed at any instant
+indices and saved weights stay out). A record is written in one atomic rename, so a writer killed at any instant
 leaves the old ledger or the new one.
 
 The run store serves a record as it serves a folder: :func:`materialise` rebuilds the folder's small files from a
 record whose self-checksum, name, key and file checksums all hold, and refuses anything else (half-written, edited,
 copied under another run's name)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,14 @@ def make_record(run_dir: Path) -> dict:
     files = json.loads((run_dir / COMPLETE).read_text())["files"]
     text = {name: (run_dir / name).read_bytes().decode() for name in SMALL_FILES}  # verbatim: no newline translation
     meta = json.loads(text["config.json"])
-    rec = {"format": FORMAT, "run": run_dir.name, "key": meta["config_hash"], "config_key": config_key(meta["config"]),
-           "files": files, "text": text}
+    rec = {
+        "format": FORMAT,
+        "run": run_dir.name,
+        "key": meta["config_hash"],
+        "config_key": config_key(meta["config"]),
+        "files": files,
+        "text": text,
+    }
     rec["sha256"] = _self_digest(rec)
     problems = check_record(rec, run_dir.name)
     if problems:
@@ -110,12 +117,16 @@ def read_record(path: Path) -> dict:
     try:
         rec = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise LedgerError(f"{path} is unreadable ({type(e).__name__}): delete it (git checkout restores a committed "
-                          "one) and recompute the run") from None
+        raise LedgerError(
+            f"{path} is unreadable ({type(e).__name__}): delete it (git checkout restores a committed "
+            "one) and recompute the run"
+        ) from None
     problems = check_record(rec, Path(path).stem)
     if problems:
-        raise LedgerError(f"{path} is not an intact ledger record ({'; '.join(problems)}): delete it (or restore it "
-                          "with git checkout) and recompute the run")
+        raise LedgerError(
+            f"{path} is not an intact ledger record ({'; '.join(problems)}): delete it (or restore it "
+            "with git checkout) and recompute the run"
+        )
     return rec
 
 

@@ -13,6 +13,7 @@ must match it (``tests/test_local_training.py``) and falls back to it for models
 running statistics are per-client state updated in place). :func:`threaded_local_train` is the CPU counterpart:
 the same loop, several clients at once on one thread each.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,10 +30,19 @@ from .precision import autocast
 from .training import local_train
 
 
-def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,
-                         lr: float, momentum: float, batch_size: int, generators: list[torch.Generator],
-                         channels_last: bool = False, context=None, precision: str = "fp32",
-                         workers: int | None = None) -> torch.Tensor:
+def threaded_local_train(
+    global_model: nn.Module,
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    generators: list[torch.Generator],
+    channels_last: bool = False,
+    context=None,
+    precision: str = "fp32",
+    workers: int | None = None,
+) -> torch.Tensor:
     """Step 2 for K clients, ``workers`` of them at a time (default: torch's intra-op thread count), each on one
     thread: the per-client loop of :func:`paper_repro.training.local_train`, run side by side the way Flower's actors
     run, but in one process. Small convolutions (batch 32 of 28×28) do not keep two intra-op threads busy, two
@@ -62,8 +72,9 @@ def threaded_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor,
         torch.set_num_threads(threads)
 
 
-def train_clients(engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
-                  *args, **kwargs) -> torch.Tensor:
+def train_clients(
+    engine: str, device: str, global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], *args, **kwargs
+) -> torch.Tensor:
     """Step 2 with the run's engine (:attr:`paper_repro.options.RunOptions.engine`): ``loop`` (one client after
     another), ``threads``, ``batched``, or ``auto`` (batched on a GPU, threads elsewhere). Arguments after ``data``
     as in :func:`batched_local_train`."""
@@ -89,9 +100,18 @@ def _schedules(sizes: list[int], epochs: int, batch_size: int, generators: list[
     return out
 
 
-def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], epochs: int,
-                        lr: float, momentum: float, batch_size: int, generators: list[torch.Generator],
-                        channels_last: bool = False, context=None, precision: str = "fp32") -> torch.Tensor:
+def batched_local_train(
+    global_model: nn.Module,
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    generators: list[torch.Generator],
+    channels_last: bool = False,
+    context=None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Step 2 for K clients at once: returns their flat states (K, P), row k = client k trained from
     ``global_model`` on ``data[k]`` with ``generators[k]``. Same semantics as K calls of
     :func:`paper_repro.training.local_train` (SGD with momentum, fresh optimiser, mean cross-entropy per batch).
@@ -100,8 +120,12 @@ def batched_local_train(global_model: nn.Module, data: list[tuple[torch.Tensor, 
     if len(data) != len(generators):
         raise ValueError(f"{len(data)} clients but {len(generators)} generators")
     if not can_batch(global_model):
-        return torch.stack([local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last,
-                                        context, precision) for (x, y), g in zip(data, generators)])
+        return torch.stack(
+            [
+                local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last, context, precision)
+                for (x, y), g in zip(data, generators)
+            ]
+        )
     k_clients = len(data)
     model = copy.deepcopy(global_model).train()
     names = [n for n, _ in model.named_parameters()]

@@ -1,6 +1,9 @@
 """Step 6 and detection metrics: ACC on the clean test set, ASR on triggered non-target test images, and the
 TPR/FPR of a defense that flags clients."""
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -8,6 +11,9 @@ from torch import nn
 
 from .data import ImageSet
 from .training import predict_logits
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRICS = ("acc", "asr", "acc_triggered", "acc_client_mean")
 """What :func:`evaluate` reports (the last one only when it is given the clients' class shares)."""
@@ -20,8 +26,9 @@ def no_metrics() -> dict[str, float]:
 
 def class_shares(label_sets: list[np.ndarray], num_classes: int) -> np.ndarray:
     """(K, C) share of each class in each client's labels (a client without data gets a zero row)."""
-    counts = np.stack([np.bincount(np.asarray(y, np.int64), minlength=num_classes)[:num_classes]
-                       for y in label_sets]).astype(np.float64)
+    counts = np.stack(
+        [np.bincount(np.asarray(y, np.int64), minlength=num_classes)[:num_classes] for y in label_sets]
+    ).astype(np.float64)
     return counts / np.maximum(counts.sum(1, keepdims=True), 1)
 
 
@@ -34,9 +41,17 @@ def client_mean_accuracy(per_class_acc: np.ndarray, shares: np.ndarray) -> float
     return float((rows @ np.nan_to_num(per_class_acc)).mean()) if len(rows) else float("nan")
 
 
-def evaluate(model: nn.Module, test: ImageSet, asr_test: ImageSet, target_class: int | np.ndarray,
-             device: str = "cpu", batch_size: int = 1000, channels_last: bool = False,
-             shares: np.ndarray | None = None, precision: str = "fp32") -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    test: ImageSet,
+    asr_test: ImageSet,
+    target_class: int | np.ndarray,
+    device: str = "cpu",
+    batch_size: int = 1000,
+    channels_last: bool = False,
+    shares: np.ndarray | None = None,
+    precision: str = "fp32",
+) -> dict[str, float]:
     """ACC on ``test``; ASR = share of ``asr_test`` (triggered images) classified as ``target_class`` (one class, or
     one per image for an all-to-all backdoor; an all-to-one ASR set excludes the target class, as in the author
     code); ``acc_triggered`` = share of the same
@@ -65,7 +80,34 @@ def detection_rates(flagged: list[int], ids: np.ndarray, malicious: frozenset) -
     mal = [int(k) for k in ids if int(k) in malicious]
     ben = [int(k) for k in ids if int(k) not in malicious]
     f = set(flagged)
-    return {"num_flagged": len(flagged),
-            "tpr": sum(k in f for k in mal) / len(mal) if mal else float("nan"),
-            "fpr": sum(k in f for k in ben) / len(ben) if ben else float("nan")}
+    return {
+        "num_flagged": len(flagged),
+        "tpr": sum(k in f for k in mal) / len(mal) if mal else float("nan"),
+        "fpr": sum(k in f for k in ben) / len(ben) if ben else float("nan"),
+    }
 
+
+# ------------------------------------------------------------------------------------------------ one run's summary
+LAST_K = 3
+"""ASR is also reported averaged over the last ``LAST_K`` rounds: an all-or-nothing final round hides a backdoor
+that comes and goes."""
+
+
+def summarise(history: pd.DataFrame) -> dict:
+    """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR
+    averaged over the last ``LAST_K`` rounds, mean TPR/FPR over rounds, and the defense's share of a round's time."""
+    rounds = history[history["round"] > 0]
+    last = history.iloc[-1]
+    return {
+        "acc": last["acc"],
+        "asr": last["asr"],
+        "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
+        "acc_triggered": last.get("acc_triggered", float("nan")),
+        "acc_client_mean": last.get("acc_client_mean", float("nan")),
+        "status": last.get("status", "ok"),
+        "tpr": rounds["tpr"].mean(),
+        "fpr": rounds["fpr"].mean(),
+        "defense_seconds": rounds["defense_seconds"].mean(),
+        "round_seconds": rounds["round_seconds"].mean(),
+        "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean(),
+    }

@@ -1,5 +1,6 @@
 """Classifiers: a tiny net (smoke), a small CNN (quick, Fashion-MNIST) and the CIFAR ResNet-18 (paper); and the
 flat view of a model's state (one vector) that aggregators and defenses work on."""
+
 from __future__ import annotations
 
 import torch
@@ -113,7 +114,7 @@ def load_flat_state(model: nn.Module, vec: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         for k in state_keys(model):
             n = sd[k].numel()
-            sd[k].copy_(vec[i:i + n].view_as(sd[k]))
+            sd[k].copy_(vec[i : i + n].view_as(sd[k]))
             i += n
     if i != vec.numel():
         raise ValueError(f"vector has {vec.numel()} entries, model state has {i}")

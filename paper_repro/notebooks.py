@@ -1,5 +1,6 @@
 """The papermill batch: run numbered notebooks and figure notebooks with parameters, executed copies to a build
 folder (the committed notebooks stay output-free)."""
+
 from __future__ import annotations
 
 import html
@@ -28,8 +29,9 @@ def figure_notebooks() -> list[Path]:
     return sorted(FIGURES_NB_DIR.glob("*.ipynb"))
 
 
-def run_notebooks(paths: list[Path], out_dir: str | Path = BUILD_DIR, progress: bool = True,
-                  **parameters) -> list[dict]:
+def run_notebooks(
+    paths: list[Path], out_dir: str | Path = BUILD_DIR, progress: bool = True, **parameters
+) -> list[dict]:
     """Execute each notebook with the ``parameters`` it declares in its ``parameters`` cell (others are not
     injected); raise on the first failing one, naming the executed copy to open. Returns name/seconds per notebook."""
     out_dir = Path(out_dir)
@@ -65,11 +67,18 @@ def _execute(paths: list[Path], out_dir: Path, progress: bool, parameters: dict)
         t = time.perf_counter()
         try:
             with environ({NOTEBOOK_ENV: str(Path(path).resolve())}):  # figures it draws are stamped with it
-                pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3",
-                                    cwd=str(path.parent), progress_bar=False)
+                pm.execute_notebook(
+                    str(path),
+                    str(out),
+                    parameters=params,
+                    kernel_name="python3",
+                    cwd=str(path.parent),
+                    progress_bar=False,
+                )
         except pm.PapermillExecutionError as e:
-            raise RuntimeError(f"{path.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
-                               f"The executed copy is {out}.") from None
+            raise RuntimeError(
+                f"{path.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The executed copy is {out}."
+            ) from None
         done.append({"notebook": path.name, "seconds": round(time.perf_counter() - t, 1)})
     return done
 
@@ -89,25 +98,37 @@ def render_report(executed: list[Path], out_dir: str | Path) -> Path:
         body, _ = exporter.from_notebook_node(nb)
         target = out_dir / f"{path.stem}.html"
         target.write_text(body)
-        title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"
-                      and c.source.strip()), path.stem)
+        title = next(
+            (c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown" and c.source.strip()),
+            path.stem,
+        )
         items.append(f'<li><a href="{target.name}">{html.escape(title)}</a></li>')
     index = out_dir / "index.html"
-    index.write_text("<!doctype html><meta charset='utf-8'><title>fmfl-backdoor notebooks</title>"
-                     "<h1>Executed notebooks (a reconstruction of arXiv 2410.17573)</h1><ul>" + "".join(items) +
-                     "</ul>")
+    index.write_text(
+        "<!doctype html><meta charset='utf-8'><title>fmfl-backdoor notebooks</title>"
+        "<h1>Executed notebooks (a reconstruction of arXiv 2410.17573)</h1><ul>" + "".join(items) + "</ul>"
+    )
     return index
 
 
 # ------------------------------------------------------------------------------------------ nbval references
 NBVAL_DIR = REPO_ROOT / "tests" / "nbval"
-NBVAL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
-             "MKL_CBWR": "COMPATIBLE", "DNNL_MAX_CPU_ISA": "SSE41", "PAPER_REPRO_PROGRESS": "text",
-             "HF_HUB_OFFLINE": "1"}
+NBVAL_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "DNNL_MAX_CPU_ISA": "SSE41",
+    "PAPER_REPRO_PROGRESS": "text",
+    "HF_HUB_OFFLINE": "1",
+}
 """Environment of the kernels that make and check the references: one thread and torch's, oneDNN's and MKL's
 portable code paths, so that the same smoke run gives the same numbers on CPUs with other vector units."""
-NBVAL_PARAMETERS = {"profile": "smoke", "results_dir": "../../build/nbval/results",
-                    "figures_dir": "../../build/nbval/figures"}
+NBVAL_PARAMETERS = {
+    "profile": "smoke",
+    "results_dir": "../../build/nbval/results",
+    "figures_dir": "../../build/nbval/figures",
+}
 """Injected into every reference (paths relative to ``NBVAL_DIR``, where nbval starts the kernel)."""
 CHECK_TAG = "nbval-check-output"
 """Cells whose outputs nbval compares (``pytest --nbval-lax``); every other cell must only run without error."""
@@ -127,8 +148,14 @@ def make_nbval_references(out_dir: str | Path = NBVAL_DIR, progress: bool = True
     with environ(NBVAL_ENV):
         for path in tqdm(numbered_notebooks(), desc="nbval references", disable=not progress):
             out = out_dir / path.name
-            pm.execute_notebook(str(path), str(out), parameters=NBVAL_PARAMETERS, kernel_name="python3",
-                                cwd=str(out_dir), progress_bar=False)
+            pm.execute_notebook(
+                str(path),
+                str(out),
+                parameters=NBVAL_PARAMETERS,
+                kernel_name="python3",
+                cwd=str(out_dir),
+                progress_bar=False,
+            )
             nb = nbformat.read(out, as_version=4)
             for cell in nb.cells:
                 cell.metadata.pop("papermill", None)

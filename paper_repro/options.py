@@ -1,6 +1,7 @@
 """How a run executes, kept apart from what it computes (the science config): device, local-training engine,
 evaluation batch, training sharing, compilation, threads and parallel jobs. None of these is part of a run's key,
 because none changes results beyond float rounding (tests compare them side by side)."""
+
 from __future__ import annotations
 
 import re
@@ -32,9 +33,9 @@ class RunOptions:
     """Images per forward pass in evaluation, for the teachers' logits and in defenses. On a CPU a few dozen images
     stay in cache (~3× faster than 1,000); on a GPU larger is better."""
     share_training: bool = True
-    """A run whose defense acts only at step 5 on a view of the fused model (``Defense.trains_like_none``)
-    replays the weights of the same run without a defense instead of training again (same results; costs one saved
-    trajectory per no-defense run: rounds × parameters × 4 bytes, 18 MB in quick)."""
+    """A run whose defense acts only at step 5 on a view of the fused model (``Defense.trains_like_none``) is
+    computed on the training of the same run without a defense, side by side with the other such defenses of the
+    batch, instead of training again (same results: tests/test_runner.py)."""
     compile: bool = False
     """Sample the FM through ``torch.compile`` (a C++ compiler is needed on CPU; ~1 min to compile, then faster)."""
     threads: int = 0
@@ -73,16 +74,17 @@ class RunOptions:
         for name, low in (("eval_batch_size", 1), ("jobs", 1), ("threads", 0), ("cpus_per_run", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise OptionsError(f"{name}={v!r} must be an integer >= {low}"
-                                   + (" (0 = torch's default)" if name == "threads" else ""))
+                raise OptionsError(
+                    f"{name}={v!r} must be an integer >= {low}"
+                    + (" (0 = torch's default)" if name == "threads" else "")
+                )
         for name in ("share_training", "compile", "fast", "ledger"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name}={getattr(self, name)!r} must be True or False")
 
     @classmethod
     def for_profile(cls, profile: str, **overrides) -> RunOptions:
-        """The defaults of a profile (``paper``: a GPU, large evaluation batches, no saved trajectories, since a
-        ResNet-18 trajectory of 50 rounds would be 2.3 GB), with ``overrides`` applied."""
+        """The defaults of a profile (``paper``: a GPU and large evaluation batches), with ``overrides`` applied."""
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
@@ -90,8 +92,13 @@ class RunOptions:
         return replace(cls(**_PROFILE_OPTIONS.get(profile, {})), **overrides)
 
 
+def options_for(profile: str, options: RunOptions | None = None) -> RunOptions:
+    """The run options: those given, else ``profile``'s defaults. The one place that makes default options."""
+    return options if options is not None else RunOptions.for_profile(profile)
+
+
 _PROFILE_OPTIONS = {
     "smoke": {"eval_batch_size": 200},
     "quick": {"eval_batch_size": 32},
-    "paper": {"device": "cuda", "eval_batch_size": 1000, "share_training": False},
+    "paper": {"device": "cuda", "eval_batch_size": 1000},
 }

@@ -1,4 +1,5 @@
 """Client partitions as pure functions: labels + a numpy Generator → one index array per client."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,14 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
     return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
 
 
-def dirichlet(labels: np.ndarray, num_clients: int, beta: float, rng: np.random.Generator, min_size: int = 10,
-              max_tries: int = 1000) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    beta: float,
+    rng: np.random.Generator,
+    min_size: int = 10,
+    max_tries: int = 1000,
+) -> list[np.ndarray]:
     """Per class c, split its samples over clients with proportions p_c ~ Dir(β·1); redraw until every client
     holds at least ``min_size`` samples. [C: Hsu et al. 2019; used by 2401.10375 with β = 0.1]"""
     if beta <= 0:
@@ -28,12 +35,12 @@ def dirichlet(labels: np.ndarray, num_clients: int, beta: float, rng: np.random.
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= min_size:
             return out
-    raise RuntimeError(f"dirichlet: no split with min_size={min_size} in {max_tries} draws; lower min_size or "
-                       f"raise beta={beta}")
+    raise RuntimeError(
+        f"dirichlet: no split with min_size={min_size} in {max_tries} draws; lower min_size or raise beta={beta}"
+    )
 
 
-def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator
-           ) -> list[np.ndarray]:
+def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Sort by label, cut into ``num_clients·shards_per_client`` equal shards, deal them out at random.
     [C: McMahan et al. 2017]"""
     n_shards = num_clients * shards_per_client
@@ -44,8 +51,15 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in deal]
 
 
-def make_partition(labels: np.ndarray, num_clients: int, kind: str, rng: np.random.Generator, beta: float = 0.5,
-                   min_size: int = 10, shards_per_client: int = 2) -> list[np.ndarray]:
+def make_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    kind: str,
+    rng: np.random.Generator,
+    beta: float = 0.5,
+    min_size: int = 10,
+    shards_per_client: int = 2,
+) -> list[np.ndarray]:
     """Dispatch on ``kind`` ∈ {iid, dirichlet, shards}."""
     if kind == "iid":
         return iid(labels, num_clients, rng)

@@ -4,6 +4,7 @@ Every figure is drawn in one seaborn style (:data:`STYLE`, applied per figure th
 importing this module changes no global setting); statistical figures use seaborn: per-round curves with seed bands
 (mean ± std), annotated heatmaps, point/bar plots with error bars.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,12 @@ from .data import ImageSet
 
 DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
-STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.8),
-         "axes.prop_cycle": mpl.cycler(color=sns.color_palette("colorblind")), "figure.dpi": 100}
+STYLE = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("notebook", font_scale=0.8),
+    "axes.prop_cycle": mpl.cycler(color=sns.color_palette("colorblind")),
+    "figure.dpi": 100,
+}
 """The style of every figure (seaborn whitegrid, colour-blind palette)."""
 
 
@@ -40,13 +45,19 @@ def styled(plot):
 
     return wrapped
 
-ATTACK_LABELS = {"none": "no attack", "classic": "classic (malicious clients)", "fm": "FM attack (poisoned synthetic)",
-                 "both": "classic + FM"}
+
+ATTACK_LABELS = {
+    "none": "no attack",
+    "classic": "classic (malicious clients)",
+    "fm": "FM attack (poisoned synthetic)",
+    "both": "classic + FM",
+}
 
 
 @styled
-def sample_grid(data: ImageSet, n_per_class: int = 8, title: str = "", highlight: np.ndarray | None = None,
-                seed: int = 0):
+def sample_grid(
+    data: ImageSet, n_per_class: int = 8, title: str = "", highlight: np.ndarray | None = None, seed: int = 0
+):
     """Rows = classes, columns = ``n_per_class`` random images of that class; ``highlight`` indices framed red."""
     rng = np.random.default_rng(seed)
     hl = set(np.asarray(highlight).tolist()) if highlight is not None else set()
@@ -103,8 +114,9 @@ def rounds(history: pd.DataFrame, hue: str = "attack", title: str = "", labels: 
     data = history.assign(**{hue: history[hue].map(lambda k: labels.get(k, k))})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, m, name in zip(axes, ("acc", "asr"), ("ACC: clean test accuracy", "ASR: triggered non-target → target")):
-        sns.lineplot(data=data, x="round", y=m, hue=hue, errorbar="sd", marker="o", markersize=4, ax=ax,
-                     legend=ax is axes[1])
+        sns.lineplot(
+            data=data, x="round", y=m, hue=hue, errorbar="sd", marker="o", markersize=4, ax=ax, legend=ax is axes[1]
+        )
         ax.set_xlabel("FL round (0 = after synthetic initialisation)")
         ax.set_ylabel(name)
         ax.set_ylim(-0.02, 1.02)
@@ -135,8 +147,10 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
     metrics = [m for m in ("acc", "asr") if m in table.columns.get_level_values(0)]
     wide = max(len(table[m].columns) for m in metrics) > 4  # many attacks: panels one above the other
     w, h = max(4.6, 0.75 * len(table[metrics[0]].columns) + 1.8), 0.36 * len(table) + (2.4 if wide else 1.6)
-    fig, axes = plt.subplots(*((len(metrics), 1) if wide else (1, len(metrics))),
-                             figsize=(w, h * len(metrics)) if wide else (w * len(metrics), h))
+    fig, axes = plt.subplots(
+        *((len(metrics), 1) if wide else (1, len(metrics))),
+        figsize=(w, h * len(metrics)) if wide else (w * len(metrics), h),
+    )
     axes = np.atleast_1d(axes)
     for ax, m, cmap in zip(axes, metrics, ("Greens", "Reds")):
         sub = table[m].astype(float)
@@ -145,10 +159,26 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
             sd = spread[m].reindex_like(sub).astype(float)
             text = text + sd.map(lambda v: "" if pd.isna(v) else f"\n±{v:.2f}")
         lo, hi = (0.0, 1.0) if m == "asr" else (float(np.nanmin(sub.values)), float(np.nanmax(sub.values)))
-        sns.heatmap(sub, ax=ax, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3), annot=text.values, fmt="",
-                    annot_kws={"fontsize": 7}, cbar_kws={"fraction": 0.05}, linewidths=0.5, linecolor="white")
-        ax.set_xticks(np.arange(sub.shape[1]) + 0.5, [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
-                      fontsize=8, rotation=30 if wide else 0, ha="right" if wide else "center")
+        sns.heatmap(
+            sub,
+            ax=ax,
+            cmap=cmap,
+            vmin=lo,
+            vmax=max(hi, lo + 1e-3),
+            annot=text.values,
+            fmt="",
+            annot_kws={"fontsize": 7},
+            cbar_kws={"fraction": 0.05},
+            linewidths=0.5,
+            linecolor="white",
+        )
+        ax.set_xticks(
+            np.arange(sub.shape[1]) + 0.5,
+            [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
+            fontsize=8,
+            rotation=30 if wide else 0,
+            ha="right" if wide else "center",
+        )
         ax.set_yticks(np.arange(sub.shape[0]) + 0.5, sub.index, fontsize=8, rotation=0)
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -166,9 +196,20 @@ def asr_rounds(history: pd.DataFrame, defenses: list[str], title: str = ""):
     data = history[history["defense"].isin(defenses)]
     order = [d for d in defenses if d in set(data["defense"])]
     for ax, attack in zip(axes[0], attacks):
-        sns.lineplot(data=data[data["attack"] == attack], x="round", y="asr", hue="defense", hue_order=order,
-                     size="defense", sizes={d: 2.4 if d == "act_bound" else 1.2 for d in order}, errorbar="sd",
-                     marker="o", markersize=4, ax=ax, legend=ax is axes[0][-1])
+        sns.lineplot(
+            data=data[data["attack"] == attack],
+            x="round",
+            y="asr",
+            hue="defense",
+            hue_order=order,
+            size="defense",
+            sizes={d: 2.4 if d == "act_bound" else 1.2 for d in order},
+            errorbar="sd",
+            marker="o",
+            markersize=4,
+            ax=ax,
+            legend=ax is axes[0][-1],
+        )
         ax.set_title(ATTACK_LABELS.get(attack, attack), fontsize=9)
         ax.set_xlabel("FL round (0 = after synthetic initialisation)")
         ax.set_ylim(-0.02, 1.02)
@@ -185,8 +226,9 @@ def activation_hist(scores: pd.DataFrame, title: str = "", bins: int = 40):
     of the trigger-sensitive units, clean vs triggered inputs (``studies.activations.activation_scores``)."""
     attacks = [a for a in ("none", "classic", "fm") if a in set(scores["attack"])]
     models = [m for m in ("no defense", "act_bound") if m in set(scores["model"])]
-    fig, axes = plt.subplots(len(models), len(attacks), figsize=(4.2 * len(attacks), 2.8 * len(models)),
-                             squeeze=False, sharex="col")
+    fig, axes = plt.subplots(
+        len(models), len(attacks), figsize=(4.2 * len(attacks), 2.8 * len(models)), squeeze=False, sharex="col"
+    )
     for j, attack in enumerate(attacks):
         sub = scores[scores["attack"] == attack]
         edges = np.linspace(0, max(float(sub["score"].max()), 1e-3), bins + 1)
@@ -242,10 +284,20 @@ def ablation(df: pd.DataFrame, title: str = ""):
             st = g.assign(v=g["value"].astype(str)).groupby("v")[["acc", "asr"]].agg(["mean", "std"]).reindex(order)
             x = [order.index(v) for v in st.index]
             color = colors[d]
-            ax.errorbar(x, st[("asr", "mean")], st[("asr", "std")].fillna(0), marker="o", ms=4, color=color,
-                        label=f"{d}: ASR")
-            ax.errorbar(x, st[("acc", "mean")], st[("acc", "std")].fillna(0), marker="s", ms=3, ls="--",
-                        color=color, alpha=0.7, label=f"{d}: ACC")
+            ax.errorbar(
+                x, st[("asr", "mean")], st[("asr", "std")].fillna(0), marker="o", ms=4, color=color, label=f"{d}: ASR"
+            )
+            ax.errorbar(
+                x,
+                st[("acc", "mean")],
+                st[("acc", "std")].fillna(0),
+                marker="s",
+                ms=3,
+                ls="--",
+                color=color,
+                alpha=0.7,
+                label=f"{d}: ACC",
+            )
         ax.set_xticks(range(len(order)), order, fontsize=8)
         ax.set_xlabel(sub["label"].iloc[0], fontsize=8)
         ax.set_ylim(-0.02, 1.02)
@@ -272,8 +324,13 @@ def overhead(grid: pd.DataFrame, title: str = ""):
     ax.barh(y, rest, color="lightgray", label="rest of the round (local training, fusion, evaluation)")
     ax.barh(y, g["defense_seconds"], left=rest, color="tab:orange", label="defense")
     for i, (d, s) in enumerate(g.iterrows()):
-        ax.text(s["round_seconds"] * 1.01, i, f"{100 * s['defense_seconds'] / s['round_seconds']:.1f} %",
-                va="center", fontsize=7)
+        ax.text(
+            s["round_seconds"] * 1.01,
+            i,
+            f"{100 * s['defense_seconds'] / s['round_seconds']:.1f} %",
+            va="center",
+            fontsize=7,
+        )
     ax.set_yticks(y, g.index, fontsize=8)
     ax.set_xlabel("wall-clock seconds per FL round")
     ax.set_xlim(0, g["round_seconds"].max() * 1.15)

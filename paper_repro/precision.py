@@ -1,5 +1,6 @@
 """The arithmetic of a computation: bf16 autocast as an option (its own module so that the FM sampler's cache key,
 which covers the code it runs, does not depend on the training code)."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@ also checks the attack and defense names and parameters against their registries
 
 Why the quick profile deviates from the paper's grid is written up in docs/paper.md ("The quick profile").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +15,17 @@ from .config import PROFILES, Config, ConfigError, _choice
 
 _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
-        "data": {"dataset": "synthetic_blobs", "public_size": 200, "client_size": 400, "test_size": 200,
-                 "min_size": 4},
+        "data": {"dataset": "synthetic_blobs", "public_size": 200, "client_size": 400, "test_size": 200, "min_size": 4},
         "fm": {"source": "real_public", "n_per_class": 10, "num_inference_steps": 2, "batch_size": 50},
         "model": {"name": "tiny"},
-        "fl": {"num_clients": 6, "clients_per_round": 5, "num_rounds": 2, "init_epochs": 1, "kd_epochs": 1,
-               "batch_size": 16},
+        "fl": {
+            "num_clients": 6,
+            "clients_per_round": 5,
+            "num_rounds": 2,
+            "init_epochs": 1,
+            "kd_epochs": 1,
+            "batch_size": 16,
+        },
     },
     # 2 CPU cores: Fashion-MNIST, 20 clients, 10 rounds, a 20:1 local:KD learning-rate ratio, and a classic attack
     # strong enough to show within 10 rounds (4 of 20 clients, update ×5, half their non-target data poisoned)
@@ -28,23 +34,54 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "fm": {"source": "ddpm", "n_per_class": 200},
         "model": {"name": "cnn", "channels_last": True},
         "attack": {"num_malicious": 4, "boost": 5.0, "client_poison_ratio": 0.5},
-        "fl": {"num_clients": 20, "clients_per_round": 5, "num_rounds": 10, "local_epochs": 1, "lr": 0.05,
-               "kd_lr": 2.5e-3, "batch_size": 32, "init_epochs": 10, "kd_epochs": 3},
+        "fl": {
+            "num_clients": 20,
+            "clients_per_round": 5,
+            "num_rounds": 10,
+            "local_epochs": 1,
+            "lr": 0.05,
+            "kd_lr": 2.5e-3,
+            "batch_size": 32,
+            "init_epochs": 10,
+            "kd_epochs": 3,
+        },
     },
     "paper": {
-        "data": {"dataset": "cifar10", "public_size": 10_000, "client_size": 0, "partition": "dirichlet",
-                 "beta": 0.1, "min_size": 20},
-        "fm": {"source": "stable_diffusion", "checkpoint": "data/fm/stable-diffusion", "n_per_class": 1000,
-               "num_inference_steps": 50, "guidance_scale": 7.5},
+        "data": {
+            "dataset": "cifar10",
+            "public_size": 10_000,
+            "client_size": 0,
+            "partition": "dirichlet",
+            "beta": 0.1,
+            "min_size": 20,
+        },
+        "fm": {
+            "source": "stable_diffusion",
+            "checkpoint": "data/fm/stable-diffusion",
+            "n_per_class": 1000,
+            "num_inference_steps": 50,
+            "guidance_scale": 7.5,
+        },
         "model": {"name": "resnet18", "channels_last": True},
-        "fl": {"num_clients": 100, "clients_per_round": 10, "num_rounds": 50, "local_epochs": 3, "init_epochs": 10,
-               "kd_epochs": 3},
+        "fl": {
+            "num_clients": 100,
+            "clients_per_round": 10,
+            "num_rounds": 50,
+            "local_epochs": 3,
+            "init_epochs": 10,
+            "kd_epochs": 3,
+        },
     },
 }
 
 # execution settings that once lived in the config: saved configs may still hold them; new code passes RunOptions
-MOVED_TO_OPTIONS = {"device": "device", "fl.engine": "engine", "fl.eval_batch_size": "eval_batch_size",
-                    "fl.share_training": "share_training", "fm.compile": "compile"}
+MOVED_TO_OPTIONS = {
+    "device": "device",
+    "fl.engine": "engine",
+    "fl.eval_batch_size": "eval_batch_size",
+    "fl.share_training": "share_training",
+    "fm.compile": "compile",
+}
 
 
 def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
@@ -53,8 +90,10 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
     for k in sorted(unknown):
         moved = MOVED_TO_OPTIONS.get(k if where == "config" else f"{where}.{k}")
         if moved:
-            raise ConfigError(f"{k if where == 'config' else where + '.' + k} is an execution setting, not part of "
-                              f"the science config: pass paper_repro.RunOptions({moved}=...) to run_experiment")
+            raise ConfigError(
+                f"{k if where == 'config' else where + '.' + k} is an execution setting, not part of "
+                f"the science config: pass paper_repro.RunOptions({moved}=...) to run_experiment"
+            )
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; known keys: {sorted(names)}")
     kwargs = {}
@@ -66,30 +105,37 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
             kwargs[k] = v
         elif dataclasses.is_dataclass(cur):
             name = k if where == "config" else f"{where}.{k}"
-            raise ConfigError(f"{name}={v!r} must be a mapping of its fields, e.g. {name}={{...}}; known fields: "
-                              f"{sorted(f.name for f in fields(cur))}")
+            raise ConfigError(
+                f"{name}={v!r} must be a mapping of its fields, e.g. {name}={{...}}; known fields: "
+                f"{sorted(f.name for f in fields(cur))}"
+            )
         else:
             kwargs[k] = tuple(v) if isinstance(v, list) else v
     return replace(obj, **kwargs)
 
 
-def check_registered(cfg: Config) -> Config:
-    """Raise :class:`ConfigError` unless the config's attack and defense exist in their registries and accept the
-    given parameters (the error lists the known names, or the accepted parameters)."""
+def build_checked(cfg: Config) -> tuple[attacks.Attack, defenses.Defense]:
+    """The config's attack and defense, built once: raises :class:`ConfigError` unless both exist in their
+    registries and accept the given parameters (the error lists the known names, or the accepted parameters) and
+    the config suits them (``check_config``). Builds are cheap (no data): the range checks run now, not in round 1."""
     if cfg.attack.kind not in attacks.names():
         raise ConfigError(f"attack.kind={cfg.attack.kind!r} is unknown; choose one of {attacks.names()}")
-    try:
-        attacks.resolved_params(cfg.attack.kind, cfg.attack.params)
-        attacks.REGISTRY[cfg.attack.kind].check_config(cfg)
-        attacks.build(cfg)  # cheap (no data): the attack's own range checks run now, not in round 1
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     if cfg.defense.name not in defenses.names():
         raise ConfigError(f"defense.name={cfg.defense.name!r} is unknown; known defenses: {defenses.names()}")
     try:
-        defenses.get(cfg.defense.name, **cfg.defense.params).check_config(cfg)
+        attacks.resolved_params(cfg.attack.kind, cfg.attack.params)
+        attacks.REGISTRY[cfg.attack.kind].check_config(cfg)
+        attack = attacks.build(cfg)
+        defense = defenses.get(cfg.defense.name, **cfg.defense.params)
+        defense.check_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return attack, defense
+
+
+def check_registered(cfg: Config) -> Config:
+    """``cfg``, once :func:`build_checked` accepts it."""
+    build_checked(cfg)
     return cfg
 
 

@@ -1,6 +1,7 @@
 """Progress bars: ``tqdm.auto`` (a widget in JupyterLab, text in a terminal), or plain text when
 ``$PAPER_REPRO_PROGRESS`` is ``text`` — what the papermill batch sets, so that executed copies read as text instead of
 holding widget views that render as nothing outside a live kernel."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """A registry: name → class for one kind of component (attacks, defenses), so that a new one is one file plus one
 line (or one ``register`` call from the user's own code)."""
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ def check_param(owner: str, key: str, value, default, annotation: str = "") -> N
     """Reject a parameter value of the wrong kind for its default/annotation: a count must be an int >= 0 (a bool or
     2.5 is not a count), a number finite and >= 0, a name a non-empty string, an optional number (default None)
     None or > 0."""
+
     def bad(what: str) -> None:
         raise ValueError(f"{owner}: {key}={value!r} must be {what} (default {default!r})")
 

@@ -3,10 +3,11 @@ is written (all files, then one atomic rename) and how finished runs are read ba
 
 A run folder ``<profile>_<attack>_<defense>_<partition>_s<seed>_<key>/`` holds ``config.json`` (resolved config,
 key, data digests, provenance), ``metrics.csv`` (one row per round), ``indices.npz`` (partition, poisoned indices,
-malicious clients), ``flagged.json``, for a run that others replay ``trajectory.pt``, and, written last,
+malicious clients), ``flagged.json``, for a run computed with ``keep_model`` ``model.pt``, and, written last,
 ``complete.json``: the SHA-256 of every other file. Only a folder with a completion record whose small files match
 it counts as a run; anything else (a half-written, hidden, truncated or edited folder) is recomputed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,17 @@ from .config import Config
 from .profiles import without_moved
 from .store import default_results_dir, stable_hash
 
-TRAJECTORY = "trajectory.pt"
+MODEL = "model.pt"
+"""The final fused weights, in the folder of a run computed with ``keep_model=True`` (never in the ledger)."""
 COMPLETE = "complete.json"
 CHECKED_ON_READ = ("config.json", "metrics.csv", "flagged.json", "indices.npz")
-"""Files whose checksums are verified whenever a run is read (the trajectory is verified when it is replayed)."""
-LATER_FIELDS = {("fl", "precision"): "fp32", ("fm", "precision"): "fp32", ("attack", "params"): {},
-                ("attack", "mapping"): "all_to_one"}
+"""Files whose checksums are verified whenever a run is read (the saved model when it is asked for)."""
+LATER_FIELDS = {
+    ("fl", "precision"): "fp32",
+    ("fm", "precision"): "fp32",
+    ("attack", "params"): {},
+    ("attack", "mapping"): "all_to_one",
+}
 """Fields added after runs were cached: left out of the key while at these defaults, so old runs keep their key."""
 PROVENANCE = "reconstruction of arXiv 2410.17573 (see docs/paper.md); not the paper's numbers"
 
@@ -137,11 +143,29 @@ def git_state() -> dict:
     from .store import REPO_ROOT
 
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude)data/ledger"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(REPO_ROOT),
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ".",
+                    ":(exclude)data/ledger",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
@@ -157,8 +181,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_run(run_dir: Path, meta: dict, history: pd.DataFrame, indices: dict[str, np.ndarray],
-              flagged: list[list[int]], extra: dict | None = None) -> Path:
+def write_run(
+    run_dir: Path,
+    meta: dict,
+    history: pd.DataFrame,
+    indices: dict[str, np.ndarray],
+    flagged: list[list[int]],
+    extra: dict | None = None,
+) -> Path:
     """Write every file of a run (:func:`publish`); ``extra``: file name → function writing that file. The
     completion record, written last, holds the SHA-256 of every other file."""
 
@@ -251,8 +281,13 @@ def clean_leftovers(results_dir: Path) -> list[Path]:
     removed = []
     for p in sorted(results_dir.glob(".[to][ml][pd]_*")):
         parts = p.name.split("_", 2)
-        if not (p.is_dir() and parts[0] in (".tmp", ".old") and len(parts) > 2 and parts[1].isdigit()
-                and not _alive(int(parts[1]))):
+        if not (
+            p.is_dir()
+            and parts[0] in (".tmp", ".old")
+            and len(parts) > 2
+            and parts[1].isdigit()
+            and not _alive(int(parts[1]))
+        ):
             continue
         target = results_dir / parts[2]
         if parts[0] == ".old" and not target.exists() and not damage(p):
@@ -269,8 +304,9 @@ def clean_leftovers(results_dir: Path) -> list[Path]:
 def runs_provenance(run_names, results_dir: str | Path | None = None) -> dict:
     """What made a set of runs (e.g. the rows of a table), read from their folders: :func:`provenance_of`."""
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    return provenance_of([json.loads((results_dir / name / "config.json").read_text())
-                          for name in sorted(set(run_names))])
+    return provenance_of(
+        [json.loads((results_dir / name / "config.json").read_text()) for name in sorted(set(run_names))]
+    )
 
 
 def provenance_of(metas: list[dict]) -> dict:
@@ -280,9 +316,13 @@ def provenance_of(metas: list[dict]) -> dict:
 
     seen: dict[str, Counter] = {f: Counter() for f in ("git", "code", "versions", "options", "machine")}
     for meta in metas:
-        for field, value in (("git", meta.get("git")), ("code", meta["hashes"].get("code")),
-                             ("versions", meta.get("versions")), ("options", meta.get("options")),
-                             ("machine", meta.get("machine"))):
+        for field, value in (
+            ("git", meta.get("git")),
+            ("code", meta["hashes"].get("code")),
+            ("versions", meta.get("versions")),
+            ("options", meta.get("options")),
+            ("machine", meta.get("machine")),
+        ):
             seen[field][json.dumps(value, sort_keys=True)] += 1
     return {field: [{"value": json.loads(v), "runs": n} for v, n in c.most_common()] for field, c in seen.items()}
 

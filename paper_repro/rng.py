@@ -1,5 +1,6 @@
 """Named random streams derived from one seed, so each purpose (partition, poisoning, client k at round t) is
 independent of the others and of the order in which they are asked for. No global RNG is touched."""
+
 from __future__ import annotations
 
 import hashlib

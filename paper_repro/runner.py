@@ -1,38 +1,38 @@
-"""Running experiments: one config into one run folder (:func:`run_experiment`, served from the folder on a
-rerun), and many configs at once (:func:`run_many`, side by side in worker processes)."""
+"""Running experiments, one path for one config and for many: each config is *planned* (validated, its defense
+built, its key computed from the config and the keys of its inputs, so nothing is loaded or drawn yet), *served*
+from its run folder or the run ledger when that run exists, and otherwise *computed*. A run whose defense acts only
+after fusion (``Defense.trains_like_none``) is computed on the training of the same run without a defense, side by
+side with every other such defense of the batch (:func:`paper_repro.fl.run_federated`'s ``alongside``): one training,
+one run folder and key per defense."""
+
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import defenses, ledger
+from .attacks import Attack
 from .cliargs import writable_dir
 from .codehash import run_code_files
 from .config import Config, DefenseConfig
-from .fl import run_federated
-from .fm.synthetic import synthetic_key_hash
-from .inputs import prepare
-from .options import OptionsError, RunOptions
-from .profiles import check_registered
+from .execution import allocator_env, check_device, threads
+from .fl import FLOutput, run_federated
+from .initial import cached_initial_model, initial_model_key
+from .inputs import Prepared, prepare, run_hashes
+from .options import RunOptions, options_for
+from .profiles import build_checked
 from .progress import tqdm
-from .replay import (
-    Trajectory,
-    TrajectoryError,
-    TrajectoryRecorder,
-    cached_initial_model,
-    initial_model_key,
-    replay_federated,
-)
 from .results import (
+    MODEL,
     PROVENANCE,
-    TRAJECTORY,
     RunResult,
     clean_leftovers,
     damage,
@@ -46,28 +46,93 @@ from .results import (
 )
 from .store import cache_dir, default_results_dir
 
-__all__ = ["run_experiment", "run_many", "training_trajectory", "keep_freed_memory", "load_results"]
+__all__ = ["run_experiment", "run_many", "plan_run", "final_model", "load_results"]
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """torch's intra-op thread count set to ``n`` (0: unchanged) for the block, restored afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+@dataclass(frozen=True)
+class Run:
+    """One planned run, known before any data is loaded: its (validated) config, how it executes, its attack and
+    defense (built once, here), what besides the config makes it (:func:`paper_repro.inputs.run_hashes`), its key
+    and its folder."""
+
+    cfg: Config
+    opts: RunOptions
+    attack: Attack
+    defense: defenses.Defense
+    hashes: dict
+    key: str
+    run_dir: Path
+
+    @property
+    def training(self) -> Config:
+        """The config whose training this run uses: the same run without a defense when its defense acts only after
+        fusion (and ``share_training``), else its own."""
+        return (
+            replace(self.cfg, defense=DefenseConfig())
+            if shares_training(self.cfg, self.opts, self.defense)
+            else self.cfg
+        )
 
 
-def check_device(device: str) -> None:
-    """Raise :class:`OptionsError` before any work when ``device`` is not available on this machine."""
-    kind, _, index = device.partition(":")
-    count = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available())}.get(kind)
-    if count is not None and count() <= int(index or 0):
-        raise OptionsError(f"device={device!r}, but torch sees {count()} {kind} device(s) on this machine; "
-                           "use RunOptions(device='cpu') (the smoke and quick profiles run on CPU)")
+@dataclass(frozen=True)
+class Job:
+    """One training and the runs served from it: ``lead`` (the run it is the training of; written unless
+    ``write_lead`` is False, when it exists already) and ``alongside`` (post-fusion defenses on the same training)."""
+
+    lead: Run
+    alongside: tuple[Run, ...] = ()
+    write_lead: bool = True
+    progress: bool = False
+    force: bool = False
+    keep_model: bool = False
+
+
+def in_fast_mode(cfg: Config) -> Config:
+    """``cfg`` with ``fl.precision="bf16"``: what :attr:`RunOptions.fast` runs."""
+    return replace(cfg, fl=replace(cfg.fl, precision="bf16"))
+
+
+def shares_training(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = None) -> bool:
+    """Whether ``cfg``'s run is computed on the training of its no-defense run (``defense``: its instance, if built)."""
+    if not opts.share_training or cfg.defense.name == "none" or opts.engine == "flower":
+        return False
+    return (defense or defenses.get(cfg.defense.name, **cfg.defense.params)).trains_like_none
+
+
+def plan_run(cfg: Config, results_dir: str | Path | None = None, options: RunOptions | None = None) -> Run:
+    """Validate ``cfg`` and the options (device included), build its defense and key it; loads no data."""
+    opts = options_for(cfg.profile, options)
+    cfg = in_fast_mode(cfg) if opts.fast else cfg
+    attack, defense = build_checked(cfg)
+    check_device(opts.device)
+    hashes = run_hashes(cfg)
+    key = run_key(cfg, hashes)
+    folder = Path(results_dir) if results_dir is not None else default_results_dir()
+    return Run(cfg, opts, attack, defense, hashes, key, folder / run_name(cfg, key))
+
+
+def served(run: Run, keep_model: bool = False) -> RunResult | None:
+    """The finished run from its folder (or materialised from the ledger into it), or None when it must be computed
+    (absent, incomplete: said in a warning, or without the saved model that ``keep_model`` asks for)."""
+    folder, run_dir = run.run_dir.parent, run.run_dir
+    if folder.is_dir():
+        clean_leftovers(folder)  # puts back a run whose forced rerun was killed mid-swap
+    if not run_dir.exists() and not writable_dir(folder):
+        ledger.materialise(run_dir.name, folder)  # a run recorded in the ledger is served like a folder
+    if not run_dir.exists():
+        return None
+    if problems := damage(run_dir):
+        warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=3)
+        return None
+    if keep_model and damage(run_dir, (MODEL,)):
+        return None
+    if run.opts.ledger:
+        ledger.write_record(run_dir)
+    return RunResult.load(run_dir)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _attack_record(attack) -> dict:
@@ -79,191 +144,189 @@ def _attack_record(attack) -> dict:
     return json.loads(json.dumps(rec, default=float))
 
 
-def in_fast_mode(cfg: Config) -> Config:
-    """``cfg`` with ``fl.precision="bf16"``: what :attr:`RunOptions.fast` runs."""
-    return replace(cfg, fl=replace(cfg.fl, precision="bf16"))
+def _write(
+    run: Run, prep: Prepared, out: FLOutput, inputs: dict, times: tuple[float, str], keep_model: bool
+) -> RunResult:
+    """Write one computed run's folder (and its ledger record when asked)."""
+    t0, started = times
+    history = pd.DataFrame(out.history)
+    for col, value in (("seed", run.cfg.seed), ("defense", run.cfg.defense.name), ("attack", run.cfg.attack.kind)):
+        history.insert(0, col, value)
+    history["total_seconds"] = time.perf_counter() - t0
+    attack = prep.inputs.attack
+    meta = {
+        "config": run.cfg.to_dict(),
+        "config_hash": run.key,
+        "hashes": run.hashes,
+        "provenance": PROVENANCE,
+        "options": run.opts.__dict__,
+        "versions": versions(),
+        "git": git_state(),
+        "started": started,
+        "finished": _now(),
+        "inputs": inputs,
+        "attack": _attack_record(attack),
+        "code_files": run_code_files(type(attack), defenses.REGISTRY.lookup(run.cfg.defense.name)),
+        "machine": machine(),
+    }
+    indices = {
+        "fm_poisoned": prep.fm_poisoned,
+        "malicious": prep.malicious,
+        **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
+        **{f"client_poisoned_{k}": v for k, v in attack.poisoned_indices().items()},
+    }
+    extra = {MODEL: lambda p: torch.save(out.fused.state_dict(), p)} if keep_model else {}
+    write_run(run.run_dir, meta, history, indices, out.flagged, extra)
+    if run.opts.ledger:
+        ledger.write_record(run.run_dir)
+    return RunResult(history, run.run_dir)
 
 
-def run_experiment(cfg: Config, results_dir: str | Path | None = None, progress: bool = True, force: bool = False,
-                   record_trajectory: bool = False, options: RunOptions | None = None) -> RunResult:
-    """Run one experiment, or load it if a finished run with the same key exists (``force`` re-runs it, and every
-    cached input it would read — synthetic set, initial model, replayed run — into a fresh folder, and only then
-    replaces the old one). ``record_trajectory`` also saves the run's
-    :class:`~paper_repro.replay.Trajectory` (re-running a cached run that lacks one). ``options``: how it executes
-    (default: the profile's :class:`RunOptions`)."""
-    opts = options or RunOptions.for_profile(cfg.profile)
-    cfg = in_fast_mode(cfg) if opts.fast else cfg
-    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    check_registered(cfg)
-    check_device(opts.device)
-    defense = defenses.get(cfg.defense.name, **cfg.defense.params)
-    with _threads(opts.threads):
-        prep = prepare(cfg, progress, opts, refresh=force)
-        key = run_key(cfg, prep.hashes)
-        run_dir = results_dir / run_name(cfg, key)
-        have_trajectory = not record_trajectory or (run_dir / TRAJECTORY).exists()
-        if results_dir.is_dir():
-            clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
-        if not run_dir.exists() and not force and not writable_dir(results_dir):
-            ledger.materialise(run_dir.name, results_dir)  # a run recorded in the ledger is served like a folder
-        if run_dir.exists() and not force:
-            problems = damage(run_dir)
-            if not problems and have_trajectory:
-                if opts.ledger:
-                    ledger.write_record(run_dir)
-                return RunResult.load(run_dir)
-            if problems:
-                warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=2)
-        if why := writable_dir(results_dir):
-            raise PermissionError(f"cannot compute {run_dir.name}: {why} (pass results_dir= to say where runs go)")
+def compute(job: Job) -> list[RunResult]:
+    """Prepare the lead run's inputs, train once, serve every run of the job from that training, and write their
+    folders; results in the order lead, alongside."""
+    lead = job.lead
+    with threads(lead.opts.threads):
         t0, started = time.perf_counter(), _now()
-        recorder = None
-        inputs = {"synthetic_digest": prep.hashes["synthetic"], "synthetic_key": synthetic_key_hash(cfg),
-                  "initial_model": None, "replayed_from": None}
-        if _replays(cfg, opts, defense):
-            base_dir, base = training_trajectory(cfg, results_dir, progress, opts, with_dir=True, force=force)
-            out = replay_federated(cfg, prep.inputs, defense, base, opts, progress)
-            init_cached, inputs["replayed_from"] = True, base_dir.name
-        elif opts.engine == "flower":
-            from .flower import run_flower  # the optional extra: imported only when asked for
+        prep = prepare(lead.cfg, job.progress, lead.opts, refresh=job.force, attack=lead.attack)
+        inputs = {
+            "synthetic_digest": prep.digests["synthetic"],
+            "synthetic_key": lead.hashes["synthetic"],
+            "digests": prep.digests,
+            "initial_model": None,
+            "trained_with": None,
+        }
+        if lead.opts.engine == "flower":
+            from .integrations.flower import run_flower  # the optional extra: imported only when asked for
 
-            out, init_cached = run_flower(cfg, opts, defense), False
+            out, init_cached = run_flower(lead.cfg, lead.opts, lead.defense), False
         else:
-            model, init_cached = cached_initial_model(cfg, prep.inputs, cache_dir() / "init", opts.device, force)
-            inputs["initial_model"] = initial_model_key(cfg, prep.inputs)
-            recorder = TrajectoryRecorder(model) if record_trajectory else None
-            out = run_federated(cfg, prep.inputs, defense, opts, progress, initial_model=model, on_fused=recorder)
-        out.history[0]["init_cached"] = init_cached
-        history = pd.DataFrame(out.history)
-        history.insert(0, "seed", cfg.seed)
-        history.insert(0, "defense", cfg.defense.name)
-        history.insert(0, "attack", cfg.attack.kind)
-        history["total_seconds"] = time.perf_counter() - t0
-        meta = {"config": cfg.to_dict(), "config_hash": key, "hashes": prep.hashes, "provenance": PROVENANCE,
-                "options": opts.__dict__, "versions": versions(), "git": git_state(), "started": started,
-                "finished": _now(), "inputs": inputs, "attack": _attack_record(prep.inputs.attack),
-                "code_files": run_code_files(type(prep.inputs.attack), defenses.REGISTRY.lookup(cfg.defense.name)),
-                "machine": machine()}
-        indices = {"fm_poisoned": prep.fm_poisoned, "malicious": prep.malicious,
-                   **{f"partition_{k}": p for k, p in enumerate(prep.partition)},
-                   **{f"client_poisoned_{k}": v for k, v in prep.inputs.attack.poisoned_indices().items()}}
-        extra = {TRAJECTORY: recorder.trajectory(run_dir.name).save} if recorder is not None else {}
-        write_run(run_dir, meta, history, indices, out.flagged, extra)
-        if opts.ledger:
-            ledger.write_record(run_dir)
-    return RunResult(history, run_dir)
+            model, init_cached = cached_initial_model(
+                lead.cfg, prep.inputs, cache_dir() / "init", lead.opts.device, job.force
+            )
+            inputs["initial_model"] = initial_model_key(lead.cfg, prep.inputs)
+            out = run_federated(
+                lead.cfg,
+                prep.inputs,
+                lead.defense,
+                lead.opts,
+                job.progress,
+                initial_model=model,
+                alongside={r.key: r.defense for r in job.alongside},
+            )
+        for o in (out, *out.alongside.values()):
+            o.history[0]["init_cached"] = init_cached
+        results = [
+            _write(lead, prep, out, inputs, (t0, started), job.keep_model)
+            if job.write_lead
+            else RunResult.load(lead.run_dir)
+        ]
+        shared = {**inputs, "trained_with": lead.run_dir.name}
+        results += [_write(r, prep, out.alongside[r.key], shared, (t0, started), job.keep_model) for r in job.alongside]
+    return results
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def jobs_for(todo: list[Run], progress: bool = False, force: bool = False, keep_model: bool = False) -> list[Job]:
+    """The runs to compute, grouped by the training they use (one :class:`Job` per training; a post-fusion
+    defense's no-defense run is planned, and written too unless it exists already)."""
+    groups: dict[str, tuple[Run, list[Run], bool]] = {}
+    for run in todo:
+        if run.training == run.cfg:
+            lead, side = run, None
+        else:
+            lead, side = plan_run(run.training, run.run_dir.parent, run.opts), run
+        had = groups.get(lead.key)
+        write = lead is run or (had is not None and had[2]) or force or served(lead) is None
+        sides = [*(had[1] if had else []), *([side] if side else [])]
+        groups[lead.key] = (lead, sides, write)
+    return [Job(lead, tuple(sides), write, progress, force, keep_model) for lead, sides, write in groups.values()]
 
 
-def _replays(cfg: Config, opts: RunOptions, defense: defenses.Defense | None = None) -> bool:
-    """Whether ``cfg``'s run replays its no-defense run (``defense``: its instance, if already built)."""
-    if not opts.share_training or cfg.defense.name == "none" or opts.engine == "flower":
-        return False
-    return (defense or defenses.get(cfg.defense.name, **cfg.defense.params)).trains_like_none
+def run_experiment(
+    cfg: Config,
+    results_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+    keep_model: bool = False,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Run one experiment, or serve it if a finished run with the same key exists (``force`` re-runs it, and every
+    cached input it would read — synthetic set, initial model — into a fresh folder, and only then replaces the old
+    one). ``keep_model`` also saves the final fused weights (:func:`final_model`). ``options``: how it executes
+    (default: the profile's :class:`RunOptions`)."""
+    return run_many(
+        [cfg], results_dir, jobs=1, progress=progress, options=options, force=force, keep_model=keep_model, bar=False
+    )[0]
 
 
-def training_trajectory(cfg: Config, results_dir: str | Path | None = None, progress: bool = True,
-                        options: RunOptions | None = None, with_dir: bool = False, force: bool = False):
-    """The per-round weights of ``cfg`` without a defense (run, or loaded from that run's folder), which every
-    defense with ``trains_like_none`` shares; with ``with_dir``, (that run's folder, trajectory)."""
-    base = replace(cfg, defense=DefenseConfig())
-    res = run_experiment(base, results_dir, progress, force=force, record_trajectory=True, options=options)
-    problems = damage(res.run_dir, (TRAJECTORY,))
-    if problems:  # e.g. a trajectory copied in from another run's folder
-        warnings.warn(f"{res.run_dir / TRAJECTORY}: {'; '.join(problems)}; recomputing the run", stacklevel=2)
-        res = run_experiment(base, results_dir, progress, force=True, record_trajectory=True, options=options)
-    trajectory = Trajectory.load(res.run_dir / TRAJECTORY)
-    if trajectory.run != res.run_dir.name:
-        raise TrajectoryError(f"{res.run_dir / TRAJECTORY} was recorded by run {trajectory.run!r}, not by "
-                              f"{res.run_dir.name!r}: delete that folder to recompute it")
-    return (res.run_dir, trajectory) if with_dir else trajectory
+def final_model(result: RunResult) -> dict[str, torch.Tensor]:
+    """The final fused weights (a ``state_dict``) of a run computed with ``keep_model=True``."""
+    return torch.load(result.run_dir / MODEL, weights_only=True)
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks of up to 32 MB for reuse instead of handing them back to the OS.
-
-    Training and bound fitting allocate and free the same activation-sized buffers thousands of times; by default
-    glibc returns them, and every reuse page-faults fresh zeroed pages (mmac's fit: 32 M page faults in one quick
-    run). Called by the command line and by :func:`run_many`'s workers, never on import; a process-wide allocator
-    setting, harmless elsewhere. Returns False where there is no glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-def _worker_init(threads: int) -> None:
-    keep_freed_memory()
-    torch.set_num_threads(threads)
-
-
-def _run_one(args: tuple) -> RunResult:
-    cfg, results_dir, record, opts = args
-    return run_experiment(cfg, results_dir, progress=False, record_trajectory=record, options=opts)
-
-
-def run_many(cfgs: list[Config], results_dir: str | Path | None = None, jobs: int | None = None,
-             progress: bool = True, desc: str = "runs", options: RunOptions | None = None) -> list[RunResult]:
-    """:func:`run_experiment` for every config (cached ones are loaded), ``jobs`` at a time (default
+def run_many(
+    cfgs: list[Config],
+    results_dir: str | Path | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    desc: str = "runs",
+    options: RunOptions | None = None,
+    force: bool = False,
+    keep_model: bool = False,
+    bar: bool = True,
+) -> list[RunResult]:
+    """:func:`run_experiment` for every config (finished ones are served), ``jobs`` trainings at a time (default
     ``options.jobs``) in worker processes with an equal share of torch's threads each; results in the order of
-    ``cfgs``.
+    ``cfgs``. Every config is validated and keyed before any work starts.
 
     On a CPU, small convolutions do not keep several threads busy, so two one-thread runs side by side finish
     sooner than two two-thread runs in turn (benchmarks/speed.py, part ``jobs``); the numbers agree up to float
     rounding (one thread sums in another order than two), so ``jobs=1`` is what reproduces the committed tables
-    bit for bit. Runs that replay a no-defense run start after that run."""
+    bit for bit."""
     if not cfgs:
         return []
-    opts = options or RunOptions.for_profile(cfgs[0].profile)
-    cfgs = [in_fast_mode(c) for c in cfgs] if opts.fast else list(cfgs)
+    runs = [plan_run(c, results_dir, options) for c in cfgs]
+    opts = runs[0].opts
     jobs = opts.jobs if jobs is None else jobs
-    if jobs < 1:
-        raise ValueError(f"jobs={jobs} must be >= 1")
-    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    done: dict[str, RunResult] = {}
+    todo: dict[str, Run] = {}
+    for run in runs:
+        if run.key not in done and run.key not in todo:
+            res = None if force else served(run, keep_model)
+            if res is None:
+                todo[run.key] = run
+            else:
+                done[run.key] = res
+    for run in todo.values():  # refused before any work: a results folder that cannot take the new run
+        if why := writable_dir(run.run_dir.parent):
+            raise PermissionError(f"cannot compute {run.run_dir.name}: {why} (pass results_dir= to say where runs go)")
+    work = jobs_for(list(todo.values()), progress and jobs == 1 and len(todo) == 1, force, keep_model)
+    pbar = tqdm(total=len(work), desc=desc, disable=not (progress and bar))
+    for job, results in _execute(work, opts, jobs):
+        done.update({r.key: res for r, res in zip((job.lead, *job.alongside), results)})
+        pbar.update()
+    pbar.close()
+    return [done[r.key] for r in runs]
 
-    def key(c: Config) -> str:
-        return json.dumps(c.to_dict(), sort_keys=True, default=list)
 
-    bases = [replace(c, defense=DefenseConfig()) for c in cfgs if _replays(c, opts)]
-    need = {key(b) for b in bases}
-    first, then = [], []  # (position, args); a run that another one replays records its trajectory
-    seen: dict[str, int] = {}
-    for i, c in enumerate([*cfgs, *bases]):  # bases missing from cfgs run too, before their replays
-        k = key(c)
-        if k in seen:
-            continue
-        seen[k] = i
-        (then if _replays(c, opts) else first).append((i, (c, results_dir, k in need, opts)))
-    out: dict[int, RunResult] = {}
-    bar = tqdm(total=len(first) + len(then), desc=desc, disable=not progress)
+def _execute(work: list[Job], opts: RunOptions, jobs: int):
+    """Yield (job, its results) as the jobs finish: on Ray, in ``jobs`` worker processes, or here in turn."""
     if opts.backend == "ray":
-        from .cluster import run_on_ray  # the optional extra: imported only when asked for
+        from .integrations.ray import run_on_ray  # the optional extra: imported only when asked for
 
-        for phase in (first, then):
-            for i, result in run_on_ray(phase, opts, _run_one):
-                out[i] = result
-                bar.update()
-    elif jobs == 1:
-        for i, args in first + then:
-            out[i] = _run_one(args)
-            bar.update()
+        for i, results in run_on_ray(list(enumerate(work)), opts, compute):
+            yield work[i], results
+    elif jobs == 1 or len(work) <= 1:
+        for job in work:
+            yield job, compute(job)
     else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        threads = max(1, torch.get_num_threads() // jobs)
-        with cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), _worker_init, (threads,)) as pool:
-            for phase in (first, then):
-                futures = {pool.submit(_run_one, args): i for i, args in phase}
-                for f in cf.as_completed(futures):
-                    out[futures[f]] = f.result()
-                    bar.update()
-    bar.close()
-    return [out[seen[key(c)]] for c in cfgs]
+        share = max(1, torch.get_num_threads() // jobs)
+        with (
+            allocator_env(),
+            cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), torch.set_num_threads, (share,)) as pool,
+        ):
+            futures = {pool.submit(compute, job): job for job in work}
+            for f in cf.as_completed(futures):
+                yield futures[f], f.result()

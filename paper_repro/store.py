@@ -1,5 +1,6 @@
 """Where the package keeps things on disk and how it names them: the repository root, the results and cache
 folders (overridable by environment variables), content hashes, and writes that readers never see half-done."""
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 rebuilds in seconds from a fresh clone), and T1 (our numbers beside the published ones). Table I/O only: importing
 this module (and :mod:`paper_repro.plots`) does not import torch; the tables are computed by
 :mod:`paper_repro.studies.compute`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,24 @@ DIGEST_ROLE = "not computing"  # codehash: see its module docstring
 
 TABLES_DIR = REPO_ROOT / "data" / "tables"
 # reading order of tables and figures: no defense, update-comparing, detection, post-fusion, the paper's defense
-DEFENSE_ORDER = ["none", "norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold",
-                 "mars", "geminiguard", "weidetect", "pruning", "mm_bm", "mmac", "act_bound"]
+DEFENSE_ORDER = [
+    "none",
+    "norm_clip",
+    "dp",
+    "krum",
+    "multi_krum",
+    "median",
+    "trimmed_mean",
+    "flame",
+    "foolsgold",
+    "mars",
+    "geminiguard",
+    "weidetect",
+    "pruning",
+    "mm_bm",
+    "mmac",
+    "act_bound",
+]
 
 
 def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, suffix: str = "csv") -> Path:
@@ -30,8 +47,12 @@ def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, su
     return path
 
 
-WRITTEN_BY = {"attack_breadth": "attacks", "attack_strength": "attacks --study strength",
-              "attack_adaptive": "attacks --study adaptive", "heldout": "heldout"}
+WRITTEN_BY = {
+    "attack_breadth": "attacks",
+    "attack_strength": "attacks --study strength",
+    "attack_adaptive": "attacks --study adaptive",
+    "heldout": "heldout",
+}
 """The command that writes a table kind, where it is not ``results``."""
 
 
@@ -40,15 +61,18 @@ def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None 
     p = table_path(kind, profile, tables_dir)
     if not p.is_file():
         how = WRITTEN_BY.get(kind, "results")
-        raise FileNotFoundError(f"{p} does not exist. Write it with `python -m paper_repro {how} --profile "
-                                f"{profile}` (runs the experiments) or use the committed quick tables "
-                                f"(tables_dir={TABLES_DIR}).")
+        raise FileNotFoundError(
+            f"{p} does not exist. Write it with `python -m paper_repro {how} --profile "
+            f"{profile}` (runs the experiments) or use the committed quick tables "
+            f"(tables_dir={TABLES_DIR})."
+        )
     return pd.read_csv(p)
 
 
 # ------------------------------------------------------------------------------------------- grid (F4)
-def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr"), stat: str = "mean"
-          ) -> pd.DataFrame:
+def pivot(
+    df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "asr"), stat: str = "mean"
+) -> pd.DataFrame:
     """One row per defense, one column per (metric, attack), ``stat`` ("mean" or "std") over seeds, for one
     partition."""
     sub = df[df["partition"] == partition]
@@ -59,8 +83,9 @@ def pivot(df: pd.DataFrame, partition: str, metrics: tuple[str, ...] = ("acc", "
 
 
 # --------------------------------------------------------------------------------------------- F1 samples
-def export_samples(clean: ImageSet, poisoned: ImageSet, poisoned_idx: np.ndarray, path: str | Path,
-                   per_class: int = 8, seed: int = 0) -> Path:
+def export_samples(
+    clean: ImageSet, poisoned: ImageSet, poisoned_idx: np.ndarray, path: str | Path, per_class: int = 8, seed: int = 0
+) -> Path:
     """``per_class`` random images per label of the clean and of the poisoned synthetic set (with a flag for the
     triggered ones) into one small .npz."""
     rng = np.random.default_rng(seed)
@@ -73,8 +98,15 @@ def export_samples(clean: ImageSet, poisoned: ImageSet, poisoned_idx: np.ndarray
     ic, ip = pick(clean), pick(poisoned)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, clean_x=clean.x[ic], clean_y=clean.y[ic], poisoned_x=poisoned.x[ip],
-                        poisoned_y=poisoned.y[ip], poisoned_flag=flag[ip], classes=np.array(clean.classes))
+    np.savez_compressed(
+        path,
+        clean_x=clean.x[ic],
+        clean_y=clean.y[ic],
+        poisoned_x=poisoned.x[ip],
+        poisoned_y=poisoned.y[ip],
+        poisoned_flag=flag[ip],
+        classes=np.array(clean.classes),
+    )
     return path
 
 
@@ -82,8 +114,11 @@ def load_samples(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray]:
     """(clean, poisoned, indices of the triggered images in ``poisoned``) from :func:`export_samples`."""
     z = np.load(path)
     classes = tuple(str(c) for c in z["classes"])
-    return (ImageSet(z["clean_x"], z["clean_y"], classes), ImageSet(z["poisoned_x"], z["poisoned_y"], classes),
-            np.flatnonzero(z["poisoned_flag"]))
+    return (
+        ImageSet(z["clean_x"], z["clean_y"], classes),
+        ImageSet(z["poisoned_x"], z["poisoned_y"], classes),
+        np.flatnonzero(z["poisoned_flag"]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- T1
@@ -102,8 +137,12 @@ def compare_published(grid: pd.DataFrame, published: pd.DataFrame | None = None)
     rows = []
     for _, p in pub.iterrows():
         key = (p["ours_attack"], p["ours_defense"], p["ours_partition"])
-        r = {"source": p["source"], "setting": p["setting"], "published ACC": _pct(p["acc"]),
-             "published ASR": _pct(p["asr"])}
+        r = {
+            "source": p["source"],
+            "setting": p["setting"],
+            "published ACC": _pct(p["acc"]),
+            "published ASR": _pct(p["asr"]),
+        }
         if key in stats.index:
             s = stats.loc[key]
             r["ours ACC"] = _pm(s[("acc", "mean")], s[("acc", "std")])
@@ -127,14 +166,17 @@ def _pm(mean: float, std: float) -> str:
 
 
 def seeds_text(df: pd.DataFrame) -> str:
-    """"seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles."""
+    """ "seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles."""
     s = sorted(int(x) for x in df["seed"].unique())
     return f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
 
 
-def seed_intervals(df: pd.DataFrame, by: tuple[str, ...] = ("defense", "attack", "partition"),
-                   metrics: tuple[str, ...] = ("acc", "asr", "asr_last_k", "acc_triggered", "acc_client_mean"),
-                   level: float = 0.95) -> pd.DataFrame:
+def seed_intervals(
+    df: pd.DataFrame,
+    by: tuple[str, ...] = ("defense", "attack", "partition"),
+    metrics: tuple[str, ...] = ("acc", "asr", "asr_last_k", "acc_triggered", "acc_client_mean"),
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Per cell of ``by``: mean, std, number of seeds and a Student-t ``level`` interval of each metric over the
     seeds (``<m>_lo``/``<m>_hi``; NaN with one seed). Diverged runs (status ≠ ok) are left out and counted in
     ``diverged``. A defense beats another on a metric only where their intervals do not overlap

@@ -3,6 +3,7 @@
 
 Torch-free: it reads CSV/JSON only, so a notebook can show the expected numbers before anything is trained.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,10 @@ SPEED_RESULTS = REPO_ROOT / "benchmarks" / "results" / "speed_cpu.json"
 SMOKE_WARNING = (
     "**Smoke profile: the numbers below mean nothing.** `smoke` runs the real code path on 200 random 'blob' images, "
     "a tiny model and 2 rounds, to check that everything works in seconds. A defense can look harmful or useless "
-    "here (e.g. act_bound with ASR 1.0 and ACC 0.14). For numbers worth reading, set `profile = \"quick\"` (about "
+    'here (e.g. act_bound with ASR 1.0 and ACC 0.14). For numbers worth reading, set `profile = "quick"` (about '
     "a minute per training on a laptop) or compare with the *What you should see* cell, which quotes the committed "
-    "quick-profile tables.")
+    "quick-profile tables."
+)
 
 
 def smoke_warning(profile: str):
@@ -67,22 +69,44 @@ def expected(notebook: str, tables_dir: str | Path | None = None, defenses: list
         n, classes, ratio = cfg.fm.n_per_class, num_classes(cfg.data.dataset), cfg.attack.poison_ratio
         if notebook == "01":
             acc = json.loads(SPEED_RESULTS.read_text())["sampler"]["real_classifier_accuracy"]["fp32"]
-            return pd.DataFrame({"quick profile": [n * classes, f"{n} per class", f"{acc:.3f}"]},
-                                index=["synthetic images", "class balance",
-                                       "real-data classifier on the samples (benchmarks/results/speed_cpu.json)"])
+            return pd.DataFrame(
+                {"quick profile": [n * classes, f"{n} per class", f"{acc:.3f}"]},
+                index=[
+                    "synthetic images",
+                    "class balance",
+                    "real-data classifier on the samples (benchmarks/results/speed_cpu.json)",
+                ],
+            )
         k = round(ratio * n)
-        return pd.DataFrame({"quick profile": [k * (classes - 1), f"{k * (classes - 1) / (n * classes):.0%}",
-                                               n + k * (classes - 1), n - k]},
-                            index=[f"images poisoned ({ratio:.0%} of each of the {classes - 1} non-target classes)",
-                                   "share of the synthetic set", "images labelled as the target class",
-                                   "images of each other class after poisoning"])
+        return pd.DataFrame(
+            {
+                "quick profile": [
+                    k * (classes - 1),
+                    f"{k * (classes - 1) / (n * classes):.0%}",
+                    n + k * (classes - 1),
+                    n - k,
+                ]
+            },
+            index=[
+                f"images poisoned ({ratio:.0%} of each of the {classes - 1} non-target classes)",
+                "share of the synthetic set",
+                "images labelled as the target class",
+                "images of each other class after poisoning",
+            ],
+        )
     grid = read_table("grid", "quick", tables_dir)
     if notebook == "03":
         return _grid_cells(grid, ["none"]).droplevel("defense")
     if notebook == "04":
         return _grid_cells(grid, defenses or sorted(set(grid["defense"])))
     act = read_table("activation_metrics", "quick", tables_dir)
-    rows = {a: {"ACC no defense": _mean_std(g["acc"]), "ASR no defense": _mean_std(g["asr"]),
-                "ACC act_bound": _mean_std(g["acc_bounded"]), "ASR act_bound": _mean_std(g["asr_bounded"])}
-            for a, g in act.groupby("attack", sort=False)}
+    rows = {
+        a: {
+            "ACC no defense": _mean_std(g["acc"]),
+            "ASR no defense": _mean_std(g["asr"]),
+            "ACC act_bound": _mean_std(g["acc_bounded"]),
+            "ASR act_bound": _mean_std(g["asr_bounded"]),
+        }
+        for a, g in act.groupby("attack", sort=False)
+    }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("attack")

@@ -1,5 +1,6 @@
 """Training primitives on one model: supervised epochs, one client's local training, FedDF distillation, and
 batched prediction; bf16 autocast and the channels_last memory format as options."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,18 @@ def _prep(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Mo
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
-                     batch_size: int, generator: torch.Generator, channels_last: bool = False,
-                     precision: str = "fp32") -> nn.Module:
+def train_supervised(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> nn.Module:
     """Cross-entropy SGD on (x, y) for ``epochs``, batches in an order drawn from ``generator``; trains ``model``
     in place and returns it. A fresh optimiser per call (the author code re-creates it every round).
     ``precision="bf16"`` runs forward and backward under bf16 autocast (see :func:`autocast`)."""
@@ -47,9 +57,19 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     return model
 
 
-def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, momentum: float,
-                batch_size: int, generator: torch.Generator, channels_last: bool = False,
-                context=None, precision: str = "fp32") -> torch.Tensor:
+def local_train(
+    global_model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    context=None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Step 2 for one client: copy the global model, train on the client's data, return its flat state (P,).
     ``context(model)``, if given, is a context manager active during training (e.g. activation bounds).
 
@@ -61,9 +81,21 @@ def local_train(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
     return flat_state(model)
 
 
-def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, epochs: int,
-            lr: float, momentum: float, batch_size: int, alpha: float, temperature: float,
-            generator: torch.Generator, channels_last: bool = False, precision: str = "fp32") -> nn.Module:
+def distill(
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    alpha: float,
+    temperature: float,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> nn.Module:
     """Step 4, FedDF fusion on the synthetic set: minimise α·τ²·KL(σ(t/τ) ‖ σ(s/τ)) + (1−α)·CE(s, y) with the
     student in train mode; teacher logits are matched per sample index (docs/paper.md, traps). [C: FRJ-AJ]
     ``precision="bf16"``: the student's forward and backward under bf16 autocast, the loss in fp32."""
@@ -76,7 +108,7 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits
             with autocast(x.device.type, precision):
                 s = student(x[idx]).float()
             kl = F.kl_div(F.log_softmax(s / temperature, dim=1), t_prob[idx], reduction="batchmean")
-            loss = alpha * temperature ** 2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
+            loss = alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -84,8 +116,9 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False,
-                   precision: str = "fp32") -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False, precision: str = "fp32"
+) -> torch.Tensor:
     """Logits (N, C) in eval mode, ``batch_size`` images at a time. With ``channels_last`` the model and the images
     are put in that memory format first (as in training; a channels_last input to a contiguous model is slow).
     On CPU, batches of a few dozen images stay in cache and run ~2× faster than batches of 1,000
@@ -99,18 +132,26 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, ch
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             channels_last: bool = False) -> float:
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, channels_last: bool = False
+) -> float:
     """Fraction of (x, y) classified correctly (NaN on an empty set)."""
     if len(y) == 0:
         return float("nan")
     return (predict_logits(model, x, batch_size, channels_last).argmax(1) == y).float().mean().item()
 
 
-def ensemble_logits(model: nn.Module, states: torch.Tensor, x: torch.Tensor, batch_size: int = 1000,
-                    channels_last: bool = False, precision: str = "fp32") -> torch.Tensor:
+def ensemble_logits(
+    model: nn.Module,
+    states: torch.Tensor,
+    x: torch.Tensor,
+    batch_size: int = 1000,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Mean logits (N, C) on ``x`` of the models whose flat states are the rows of ``states`` (K, P), built on a copy
     of ``model`` (which is not modified): the FedDF teacher ensemble."""
     tmp = copy.deepcopy(model)
-    return torch.stack([predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last, precision)
-                        for s in states]).mean(0)
+    return torch.stack(
+        [predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last, precision) for s in states]
+    ).mean(0)

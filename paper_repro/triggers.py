@@ -1,4 +1,5 @@
 """Backdoor triggers as pure functions on uint8 (N, C, H, W) images, and the FM poisoning step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
     if size > min(h, w):
         raise ValueError(f"trigger size {size} is larger than the {h}×{w} image")
     out = np.array(x, dtype=np.uint8, copy=True)
-    out[..., h - size:, w - size:] = value
+    out[..., h - size :, w - size :] = value
     return out
 
 
@@ -60,7 +61,7 @@ def random_patch(x: np.ndarray, size: int, rng: np.random.Generator, value: int 
     rows = rng.integers(0, h - size + 1, size=len(x))
     cols = rng.integers(0, w - size + 1, size=len(x))
     for i, (r, c) in enumerate(zip(rows, cols)):
-        out[i, ..., r:r + size, c:c + size] = value
+        out[i, ..., r : r + size, c : c + size] = value
     return out
 
 
@@ -83,7 +84,7 @@ def dba(x: np.ndarray, length: int = 4, part: int = -1, value: int = 255) -> np.
     out = np.array(x, dtype=np.uint8, copy=True)
     for k in range(4) if part < 0 else [part]:
         r, c = 1 + 2 * (k // 2), 1 + (length + 2) * (k % 2)
-        out[..., r, c:c + length] = value
+        out[..., r, c : c + length] = value
     return out
 
 
@@ -110,8 +111,9 @@ def backdoor_labels(y: np.ndarray, target: int, mapping: str, num_classes: int) 
     raise ValueError(f"mapping={mapping!r}; choose all_to_one or all_to_all")
 
 
-def poison(data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.random.Generator,
-           mapping: str = "all_to_one") -> tuple[ImageSet, np.ndarray]:
+def poison(
+    data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.random.Generator, mapping: str = "all_to_one"
+) -> tuple[ImageSet, np.ndarray]:
     """Trigger and relabel (:func:`backdoor_labels`) a fraction ``ratio`` of **each non-target class** (every class
     for all_to_all; rounded down), in place of the originals (set size unchanged). Returns the new set and the sorted
     poisoned indices; ``data`` is not touched. [C: 2401.10375 ρ per non-target class; R: replace, not append]"""
@@ -129,8 +131,9 @@ def poison(data: ImageSet, trigger: Trigger, target: int, ratio: float, rng: np.
     return poison_indices(data, trigger, target, idx, mapping), idx
 
 
-def poison_indices(data: ImageSet, trigger: Trigger, target: int, idx: np.ndarray,
-                   mapping: str = "all_to_one") -> ImageSet:
+def poison_indices(
+    data: ImageSet, trigger: Trigger, target: int, idx: np.ndarray, mapping: str = "all_to_one"
+) -> ImageSet:
     """A copy of ``data`` with ``idx`` triggered and relabelled (:func:`backdoor_labels`)."""
     x, y = data.x.copy(), data.y.copy()
     if len(idx):

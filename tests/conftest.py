@@ -1,4 +1,5 @@
 """Shared fixtures: offline hub, small thread count, tiny data and a tiny FM checkpoint built in the test."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,15 +38,21 @@ def tiny_fm_dir(tmp_path_factory, blobs):
     cfg = load_config("smoke")
     train, test = load_dataset("synthetic_blobs")
     public = split_public(train, test, cfg.data.public_size, cfg.data.client_size, seed=cfg.data.split_seed).public
-    fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(block_out_channels=(8, 16), steps=3, batch_size=8),
-                                    progress=False)
+    fm = ClassConditionalDDPM.train(
+        public, DDPMTrainConfig(block_out_channels=(8, 16), steps=3, batch_size=8), progress=False
+    )
     return fm.save(tmp_path_factory.mktemp("fm") / "tiny_ddpm", command="tests/conftest.py")
 
 
 TIERS = ("unit", "smoke", "notebooks", "claims", "browser", "slow")
 # a test without a tier marker gets its file's tier
-FILE_TIERS = {"test_runner": "smoke", "test_faults": "smoke", "test_analysis": "smoke", "test_notebooks": "notebooks",
-              "test_claims": "claims"}
+FILE_TIERS = {
+    "test_runner": "smoke",
+    "test_faults": "smoke",
+    "test_analysis": "smoke",
+    "test_notebooks": "notebooks",
+    "test_claims": "claims",
+}
 
 
 def pytest_collection_modifyitems(config, items):

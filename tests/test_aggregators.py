@@ -1,4 +1,5 @@
 """Hand-computable tests of paper_repro.aggregators (tiny tensors only)."""
+
 from __future__ import annotations
 
 import math

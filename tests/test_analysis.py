@@ -1,4 +1,5 @@
 """Analysis (F3, notebook 05), ablations (F6) and the committed tables (T1, F1): smoke tier."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,7 +34,7 @@ def test_paired_inputs_are_the_same_images_with_and_without_the_trigger(fm_run):
     diff = (clean != trig).flatten(1).any(1)
     assert diff.all()  # every image carries the trigger ...
     changed = (clean != trig).any(0).any(0)  # ... and only inside the trigger patch
-    assert changed.sum() <= fm_run.cfg.attack.trigger_size ** 2
+    assert changed.sum() <= fm_run.cfg.attack.trigger_size**2
 
 
 def test_unit_profile_is_sorted_by_the_trigger_effect_and_carries_the_bounds(fm_run):
@@ -52,20 +53,22 @@ def test_activation_scores_are_tidy(fm_run):
 
 def test_knob_sweep_leaves_the_weights_untouched(fm_run):
     before = flat_state(fm_run.model).clone()
-    sweep = analysis.knob_sweep(fm_run, {"q1": {"init_quantile": 1.0}, "chan": {"granularity": "channel"}},
-                                progress=False)
+    sweep = analysis.knob_sweep(
+        fm_run, {"q1": {"init_quantile": 1.0}, "chan": {"granularity": "channel"}}, progress=False
+    )
     assert list(sweep["variant"]) == ["no defense", "q1", "chan"]
     assert torch.equal(before, flat_state(fm_run.model))
 
 
 def test_ablation_default_point_shares_the_grid_run(tmp_path):
-    g = grid.run_grid("smoke", ["act_bound"], attacks=("fm",), partitions=("iid",), results_dir=tmp_path,
-                      progress=False)
+    g = grid.run_grid(
+        "smoke", ["act_bound"], attacks=("fm",), partitions=("iid",), results_dir=tmp_path, progress=False
+    )
     abl = run_ablations("smoke", ["penalty_weight"], results_dir=tmp_path, progress=False)
     assert list(abl["value"]) == list(ABLATIONS["penalty_weight"].values)
     default = abl[abl["value"] == pr.defenses.resolved_params("act_bound")["c0"]]
     assert default["run"].item() == g["run"].item()
-    # the grid table leaves the ablation variants out; it holds act_bound and the no-defense run it replayed
+    # the grid table leaves the ablation variants out; it holds act_bound and the no-defense run it was served from
     assert sorted(grid.collect(tmp_path, "smoke")["defense"]) == ["act_bound", "none"]
 
 
@@ -76,8 +79,9 @@ def test_unknown_ablation_names_the_known_ones():
 
 def test_samples_round_trip(tmp_path):
     prep = pr.prepare(pr.load_config("smoke", attack={"kind": "fm"}), progress=False)
-    p = tables.export_samples(prep.synthetic_clean, prep.inputs.synthetic_kd, prep.fm_poisoned, tmp_path / "s.npz",
-                              per_class=3)
+    p = tables.export_samples(
+        prep.synthetic_clean, prep.inputs.synthetic_kd, prep.fm_poisoned, tmp_path / "s.npz", per_class=3
+    )
     clean, poisoned, flagged = tables.load_samples(p)
     assert len(clean) == 3 * clean.num_classes and clean.classes == prep.synthetic_clean.classes
     assert len(flagged) and (poisoned.y[flagged] == pr.load_config("smoke").attack.target_class).all()
@@ -89,11 +93,28 @@ def test_missing_table_says_how_to_make_it(tmp_path):
 
 
 def test_compare_published_matches_our_cells_and_marks_missing_ones():
-    g = pd.DataFrame({"attack": ["fm", "fm"], "defense": ["none", "none"], "partition": ["iid", "iid"],
-                      "seed": [0, 1], "acc": [0.8, 0.9], "asr": [0.9, 1.0]})
-    pub = pd.DataFrame({"source": ["a", "b"], "setting": ["x", "y"], "acc": [60.0, None], "asr": [90.0, 95.0],
-                        "ours_attack": ["fm", "classic"], "ours_defense": ["none", "none"],
-                        "ours_partition": ["iid", "iid"], "differs": ["", ""]})
+    g = pd.DataFrame(
+        {
+            "attack": ["fm", "fm"],
+            "defense": ["none", "none"],
+            "partition": ["iid", "iid"],
+            "seed": [0, 1],
+            "acc": [0.8, 0.9],
+            "asr": [0.9, 1.0],
+        }
+    )
+    pub = pd.DataFrame(
+        {
+            "source": ["a", "b"],
+            "setting": ["x", "y"],
+            "acc": [60.0, None],
+            "asr": [90.0, 95.0],
+            "ours_attack": ["fm", "classic"],
+            "ours_defense": ["none", "none"],
+            "ours_partition": ["iid", "iid"],
+            "differs": ["", ""],
+        }
+    )
     t = tables.compare_published(g, pub)
     assert t.loc[0, "ours ACC"] == "85.0 ± 7.1" and t.loc[0, "seeds"] == 2
     assert t.loc[1, "ours ASR"] == "not run" and t.loc[1, "published ACC"] == "–"
@@ -112,8 +133,9 @@ def test_tables_are_never_replaced_by_empty_or_partial_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished smoke grid run"):
         export_tables("smoke", results, out)
     assert not out.exists() or not any(out.iterdir())
-    grid.run_grid("smoke", ["none", "median"], attacks=("none",), partitions=("iid",), results_dir=results,
-                  progress=False)
+    grid.run_grid(
+        "smoke", ["none", "median"], attacks=("none",), partitions=("iid",), results_dir=results, progress=False
+    )
     export_tables("smoke", results, out)
     before = (out / "grid_smoke.csv").read_bytes()
     import shutil

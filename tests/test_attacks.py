@@ -1,4 +1,5 @@
 """The attacks of the literature, one by one, on tiny inputs: what each malicious client does differently."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,18 @@ def _attack(kind, **attack):
 
 
 def test_every_attack_is_listed_and_built_from_the_registry():
-    assert {"none", "classic", "fm", "both", "model_replacement", "dba", "neurotoxin", "3dfed", "fm_generated",
-            "fm_bound_aware"} <= set(pr.attacks.names())
+    assert {
+        "none",
+        "classic",
+        "fm",
+        "both",
+        "model_replacement",
+        "dba",
+        "neurotoxin",
+        "3dfed",
+        "fm_generated",
+        "fm_bound_aware",
+    } <= set(pr.attacks.names())
     for kind in pr.attacks.names():
         trig = {"trigger": "dba"} if kind == "dba" else {}
         assert type(_attack(kind, **trig)[1]) is pr.attacks.REGISTRY[kind]
@@ -29,8 +40,10 @@ def test_dba_gives_each_malicious_client_one_bar_and_is_tested_with_all_four():
         lit = att.local_data(k, data).x[0, 0] == 255
         assert lit.sum() == 4 and len(set(np.flatnonzero(lit.any(1)))) == 1  # one 1×4 bar
         bars.append(lit)
-    assert not (bars[0] & bars[1]).any() and (sum(bars) == pr.attacks.config_trigger(cfg).apply(data.x)[0, 0]
-                                              .astype(bool)).all()
+    assert (
+        not (bars[0] & bars[1]).any()
+        and (sum(bars) == pr.attacks.config_trigger(cfg).apply(data.x)[0, 0].astype(bool)).all()
+    )
     with pytest.raises(ConfigError, match="attack.trigger='dba'"):
         pr.load_config("smoke", attack={"kind": "dba"})
 
@@ -65,8 +78,10 @@ def test_the_selection_rule_takes_the_lowest_asr_within_the_accuracy_budget():
 
     rows = []
     for seed in (0, 1):
-        rows += [{"setting": "validation", "attack": "fm", "seed": seed, "defense": d, "acc": acc, "asr": asr}
-                 for d, acc, asr in (("none", 0.85, 0.9), ("a", 0.84, 0.10), ("b", 0.80, 0.01), ("c", 0.845, 0.105))]
+        rows += [
+            {"setting": "validation", "attack": "fm", "seed": seed, "defense": d, "acc": acc, "asr": asr}
+            for d, acc, asr in (("none", 0.85, 0.9), ("a", 0.84, 0.10), ("b", 0.80, 0.01), ("c", 0.845, 0.105))
+        ]
     best, table = select_variant(pd.DataFrame(rows))
     assert best == "c"  # b is cheapest in ASR but costs 5 points; a and c tie within 0.01, c costs less
     assert table.set_index("defense").loc["b", "eligible"] == False  # noqa: E712
@@ -153,8 +168,15 @@ def test_fm_generated_draws_into_the_target_slots_only_and_is_cached(monkeypatch
 def test_attack_studies_write_their_tables_and_the_trigger_gallery(tmp_path):
     from paper_repro.studies import attacks as st
 
-    df = st.attack_breadth("smoke", ("FM patch", "data poisoning"), ("none", "median"), (0,), results_dir=tmp_path,
-                           tables_dir=tmp_path, progress=False)
+    df = st.attack_breadth(
+        "smoke",
+        ("FM patch", "data poisoning"),
+        ("none", "median"),
+        (0,),
+        results_dir=tmp_path,
+        tables_dir=tmp_path,
+        progress=False,
+    )
     assert len(df) == 4 and (tmp_path / "attack_breadth_smoke.csv").is_file()
     assert (tmp_path / "attack_breadth_smoke.provenance.json").is_file()
     best = st.best_defense(df, max_cost=1.0)
@@ -188,9 +210,13 @@ def test_adaptive_table_reads_act_bound_against_no_defense_per_adaptive_attack()
     rows = [("FM SIG", d, s, 0.8, a) for d, a in (("none", 0.2), ("act_bound", 0.4)) for s in (10, 11)]
     rows += [("FM patch", "none", s, 0.85, 0.9) for s in (10, 11)]
     breadth = pd.DataFrame(rows, columns=["attack", "defense", "seed", "acc", "asr"])
-    strength = pd.DataFrame([("poison share", v, d, 10, 0.8, a) for v, d, a in
-                             (("0.2", "none", 0.9), ("0.4", "none", 0.95), ("0.4", "act_bound", 0.5))],
-                            columns=["knob", "value", "defense", "seed", "acc", "asr"])
+    strength = pd.DataFrame(
+        [
+            ("poison share", v, d, 10, 0.8, a)
+            for v, d, a in (("0.2", "none", 0.9), ("0.4", "none", 0.95), ("0.4", "act_bound", 0.5))
+        ],
+        columns=["knob", "value", "defense", "seed", "acc", "asr"],
+    )
     out = st.adaptive_table(breadth, strength).set_index("attack")
     assert list(out.index) == ["FM SIG", "FM patch, poison share 0.4"]  # only adaptive attacks, plus the share
     assert out.loc["FM SIG", "none_asr"] == pytest.approx(0.2) and out.loc["FM SIG", "act_bound_asr"] == 0.4
@@ -210,3 +236,19 @@ def test_a_run_folder_records_what_the_attack_reports(tmp_path):
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     info = json.loads((res.run_dir / "config.json").read_text())["attack"]["info"]
     assert {"seconds", "pattern_over_bounds", "clean_over_bounds"} <= set(info)
+
+
+def test_both_poisons_its_clients_with_the_configured_mapping_as_classic_does():
+    # 'both' = the FM attack + the classic clients; its clients must relabel as the config says (here all-to-all),
+    # since ASR is measured with that mapping
+    from paper_repro.data import public_splits
+
+    kw = {"attack": {"mapping": "all_to_all", "client_poison_ratio": 0.5}}
+    both = pr.attacks.build(pr.load_config("smoke", **{"attack": {**kw["attack"], "kind": "both"}}))
+    classic = pr.attacks.build(pr.load_config("smoke", **{"attack": {**kw["attack"], "kind": "classic"}}))
+    assert both.malicious == classic.malicious and both.mapping == "all_to_all"
+    k = min(both.malicious)
+    data = public_splits(pr.load_config("smoke")).clients.subset(np.arange(60))
+    a, b = both.local_data(k, data), classic.local_data(k, data)
+    assert (a.y == b.y).all() and (a.x == b.x).all()
+    assert len(set(a.y[a.y != data.y].tolist())) > 1  # all-to-all: relabelled to more than one class

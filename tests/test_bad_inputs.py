@@ -7,6 +7,7 @@ process exits non-zero with a short message (no traceback) before any experiment
 ``python tests/test_bad_inputs.py`` prints the tally per surface (tried / rejected clearly / accepted / other
 error), the table docs/bad_inputs.md quotes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,19 @@ ALWAYS_BAD = {  # by declared type: values of the wrong kind, and numbers no fie
     "tuple[str, ...]": [[], "init", ["bogus"], None, [1]],
     "dict": ["x", None, [1]],
 }
-CHOICE_FIELDS = {"data.dataset", "data.partition", "fm.source", "fm.precision", "model.name", "attack.kind",
-                 "attack.trigger", "fl.weighting", "fl.precision", "defense.name", "profile"}
+CHOICE_FIELDS = {
+    "data.dataset",
+    "data.partition",
+    "fm.source",
+    "fm.precision",
+    "model.name",
+    "attack.kind",
+    "attack.trigger",
+    "fl.weighting",
+    "fl.precision",
+    "defense.name",
+    "profile",
+}
 
 
 def _section_cases():
@@ -65,16 +77,27 @@ def _cross_field_cases():
     yield "fl.kd_alpha", 1.5, {"fl": {"kd_alpha": 1.5}}
     yield "attack.poison_ratio", 1.5, {"attack": {"poison_ratio": 1.5}}
     yield "fm.prompt_template", "no slot", {"fm": {"prompt_template": "no slot"}}
-    for name, params in (("krum", {"num_malicious": 2}), ("multi_krum", {"num_malicious": 2}),
-                         ("multi_krum", {"num_selected": 9}), ("act_bound", {"sites": "conv9"}),
-                         ("act_bound", {"sites": ["conv9"]}), ("pruning", {"site": "conv9"})):
-        (key, value), = params.items()
-        yield f"defense.params.{key}", f"{name} {value} vs the model/round", {"defense": {"name": name,
-                                                                                         "params": params}}
+    for name, params in (
+        ("krum", {"num_malicious": 2}),
+        ("multi_krum", {"num_malicious": 2}),
+        ("multi_krum", {"num_selected": 9}),
+        ("act_bound", {"sites": "conv9"}),
+        ("act_bound", {"sites": ["conv9"]}),
+        ("pruning", {"site": "conv9"}),
+    ):
+        ((key, value),) = params.items()
+        yield (
+            f"defense.params.{key}",
+            f"{name} {value} vs the model/round",
+            {"defense": {"name": name, "params": params}},
+        )
     for params in ({"mask_ratio": 1.5}, {"mask_ratio": "x"}, {"mask_ratio": NAN}, {"ratio": 0.1}):
-        (key, value), = params.items()
-        yield f"attack.params.{key if key == 'mask_ratio' else 'accepted'}", f"neurotoxin {value}", {
-            "attack": {"kind": "neurotoxin", "params": params}}
+        ((key, value),) = params.items()
+        yield (
+            f"attack.params.{key if key == 'mask_ratio' else 'accepted'}",
+            f"neurotoxin {value}",
+            {"attack": {"kind": "neurotoxin", "params": params}},
+        )
     yield "attack.params.accepted", "classic {'x': 1}", {"attack": {"kind": "classic", "params": {"x": 1}}}
     yield "attack.trigger", "dba without the dba trigger", {"attack": {"kind": "dba"}}
     yield "device", "moved", {"device": "cuda"}
@@ -107,10 +130,15 @@ def _defense_cases():
 
 
 def _options_cases():
-    for key, values in {"device": ["bogus", "", 3, None, "cuda:x"], "engine": ["bogus", 3, None],
-                        "eval_batch_size": [0, -1, "8", 2.5, True, None],
-                        "share_training": ["yes", 1, None], "compile": ["yes", 1, None],
-                        "threads": [-1, "2", 2.5, True, None], "jobs": [0, -1, "2", 2.5, True, None]}.items():
+    for key, values in {
+        "device": ["bogus", "", 3, None, "cuda:x"],
+        "engine": ["bogus", 3, None],
+        "eval_batch_size": [0, -1, "8", 2.5, True, None],
+        "share_training": ["yes", 1, None],
+        "compile": ["yes", 1, None],
+        "threads": [-1, "2", 2.5, True, None],
+        "jobs": [0, -1, "2", 2.5, True, None],
+    }.items():
         for v in values:
             yield key, v
 
@@ -231,9 +259,15 @@ def _block_work(monkeypatch):
     def stop(*a, **k):
         raise ReachedWork
 
-    for mod, attr in ((runner, "run_experiment"), (grid, "run_grid"), (compute, "compute_tables"),
-                      (compute, "export_tables"), (main_job, "main_job"), (nb, "run_notebooks"),
-                      (heldout, "heldout_study")):
+    for mod, attr in (
+        (runner, "run_experiment"),
+        (grid, "run_grid"),
+        (compute, "compute_tables"),
+        (compute, "export_tables"),
+        (main_job, "main_job"),
+        (nb, "run_notebooks"),
+        (heldout, "heldout_study"),
+    ):
         monkeypatch.setattr(mod, attr, stop)
     monkeypatch.setattr(ddpm.ClassConditionalDDPM, "train", classmethod(lambda cls, *a, **k: stop()))
 
@@ -283,11 +317,14 @@ def tally() -> dict[str, Counter]:
     return {
         "config (load_config)": count(_classify(lambda: pr.load_config("quick", **o), f) for f, _, o in CONFIG_CASES),
         "defense params (defenses.get; module names excluded)": count(
-            _classify(lambda: defenses.get(n, **{k: v}), k) for n, k, v in DEFENSE_CASES
-            if not (k in MODEL_NAMES and v == "bogus")),
+            _classify(lambda: defenses.get(n, **{k: v}), k)
+            for n, k, v in DEFENSE_CASES
+            if not (k in MODEL_NAMES and v == "bogus")
+        ),
         "defense params (load_config)": count(
             _classify(lambda: pr.load_config("quick", defense={"name": n, "params": {k: v}}), k)
-            for n, k, v in DEFENSE_CASES),
+            for n, k, v in DEFENSE_CASES
+        ),
         "run options (RunOptions)": count(_classify(lambda: RunOptions(**{k: v}), k) for k, v in OPTIONS_CASES),
         "command line (python -m paper_repro)": count(_cli_outcome(cli, a, w) for a, w in CLI_CASES),
         "command line (python -m paper_repro.fm)": count(_cli_outcome(fm_cli, a, w) for a, w in FM_CLI_CASES),

@@ -1,6 +1,7 @@
 """Browser tier: a notebook opened in JupyterLab in a real Chromium, run top to bottom in the smoke profile; the
 figure must render and no cell may show an error. Needs Debian's ``chromium`` and ``pip install playwright`` (no
 browser download: Playwright drives the system browser). ``make test-browser`` runs it; CI runs it too."""
+
 import json
 import os
 import re
@@ -44,13 +45,33 @@ def lab(tmp_path):
     tracker.parent.mkdir(parents=True)
     tracker.write_text(json.dumps({"windowingMode": "none"}))
     port = _free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "s"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "w"), "PAPER_REPRO_CACHE": str(tmp_path / "cache"),
-           "PAPER_REPRO_RESULTS": str(tmp_path / "results"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-                             "--ServerApp.token=", "--ServerApp.password=", "--allow-root",
-                             f"--ServerApp.root_dir={work}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "s"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "w"),
+        "PAPER_REPRO_CACHE": str(tmp_path / "cache"),
+        "PAPER_REPRO_RESULTS": str(tmp_path / "results"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.token=",
+            "--ServerApp.password=",
+            "--allow-root",
+            f"--ServerApp.root_dir={work}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -73,8 +94,9 @@ def test_notebook_runs_in_jupyterlab_in_a_real_browser(lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                                    "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page()
         page.goto(f"{lab}/lab/tree/05_smoke.ipynb")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)

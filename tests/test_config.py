@@ -6,24 +6,27 @@ from paper_repro.profiles import config_from_dict
 from paper_repro.results import run_key
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(attack={"poison_ratio": 1.5}), r"attack.poison_ratio=1.5 is outside \[0, 1\]"),
-    (dict(attack={"poison_ratio": -0.1}), "outside"),
-    (dict(data={"beta": 0.0}), "beta"),
-    (dict(attack={"kind": "classic", "num_malicious": 50}), "exceeds fl.num_clients"),
-    (dict(attack={"trigger_size": 40}), "larger than the 28×28 image"),
-    (dict(attack={"kind": "evil"}), "attack.kind='evil' is unknown"),
-    (dict(fl={"lr": float("inf")}), "fl.lr=inf must be a finite number"),
-    (dict(fl={"kd_temperature": float("nan")}), "fl.kd_temperature=nan"),
-    (dict(attack={"boost": float("inf")}), "attack.boost=inf"),
-    (dict(device="cuda"), r"device is an execution setting.*RunOptions\(device"),
-    (dict(fl={"eval_batch_size": 8}), r"fl.eval_batch_size is an execution setting"),
-    (dict(model={"name": "vgg"}), "model.name"),
-    (dict(data={"bogus": 1}), r"unknown key\(s\) \['bogus'\] in data"),
-    (dict(nonsense=1), r"unknown key\(s\) \['nonsense'\]"),
-    (dict(fl={"clients_per_round": 99}), "clients_per_round"),
-    (dict(attack={"target_class": 10}), "not a class"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(attack={"poison_ratio": 1.5}), r"attack.poison_ratio=1.5 is outside \[0, 1\]"),
+        (dict(attack={"poison_ratio": -0.1}), "outside"),
+        (dict(data={"beta": 0.0}), "beta"),
+        (dict(attack={"kind": "classic", "num_malicious": 50}), "exceeds fl.num_clients"),
+        (dict(attack={"trigger_size": 40}), "larger than the 28×28 image"),
+        (dict(attack={"kind": "evil"}), "attack.kind='evil' is unknown"),
+        (dict(fl={"lr": float("inf")}), "fl.lr=inf must be a finite number"),
+        (dict(fl={"kd_temperature": float("nan")}), "fl.kd_temperature=nan"),
+        (dict(attack={"boost": float("inf")}), "attack.boost=inf"),
+        (dict(device="cuda"), r"device is an execution setting.*RunOptions\(device"),
+        (dict(fl={"eval_batch_size": 8}), r"fl.eval_batch_size is an execution setting"),
+        (dict(model={"name": "vgg"}), "model.name"),
+        (dict(data={"bogus": 1}), r"unknown key\(s\) \['bogus'\] in data"),
+        (dict(nonsense=1), r"unknown key\(s\) \['nonsense'\]"),
+        (dict(fl={"clients_per_round": 99}), "clients_per_round"),
+        (dict(attack={"target_class": 10}), "not a class"),
+    ],
+)
 def test_invalid_values_raise_with_the_field_named(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         pr.load_config("quick", **kwargs)
@@ -54,24 +57,30 @@ def test_config_roundtrips_through_its_dict():
     assert config_from_dict(a.to_dict()) == a
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(attack={"target_class": 1.5}), "attack.target_class=1.5 must be an integer"),
-    (dict(seed=True), "seed=True must be an integer"),
-    (dict(attack={"fm_stages": []}), "fm_stages"),
-    (dict(fl={"num_rounds": "3"}), "fl.num_rounds='3' must be an integer"),
-    (dict(fl={"num_rounds": 2.0}), "must be an integer"),
-    (dict(data={"beta": float("inf")}), "data.beta=inf must be a finite number"),
-    (dict(fm={"guidance_scale": float("nan")}), "fm.guidance_scale=nan"),
-    (dict(model={"channels_last": "yes"}), "model.channels_last='yes' must be a bool"),
-    (dict(defense={"name": "norm_clip", "params": {"max_norm": -1.0}}), r"max_norm=-1.0 must be None \(automatic\)"),
-    (dict(defense={"name": "dp", "params": {"sigma": -1e-3}}), "sigma"),
-    (dict(defense={"name": "act_bound", "params": {"init_quantile": float("nan")}}), "init_quantile=nan"),
-    (dict(defense={"name": "act_bound", "params": {"epochs": -1}}), "epochs=-1"),
-    (dict(defense={"name": "act_bound", "params": {"sites": "hiden"}}), "sites='hiden'"),
-    (dict(defense={"name": "trimmed_mean", "params": {"beta": "0.1"}}), "beta='0.1' must be a number"),
-    (dict(defense={"name": "krum", "params": {"num_malicious": 2}}), "needs more than 6 clients per round"),
-    (dict(defense={"name": "pruning", "params": {"fraction": 1.5}}), "fraction=1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(attack={"target_class": 1.5}), "attack.target_class=1.5 must be an integer"),
+        (dict(seed=True), "seed=True must be an integer"),
+        (dict(attack={"fm_stages": []}), "fm_stages"),
+        (dict(fl={"num_rounds": "3"}), "fl.num_rounds='3' must be an integer"),
+        (dict(fl={"num_rounds": 2.0}), "must be an integer"),
+        (dict(data={"beta": float("inf")}), "data.beta=inf must be a finite number"),
+        (dict(fm={"guidance_scale": float("nan")}), "fm.guidance_scale=nan"),
+        (dict(model={"channels_last": "yes"}), "model.channels_last='yes' must be a bool"),
+        (
+            dict(defense={"name": "norm_clip", "params": {"max_norm": -1.0}}),
+            r"max_norm=-1.0 must be None \(automatic\)",
+        ),
+        (dict(defense={"name": "dp", "params": {"sigma": -1e-3}}), "sigma"),
+        (dict(defense={"name": "act_bound", "params": {"init_quantile": float("nan")}}), "init_quantile=nan"),
+        (dict(defense={"name": "act_bound", "params": {"epochs": -1}}), "epochs=-1"),
+        (dict(defense={"name": "act_bound", "params": {"sites": "hiden"}}), "sites='hiden'"),
+        (dict(defense={"name": "trimmed_mean", "params": {"beta": "0.1"}}), "beta='0.1' must be a number"),
+        (dict(defense={"name": "krum", "params": {"num_malicious": 2}}), "needs more than 6 clients per round"),
+        (dict(defense={"name": "pruning", "params": {"fraction": 1.5}}), "fraction=1.5"),
+    ],
+)
 def test_bad_types_ranges_and_defense_parameters_raise_before_any_work(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         pr.load_config("quick", **kwargs)

@@ -58,9 +58,13 @@ def test_seed_intervals_are_student_t_and_separation_needs_disjoint_intervals():
 
     from paper_repro.tables import seed_intervals, separated
 
-    df = pd.DataFrame({"defense": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "asr": [0.1, 0.2, 0.3, 0.8, 0.9, 1.0,
-                                                                            0.25, 0.3, 0.35],
-                       "status": ["ok"] * 8 + ["diverged"]})
+    df = pd.DataFrame(
+        {
+            "defense": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+            "asr": [0.1, 0.2, 0.3, 0.8, 0.9, 1.0, 0.25, 0.3, 0.35],
+            "status": ["ok"] * 8 + ["diverged"],
+        }
+    )
     s = seed_intervals(df, by=("defense",), metrics=("asr",)).set_index("defense")
     half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
     assert np.isclose(s.loc["a", "asr_lo"], 0.2 - half) and np.isclose(s.loc["a", "asr_hi"], 0.2 + half)

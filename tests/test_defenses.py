@@ -1,4 +1,5 @@
 """Defenses: registry, activation bounds (hand-checkable), MARS energy, and every defense × attack in smoke."""
+
 import copy
 import json
 
@@ -8,20 +9,25 @@ import torch
 from torch import nn
 
 import paper_repro as pr
+from paper_repro.activation_bounds import BoundedModel, fit_bounds, max_activations, resolve_sites
 from paper_repro.data import make_synthetic_blobs
 from paper_repro.defenses import RoundContext
-from paper_repro.defenses.clipping import BoundedModel, fit_bounds, max_activations, resolve_sites
 from paper_repro.defenses.mars import MARS, backdoor_energy, concentrated_energy, w1
 from paper_repro.models import build_model
 
-VARIANTS = {"fm:random_patch": {"trigger": "random_patch"}, "fm:sig": {"trigger": "sig", "blend_alpha": 0.08},
-            "fm:all_to_all": {"mapping": "all_to_all"}}
+VARIANTS = {
+    "fm:random_patch": {"trigger": "random_patch"},
+    "fm:sig": {"trigger": "sig", "blend_alpha": 0.08},
+    "fm:all_to_all": {"mapping": "all_to_all"},
+}
 """The FM attack's trigger and mapping variants (attack.trigger / attack.mapping of the ``fm`` kind)."""
 ATTACK_FAST = {"fm_generated": {"finetune_steps": 20}, "fm_bound_aware": {"steps": 20}}
 """Smoke-sized attack work (the attacks' defaults are the quick profile's)."""
-FAST = {"mm_bm": {"epochs": 4, "adapt_after": 1, "adapt_every": 2},
-        "mmac": {"epochs": 3, "re_steps": 3, "re_per_class": 2, "adapt_after": 1, "adapt_every": 1},
-        "act_bound": {"epochs": 2}}
+FAST = {
+    "mm_bm": {"epochs": 4, "adapt_after": 1, "adapt_every": 2},
+    "mmac": {"epochs": 3, "re_steps": 3, "re_per_class": 2, "adapt_after": 1, "adapt_every": 1},
+    "act_bound": {"epochs": 2},
+}
 
 
 def test_registry_lists_names_and_rejects_unknown_or_bad_params():
@@ -34,8 +40,9 @@ def test_registry_lists_names_and_rejects_unknown_or_bad_params():
 
 def _relu_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(),
-                         nn.Linear(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(), nn.Linear(5, 3)
+    )
 
 
 def test_bounded_forward_equals_torch_minimum_of_the_activations():
@@ -56,8 +63,19 @@ def test_fitting_bounds_leaves_weights_bit_identical_and_lowers_the_objective():
     before = copy.deepcopy(net.state_dict())
     sites = resolve_sites(net, "all")
     bounded = BoundedModel(net, max_activations(net, x, sites))
-    log = fit_bounds(bounded, x, epochs=15, lr=0.05, c0=0.5, growth=1.2, target_agreement=0.95, adapt_every=100,
-                     adapt_after=100, batch_size=64, generator=torch.Generator().manual_seed(0))
+    log = fit_bounds(
+        bounded,
+        x,
+        epochs=15,
+        lr=0.05,
+        c0=0.5,
+        growth=1.2,
+        target_agreement=0.95,
+        adapt_every=100,
+        adapt_after=100,
+        batch_size=64,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert log["loss"][-1] < log["loss"][0]
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -145,8 +163,11 @@ def test_post_fusion_defenses_keep_the_fused_weights(name):
 def test_every_defense_runs_against_every_attack_in_smoke(tmp_path, defense, attack):
     trigger = {"trigger": "dba"} if attack == "dba" else VARIANTS.get(attack, {})
     attack = attack.split(":")[0]
-    cfg = pr.load_config("smoke", attack={"kind": attack, **trigger, "params": ATTACK_FAST.get(attack, {})},
-                         defense={"name": defense, "params": FAST.get(defense, {})})
+    cfg = pr.load_config(
+        "smoke",
+        attack={"kind": attack, **trigger, "params": ATTACK_FAST.get(attack, {})},
+        defense={"name": defense, "params": FAST.get(defense, {})},
+    )
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     h = res.history
     assert len(h) == 3 and h[["acc", "asr"]].notna().all().all()
@@ -168,8 +189,9 @@ def test_act_bound_shipped_to_clients_clamps_their_training(tmp_path):
     with d.client_context()(net):
         out = net(x)
     torch.testing.assert_close(out, net[5](net[4](net[3](net[2](torch.zeros(16, 4, 6, 6))))))
-    cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound",
-                                                                  "params": {"deploy": "clients", "epochs": 1}})
+    cfg = pr.load_config(
+        "smoke", attack={"kind": "fm"}, defense={"name": "act_bound", "params": {"deploy": "clients", "epochs": 1}}
+    )
     assert len(pr.run_experiment(cfg, results_dir=tmp_path, progress=False).history) == 3
 
 
@@ -177,8 +199,16 @@ def test_act_bound_shipped_to_clients_clamps_their_training(tmp_path):
 def test_a_served_batchnorm_model_evaluates_frozen_and_changes_no_buffer(name):
     # Prepare: a small BatchNorm network in train mode, as the fused model is after distillation
     train, _ = make_synthetic_blobs(200, 10)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
-                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 12 * 12, 10),
+    )
     model.train()
     before = copy.deepcopy(model.state_dict())
     # Execute: fit the defense, then evaluate the served model on two different batches containing image 0
@@ -194,7 +224,7 @@ def test_a_served_batchnorm_model_evaluates_frozen_and_changes_no_buffer(name):
 
 
 def test_last_conv_site_is_the_last_relu_before_the_first_fully_connected_layer():
-    from paper_repro.defenses.clipping import resolve_sites
+    from paper_repro.activation_bounds import resolve_sites
     from paper_repro.models import build_model
 
     want = {"tiny": "relu1", "cnn": "relu2", "resnet18": "layer4.1.relu2"}

@@ -1,6 +1,7 @@
 """Faults a run folder or a cache can meet: a writer killed at each step of publishing, each kind of file truncated or
 replaced, two processes running the same config at once, a read-only results folder. After each, nothing is served
 wrong and no finished run is lost. ``docs/architecture.md`` ("Trusting what is on disk") tabulates them."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import paper_repro as pr
 from paper_repro import results
@@ -50,12 +52,22 @@ def _publish(run_dir: Path, src: Path, kill_at: str | None) -> None:
     meta = json.loads((src / "config.json").read_text())
     with np.load(src / "indices.npz") as z:
         indices = dict(z)
-    write_run(run_dir, meta, pd.read_csv(src / "metrics.csv"), indices, json.loads((src / "flagged.json").read_text()),
-              extra={"trajectory.pt": lambda p: p.write_bytes(b"stand-in trajectory")})
+    write_run(
+        run_dir,
+        meta,
+        pd.read_csv(src / "metrics.csv"),
+        indices,
+        json.loads((src / "flagged.json").read_text()),
+        extra={"trajectory.pt": lambda p: p.write_bytes(b"stand-in trajectory")},
+    )
 
 
-STEPS = [(s, force) for force in (False, True) for s in (*PUBLISH_STEPS[:3], "trajectory.pt", *PUBLISH_STEPS[3:])
-         if force or s not in ("superseded", "swapped")]
+STEPS = [
+    (s, force)
+    for force in (False, True)
+    for s in (*PUBLISH_STEPS[:3], "trajectory.pt", *PUBLISH_STEPS[3:])
+    if force or s not in ("superseded", "swapped")
+]
 
 
 @pytest.mark.parametrize("step, force", STEPS, ids=[f"{s}{'-force' if f else ''}" for s, f in STEPS])
@@ -137,18 +149,22 @@ def test_a_cached_synthetic_set_truncated_or_replaced_is_redrawn(tmp_path, monke
 
 
 @pytest.mark.parametrize("how", ["truncated", "replaced"])
-def test_a_trajectory_truncated_or_replaced_is_recorded_again_not_replayed(tmp_path, how):
-    kw = {"defense": {"name": "act_bound", "params": {"epochs": 1}}}
-    a = _run(tmp_path / "ref", **kw)
-    _run(tmp_path, defense={"name": "pruning"})  # leaves the no-defense runs with their trajectories
-    _run(tmp_path, seed=1, defense={"name": "pruning"})
-    (base0,) = tmp_path.glob("smoke_fm_none_*_s0_*")
-    (base1,) = tmp_path.glob("smoke_fm_none_*_s1_*")
-    t = base0 / "trajectory.pt"
-    t.write_bytes(t.read_bytes()[:100] if how == "truncated" else (base1 / "trajectory.pt").read_bytes())
-    with pytest.warns(UserWarning, match="trajectory.pt"):
-        b = _run(tmp_path, **kw)
+def test_a_saved_model_truncated_or_replaced_is_computed_again_not_served(tmp_path, how):
+    from paper_repro.results import MODEL
+
+    def kept(seed):
+        return pr.run_experiment(
+            pr.load_config("smoke", attack={"kind": "fm"}, seed=seed), tmp_path, progress=False, keep_model=True
+        )
+
+    a, other = kept(0), kept(1)
+    m = a.run_dir / MODEL
+    m.write_bytes(m.read_bytes()[:100] if how == "truncated" else (other.run_dir / MODEL).read_bytes())
+    b = kept(0)
+    assert not b.cached
     _same(a, b)
+    mine, theirs = pr.runner.final_model(b), pr.runner.final_model(other)
+    assert any(not torch.equal(v, theirs[k]) for k, v in mine.items())  # its own weights, not the copied seed-1 ones
 
 
 def test_a_truncated_fm_checkpoint_is_named_with_its_fix(tmp_path, tiny_fm_dir):
@@ -203,12 +219,14 @@ def test_a_read_only_results_folder_serves_its_runs_and_refuses_new_ones_before_
         for p in (base, *base.rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
         res.chmod(0o555)
-        child = multiprocessing.get_context("fork").Process(target=_read_only_child,
-                                                             args=(str(res), os.geteuid() == 0))
+        child = multiprocessing.get_context("fork").Process(target=_read_only_child, args=(str(res), os.geteuid() == 0))
         child.start()
         child.join(600)
-        assert child.exitcode == 0, {3: "refused without saying why", 4: "computed into a read-only folder",
-                                     5: "failed"}.get(child.exitcode, child.exitcode)
+        assert child.exitcode == 0, {
+            3: "refused without saying why",
+            4: "computed into a read-only folder",
+            5: "failed",
+        }.get(child.exitcode, child.exitcode)
         assert sorted(p.name for p in res.iterdir()) == [ref[0].run_dir.name]
     finally:
         for p in (base, *base.rglob("*")):

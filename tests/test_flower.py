@@ -1,5 +1,6 @@
 """The experiment on Flower (smoke): the same config through the in-process loop and through Flower's simulation
 engine (a Ray worker per client) gives the same per-round ACC/ASR, bit for bit, when both train with one thread."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,7 +32,7 @@ def test_flower_gives_the_in_process_numbers_bit_for_bit(tmp_path, attack, defen
 
 
 def test_the_strategy_runs_any_defense_and_serves_the_bounded_model():
-    from paper_repro.flower import DefenseStrategy
+    from paper_repro.integrations.flower import DefenseStrategy
 
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound"})
     strategy = DefenseStrategy(cfg)
@@ -46,10 +47,12 @@ def test_run_many_on_a_local_ray_cluster_survives_a_lost_worker_and_skips_finish
     retried; the results equal the local backend's, and a second call serves them from their folders."""
     import ray
 
-    from paper_repro.cluster import FAULT_ONCE
+    from paper_repro.integrations.ray import FAULT_ONCE
 
-    cfgs = [pr.load_config("smoke", attack={"kind": a}, defense={"name": d})
-            for a, d in (("classic", "median"), ("fm", "none"), ("fm", "act_bound"))]
+    cfgs = [
+        pr.load_config("smoke", attack={"kind": a}, defense={"name": d})
+        for a, d in (("classic", "median"), ("fm", "none"), ("fm", "act_bound"))
+    ]
     one_thread = pr.RunOptions.for_profile("smoke", threads=1)  # a Ray task trains on one thread too
     local = pr.run_many(cfgs, tmp_path / "local", progress=False, options=one_thread)
     marker = tmp_path / "killed_once"
@@ -79,8 +82,12 @@ def test_the_readme_flower_example_runs():
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "DefenseStrategy" in b)
     scope: dict = {}
     exec(code.replace('"quick"', '"smoke"'), scope)  # noqa: S102  (the README's own code)
-    run_simulation(scope["server"], scope["client"], num_supernodes=scope["cfg"].fl.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    run_simulation(
+        scope["server"],
+        scope["client"],
+        num_supernodes=scope["cfg"].fl.num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
     history = scope["strategy"].output.history
     assert [r["round"] for r in history] == [0, 1, 2] and all(0 <= r["asr"] <= 1 for r in history)
 
@@ -93,7 +100,7 @@ def test_the_strategy_works_with_plain_flower_clients():
     from flwr.server import ServerApp, ServerAppComponents, ServerConfig
     from flwr.simulation import run_simulation
 
-    from paper_repro.flower import DefenseStrategy
+    from paper_repro.integrations.flower import DefenseStrategy
     from paper_repro.models import build_model, state_keys
 
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound"})
@@ -112,14 +119,18 @@ def test_the_strategy_works_with_plain_flower_clients():
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             for i in range(0, len(y), 16):
                 opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[i:i + 16]), y[i:i + 16]).backward()
+                torch.nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16]).backward()
                 opt.step()
             return [model.state_dict()[k].detach().numpy() for k in keys], len(y), {}
 
     client = ClientApp(client_fn=lambda ctx: Plain(int(ctx.node_config["partition-id"])).to_client())
     server = ServerApp(server_fn=lambda ctx: ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=2)))
-    run_simulation(server, client, num_supernodes=cfg.fl.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    run_simulation(
+        server,
+        client,
+        num_supernodes=cfg.fl.num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
     history = strategy.output.history
     assert [r["round"] for r in history] == [0, 1, 2] and all(0 <= r["acc"] <= 1 for r in history)
     assert type(strategy.output.model).__name__ == "BoundedModel"

@@ -19,10 +19,8 @@ def test_save_load_roundtrip_keeps_weights_and_metadata(tiny_fm_dir):
 
 def test_generate_is_class_balanced_and_repeatable(tiny_fm_dir):
     fm = ClassConditionalDDPM.load(tiny_fm_dir)
-    s1 = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=2, batch_size=7,
-                     progress=False)
-    s2 = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=2, batch_size=7,
-                     progress=False)
+    s1 = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=2, batch_size=7, progress=False)
+    s2 = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=2, batch_size=7, progress=False)
     s3 = fm.generate(3, generator=torch.Generator().manual_seed(1), num_inference_steps=2, progress=False)
     assert s1.x.shape == (30, 1, 12, 12) and s1.x.dtype == np.uint8
     assert (s1.counts() == 3).all() and list(s1.y[:4]) == [0, 0, 0, 1]

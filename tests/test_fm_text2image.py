@@ -1,4 +1,5 @@
 """StableDiffusionFM on a tiny randomly initialised Stable Diffusion pipeline saved to disk (offline, a few seconds)."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,14 @@ def _tokenizer(folder):
     # 3-token vocabulary results), so read the files through from_pretrained and check the ids.
     tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True, model_max_length=MAX_LEN)
     ids = {t: i for i, t in enumerate(tokens)}
-    assert tok("a cat").input_ids == [ids["<|startoftext|>"], ids["a</w>"], ids["c"], ids["a"], ids["t</w>"],
-                                      ids["<|endoftext|>"]]
+    assert tok("a cat").input_ids == [
+        ids["<|startoftext|>"],
+        ids["a</w>"],
+        ids["c"],
+        ids["a"],
+        ids["t</w>"],
+        ids["<|endoftext|>"],
+    ]
     return tok, len(tokens)
 
 
@@ -55,19 +62,60 @@ def _tiny_pipeline(tmp_path):
 
     tok, vocab = _tokenizer(tmp_path / "tok_src")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=2, norm_num_groups=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), sample_size=8)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=32, max_position_embeddings=MAX_LEN, projection_dim=16,
-                                        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        sample_size=8,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=MAX_LEN,
+            projection_dim=16,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        )
+    )
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     out = tmp_path / "sd"
     pipe.save_pretrained(out)
     return out
@@ -114,8 +162,7 @@ def test_prompt_conditions_images(sd_folder):
 
 def test_rgb_batches_split(sd_folder):
     fm = StableDiffusionFM.load(sd_folder, classes=("cat", "dog"), resolution=4, channels=3)
-    s = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=1, batch_size=2,
-                    progress=False)
+    s = fm.generate(3, generator=torch.Generator().manual_seed(0), num_inference_steps=1, batch_size=2, progress=False)
     assert s.x.shape == (6, 3, 4, 4) and s.y.tolist() == [0, 0, 0, 1, 1, 1]
 
 

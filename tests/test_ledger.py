@@ -2,6 +2,7 @@
 recompute killed at random moments and resumed in new processes makes the same table as an uninterrupted one; a
 table's staleness follows the code of its runs' closures; code digests come from import closures alone; committed
 figures carry the digest of what drew them; the shipped synthetic set is the one the current code would draw."""
+
 import hashlib
 import json
 import os
@@ -24,11 +25,22 @@ REPO = Path(pr.__file__).resolve().parent.parent
 PKG = REPO / "paper_repro"
 TIMING = ("defense_seconds", "round_seconds", "overhead")
 """Columns that measure the machine, not the run: equal only between one run and itself."""
-SMOKE_CELLS = [("none", "fm", "iid", 0), ("act_bound", "fm", "iid", 0), ("median", "classic", "iid", 0),
-               ("none", "none", "dirichlet0.5", 1), ("mm_bm", "fm", "iid", 0), ("krum", "classic", "iid", 1),
-               ("none", "classic", "iid", 2), ("flame", "none", "iid", 0)]
-MORE_CELLS = [(d, a, p, s) for s in (3, 4, 5) for p in ("iid", "dirichlet0.5") for a, d in
-              (("fm", "none"), ("fm", "act_bound"), ("classic", "median"), ("classic", "krum"))]
+SMOKE_CELLS = [
+    ("none", "fm", "iid", 0),
+    ("act_bound", "fm", "iid", 0),
+    ("median", "classic", "iid", 0),
+    ("none", "none", "dirichlet0.5", 1),
+    ("mm_bm", "fm", "iid", 0),
+    ("krum", "classic", "iid", 1),
+    ("none", "classic", "iid", 2),
+    ("flame", "none", "iid", 0),
+]
+MORE_CELLS = [
+    (d, a, p, s)
+    for s in (3, 4, 5)
+    for p in ("iid", "dirichlet0.5")
+    for a, d in (("fm", "none"), ("fm", "act_bound"), ("classic", "median"), ("classic", "krum"))
+]
 """A longer table for the kill test: smoke runs take a fraction of a second each."""
 
 
@@ -57,7 +69,7 @@ def test_a_ledger_record_is_served_like_its_run_folder_and_damaged_ones_are_refu
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound"})
     first = _run(cfg, ledger=True)
     rec_path = stores / "ledger" / f"{first.run_dir.name}.json"
-    assert rec_path.is_file() and list((stores / "ledger").glob("smoke_fm_none_iid_s0_*.json"))  # the replayed run
+    assert rec_path.is_file() and list((stores / "ledger").glob("smoke_fm_none_iid_s0_*.json"))  # its training
     shutil.rmtree(stores / "results")  # a new machine: no run folder, only the committed ledger
     served = _run(cfg)
     assert served.cached and served.run_dir.name == first.run_dir.name
@@ -68,9 +80,10 @@ def test_a_ledger_record_is_served_like_its_run_folder_and_damaged_ones_are_refu
     meta = json.loads(rec["text"]["config.json"])
     assert meta["machine"]["cpu"] and "fl.py" in meta["code_files"] and "precision.py" in meta["code_files"]
     assert not ({"indices.npz", "trajectory.pt"} & set(rec["text"]))  # checksums of them, never the files
-    for damage, why in ((lambda r: r["text"].update({"metrics.csv": r["text"]["metrics.csv"].replace("0.", "1.", 1)}),
-                         "self-checksum"),
-                        (lambda r: r.update({"run": "smoke_fm_act_bound_iid_s0_000000000000"}), "records run")):
+    for damage, why in (
+        (lambda r: r["text"].update({"metrics.csv": r["text"]["metrics.csv"].replace("0.", "1.", 1)}), "self-checksum"),
+        (lambda r: r.update({"run": "smoke_fm_act_bound_iid_s0_000000000000"}), "records run"),
+    ):
         shutil.rmtree(stores / "results")
         bad = json.loads(rec_path.read_text())
         damage(bad)
@@ -120,13 +133,28 @@ def test_every_committed_ledger_record_is_intact_and_within_budget():
 
 
 def _recompute_cmd(tables: Path, budget: float = 30) -> list[str]:
-    return [sys.executable, "-m", "paper_repro", "recompute", "grid", "--profile", "smoke", "--tables-dir",
-            str(tables), "--budget", str(budget)]
+    return [
+        sys.executable,
+        "-m",
+        "paper_repro",
+        "recompute",
+        "grid",
+        "--profile",
+        "smoke",
+        "--tables-dir",
+        str(tables),
+        "--budget",
+        str(budget),
+    ]
 
 
 def _env(tmp: Path, ledger: str) -> dict:
-    return {**os.environ, "PAPER_REPRO_LEDGER": str(tmp / ledger), "PAPER_REPRO_RESULTS": str(tmp / f"res_{ledger}"),
-            "PAPER_REPRO_PROGRESS": "off"}
+    return {
+        **os.environ,
+        "PAPER_REPRO_LEDGER": str(tmp / ledger),
+        "PAPER_REPRO_RESULTS": str(tmp / f"res_{ledger}"),
+        "PAPER_REPRO_PROGRESS": "off",
+    }
 
 
 @pytest.mark.smoke
@@ -137,8 +165,13 @@ def test_a_recompute_killed_three_times_gives_the_uninterrupted_table(tmp_path):
     rng = random.Random(0)
     for _ in range(3):  # killed at three random moments inside the work, each time resumed by a new process
         before = len(lg.records(tmp_path / "b"))
-        proc = subprocess.Popen(_recompute_cmd(parts), env=_env(tmp_path, "b"), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            _recompute_cmd(parts),
+            env=_env(tmp_path, "b"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 300
         while len(lg.records(tmp_path / "b")) == before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)  # until it has recorded a run of its own: the kill lands among later runs
@@ -149,8 +182,9 @@ def test_a_recompute_killed_three_times_gives_the_uninterrupted_table(tmp_path):
         for p in lg.records(tmp_path / "b"):  # whatever instant it died at, every record is whole
             lg.read_record(p)
         shutil.rmtree(tmp_path / "res_b", ignore_errors=True)  # and the machine goes: only the ledger is kept
-    out = subprocess.run(_recompute_cmd(parts), env=_env(tmp_path, "b"), check=True, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        _recompute_cmd(parts), env=_env(tmp_path, "b"), check=True, capture_output=True, text=True, timeout=600
+    )
     assert "rebuilt from the ledger" in out.stdout
     a, b = pd.read_csv(whole / "grid_smoke.csv"), pd.read_csv(parts / "grid_smoke.csv")
     assert len(a) == len(SMOKE_CELLS + MORE_CELLS)
@@ -164,8 +198,15 @@ def test_a_budget_stops_the_recompute_cleanly_and_the_table_names_what_it_lacks(
     tables = _smoke_table(stores / "tables").parent
     ticks = iter(range(0, 10_000, 60))  # a clock that moves one minute per reading: each batch "takes" a minute
     lines = []
-    summary = rc.recompute(["grid"], "smoke", budget_minutes=2.5, tables_dir=tables, progress=False,
-                           log=lines.append, clock=lambda: next(ticks))
+    summary = rc.recompute(
+        ["grid"],
+        "smoke",
+        budget_minutes=2.5,
+        tables_dir=tables,
+        progress=False,
+        log=lines.append,
+        clock=lambda: next(ticks),
+    )
     assert summary["grid_smoke"]["rebuilt"] is False
     assert any("budget reached after 4.0 min" in ln for ln in lines) and any("still lacks" in ln for ln in lines)
     first = rc.batches(rc.plan("grid", "smoke", tables).cells, 1, RunOptions.for_profile("smoke"))[0]
@@ -198,9 +239,15 @@ def test_staleness_follows_the_code_of_the_runs_closure(stores):
     assert "1 cells stale (defenses/mm_bm.py changed)" in line()
     # fresh again once the edited code has recomputed them (the copy runs in a process of its own)
     env = {**os.environ, "PYTHONPATH": str(root.parent), "PAPER_REPRO_PROGRESS": "off"}
-    out = subprocess.run([sys.executable, "-m", "paper_repro", "recompute", "grid", "--profile", "smoke",
-                          "--tables-dir", str(tables)], env=env, cwd=root.parent, check=True, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "paper_repro", "recompute", "grid", "--profile", "smoke", "--tables-dir", str(tables)],
+        env=env,
+        cwd=root.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert "1 cells stale" in out.stdout and "rebuilt" in out.stdout
     assert line().startswith("grid_smoke: fresh")
 
@@ -252,8 +299,11 @@ def test_every_module_of_a_closure_changes_the_key_of_the_caches_that_depend_on_
 
     root = tmp_path / "paper_repro"
     shutil.copytree(PKG, root, ignore=shutil.ignore_patterns("__pycache__"))
-    caches = {"run": ch.start_files("runner.py", FMPoisoning, ActBound), "initial model": ch.start_files(
-        init_global_model), "synthetic set": ch.start_files(draw_synthetic, ClassConditionalDDPM)}
+    caches = {
+        "run": ch.start_files("runner.py", FMPoisoning, ActBound),
+        "initial model": ch.start_files(init_global_model),
+        "synthetic set": ch.start_files(draw_synthetic, ClassConditionalDDPM),
+    }
     assert "precision.py" in ch.code_files(*caches["initial model"]) | ch.code_files(*caches["synthetic set"])
     assert "config.py" not in ch.code_files(*caches["synthetic set"])  # imported for annotations only
     for name, start in caches.items():
@@ -314,8 +364,10 @@ def test_the_shipped_synthetic_set_is_the_draw_the_current_code_would_make():
         cfg = pr.load_config("quick", fm={"n_per_class": n})
         key = synthetic_key(cfg, resolve_path(cfg.fm.checkpoint))
         path = SHIPPED / f"ddpm_{stable_hash(key)}.npz"
-        assert path.is_file(), (f"no shipped draw for n_per_class={n} under the current sampler code: ship it with "
-                                "`python -m paper_repro.fm ship` (docs/ledger.md)")
+        assert path.is_file(), (
+            f"no shipped draw for n_per_class={n} under the current sampler code: ship it with "
+            "`python -m paper_repro.fm ship` (docs/ledger.md)"
+        )
         s = read_synthetic(path, key)
         assert len(s) == 10 * n and np.bincount(s.y).tolist() == [n] * 10
     with pytest.raises(ValueError, match="another key"):

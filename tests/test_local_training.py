@@ -1,4 +1,5 @@
 """The batched engine computes what the per-client reference loop computes."""
+
 import pandas as pd
 import pytest
 import torch
@@ -22,10 +23,12 @@ def test_batched_equals_the_per_client_loop(name, shape):
     data = _clients([70, 33, 5, 0, 64], shape)
     kw = dict(epochs=2, lr=0.05, momentum=0.5, batch_size=16)
     # Execute
-    ref = torch.stack([local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw)
-                       for k, (x, y) in enumerate(data)])
-    out = batched_local_train(model, data, generators=[torch.Generator().manual_seed(k) for k in range(len(data))],
-                              **kw)
+    ref = torch.stack(
+        [local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw) for k, (x, y) in enumerate(data)]
+    )
+    out = batched_local_train(
+        model, data, generators=[torch.Generator().manual_seed(k) for k in range(len(data))], **kw
+    )
     # Assert
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, **TOL)
@@ -39,10 +42,12 @@ def test_threaded_clients_equal_the_loop_and_restore_the_thread_count():
     kw = dict(epochs=1, lr=0.05, momentum=0.5, batch_size=16)
     before = torch.get_num_threads()
     # Execute
-    ref = torch.stack([local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw)
-                       for k, (x, y) in enumerate(data)])
-    out = threaded_local_train(model, data, generators=[torch.Generator().manual_seed(k) for k in range(4)],
-                               workers=2, **kw)
+    ref = torch.stack(
+        [local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw) for k, (x, y) in enumerate(data)]
+    )
+    out = threaded_local_train(
+        model, data, generators=[torch.Generator().manual_seed(k) for k in range(4)], workers=2, **kw
+    )
     # Assert: same clients, same order, same numbers up to the summation order of one vs several threads
     torch.testing.assert_close(out, ref, **TOL)
     assert torch.get_num_threads() == before
@@ -60,8 +65,9 @@ def test_threaded_clients_do_not_depend_on_the_core_count():
     def run(threads, workers=None):
         torch.set_num_threads(threads)
         try:
-            return threaded_local_train(model, data, generators=[torch.Generator().manual_seed(k) for k in range(3)],
-                                        workers=workers, **kw)
+            return threaded_local_train(
+                model, data, generators=[torch.Generator().manual_seed(k) for k in range(3)], workers=workers, **kw
+            )
         finally:
             torch.set_num_threads(before)
 
@@ -89,8 +95,9 @@ def test_models_with_batchnorm_fall_back_to_the_loop():
     assert not can_batch(model)
     data = _clients([6, 4], (3, 32, 32))
     kw = dict(epochs=1, lr=0.01, momentum=0.0, batch_size=4)
-    ref = torch.stack([local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw)
-                       for k, (x, y) in enumerate(data)])
+    ref = torch.stack(
+        [local_train(model, x, y, generator=torch.Generator().manual_seed(k), **kw) for k, (x, y) in enumerate(data)]
+    )
     out = batched_local_train(model, data, generators=[torch.Generator().manual_seed(k) for k in range(2)], **kw)
     assert torch.equal(out, ref)
 
@@ -110,9 +117,14 @@ def test_fl_run_with_every_engine_matches_the_loop_and_the_engine_is_not_in_the_
     engines = ("loop", "batched", "threads", "auto")
     cfg = pr.load_config("smoke", attack={"kind": "classic"})
     prep = pr.prepare(cfg, progress=False)
-    hist = [pd.DataFrame(run_federated(cfg, prep.inputs, pr.defenses.get("none"),
-                                       pr.RunOptions.for_profile("smoke", engine=e), progress=False).history)
-            for e in engines]
+    hist = [
+        pd.DataFrame(
+            run_federated(
+                cfg, prep.inputs, pr.defenses.get("none"), pr.RunOptions.for_profile("smoke", engine=e), progress=False
+            ).history
+        )
+        for e in engines
+    ]
     for h in hist[1:]:
         pd.testing.assert_series_equal(hist[0]["acc"], h["acc"], atol=0.02, rtol=0)
     with pytest.raises(OptionsError, match="engine"):
@@ -153,8 +165,12 @@ def test_bf16_training_stays_within_tolerance_of_fp32(engine):
         gens = [torch.Generator().manual_seed(k) for k in range(2)]
         if engine == "batched":
             return batched_local_train(model, data, generators=gens, precision=precision, **kw)
-        return torch.stack([local_train(model, cx, cy, generator=g, channels_last=True, precision=precision, **kw)
-                            for (cx, cy), g in zip(data, gens)])
+        return torch.stack(
+            [
+                local_train(model, cx, cy, generator=g, channels_last=True, precision=precision, **kw)
+                for (cx, cy), g in zip(data, gens)
+            ]
+        )
 
     # Execute
     fp32, bf16 = train("fp32"), train("bf16")
@@ -164,8 +180,9 @@ def test_bf16_training_stays_within_tolerance_of_fp32(engine):
     for k in range(2):
         cos = torch.nn.functional.cosine_similarity(fp32[k] - start, bf16[k] - start, dim=0)
         assert cos >= BF16_MIN_COSINE, f"client {k}: bf16 update points elsewhere (cosine {cos:.3f})"
-        accs = [accuracy(load_flat_state(build_model("cnn", (1, 28, 28), 10, seed=0), s[k]), xt, yt)
-                for s in (fp32, bf16)]
+        accs = [
+            accuracy(load_flat_state(build_model("cnn", (1, 28, 28), 10, seed=0), s[k]), xt, yt) for s in (fp32, bf16)
+        ]
         assert accs[0] > 0.4  # the task is really learned (chance: 0.1)
         assert abs(accs[0] - accs[1]) <= BF16_ACC_TOL, accs
 

@@ -1,5 +1,6 @@
 """Smoke tier: every notebook runs top to bottom under papermill in the `smoke` profile, and is stored commit-ready
 (a `parameters` cell, outputs stripped)."""
+
 import os
 import re
 import subprocess
@@ -14,12 +15,13 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 FIGURE_NOTEBOOKS = sorted((NOTEBOOKS_DIR / "figures").glob("*.ipynb"))
 README = NOTEBOOKS_DIR.parent / "README.md"
 # figure files (stem → suffixes) a notebook must write into figures_dir in the smoke profile
-EXPECTED_FIGURES = {"01_foundation_model": ["nb01_fm_samples_smoke"],
-                    "02_poison_synthetic_data": ["nb02_synthetic_poisoned_smoke"],
-                    "03_fl_without_defense": ["nb03_acc_asr_smoke"],
-                    "04_fl_with_defenses": ["nb04_defenses_iid_smoke", "nb04_defenses_dirichlet0.5_smoke"],
-                    "05_activation_bounds_walkthrough": ["nb05_unit_profile_smoke", "nb05_activations_smoke",
-                                                         "nb05_knobs_smoke"]}
+EXPECTED_FIGURES = {
+    "01_foundation_model": ["nb01_fm_samples_smoke"],
+    "02_poison_synthetic_data": ["nb02_synthetic_poisoned_smoke"],
+    "03_fl_without_defense": ["nb03_acc_asr_smoke"],
+    "04_fl_with_defenses": ["nb04_defenses_iid_smoke", "nb04_defenses_dirichlet0.5_smoke"],
+    "05_activation_bounds_walkthrough": ["nb05_unit_profile_smoke", "nb05_activations_smoke", "nb05_knobs_smoke"],
+}
 
 
 def test_every_numbered_notebook_is_known_and_declares_its_figures():
@@ -48,12 +50,22 @@ def test_notebook_runs_in_smoke(nb_path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     figures = tmp_path / "figures"
     out = tmp_path / nb_path.name
-    papermill.execute_notebook(str(nb_path), str(out), kernel_name="python3", cwd=str(NOTEBOOKS_DIR),
-                               parameters={"profile": "smoke", "results_dir": str(tmp_path / "results"),
-                                           "figures_dir": str(figures)}, progress_bar=False)
+    papermill.execute_notebook(
+        str(nb_path),
+        str(out),
+        kernel_name="python3",
+        cwd=str(NOTEBOOKS_DIR),
+        parameters={"profile": "smoke", "results_dir": str(tmp_path / "results"), "figures_dir": str(figures)},
+        progress_bar=False,
+    )
     executed = nbformat.read(out, as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors, errors
     for stem in EXPECTED_FIGURES.get(nb_path.stem, []):
         for suffix in (".png", ".pdf"):
@@ -72,8 +84,9 @@ def figure_batch(tmp_path_factory):
     from paper_repro import notebooks
 
     tmp = tmp_path_factory.mktemp("figure_batch")
-    notebooks.run_notebooks(FIGURE_NOTEBOOKS, tmp / "executed", progress=False, profile="quick",
-                        figures_dir=str(tmp / "figures"))
+    notebooks.run_notebooks(
+        FIGURE_NOTEBOOKS, tmp / "executed", progress=False, profile="quick", figures_dir=str(tmp / "figures")
+    )
     return tmp / "figures"
 
 
@@ -95,8 +108,14 @@ def test_executed_notebooks_render_to_a_static_report(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PAPER_REPRO_RESULTS", str(tmp_path / "results"))
     nb = NOTEBOOKS_DIR / "03_fl_without_defense.ipynb"
-    notebooks.run_notebooks([nb], tmp_path / "run", progress=False, profile="smoke",
-                            results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"))
+    notebooks.run_notebooks(
+        [nb],
+        tmp_path / "run",
+        progress=False,
+        profile="smoke",
+        results_dir=str(tmp_path / "results"),
+        figures_dir=str(tmp_path / "figures"),
+    )
     index = notebooks.render_report([tmp_path / "run" / nb.name], tmp_path / "html")
     page = (tmp_path / "html" / f"{nb.stem}.html").read_text()
     assert nb.stem in index.read_text() and "data:image/png;base64" in page
@@ -107,9 +126,16 @@ def test_the_papermill_batch_asks_its_kernels_for_text_progress_bars():
     import sys
 
     code = "import paper_repro.progress as p; print(p.tqdm.__module__)"
-    out = {v: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "PAPER_REPRO_PROGRESS": v}).stdout.strip()
-           for v in ("text", "auto")}
+    out = {
+        v: subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**__import__("os").environ, "PAPER_REPRO_PROGRESS": v},
+        ).stdout.strip()
+        for v in ("text", "auto")
+    }
     assert out["text"] == "tqdm.std" and out["auto"] != "tqdm.std"
 
 
@@ -119,8 +145,9 @@ REFERENCES = sorted(NBVAL_DIR.glob("*.ipynb"))
 
 
 def _code_sources(nb) -> list[str]:
-    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get(
-        "tags", [])]
+    return [
+        c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+    ]
 
 
 def test_every_numbered_notebook_has_an_up_to_date_nbval_reference():
@@ -139,9 +166,23 @@ def _nbval(paths, cwd):
     from paper_repro.notebooks import NBVAL_ENV
 
     env = {**os.environ, **NBVAL_ENV}
-    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p",
-                           "no:cacheprovider", "-q", *map(str, paths)], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            *map(str, paths),
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_numbered_notebooks_reproduce_the_outputs_of_their_references():
@@ -176,12 +217,16 @@ def test_every_figure_of_a_kernel_is_shown_not_only_the_first(tmp_path):
     papermill = pytest.importorskip("papermill")
     nb = nbformat.v4.new_notebook()
     plot = "fig = plots.tradeoff(pd.DataFrame({'variant': ['a'], 'acc': [0.8], 'asr': [0.1]}))"
-    nb.cells = [nbformat.v4.new_code_cell("import pandas as pd\nfrom paper_repro import plots"),
-                nbformat.v4.new_code_cell(plot), nbformat.v4.new_code_cell(plot)]
+    nb.cells = [
+        nbformat.v4.new_code_cell("import pandas as pd\nfrom paper_repro import plots"),
+        nbformat.v4.new_code_cell(plot),
+        nbformat.v4.new_code_cell(plot),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "in.ipynb")
-    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                               progress_bar=False)
+    papermill.execute_notebook(
+        str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False
+    )
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     shown = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in out.cells[1:]]
     assert shown == [1, 1], shown

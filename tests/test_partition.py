@@ -28,9 +28,11 @@ def test_dirichlet_respects_min_size_and_is_seeded():
 
 def test_dirichlet_small_beta_is_more_skewed_than_large_beta():
     lab = _labels()
+
     def skew(beta):
         parts = P.dirichlet(lab, 10, beta, np.random.default_rng(0), min_size=1)
         return np.mean([np.bincount(lab[p], minlength=10).max() / len(p) for p in parts])
+
     assert skew(0.1) > skew(100.0) + 0.2
 
 

@@ -1,4 +1,5 @@
 """Smoke tier: the real code path end to end on tiny data, every attack kind."""
+
 import json
 
 import numpy as np
@@ -8,7 +9,6 @@ import torch
 
 import paper_repro as pr
 from paper_repro.fm import FMCheckpointError
-from paper_repro.replay import Trajectory, replay_federated
 from paper_repro.results import run_key
 
 
@@ -68,10 +68,12 @@ def test_ddpm_source_runs_and_rejects_a_checkpoint_of_another_public_split(tmp_p
     res = _run(tmp_path, attack={"kind": "fm"}, fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)})
     assert len(res.history) == 3
     from paper_repro.store import cache_dir
+
     assert list((cache_dir() / "synthetic").glob("ddpm_*.npz")), "synthetic set is cached by hash"
     with pytest.raises(FMCheckpointError, match="different public split"):
-        pr.prepare(pr.load_config("smoke", data={"public_size": 150},
-                                  fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)}))
+        pr.prepare(
+            pr.load_config("smoke", data={"public_size": 150}, fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir)})
+        )
     with pytest.raises(FMCheckpointError, match="No FM checkpoint"):
         pr.prepare(pr.load_config("smoke", fm={"source": "ddpm", "checkpoint": str(tmp_path / "missing")}))
 
@@ -86,8 +88,9 @@ def test_load_results_collects_runs(tmp_path):
 def test_grid_writes_a_table_and_collect_rebuilds_it_from_run_folders(tmp_path):
     from paper_repro.studies import grid
 
-    df = grid.run_grid("smoke", ["none", "median"], attacks=("none", "fm"), partitions=("iid",),
-                       results_dir=tmp_path, progress=False)
+    df = grid.run_grid(
+        "smoke", ["none", "median"], attacks=("none", "fm"), partitions=("iid",), results_dir=tmp_path, progress=False
+    )
     assert len(df) == 4 and (tmp_path / "grid_smoke.csv").exists()
     again = grid.collect(tmp_path, "smoke").set_index(["defense", "attack"]).sort_index()
     pd.testing.assert_series_equal(again["asr"], df.set_index(["defense", "attack"]).sort_index()["asr"])
@@ -99,10 +102,15 @@ def test_run_key_covers_the_defense_defaults(monkeypatch):
     # Prepare: the same config, before and after a default of the defense changes
     cfg = pr.load_config("smoke", defense={"name": "act_bound"})
     before = pr.prepare(cfg, progress=False).hashes
-    monkeypatch.setitem(pr.defenses.REGISTRY, "act_bound",
-                        type("ActBound2", (pr.defenses.REGISTRY["act_bound"],),
-                             {"__init__": lambda self, epochs=7, **kw: super(type(self), self).__init__(epochs=epochs,
-                                                                                                       **kw)}))
+    monkeypatch.setitem(
+        pr.defenses.REGISTRY,
+        "act_bound",
+        type(
+            "ActBound2",
+            (pr.defenses.REGISTRY["act_bound"],),
+            {"__init__": lambda self, epochs=7, **kw: super(type(self), self).__init__(epochs=epochs, **kw)},
+        ),
+    )
     # Execute
     after = pr.prepare(cfg, progress=False).hashes
     # Assert: the resolved parameters differ, so the run key does
@@ -116,21 +124,45 @@ def test_resolved_params_names_unknown_parameters():
         pr.defenses.resolved_params("krum", {"num_maliciuos": 3})
 
 
-@pytest.mark.parametrize("name,params", [("act_bound", {}), ("pruning", {}), ("pruning", {"finetune_epochs": 1}),
-                                         ("mm_bm", {"epochs": 5})])
-def test_a_post_fusion_defense_replays_the_no_defense_training_with_the_same_results(tmp_path, name, params):
+@pytest.mark.parametrize(
+    "name,params", [("act_bound", {}), ("pruning", {}), ("pruning", {"finetune_epochs": 1}), ("mm_bm", {"epochs": 5})]
+)
+def test_a_post_fusion_defense_served_from_the_no_defense_training_has_the_same_results(tmp_path, name, params):
     kw = {"attack": {"kind": "fm"}, "defense": {"name": name, "params": params}}
-    full = pr.run_experiment(pr.load_config("smoke", **kw), results_dir=tmp_path / "full", progress=False,
-                             options=pr.RunOptions.for_profile("smoke", share_training=False))
+    full = pr.run_experiment(
+        pr.load_config("smoke", **kw),
+        results_dir=tmp_path / "full",
+        progress=False,
+        options=pr.RunOptions.for_profile("smoke", share_training=False),
+    )
     shared = _run(tmp_path / "shared", **kw)
     assert "shared_training" not in full.history and shared.history["shared_training"].iloc[1:].all()
     cols = ["round", "acc", "asr"]
     pd.testing.assert_frame_equal(shared.history[cols], full.history[cols])
     assert full.run_dir.name == shared.run_dir.name  # an execution detail: same run key
-    (base,) = [p for p in (tmp_path / "shared").iterdir() if p.name.startswith("smoke_fm_none_")]
-    states = Trajectory.load(base / "trajectory.pt").states
-    assert states.shape[0] == 3  # after init, after rounds 1 and 2
-    assert (states[1] != states[2]).any()
+    (base,) = [p for p in (tmp_path / "shared").iterdir() if p.name.startswith("smoke_fm_none_")]  # written too
+    assert json.loads((shared.run_dir / "config.json").read_text())["inputs"]["trained_with"] == base.name
+
+
+def test_post_fusion_defenses_side_by_side_match_each_alone_and_train_once(tmp_path, monkeypatch):
+    calls, train = [], pr.fl.local_training
+    monkeypatch.setattr(pr.fl, "local_training", lambda *a, **k: calls.append(1) or train(*a, **k))
+    names = ("act_bound", "mm_bm", "pruning", "none")
+    together = pr.run_many(
+        [pr.load_config("smoke", attack={"kind": "fm"}, defense=n) for n in names],
+        tmp_path / "together",
+        progress=False,
+    )
+    assert len(calls) == 2  # one training (2 rounds) for four defenses
+    for n, res in zip(names, together):
+        alone = pr.run_experiment(
+            pr.load_config("smoke", attack={"kind": "fm"}, defense=n),
+            tmp_path / n,
+            progress=False,
+            options=pr.RunOptions.for_profile("smoke", share_training=False),
+        )
+        pd.testing.assert_frame_equal(res.history[["round", "acc", "asr"]], alone.history[["round", "acc", "asr"]])
+        assert res.run_dir.name == alone.run_dir.name
 
 
 def test_a_defense_that_changes_training_trains_itself(tmp_path):
@@ -139,9 +171,10 @@ def test_a_defense_that_changes_training_trains_itself(tmp_path):
     assert not any(p.name.startswith("smoke_fm_none_") for p in tmp_path.iterdir())
     cfg = pr.load_config("smoke", defense={"name": "krum"})
     prep = pr.prepare(cfg, progress=False)
-    traj = Trajectory(torch.zeros(3, 1), [np.arange(5)] * 2, [{}] * 2)
-    with pytest.raises(ValueError, match="cannot replay"):
-        replay_federated(cfg, prep.inputs, pr.defenses.get("krum"), traj, progress=False)
+    with pytest.raises(ValueError, match="act only after fusion"):
+        pr.run_federated(
+            cfg, prep.inputs, pr.defenses.get("none"), progress=False, alongside={"k": pr.defenses.get("krum")}
+        )
 
 
 def test_runs_that_share_seed_and_synthetic_set_start_from_one_cached_initial_model(tmp_path, monkeypatch):
@@ -162,8 +195,8 @@ def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
     two = pr.run_many(cfgs, tmp_path / "two", jobs=2, progress=False)
     assert [r.run_dir.name for r in one] == [r.run_dir.name for r in two]
     assert one[0].run_dir == one[3].run_dir
-    # the replayed runs' no-defense base ran first, in both
-    assert len(list((tmp_path / "two").glob("smoke_fm_none_*/trajectory.pt"))) == 1
+    # the post-fusion runs were served from one no-defense training, written once, in both
+    assert len(list((tmp_path / "two").glob("smoke_fm_none_*"))) == 1
     for a, b in zip(one, two):
         np.testing.assert_allclose(a.history[["acc", "asr"]], b.history[["acc", "asr"]], atol=0.02)
     with pytest.raises(ValueError, match="jobs"):
@@ -190,16 +223,18 @@ def test_a_run_folder_says_what_made_it(tmp_path):
     p = res.provenance
     assert p["versions"]["torch"] == torch.__version__ and "numpy" in p["versions"]
     assert p["git"]["commit"] and p["options"]["engine"] == "auto" and p["started"] <= p["finished"]
-    base = p["inputs"]["replayed_from"]
-    assert base.startswith("smoke_fm_none_") and (tmp_path / base / "trajectory.pt").is_file()
+    base = p["inputs"]["trained_with"]
+    assert base.startswith("smoke_fm_none_") and (tmp_path / base / "complete.json").is_file()
     assert pr.RunResult.load(tmp_path / base).provenance["inputs"]["initial_model"].startswith("tiny_")
 
 
 def test_the_synthetic_cache_key_covers_every_sampler_setting(tiny_fm_dir):
     from paper_repro.fm.synthetic import synthetic_key
 
-    cfgs = [pr.load_config("smoke", fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir), **kw})
-            for kw in ({}, {"batch_size": 7}, {"eta": 0.5}, {"precision": "bf16"}, {"sample_seed": 1})]
+    cfgs = [
+        pr.load_config("smoke", fm={"source": "ddpm", "checkpoint": str(tiny_fm_dir), **kw})
+        for kw in ({}, {"batch_size": 7}, {"eta": 0.5}, {"precision": "bf16"}, {"sample_seed": 1})
+    ]
     keys = [json.dumps(synthetic_key(c, tiny_fm_dir), sort_keys=True) for c in cfgs]
     assert len(set(keys)) == len(keys)
 
@@ -216,8 +251,9 @@ def test_leftovers_of_a_killed_writer_are_never_counted_and_are_cleaned_up(tmp_p
     shutil.copytree(a.run_dir, tmp_path / f".tmp_{DEAD_PID}_abc")
     shutil.copytree(a.run_dir, tmp_path / f".old_{DEAD_PID}_{a.run_dir.name}")
     assert pr.load_results(tmp_path)["run"].nunique() == 1
-    b = pr.run_experiment(pr.load_config("smoke", attack={"kind": "fm"}), results_dir=tmp_path, progress=False,
-                          force=True)
+    b = pr.run_experiment(
+        pr.load_config("smoke", attack={"kind": "fm"}), results_dir=tmp_path, progress=False, force=True
+    )
     assert b.run_dir == a.run_dir and sorted(p.name for p in tmp_path.iterdir()) == [a.run_dir.name]
 
 
@@ -238,17 +274,21 @@ def test_a_damaged_run_folder_is_recomputed_not_served(tmp_path, damage):
     pd.testing.assert_frame_equal(b.history[["acc", "asr"]], a.history[["acc", "asr"]])
 
 
-def test_a_trajectory_from_another_run_is_never_replayed(tmp_path):
-    kw = {"attack": {"kind": "fm"}, "defense": {"name": "act_bound", "params": {"epochs": 1}}}
-    ref = _run(tmp_path / "ref", **kw)  # the reference, in a clean folder
-    _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"})  # leaves the seed-0 no-defense run
-    _run(tmp_path, attack={"kind": "fm"}, defense={"name": "act_bound"}, seed=1)  # and the seed-1 one
-    (base0,) = tmp_path.glob("smoke_fm_none_*_s0_*")
-    (base1,) = tmp_path.glob("smoke_fm_none_*_s1_*")
-    (base0 / "trajectory.pt").write_bytes((base1 / "trajectory.pt").read_bytes())  # the seed-1 weights, copied
-    with pytest.warns(UserWarning, match="trajectory.pt"):
-        again = _run(tmp_path, **kw)  # replays seed 0: must not take the copied weights
-    pd.testing.assert_frame_equal(again.history[["acc", "asr"]], ref.history[["acc", "asr"]])
+def test_a_saved_model_is_served_only_when_asked_for_and_intact(tmp_path):
+    from paper_repro.results import MODEL
+
+    cfg = pr.load_config("smoke", attack={"kind": "fm"})
+    plain = pr.run_experiment(cfg, tmp_path, progress=False)
+    assert not (plain.run_dir / MODEL).exists()
+    kept = pr.run_experiment(cfg, tmp_path, progress=False, keep_model=True)  # recomputed: the model was missing
+    assert not kept.cached and kept.run_dir == plain.run_dir
+    state = pr.runner.final_model(kept)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert pr.run_experiment(cfg, tmp_path, progress=False, keep_model=True).cached
+    (kept.run_dir / MODEL).write_bytes(b"not a model")  # a replaced file fails its checksum: computed again
+    again = pr.run_experiment(cfg, tmp_path, progress=False, keep_model=True)
+    assert not again.cached
+    pd.testing.assert_frame_equal(again.history[["acc", "asr"]], plain.history[["acc", "asr"]])
 
 
 def test_corrupt_cache_files_are_named_and_recomputed(tmp_path, monkeypatch, tiny_fm_dir):
@@ -271,16 +311,17 @@ def test_force_recomputes_every_cached_input_too(tmp_path, monkeypatch):
     a = _run(tmp_path, attack={"kind": "classic"})
     b = _run(tmp_path / "other", attack={"kind": "classic"})  # another results folder: the initial model is cached
     assert not a.history["init_cached"].iloc[0] and b.history["init_cached"].iloc[0]
-    c = pr.run_experiment(pr.load_config("smoke", attack={"kind": "classic"}), results_dir=tmp_path / "other",
-                          progress=False, force=True)
+    c = pr.run_experiment(
+        pr.load_config("smoke", attack={"kind": "classic"}), results_dir=tmp_path / "other", progress=False, force=True
+    )
     assert not c.history["init_cached"].iloc[0]
     pd.testing.assert_frame_equal(c.history[["acc", "asr"]], a.history[["acc", "asr"]])
     assert a.run_dir.name == c.run_dir.name and "code" in json.loads((c.run_dir / "config.json").read_text())["hashes"]
 
 
 def test_the_fast_mode_runs_bf16_everywhere_under_its_own_key(tmp_path):
+    from paper_repro.initial import initial_model_key
     from paper_repro.inputs import prepare
-    from paper_repro.replay import initial_model_key
 
     cfg = pr.load_config("smoke", attack={"kind": "fm"}, defense={"name": "act_bound", "params": {"epochs": 1}})
     ref = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
@@ -301,11 +342,33 @@ def test_cli_fast_writes_its_tables_apart(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    env = {**__import__("os").environ, "PAPER_REPRO_RESULTS": str(tmp_path / "r"),
-           "PAPER_REPRO_CACHE": str(tmp_path / "c")}
-    out = subprocess.run([sys.executable, "-m", "paper_repro", "attacks", "--profile", "smoke", "--fast", "--seeds",
-                          "0", "--attacks", "FM patch", "--defenses", "none", "--tables-dir", str(tmp_path / "t")],
-                         env=env, capture_output=True, text=True)
+    env = {
+        **__import__("os").environ,
+        "PAPER_REPRO_RESULTS": str(tmp_path / "r"),
+        "PAPER_REPRO_CACHE": str(tmp_path / "c"),
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paper_repro",
+            "attacks",
+            "--profile",
+            "smoke",
+            "--fast",
+            "--seeds",
+            "0",
+            "--attacks",
+            "FM patch",
+            "--defenses",
+            "none",
+            "--tables-dir",
+            str(tmp_path / "t"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     runs = list((tmp_path / "r").glob("*/config.json"))
     assert runs and all(json.loads(p.read_text())["config"]["fl"]["precision"] == "bf16" for p in runs)

@@ -7,6 +7,7 @@ visible, and the marker must come off (the strict xfail then fails) once the met
 written by hand, never derived from the numbers; ``tests/test_claims.py`` checks that the current code reproduces the
 committed seed-0 cells.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,13 @@ UPDATE_COMPARING = ("norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_
 
 # (test, attack, partition): cells whose committed numbers miss the target
 KNOWN_MISSES = {
-    ("asr", "fm", "iid"), ("asr", "classic", "iid"),
-    ("acc", "fm", "iid"), ("acc", "classic", "iid"), ("acc", "classic", "dirichlet0.5"),
-    ("median", "classic", "iid"), ("median", "classic", "dirichlet0.5"),
+    ("asr", "fm", "iid"),
+    ("asr", "classic", "iid"),
+    ("acc", "fm", "iid"),
+    ("acc", "classic", "iid"),
+    ("acc", "classic", "dirichlet0.5"),
+    ("median", "classic", "iid"),
+    ("median", "classic", "dirichlet0.5"),
 }
 
 
@@ -52,8 +57,18 @@ def _asr_text(defense, attack, partition):
 
 
 ASR_CASES = [_case("asr", a, p, _asr_text("act_bound", a, p)) for a in ("fm", "classic") for p in PARTITIONS]
-ACC_CASES = [_case("acc", a, p, lambda a=a, p=p: f"ACC cost {_cost(a, p).mean():.3f} (per seed "
-                   + ", ".join(f"{v:.3f}" for v in _cost(a, p)) + ")") for a in ("fm", "classic") for p in PARTITIONS]
+ACC_CASES = [
+    _case(
+        "acc",
+        a,
+        p,
+        lambda a=a, p=p: (
+            f"ACC cost {_cost(a, p).mean():.3f} (per seed " + ", ".join(f"{v:.3f}" for v in _cost(a, p)) + ")"
+        ),
+    )
+    for a in ("fm", "classic")
+    for p in PARTITIONS
+]
 MEDIAN_CASES = [_case("median", "classic", p, _asr_text("median", "classic", p), values=(p,)) for p in PARTITIONS]
 
 

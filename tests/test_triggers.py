@@ -34,7 +34,7 @@ def test_poison_takes_ratio_of_each_nontarget_class_and_leaves_input_untouched()
     new, idx = poison(data, Trigger("badnets", 3), target=0, ratio=0.3, rng=np.random.default_rng(0))
     # Assert
     assert len(idx) == 6 and set(data.y[idx]) == {1, 2}
-    assert (np.bincount(data.y[idx]) [1:] == 3).all()
+    assert (np.bincount(data.y[idx])[1:] == 3).all()
     assert (new.y[idx] == 0).all() and (new.x[idx][:, :, 3:, 3:] == 255).all()
     untouched = np.setdiff1d(np.arange(30), idx)
     assert (new.x[untouched] == 0).all() and np.array_equal(new.y[untouched], data.y[untouched])
@@ -76,8 +76,9 @@ def test_sig_adds_a_horizontal_sinusoid_of_the_given_amplitude_everywhere():
 
 def test_all_to_all_poisons_every_class_toward_the_next_one_and_tests_on_every_image(tiny_set):
     data = ImageSet(np.zeros((30, 1, 6, 6), np.uint8), np.repeat(np.arange(3), 10), ("a", "b", "c"))
-    new, idx = poison(data, Trigger("badnets", 3), target=0, ratio=0.3, rng=np.random.default_rng(0),
-                      mapping="all_to_all")
+    new, idx = poison(
+        data, Trigger("badnets", 3), target=0, ratio=0.3, rng=np.random.default_rng(0), mapping="all_to_all"
+    )
     assert (np.bincount(data.y[idx]) == 3).all()  # the target class is poisoned too
     assert np.array_equal(new.y[idx], (data.y[idx] + 1) % 3)
     assert len(asr_set(tiny_set, Trigger("badnets", 2), target=2, mapping="all_to_all")) == len(tiny_set)

@@ -4,6 +4,7 @@ An attack acts on the server's synthetic set (``poison_synthetic``: the FM attac
 (``local_data``, ``craft_update``: classic attacks). Adding one = one file with an :class:`Attack` subclass + one
 line in ``REGISTRY`` (or :func:`register` from your own code).
 """
+
 from __future__ import annotations
 
 from ..config import Config
@@ -21,18 +22,22 @@ from .threedfed import ThreeDFed
 
 DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
-REGISTRY = Registry("attack", Attack, {
-    "none": Attack,
-    "classic": DataPoisoning,
-    "fm": FMPoisoning,
-    "both": FMAndClassic,
-    "model_replacement": ModelReplacement,
-    "dba": DBA,
-    "neurotoxin": Neurotoxin,
-    "3dfed": ThreeDFed,
-    "fm_generated": FMGenerated,
-    "fm_bound_aware": FMBoundAware,
-})
+REGISTRY = Registry(
+    "attack",
+    Attack,
+    {
+        "none": Attack,
+        "classic": DataPoisoning,
+        "fm": FMPoisoning,
+        "both": FMAndClassic,
+        "model_replacement": ModelReplacement,
+        "dba": DBA,
+        "neurotoxin": Neurotoxin,
+        "3dfed": ThreeDFed,
+        "fm_generated": FMGenerated,
+        "fm_bound_aware": FMBoundAware,
+    },
+)
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
 
 
@@ -52,5 +57,14 @@ def build(cfg: Config) -> Attack:
     return REGISTRY.lookup(cfg.attack.kind).from_config(cfg)
 
 
-__all__ = ["Attack", "DataPoisoning", "FMPoisoning", "FMAndClassic", "REGISTRY", "build", "config_trigger",
-           "names", "register"]
+__all__ = [
+    "Attack",
+    "DataPoisoning",
+    "FMPoisoning",
+    "FMAndClassic",
+    "REGISTRY",
+    "build",
+    "config_trigger",
+    "names",
+    "register",
+]

@@ -1,5 +1,6 @@
 """The attack interface: hooks on the server's synthetic set (the FM attack) and on the clients (classic attacks).
 Every hook defaults to "no attack", so an attack overrides only the side it acts on."""
+
 from __future__ import annotations
 
 import numpy as np

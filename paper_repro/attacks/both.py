@@ -1,4 +1,5 @@
 """``both`` — the FM attack and the classic attack at once (a poisoned synthetic set and malicious clients)."""
+
 from __future__ import annotations
 
 from ..config import Config
@@ -18,7 +19,16 @@ class FMAndClassic(DataPoisoning):
     @classmethod
     def from_config(cls, cfg: Config) -> FMAndClassic:
         c = DataPoisoning.from_config(cfg)
-        return cls(FMPoisoning.from_config(cfg), sorted(c.malicious), c.trigger, c.target, c.ratio, c.boost, c.seed)
+        return cls(
+            FMPoisoning.from_config(cfg),
+            sorted(c.malicious),
+            c.trigger,
+            c.target,
+            ratio=c.ratio,
+            boost=c.boost,
+            seed=c.seed,
+            mapping=c.mapping,
+        )
 
     def poison_synthetic(self, clean):
         return self.fm.poison_synthetic(clean)

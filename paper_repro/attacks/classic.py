@@ -1,6 +1,7 @@
 """``classic`` — the malicious-client backdoor: local data poisoning with optional update scaling (boosting /
 model replacement). [C: all author repositories (20 % of local non-target samples → target); FRJ-AJ ``BD_amp``;
 Bagdasaryan et al. 2020]"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,16 @@ class DataPoisoning(Attack):
 
     name = "classic"
 
-    def __init__(self, malicious: list[int] | np.ndarray, trigger: Trigger, target: int, ratio: float = 0.2,
-                 boost: float = 1.0, seed: int = 0, mapping: str = "all_to_one"):
+    def __init__(
+        self,
+        malicious: list[int] | np.ndarray,
+        trigger: Trigger,
+        target: int,
+        ratio: float = 0.2,
+        boost: float = 1.0,
+        seed: int = 0,
+        mapping: str = "all_to_one",
+    ):
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"client poison ratio {ratio} is outside [0, 1]")
         self.malicious = frozenset(int(m) for m in malicious)
@@ -35,8 +44,16 @@ class DataPoisoning(Attack):
         a subclass's own arguments)."""
         a = cfg.attack
         malicious = np.sort(np_rng(cfg.seed, "malicious").choice(cfg.fl.num_clients, a.num_malicious, replace=False))
-        return cls(malicious, config_trigger(cfg), a.target_class, a.client_poison_ratio, a.boost, seed=cfg.seed,
-                   mapping=a.mapping, **kw)
+        return cls(
+            malicious,
+            config_trigger(cfg),
+            a.target_class,
+            a.client_poison_ratio,
+            a.boost,
+            seed=cfg.seed,
+            mapping=a.mapping,
+            **kw,
+        )
 
     def local_data(self, client_id: int, data: ImageSet) -> ImageSet:
         if not self.is_malicious(client_id):
@@ -45,8 +62,10 @@ class DataPoisoning(Attack):
             rng = legacy_rng(self.seed, client_id, 7)
             pool = np.flatnonzero(data.y != self.target) if self.mapping == "all_to_one" else np.arange(len(data))
             idx = np.sort(rng.choice(pool, size=int(self.ratio * len(pool)), replace=False))
-            self._cache[client_id] = (poison_indices(data, self.trigger_for(client_id), self.target, idx,
-                                                     self.mapping), idx)
+            self._cache[client_id] = (
+                poison_indices(data, self.trigger_for(client_id), self.target, idx, self.mapping),
+                idx,
+            )
         return self._cache[client_id][0]
 
     def trigger_for(self, client_id: int) -> Trigger:

@@ -2,6 +2,7 @@
 patterns and each malicious client poisons its data with one of them; the model is tested with the union. [C: four
 1×4 bars for MNIST-like images, attacker i uses pattern i mod 4; R: our attackers poison every round they are
 sampled (the paper's fixed-frequency schedule is not modelled), update scaled by ``attack.boost``]"""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -19,8 +20,9 @@ class DBA(DataPoisoning):
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         if cfg.attack.trigger != "dba":
-            raise ValueError(f"attack.kind='dba' splits the dba trigger: set attack.trigger='dba' "
-                             f"(now {cfg.attack.trigger!r})")
+            raise ValueError(
+                f"attack.kind='dba' splits the dba trigger: set attack.trigger='dba' (now {cfg.attack.trigger!r})"
+            )
 
     def trigger_for(self, client_id: int) -> Trigger:
         rank = sorted(self.malicious).index(int(client_id))

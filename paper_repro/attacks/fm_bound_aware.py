@@ -17,6 +17,7 @@ synthetic set, instead looks for a trigger whose features are ones clean images 
 The ASR test images carry the same δ. The attacker's extra cost is one surrogate training and ``steps`` gradient
 steps on the set it drew anyway (logged in ``info``). [R: the attacker does not know the final global model, only
 its architecture and the server's recipe; ε = 16/255 as in clean-label and universal-perturbation attacks]"""
+
 from __future__ import annotations
 
 import time
@@ -25,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..activation_bounds import max_activations, record_activations, resolve_sites
 from ..config import Config
 from ..data import ImageSet
 from ..defenses.act_bound import ActBound, fit_subset
-from ..defenses.clipping import max_activations, record_activations, resolve_sites
 from ..models import build_model
 from ..rng import derive_seed, np_rng, torch_gen
 from ..training import train_supervised
@@ -52,18 +53,41 @@ class FMBoundAware(FMPoisoning):
 
     name = "fm_bound_aware"
     _BOUND = ActBound()
-    PARAMS = {"epsilon": round(16 / 255, 4), "steps": 200, "lam": 1.0, "lr": 0.01,
-              "quantile": _BOUND.init_quantile, "per_class": _BOUND.per_class}
+    PARAMS = {
+        "epsilon": round(16 / 255, 4),
+        "steps": 200,
+        "lam": 1.0,
+        "lr": 0.01,
+        "quantile": _BOUND.init_quantile,
+        "per_class": _BOUND.per_class,
+    }
 
-    def __init__(self, *args, cfg: Config, epsilon: float = PARAMS["epsilon"], steps: int = PARAMS["steps"],
-                 lam: float = PARAMS["lam"], lr: float = PARAMS["lr"], quantile: float = PARAMS["quantile"],
-                 per_class: int = PARAMS["per_class"], **kw):
+    def __init__(
+        self,
+        *args,
+        cfg: Config,
+        epsilon: float = PARAMS["epsilon"],
+        steps: int = PARAMS["steps"],
+        lam: float = PARAMS["lam"],
+        lr: float = PARAMS["lr"],
+        quantile: float = PARAMS["quantile"],
+        per_class: int = PARAMS["per_class"],
+        **kw,
+    ):
         super().__init__(*args, **kw)
-        for name, ok in (("epsilon", 0 < epsilon <= 1), ("steps", steps >= 0), ("lam", lam >= 0), ("lr", lr > 0),
-                         ("quantile", 0 < quantile <= 1), ("per_class", per_class >= 1)):
+        for name, ok in (
+            ("epsilon", 0 < epsilon <= 1),
+            ("steps", steps >= 0),
+            ("lam", lam >= 0),
+            ("lr", lr > 0),
+            ("quantile", 0 < quantile <= 1),
+            ("per_class", per_class >= 1),
+        ):
             if not ok:
-                raise ValueError(f"fm_bound_aware: {name}={locals()[name]!r} is out of range (see "
-                                 "paper_repro/attacks/fm_bound_aware.py)")
+                raise ValueError(
+                    f"fm_bound_aware: {name}={locals()[name]!r} is out of range (see "
+                    "paper_repro/attacks/fm_bound_aware.py)"
+                )
         self.cfg, self.epsilon, self.steps, self.lam, self.lr = cfg, epsilon, int(steps), lam, lr
         self.quantile, self.per_class = quantile, int(per_class)
         self.trigger = None  # made from the synthetic set in poison_synthetic
@@ -72,14 +96,23 @@ class FMBoundAware(FMPoisoning):
     @classmethod
     def from_config(cls, cfg: Config) -> FMBoundAware:
         a = cfg.attack
-        return cls(None, a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"), a.mapping,
-                   cfg=cfg, **{**cls.PARAMS, **a.params})
+        return cls(
+            None,
+            a.target_class,
+            a.poison_ratio,
+            a.fm_stages,
+            np_rng(cfg.seed, "fm_poison"),
+            a.mapping,
+            cfg=cfg,
+            **{**cls.PARAMS, **a.params},
+        )
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         if cfg.attack.mapping != "all_to_one":
-            raise ValueError("attack.kind='fm_bound_aware' optimises an all-to-one trigger: set "
-                             "attack.mapping='all_to_one'")
+            raise ValueError(
+                "attack.kind='fm_bound_aware' optimises an all-to-one trigger: set attack.mapping='all_to_one'"
+            )
 
     def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
         self.trigger = PatternTrigger(self.optimise_trigger(clean))
@@ -87,8 +120,9 @@ class FMBoundAware(FMPoisoning):
 
     def asr_trigger(self, cfg: Config) -> PatternTrigger:
         if self.trigger is None:
-            raise RuntimeError("fm_bound_aware: the trigger is made from the synthetic set; call poison_synthetic "
-                               "first")
+            raise RuntimeError(
+                "fm_bound_aware: the trigger is made from the synthetic set; call poison_synthetic first"
+            )
         return self.trigger
 
     def optimise_trigger(self, clean: ImageSet) -> np.ndarray:
@@ -96,8 +130,16 @@ class FMBoundAware(FMPoisoning):
         cfg, fl, t0 = self.cfg, self.cfg.fl, time.perf_counter()
         x, y = clean.tensors()
         model = build_model(cfg.model.name, clean.shape, clean.num_classes, derive_seed(cfg.seed, "bound_aware_net"))
-        train_supervised(model, x, y, fl.init_epochs, fl.init_lr, fl.momentum, fl.batch_size,
-                         torch_gen(cfg.seed, "bound_aware_train"))
+        train_supervised(
+            model,
+            x,
+            y,
+            fl.init_epochs,
+            fl.init_lr,
+            fl.momentum,
+            fl.batch_size,
+            torch_gen(cfg.seed, "bound_aware_train"),
+        )
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -128,8 +170,10 @@ class FMBoundAware(FMPoisoning):
             for h in hooks:
                 h.remove()
         delta_px = (delta.detach()[0] * 127.5).numpy()
-        self.info = {"seconds": round(time.perf_counter() - t0, 1), **self._check(model, source, bounds, sites,
-                                                                                    delta_px)}
+        self.info = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            **self._check(model, source, bounds, sites, delta_px),
+        }
         return delta_px
 
     def _check(self, model, source: torch.Tensor, bounds: dict, sites: list[str], delta_px: np.ndarray) -> dict:

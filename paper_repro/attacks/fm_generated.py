@@ -21,6 +21,7 @@ slots: at most ``n_per_class`` of them (the paste attack replaces up to 20 % of 
 The fine-tuned draw is cached by a hash of everything that made it (checkpoint bytes, public split, trigger, share,
 steps, sampler settings, code, library versions): every run and seed sees the same compromised FM, as in the
 threat model. ``info`` gives the attacker's training seconds. [R]"""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ class FMGenerated(FMPoisoning):
     name = "fm_generated"
     PARAMS = {"finetune_steps": 600, "lr": 2e-4}
 
-    def __init__(self, *args, cfg: Config, finetune_steps: int = PARAMS["finetune_steps"], lr: float = PARAMS["lr"],
-                 **kw):
+    def __init__(
+        self, *args, cfg: Config, finetune_steps: int = PARAMS["finetune_steps"], lr: float = PARAMS["lr"], **kw
+    ):
         super().__init__(*args, **kw)
         if finetune_steps < 1 or lr <= 0:
             raise ValueError(f"fm_generated: finetune_steps={finetune_steps!r} must be >= 1 and lr={lr!r} > 0")
@@ -62,17 +64,29 @@ class FMGenerated(FMPoisoning):
     @classmethod
     def from_config(cls, cfg: Config) -> FMGenerated:
         a = cfg.attack
-        return cls(config_trigger(cfg), a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"),
-                   a.mapping, cfg=cfg, **{**cls.PARAMS, **a.params})
+        return cls(
+            config_trigger(cfg),
+            a.target_class,
+            a.poison_ratio,
+            a.fm_stages,
+            np_rng(cfg.seed, "fm_poison"),
+            a.mapping,
+            cfg=cfg,
+            **{**cls.PARAMS, **a.params},
+        )
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         if cfg.attack.mapping != "all_to_one":
-            raise ValueError("attack.kind='fm_generated' draws the trigger into the target class only: set "
-                             "attack.mapping='all_to_one'")
+            raise ValueError(
+                "attack.kind='fm_generated' draws the trigger into the target class only: set "
+                "attack.mapping='all_to_one'"
+            )
         if cfg.fm.source not in ("ddpm", "real_public"):
-            raise ValueError(f"attack.kind='fm_generated' fine-tunes the embedded DDPM; fm.source={cfg.fm.source!r} "
-                             "is not supported (use fm.source='ddpm')")
+            raise ValueError(
+                f"attack.kind='fm_generated' fine-tunes the embedded DDPM; fm.source={cfg.fm.source!r} "
+                "is not supported (use fm.source='ddpm')"
+            )
 
     def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
         drawn = self.compromised_draw()
@@ -96,12 +110,19 @@ class FMGenerated(FMPoisoning):
     def _key(self, public: ImageSet) -> dict:
         f = self.cfg.fm
         ckpt = resolve_path(f.checkpoint)
-        return {"fm": checkpoint_digest(ckpt) if f.source == "ddpm" else "scratch", "public": public.digest(),
-                "trigger": repr(self.trigger), "target": self.target, "ratio": self.ratio, "steps": self.steps,
-                "lr": self.lr, "n": f.n_per_class, "sampler": [f.num_inference_steps, f.guidance_scale, f.eta,
-                                                               f.sample_seed, f.batch_size, f.precision],
-                "code": code_digest_of(FMGenerated, draw_synthetic, ClassConditionalDDPM),
-                "libraries": library_versions(("torch", "diffusers"))}
+        return {
+            "fm": checkpoint_digest(ckpt) if f.source == "ddpm" else "scratch",
+            "public": public.digest(),
+            "trigger": repr(self.trigger),
+            "target": self.target,
+            "ratio": self.ratio,
+            "steps": self.steps,
+            "lr": self.lr,
+            "n": f.n_per_class,
+            "sampler": [f.num_inference_steps, f.guidance_scale, f.eta, f.sample_seed, f.batch_size, f.precision],
+            "code": code_digest_of(FMGenerated, draw_synthetic, ClassConditionalDDPM),
+            "libraries": library_versions(("torch", "diffusers")),
+        }
 
     def compromised_draw(self) -> np.ndarray:
         """``n_per_class`` target-class images from the fine-tuned FM (uint8), through the disk cache."""
@@ -117,8 +138,9 @@ class FMGenerated(FMPoisoning):
         fm = self.finetuned(public)
         self.info = {"finetune_seconds": round(time.perf_counter() - t0, 1)}
         t1 = time.perf_counter()
-        one = ClassConditionalDDPM(_OneClass(fm.unet, self.target, len(fm.classes)), (fm.classes[self.target],),
-                                   fm.train_config)
+        one = ClassConditionalDDPM(
+            _OneClass(fm.unet, self.target, len(fm.classes)), (fm.classes[self.target],), fm.train_config
+        )
         x = draw_synthetic(one, self.cfg, progress=False).x
         self.info["sample_seconds"] = round(time.perf_counter() - t1, 1)
         save_atomic(lambda tmp: np.savez_compressed(tmp, x=x, key=json.dumps(key), info=json.dumps(self.info)), path)
@@ -128,8 +150,7 @@ class FMGenerated(FMPoisoning):
         """Steps 1–2: the FM fine-tuned (or, without a DDPM checkpoint, trained) on the poisoned public split."""
         data, _ = poison(public, self.trigger, self.target, self.ratio, np_rng(0, "fm_generated_public"))
         if self.cfg.fm.source != "ddpm":
-            return ClassConditionalDDPM.train(data, replace(SMOKE_FM, steps=self.steps), progress=False,
-                                             log_every=0)
+            return ClassConditionalDDPM.train(data, replace(SMOKE_FM, steps=self.steps), progress=False, log_every=0)
         fm = ClassConditionalDDPM.load(resolve_path(self.cfg.fm.checkpoint))
         finetune(fm, data, self.steps, self.lr, torch_gen(0, "fm_generated_finetune"))
         return fm
@@ -148,8 +169,15 @@ class _OneClass(torch.nn.Module):
         return self.unet(x, t, class_labels=self.labels[class_labels])
 
 
-def finetune(fm: ClassConditionalDDPM, data: ImageSet, steps: int, lr: float, gen: torch.Generator,
-             batch_size: int = 64, ema_decay: float = 0.995) -> None:
+def finetune(
+    fm: ClassConditionalDDPM,
+    data: ImageSet,
+    steps: int,
+    lr: float,
+    gen: torch.Generator,
+    batch_size: int = 64,
+    ema_decay: float = 0.995,
+) -> None:
     """DDPM ε-prediction steps on ``data`` from the FM's current weights (its noise schedule and label dropout;
     constant ``lr``, no warm-up); the EMA weights are kept, in place."""
     from diffusers import DDPMScheduler

@@ -1,6 +1,7 @@
 """``fm`` — the paper's novel threat: the compromised foundation model's synthetic set carries the trigger. A
 fraction of each non-target class is triggered and relabelled to the target, and the poisoned set is used where
 ``attack.fm_stages`` says (initialisation and/or fusion). [C: 2401.10375; R: applied to the FM's output]"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,15 @@ class FMPoisoning(Attack):
 
     name = "fm"
 
-    def __init__(self, trigger: Trigger, target: int, ratio: float = 0.2, stages: tuple[str, ...] = ("init", "kd"),
-                 rng: np.random.Generator | None = None, mapping: str = "all_to_one"):
+    def __init__(
+        self,
+        trigger: Trigger,
+        target: int,
+        ratio: float = 0.2,
+        stages: tuple[str, ...] = ("init", "kd"),
+        rng: np.random.Generator | None = None,
+        mapping: str = "all_to_one",
+    ):
         self.trigger, self.target, self.ratio, self.stages = trigger, target, ratio, tuple(stages)
         self.mapping = mapping
         self.rng = rng if rng is not None else np_rng(0, "fm_poison")
@@ -27,8 +35,9 @@ class FMPoisoning(Attack):
     @classmethod
     def from_config(cls, cfg: Config) -> FMPoisoning:
         a = cfg.attack
-        return cls(config_trigger(cfg), a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"),
-                   a.mapping)
+        return cls(
+            config_trigger(cfg), a.target_class, a.poison_ratio, a.fm_stages, np_rng(cfg.seed, "fm_poison"), a.mapping
+        )
 
     def poison_synthetic(self, clean: ImageSet) -> tuple[ImageSet, ImageSet, np.ndarray]:
         poisoned, idx = poison(clean, self.trigger, self.target, self.ratio, self.rng, self.mapping)

@@ -5,6 +5,7 @@ the backdoor. The benign direction is estimated from the last change of the glob
 update, top-k by magnitude; R: ``mask_ratio`` 0.05 (the paper varies it); the mask is applied to the final local
 update instead of projecting every local gradient step (our local-training engines are shared with benign clients);
 no norm constraint (PGD) is applied]"""
+
 from __future__ import annotations
 
 import torch

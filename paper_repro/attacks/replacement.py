@@ -2,6 +2,7 @@
 trains on its poisoned data and scales its update by γ = n/η so that it replaces the global model after averaging
 (n clients per round, server learning rate η = 1 in FedAvg). [C: γ = n/η; R: with several attackers in one round
 each still scales by n, as each acts alone in the paper]"""
+
 from __future__ import annotations
 
 from ..config import Config

@@ -21,6 +21,7 @@ backdoor attack in federated learning", IEEE S&P 2023), as far as this FL loop a
 
 Roles depend on a client's rank among the malicious ids only (not on the order clients are called), so the
 in-process loop and Flower agree."""
+
 from __future__ import annotations
 
 import torch
@@ -36,21 +37,35 @@ class ThreeDFed(DataPoisoning):
     name = "3dfed"
     PARAMS = {"num_decoys": 1, "decoy_scale": 5.0, "max_scale": 20.0, "accept": 0.5, "mask_ratio": 0.05}
 
-    def __init__(self, *args, num_decoys: int = PARAMS["num_decoys"], decoy_scale: float = PARAMS["decoy_scale"],
-                 max_scale: float = PARAMS["max_scale"], accept: float = PARAMS["accept"],
-                 mask_ratio: float = PARAMS["mask_ratio"], clients_per_round: int = 1, **kw):
+    def __init__(
+        self,
+        *args,
+        num_decoys: int = PARAMS["num_decoys"],
+        decoy_scale: float = PARAMS["decoy_scale"],
+        max_scale: float = PARAMS["max_scale"],
+        accept: float = PARAMS["accept"],
+        mask_ratio: float = PARAMS["mask_ratio"],
+        clients_per_round: int = 1,
+        **kw,
+    ):
         super().__init__(*args, **kw)
-        for name, ok in (("num_decoys", num_decoys >= 0), ("decoy_scale", decoy_scale > 0),
-                         ("max_scale", max_scale >= 1), ("accept", 0 < accept <= 1),
-                         ("mask_ratio", 0 <= mask_ratio < 1)):
+        for name, ok in (
+            ("num_decoys", num_decoys >= 0),
+            ("decoy_scale", decoy_scale > 0),
+            ("max_scale", max_scale >= 1),
+            ("accept", 0 < accept <= 1),
+            ("mask_ratio", 0 <= mask_ratio < 1),
+        ):
             if not ok:
-                raise ValueError(f"3dfed: {name}={locals()[name]!r} is out of range (see paper_repro/attacks/"
-                                 "threedfed.py)")
+                raise ValueError(
+                    f"3dfed: {name}={locals()[name]!r} is out of range (see paper_repro/attacks/threedfed.py)"
+                )
         self.num_decoys, self.decoy_scale, self.max_scale = int(num_decoys), decoy_scale, max_scale
         self.accept, self.mask_ratio, self.n = accept, mask_ratio, int(clients_per_round)
         ranked = sorted(self.malicious)
-        self.decoys = frozenset(ranked[len(ranked) - min(self.num_decoys, max(len(ranked) - 1, 0)):]
-                                if self.num_decoys else [])
+        self.decoys = frozenset(
+            ranked[len(ranked) - min(self.num_decoys, max(len(ranked) - 1, 0)) :] if self.num_decoys else []
+        )
         """The highest-ranked malicious ids (at least one carrier is always left)."""
         self.scale = {cid: float(self.boost) for cid in ranked}
         self.log: list[dict] = []
@@ -60,8 +75,9 @@ class ThreeDFed(DataPoisoning):
 
     @classmethod
     def from_config(cls, cfg: Config, **kw) -> ThreeDFed:
-        return super().from_config(cfg, **{**cls.PARAMS, **cfg.attack.params},
-                                   clients_per_round=cfg.fl.clients_per_round, **kw)
+        return super().from_config(
+            cfg, **{**cls.PARAMS, **cfg.attack.params}, clients_per_round=cfg.fl.clients_per_round, **kw
+        )
 
     def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
         if self._previous is not None:
@@ -73,8 +89,9 @@ class ThreeDFed(DataPoisoning):
                 a = float(self.n * torch.dot(change, u) / torch.dot(u, u).clamp_min(1e-12))
                 old = self.scale[cid]
                 self.scale[cid] = min(2 * old, self.max_scale) if a >= self.accept else max(old / 2, 1.0)
-                self.log.append({"round": rnd - 1, "client": cid, "acceptance": a, "scale": old,
-                                 "next_scale": self.scale[cid]})
+                self.log.append(
+                    {"round": rnd - 1, "client": cid, "acceptance": a, "scale": old, "next_scale": self.scale[cid]}
+                )
         self._previous, self._round = global_state.clone(), rnd
 
     def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ A defense may act at step 3 (``aggregate``: combine/filter client updates) and/o
 the fused global model with the synthetic set). Adding one = one file with a :class:`Defense` subclass + one line in
 ``REGISTRY`` (or :func:`register` from your own code).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -21,27 +22,31 @@ from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, N
 
 DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
-REGISTRY = Registry("defense", Defense, {
-    "none": Defense,
-    "norm_clip": NormClip,
-    "dp": DP,
-    "krum": Krum,
-    "multi_krum": MultiKrum,
-    "median": Median,
-    "trimmed_mean": TrimmedMean,
-    "flame": Flame,
-    "foolsgold": FoolsGold,
-    "mars": MARS,
-    "geminiguard": GeminiGuard,
-    "weidetect": WeiDetect,
-    "pruning": Pruning,
-    "mm_bm": MMBM,
-    "mmac": MMAC,
-    "mm_bm_neuron": MMBMNeuron,
-    "mmac_neuron": MMACNeuron,
-    "act_bound": ActBound,
-    "act_bound_dm": ActBoundDM,
-})
+REGISTRY = Registry(
+    "defense",
+    Defense,
+    {
+        "none": Defense,
+        "norm_clip": NormClip,
+        "dp": DP,
+        "krum": Krum,
+        "multi_krum": MultiKrum,
+        "median": Median,
+        "trimmed_mean": TrimmedMean,
+        "flame": Flame,
+        "foolsgold": FoolsGold,
+        "mars": MARS,
+        "geminiguard": GeminiGuard,
+        "weidetect": WeiDetect,
+        "pruning": Pruning,
+        "mm_bm": MMBM,
+        "mmac": MMAC,
+        "mm_bm_neuron": MMBMNeuron,
+        "mmac_neuron": MMACNeuron,
+        "act_bound": ActBound,
+        "act_bound_dm": ActBoundDM,
+    },
+)
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
 
 

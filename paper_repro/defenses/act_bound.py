@@ -6,14 +6,13 @@ optimised with synthetic data alongside FL training, parameters unchanged.] Ever
 (docs/paper.md, "The defense") and a parameter here; the defaults were chosen by experiment on the quick profile
 (docs/defenses.md).
 """
+
 from __future__ import annotations
 
 import numpy as np
 from torch import nn
 
-from ..rng import np_rng
-from .base import Defense, RoundContext
-from .clipping import (
+from ..activation_bounds import (
     GRANULARITIES,
     SITE_PRESETS,
     BoundedModel,
@@ -23,6 +22,8 @@ from .clipping import (
     max_activations,
     resolve_sites,
 )
+from ..rng import np_rng
+from .base import Defense, RoundContext
 
 INITS = ("data_max", "constant")
 SCHEDULES = ("every_round", "final")
@@ -32,8 +33,9 @@ def fit_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> 
     """Indices of ``per_class`` random samples of every (synthetic) label, drawn with ``rng``; 0 = all samples."""
     if per_class <= 0:
         return np.arange(len(labels))
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
-                                   for c in np.unique(labels)]))
+    return np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+    )
 
 
 class ActBound(Defense):
@@ -65,11 +67,27 @@ class ActBound(Defense):
 
     name = "act_bound"
 
-    def __init__(self, sites: str | list[str] = "hidden", granularity: str = "neuron", per_class: int = 50,
-                 init: str = "data_max", init_value: float = 8.0, init_quantile: float = 0.9, epochs: int = 2,
-                 lr: float = 0.01, batch_size: int = 200, c0: float = 0.05, growth: float = 1.2,
-                 target_agreement: float = 0.95, adapt_every: int = 2, adapt_after: int = 0, trim: float = 0.25,
-                 schedule: str = "every_round", penalty: str = "l2", deploy: str = "server"):
+    def __init__(
+        self,
+        sites: str | list[str] = "hidden",
+        granularity: str = "neuron",
+        per_class: int = 50,
+        init: str = "data_max",
+        init_value: float = 8.0,
+        init_quantile: float = 0.9,
+        epochs: int = 2,
+        lr: float = 0.01,
+        batch_size: int = 200,
+        c0: float = 0.05,
+        growth: float = 1.2,
+        target_agreement: float = 0.95,
+        adapt_every: int = 2,
+        adapt_after: int = 0,
+        trim: float = 0.25,
+        schedule: str = "every_round",
+        penalty: str = "l2",
+        deploy: str = "server",
+    ):
         if init not in INITS:
             raise ValueError(f"init={init!r}; choose one of {INITS}")
         if schedule not in SCHEDULES:
@@ -84,11 +102,19 @@ class ActBound(Defense):
             raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
         if isinstance(sites, str) and sites not in SITE_PRESETS:
             raise ValueError(f"sites={sites!r}; use a preset {SITE_PRESETS} or a list of module names")
-        for name, ok in (("per_class", per_class >= 0), ("init_quantile", 0 < init_quantile <= 1),
-                         ("epochs", epochs >= 0), ("lr", lr > 0), ("batch_size", batch_size >= 1), ("c0", c0 >= 0),
-                         ("growth", growth >= 1), ("target_agreement", 0 < target_agreement <= 1),
-                         ("adapt_every", adapt_every >= 1), ("adapt_after", adapt_after >= 0),
-                         ("init_value", init_value > 0)):
+        for name, ok in (
+            ("per_class", per_class >= 0),
+            ("init_quantile", 0 < init_quantile <= 1),
+            ("epochs", epochs >= 0),
+            ("lr", lr > 0),
+            ("batch_size", batch_size >= 1),
+            ("c0", c0 >= 0),
+            ("growth", growth >= 1),
+            ("target_agreement", 0 < target_agreement <= 1),
+            ("adapt_every", adapt_every >= 1),
+            ("adapt_after", adapt_after >= 0),
+            ("init_value", init_value > 0),
+        ):
             if not ok:
                 raise ValueError(f"{name}={locals()[name]!r} is out of range (see the parameters of ActBound)")
         self.sites, self.granularity, self.per_class = sites, granularity, per_class
@@ -130,8 +156,20 @@ class ActBound(Defense):
         x = ctx.as_input(self.fit_data(ctx))
         sites = resolve_sites(model, self.sites)
         bounded = BoundedModel(model, self.initial_bounds(model, x, sites))
-        self.log = fit_bounds(bounded, x, self.epochs, self.lr, self.c0, self.growth, self.target_agreement,
-                              self.adapt_every, self.adapt_after, self.batch_size, ctx.generator, trim=self.trim,
-                              penalty=self.penalty)
+        self.log = fit_bounds(
+            bounded,
+            x,
+            self.epochs,
+            self.lr,
+            self.c0,
+            self.growth,
+            self.target_agreement,
+            self.adapt_every,
+            self.adapt_after,
+            self.batch_size,
+            ctx.generator,
+            trim=self.trim,
+            penalty=self.penalty,
+        )
         self.bounds = bounded.bound_dict()
         return bounded

@@ -13,14 +13,15 @@ clean images, in total-variation distance. Adaptations [R]:
 - left out: BNA's re-estimation of BatchNorm statistics and its test-time rule (the corrected prediction is used only
   where the original model predicts the target class), which needs the target class the server does not know.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..activation_bounds import BoundedModel, clip_hooks, record_activations, resolve_sites, reverse_engineer
 from .act_bound import ActBound
 from .base import RoundContext
-from .clipping import BoundedModel, clip_hooks, record_activations, resolve_sites, reverse_engineer
 
 
 def channel_values(a: torch.Tensor, max_values: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,8 +41,9 @@ def soft_histogram(v: torch.Tensor, edges: torch.Tensor, sharpness: float) -> to
     return h / h.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-def match_bounds(clean: torch.Tensor, triggered: torch.Tensor, bins: int, sharpness: float, steps: int, lr: float,
-                 tol: float) -> tuple[torch.Tensor, float]:
+def match_bounds(
+    clean: torch.Tensor, triggered: torch.Tensor, bins: int, sharpness: float, steps: int, lr: float, tol: float
+) -> tuple[torch.Tensor, float]:
     """Per-channel bounds b (C,) such that the histogram of min(triggered, b) matches that of ``clean`` (both
     (C, M)) in total variation; b starts at the clean maximum and moves by Adam on b / range. Returns (b, final TV
     summed over channels)."""
@@ -53,8 +55,7 @@ def match_bounds(clean: torch.Tensor, triggered: torch.Tensor, bins: int, sharpn
     opt = torch.optim.Adam([u], lr=lr)
     last = None
     for _ in range(steps):
-        tv = 0.5 * (soft_histogram(torch.minimum(triggered, (u * hi)[:, None]), edges, sharpness)
-                    - target).abs().sum()
+        tv = 0.5 * (soft_histogram(torch.minimum(triggered, (u * hi)[:, None]), edges, sharpness) - target).abs().sum()
         if last is not None and abs(last - tv.item()) <= tol * max(last, 1e-12):
             break
         last = tv.item()
@@ -75,14 +76,35 @@ class ActBoundDM(ActBound):
 
     name = "act_bound_dm"
 
-    def __init__(self, sites: str | list[str] = "hidden", per_class: int = 50, bins: int = 20,
-                 sharpness: float = 15.0, steps: int = 100, lr: float = 0.01, tol: float = 1e-5,
-                 max_values: int = 4000, re_per_class: int = 20, re_steps: int = 100, re_lr: float = 0.01,
-                 re_momentum: float = 0.2, schedule: str = "every_round"):
+    def __init__(
+        self,
+        sites: str | list[str] = "hidden",
+        per_class: int = 50,
+        bins: int = 20,
+        sharpness: float = 15.0,
+        steps: int = 100,
+        lr: float = 0.01,
+        tol: float = 1e-5,
+        max_values: int = 4000,
+        re_per_class: int = 20,
+        re_steps: int = 100,
+        re_lr: float = 0.01,
+        re_momentum: float = 0.2,
+        schedule: str = "every_round",
+    ):
         super().__init__(sites=sites, granularity="channel", per_class=per_class, epochs=0, schedule=schedule)
-        for name, ok in (("bins", bins >= 2), ("sharpness", sharpness > 0), ("steps", steps >= 1), ("lr", lr > 0),
-                         ("tol", tol >= 0), ("max_values", max_values >= 1), ("re_per_class", re_per_class >= 1),
-                         ("re_steps", re_steps >= 0), ("re_lr", re_lr > 0), ("re_momentum", 0 <= re_momentum < 1)):
+        for name, ok in (
+            ("bins", bins >= 2),
+            ("sharpness", sharpness > 0),
+            ("steps", steps >= 1),
+            ("lr", lr > 0),
+            ("tol", tol >= 0),
+            ("max_values", max_values >= 1),
+            ("re_per_class", re_per_class >= 1),
+            ("re_steps", re_steps >= 0),
+            ("re_lr", re_lr > 0),
+            ("re_momentum", 0 <= re_momentum < 1),
+        ):
             if not ok:
                 raise ValueError(f"{name}={locals()[name]!r} is out of range (see the parameters of ActBoundDM)")
         self.bins, self.sharpness, self.steps, self.lr, self.tol = bins, sharpness, steps, lr, tol
@@ -93,8 +115,17 @@ class ActBoundDM(ActBound):
         if self.schedule == "final" and not ctx.is_final:
             return model
         x = ctx.as_input(self.fit_data(ctx))
-        xr, _ = reverse_engineer(model, tuple(x.shape[1:]), ctx.synthetic.num_classes, self.re_per_class,
-                                 self.re_steps, self.re_lr, self.re_momentum, ctx.generator, ctx.channels_last)
+        xr, _ = reverse_engineer(
+            model,
+            tuple(x.shape[1:]),
+            ctx.synthetic.num_classes,
+            self.re_per_class,
+            self.re_steps,
+            self.re_lr,
+            self.re_momentum,
+            ctx.generator,
+            ctx.channels_last,
+        )
         bounds: dict[str, torch.Tensor] = {}
         self.log = {"tv": {}}
         for site in resolve_sites(model, self.sites):
@@ -104,6 +135,11 @@ class ActBoundDM(ActBound):
             bounds[site], self.log["tv"][site] = match_bounds(
                 channel_values(clean, self.max_values, ctx.generator),
                 channel_values(trig, self.max_values, ctx.generator),
-                self.bins, self.sharpness, self.steps, self.lr, self.tol)
+                self.bins,
+                self.sharpness,
+                self.steps,
+                self.lr,
+                self.tol,
+            )
         self.bounds = bounds
         return BoundedModel(model, bounds)

@@ -1,4 +1,5 @@
 """The defense interface: step 3 (aggregate client updates) and step 5 (post-fusion) hooks, both optional."""
+
 from __future__ import annotations
 
 import copy
@@ -78,7 +79,8 @@ class Defense:
     def trains_like_none(self) -> bool:
         """True when the defense acts only at step 5, on a view of the fused model: it aggregates as FedAvg and ships
         nothing to clients, so the weights after every round are those of the run without a defense, and such a
-        run replays that run's training (:mod:`paper_repro.replay`) instead of repeating it."""
+        run is served from that run's training, side by side with the other such defenses
+        (:func:`paper_repro.fl.run_federated`'s ``alongside``), instead of repeating it."""
         cls = type(self)
         return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
 

@@ -9,6 +9,7 @@
   validation set (here the synthetic set, possibly poisoned); fit a Weibull distribution to the scores (MLE,
   scipy) and flag clients whose CDF value is below ``alpha``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,8 @@ from scipy import stats
 from torch import nn
 
 from .. import aggregators as agg
+from ..activation_bounds import record_activations, relu_sites
 from .base import AggregateResult, Defense, RoundContext, local_models, without_nonfinite
-from .clipping import record_activations, relu_sites
 
 
 def robust_z(v: np.ndarray) -> np.ndarray:
@@ -55,8 +56,9 @@ class GeminiGuard(Defense):
         med = updates.median(0).values
         cos = torch.nn.functional.cosine_similarity(updates, med[None], dim=1)
         w_score = robust_z((1 - cos).numpy())
-        idx = np.concatenate([np.flatnonzero(ctx.synthetic.y == c)[: self.per_class]
-                              for c in range(ctx.synthetic.num_classes)])
+        idx = np.concatenate(
+            [np.flatnonzero(ctx.synthetic.y == c)[: self.per_class] for c in range(ctx.synthetic.num_classes)]
+        )
         x = ctx.synthetic.subset(idx).tensors(ctx.device)[0]
         emb = torch.stack([penultimate_embedding(m, x) for m in local_models(ctx, updates)])
         l_score = robust_z((emb - emb.median(0).values).norm(dim=1).numpy())
@@ -78,8 +80,9 @@ class WeiDetect(Defense):
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         x, y = ctx.synthetic.tensors(ctx.device)
-        scores = np.array([(ctx.predict(m, x).argmax(1) == y).float().mean().item()
-                           for m in local_models(ctx, updates)])
+        scores = np.array(
+            [(ctx.predict(m, x).argmax(1) == y).float().mean().item() for m in local_models(ctx, updates)]
+        )
         if len(scores) < 3 or np.ptp(scores) == 0:
             self.last = {"scores": scores.tolist()}
             return _result(updates, weights, ctx, np.zeros(len(scores), bool))

@@ -13,6 +13,7 @@ from their *backdoor energy* (docs/paper.md), following the paper where the publ
    L1 norm (``keep="low_energy"``, MARS) or the minority cluster (``keep="majority"``, MARS*) [C].
 5. FedAvg of the accepted updates (paper: mean of accepted models; the code's shrunken step is not followed).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ the images are synthetic (possibly poisoned) instead of CIFAR test images; bound
 original's 8.0 assumes un-normalised inputs; ``init="constant"`` restores it); clamped ≥ 0; fitted once after the
 last fusion (``schedule="final"``, the centralised use of docs/paper.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,15 +21,43 @@ from .base import RoundContext
 class MMBM(ActBound):
     name = "mm_bm"
 
-    def __init__(self, sites: str | list[str] = "mmbm3", per_class: int = 50, init: str = "data_max",
-                 init_value: float = 8.0,
-                 epochs: int = 50, lr: float = 0.1, batch_size: int = 200, c0: float = 0.5, growth: float = 1.2,
-                 target_agreement: float = 0.95, adapt_every: int = 10, adapt_after: int = 10,
-                 schedule: str = "final", granularity: str = "channel", init_quantile: float = 1.0):
-        super().__init__(sites=sites, granularity=granularity, per_class=per_class, init=init, init_value=init_value,
-                         epochs=epochs, lr=lr, batch_size=batch_size, c0=c0, growth=growth,
-                         target_agreement=target_agreement, adapt_every=adapt_every, adapt_after=adapt_after,
-                         trim=0.0, schedule=schedule, penalty="l2", init_quantile=init_quantile)
+    def __init__(
+        self,
+        sites: str | list[str] = "mmbm3",
+        per_class: int = 50,
+        init: str = "data_max",
+        init_value: float = 8.0,
+        epochs: int = 50,
+        lr: float = 0.1,
+        batch_size: int = 200,
+        c0: float = 0.5,
+        growth: float = 1.2,
+        target_agreement: float = 0.95,
+        adapt_every: int = 10,
+        adapt_after: int = 10,
+        schedule: str = "final",
+        granularity: str = "channel",
+        init_quantile: float = 1.0,
+    ):
+        super().__init__(
+            sites=sites,
+            granularity=granularity,
+            per_class=per_class,
+            init=init,
+            init_value=init_value,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            c0=c0,
+            growth=growth,
+            target_agreement=target_agreement,
+            adapt_every=adapt_every,
+            adapt_after=adapt_after,
+            trim=0.0,
+            schedule=schedule,
+            penalty="l2",
+            init_quantile=init_quantile,
+        )
 
     def fit_data(self, ctx: RoundContext) -> torch.Tensor:
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""

@@ -7,6 +7,7 @@ weights stay untouched; fine-tuning trains a copy that is served, never the fuse
 
 ``site="last"`` (the last ReLU, a fully connected layer in the quick CNN) was the default before: there the
 lowest-mean units were dead (mean ≤ 0.01) and pruning them changed no prediction."""
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from ..training import train_supervised
-from .base import Defense, RoundContext
-from .clipping import (
+from ..activation_bounds import (
     SITE_PRESETS,
     BoundedModel,
     check_sites,
@@ -25,6 +24,8 @@ from .clipping import (
     resolve_sites,
     spatial_mean,
 )
+from ..training import train_supervised
+from .base import Defense, RoundContext
 
 
 def mean_activations(model: nn.Module, x: torch.Tensor, site: str) -> torch.Tensor:
@@ -37,8 +38,14 @@ class Pruning(Defense):
 
     name = "pruning"
 
-    def __init__(self, fraction: float = 0.2, site: str = "last_conv", schedule: str = "every_round",
-                 finetune_epochs: int = 0, finetune_lr: float = 0.01):
+    def __init__(
+        self,
+        fraction: float = 0.2,
+        site: str = "last_conv",
+        schedule: str = "every_round",
+        finetune_epochs: int = 0,
+        finetune_lr: float = 0.01,
+    ):
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction={fraction} must be in [0, 1)")
         if schedule not in ("every_round", "final"):
@@ -60,6 +67,7 @@ class Pruning(Defense):
         if self.finetune_epochs:
             model = copy.deepcopy(model)
             with clip_hooks(model, {site: bound}):
-                train_supervised(model, x, y, self.finetune_epochs, self.finetune_lr, 0.9, 64, ctx.generator,
-                                 ctx.channels_last)
+                train_supervised(
+                    model, x, y, self.finetune_epochs, self.finetune_lr, 0.9, 64, ctx.generator, ctx.channels_last
+                )
         return BoundedModel(model, {site: bound})

@@ -3,6 +3,7 @@
 NormThr (Sun et al. 2019), weak DP (Sun et al. 2019; Geyer et al. 2017), Krum / Multi-Krum (Blanchard et al. 2017),
 coordinate-wise median and trimmed mean (Yin et al. 2018). Selection-based rules report the rejected clients.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,8 +67,10 @@ def _check_krum(num_malicious: int | None, cfg) -> None:
     if not isinstance(num_malicious, int) or num_malicious < 0:
         raise ValueError(f"num_malicious={num_malicious!r} must be an integer >= 0")
     if k <= 2 * num_malicious + 2:
-        raise ValueError(f"Krum with num_malicious={num_malicious} needs more than {2 * num_malicious + 2} clients per "
-                         f"round; fl.clients_per_round={k}. Lower num_malicious or raise fl.clients_per_round.")
+        raise ValueError(
+            f"Krum with num_malicious={num_malicious} needs more than {2 * num_malicious + 2} clients per "
+            f"round; fl.clients_per_round={k}. Lower num_malicious or raise fl.clients_per_round."
+        )
 
 
 def _flagged(ctx: RoundContext, accepted) -> list[int]:
@@ -109,8 +112,9 @@ class MultiKrum(Defense):
             raise ValueError(f"multi_krum num_selected={self.num_selected} exceeds fl.clients_per_round={k}")
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
-        u, accepted = agg.multi_krum_select(updates, weights, _assumed_f(self.num_malicious, updates),
-                                            self.num_selected)
+        u, accepted = agg.multi_krum_select(
+            updates, weights, _assumed_f(self.num_malicious, updates), self.num_selected
+        )
         return AggregateResult(u, _flagged(ctx, accepted))
 
 

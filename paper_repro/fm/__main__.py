@@ -1,6 +1,7 @@
 """Command line: ``python -m paper_repro.fm train --profile quick --out data/fm/fashion_mnist_ddpm [--steps N]``;
 ``python -m paper_repro.fm ship --profile quick --sizes 200 100 50`` draws (or takes from this machine's cache) the
 synthetic sets a fresh clone should not have to draw and writes them, with their keys, into ``data/synthetic``."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,18 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--profile", default="quick", choices=PROFILES, help="whose public split to train on (quick)")
     t.add_argument("--out", required=True, help="folder for the weights (created)")
     t.add_argument("--steps", type=pos_int, default=DDPMTrainConfig.steps, help="optimiser steps")
-    t.add_argument("--seed", type=nonneg_int, default=0,
-                   help="seed of FM training (the public split uses data.split_seed)")
+    t.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seed of FM training (the public split uses data.split_seed)"
+    )
     s = sub.add_parser("ship", help="draw the profile's synthetic sets into data/synthetic (committed, keyed)")
     s.add_argument("--profile", default="quick", choices=PROFILES, help="whose FM and sampler settings (quick)")
-    s.add_argument("--sizes", type=pos_int, nargs="+", default=None,
-                   help="images per class (default: the profile's; the size ablation adds 100 50)")
+    s.add_argument(
+        "--sizes",
+        type=pos_int,
+        nargs="+",
+        default=None,
+        help="images per class (default: the profile's; the size ablation adds 100 50)",
+    )
     a = p.parse_args(argv)
     if a.cmd == "ship":
         import time

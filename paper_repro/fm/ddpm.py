@@ -1,5 +1,6 @@
 """The embedded foundation model: a small class-conditional diffusion model (diffusers ``UNet2DModel`` with class
 embeddings), DDPM training on the server's public split, DDIM sampling with classifier-free guidance."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,20 @@ class DDPMTrainConfig:
     """bf16 autocast (measured slower than fp32 for this UNet on our 2-core CPU; useful on GPUs)."""
 
 
-def ddpm_steps(unet, sched, data: ImageSet, config: DDPMTrainConfig, opt: torch.optim.Optimizer, ema, gen:
-               torch.Generator, steps: int, lr_scheduler=None, desc: str = "train FM", progress: bool = True,
-               log_every: int = 0) -> list[float]:
+def ddpm_steps(
+    unet,
+    sched,
+    data: ImageSet,
+    config: DDPMTrainConfig,
+    opt: torch.optim.Optimizer,
+    ema,
+    gen: torch.Generator,
+    steps: int,
+    lr_scheduler=None,
+    desc: str = "train FM",
+    progress: bool = True,
+    log_every: int = 0,
+) -> list[float]:
     """``steps`` DDPM ε-prediction steps on ``data`` from the UNet's current weights (batches of
     ``config.batch_size``, label dropout ``config.cond_drop`` to the null class, gradient norm clipped at 1, the EMA
     stepped after each update and copied into the weights at the end). Shared by training from scratch and the
@@ -88,10 +100,17 @@ def _unet(shape: tuple[int, int, int], num_classes: int, cfg: DDPMTrainConfig):
     n = len(cfg.block_out_channels)
     down = tuple(["DownBlock2D"] * (n - 1) + ["AttnDownBlock2D"])
     up = tuple(["AttnUpBlock2D"] + ["UpBlock2D"] * (n - 1))
-    return UNet2DModel(sample_size=shape[-1], in_channels=shape[0], out_channels=shape[0],
-                       layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
-                       down_block_types=down, up_block_types=up, num_class_embeds=num_classes + 1,
-                       norm_num_groups=min(32, cfg.block_out_channels[0]))
+    return UNet2DModel(
+        sample_size=shape[-1],
+        in_channels=shape[0],
+        out_channels=shape[0],
+        layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=down,
+        up_block_types=up,
+        num_class_embeds=num_classes + 1,
+        norm_num_groups=min(32, cfg.block_out_channels[0]),
+    )
 
 
 class ClassConditionalDDPM:
@@ -111,8 +130,9 @@ class ClassConditionalDDPM:
 
     # ------------------------------------------------------------------------------------------------ training
     @classmethod
-    def train(cls, data: ImageSet, config: DDPMTrainConfig = DDPMTrainConfig(), progress: bool = True,
-              log_every: int = 100) -> "ClassConditionalDDPM":
+    def train(
+        cls, data: ImageSet, config: DDPMTrainConfig = DDPMTrainConfig(), progress: bool = True, log_every: int = 100
+    ) -> "ClassConditionalDDPM":
         """DDPM ε-prediction training on ``data`` (the public split). Returns the EMA model."""
         from diffusers import DDPMScheduler
         from diffusers.training_utils import EMAModel
@@ -128,10 +148,26 @@ class ClassConditionalDDPM:
         lr_at = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / config.steps))  # noqa
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         t0 = time.time()
-        losses = ddpm_steps(unet, sched, data, config, opt, ema, gen, config.steps, scheduler,
-                            desc="train FM", progress=progress, log_every=log_every)
-        info = {"train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-100:])),
-                "train_data_digest": data.digest(), "train_size": len(data)}
+        losses = ddpm_steps(
+            unet,
+            sched,
+            data,
+            config,
+            opt,
+            ema,
+            gen,
+            config.steps,
+            scheduler,
+            desc="train FM",
+            progress=progress,
+            log_every=log_every,
+        )
+        info = {
+            "train_seconds": round(time.time() - t0, 1),
+            "final_loss": float(np.mean(losses[-100:])),
+            "train_data_digest": data.digest(),
+            "train_size": len(data),
+        }
         return cls(unet, data.classes, config, info)
 
     # ------------------------------------------------------------------------------------------------ save/load
@@ -139,8 +175,13 @@ class ClassConditionalDDPM:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
-        meta = {"kind": "class_conditional_ddpm", "classes": list(self.classes),
-                "train_config": asdict(self.train_config), "info": self.info, "command": command}
+        meta = {
+            "kind": "class_conditional_ddpm",
+            "classes": list(self.classes),
+            "train_config": asdict(self.train_config),
+            "info": self.info,
+            "command": command,
+        }
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -149,16 +190,19 @@ class ClassConditionalDDPM:
         from diffusers import UNet2DModel
 
         folder = Path(folder)
-        how = ("Train one with `python -m paper_repro.fm train --profile quick --out <folder>` (or notebook "
-               "01_foundation_model), or point fm.checkpoint at an existing one.")
+        how = (
+            "Train one with `python -m paper_repro.fm train --profile quick --out <folder>` (or notebook "
+            "01_foundation_model), or point fm.checkpoint at an existing one."
+        )
         if not (folder / CONFIG_FILE).exists() or not (folder / "unet").is_dir():
             raise FMCheckpointError(f"No FM checkpoint at {folder} ({CONFIG_FILE} and unet/ expected). {how}")
         try:
             meta = json.loads((folder / CONFIG_FILE).read_text())
             unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, low_cpu_mem_usage=False)
         except Exception as e:
-            raise FMCheckpointError(f"FM checkpoint at {folder} is unreadable ({type(e).__name__}: {e}). "
-                                    f"Delete it and re-create it. {how}") from None
+            raise FMCheckpointError(
+                f"FM checkpoint at {folder} is unreadable ({type(e).__name__}: {e}). Delete it and re-create it. {how}"
+            ) from None
         tc = meta["train_config"]
         tc["block_out_channels"] = tuple(tc["block_out_channels"])
         return cls(unet, tuple(meta["classes"]), DDPMTrainConfig(**tc), meta.get("info"))
@@ -173,9 +217,18 @@ class ClassConditionalDDPM:
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.inference_mode()
-    def generate(self, n_per_class: int, generator: torch.Generator | None = None, num_inference_steps: int = 25,
-                 guidance_scale: float = 2.0, batch_size: int = 250, progress: bool = True, eta: float = 0.0,
-                 precision: str = "fp32", compile: bool = False) -> ImageSet:
+    def generate(
+        self,
+        n_per_class: int,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 2.0,
+        batch_size: int = 250,
+        progress: bool = True,
+        eta: float = 0.0,
+        precision: str = "fp32",
+        compile: bool = False,
+    ) -> ImageSet:
         """Class-balanced synthetic set: ``n_per_class`` images of every class, labels in class order.
 
         1. labels 0…C−1 each repeated ``n_per_class`` times; 2. per batch, start from N(0, I) drawn with
@@ -188,8 +241,9 @@ class ClassConditionalDDPM:
         from diffusers import DDIMScheduler
 
         tc = self.train_config
-        sched = DDIMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                              clip_sample=True)
+        sched = DDIMScheduler(
+            num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule, clip_sample=True
+        )
         sched.set_timesteps(num_inference_steps)
         gen = generator if generator is not None else torch_gen(0, "fm_generate")
         n_cls = len(self.classes)

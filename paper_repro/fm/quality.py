@@ -1,5 +1,6 @@
 """FM quality as the paper-agnostic 'classifier score': accuracy that a classifier trained on real data reaches on
 the synthetic images (1.0 = every synthetic image looks like its class to a real-data model)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from ..rng import derive_seed, torch_gen
 from ..training import accuracy, predict_logits, train_supervised
 
 
-def synthetic_accuracy(synthetic: ImageSet, real_train: ImageSet, real_test: ImageSet, epochs: int = 3,
-                       model: str = "cnn", seed: int = 0) -> dict:
+def synthetic_accuracy(
+    synthetic: ImageSet, real_train: ImageSet, real_test: ImageSet, epochs: int = 3, model: str = "cnn", seed: int = 0
+) -> dict:
     """Train ``model`` on ``real_train``; report its accuracy on ``real_test`` (sanity) and on ``synthetic``,
     overall and per class."""
     net = build_model(model, real_train.shape, real_train.num_classes, derive_seed(seed, "fm_quality"))
@@ -20,5 +22,8 @@ def synthetic_accuracy(synthetic: ImageSet, real_train: ImageSet, real_test: Ima
     xs, ys = synthetic.tensors()
     pred = predict_logits(net, xs).argmax(1).numpy()
     per_class = [float(np.mean(pred[synthetic.y == c] == c)) for c in range(synthetic.num_classes)]
-    return {"real_test_acc": accuracy(net, *real_test.tensors()), "synthetic_acc": float(np.mean(pred == synthetic.y)),
-            "per_class": dict(zip(synthetic.classes, per_class))}
+    return {
+        "real_test_acc": accuracy(net, *real_test.tensors()),
+        "synthetic_acc": float(np.mean(pred == synthetic.y)),
+        "per_class": dict(zip(synthetic.classes, per_class)),
+    }

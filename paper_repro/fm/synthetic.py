@@ -1,5 +1,6 @@
 """The server's synthetic set: the configured FM loaded (and checked against the public split it must have been
 trained on), a class-balanced draw, and its disk cache keyed by everything that made the draw."""
+
 from __future__ import annotations
 
 import functools
@@ -58,7 +59,8 @@ def check_public_split(path: Path, public: ImageSet) -> None:
         raise FMCheckpointError(
             f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
             f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
-            "it was trained, or train a new FM with `python -m paper_repro.fm train`.")
+            "it was trained, or train a new FM with `python -m paper_repro.fm train`."
+        )
 
 
 def load_fm(cfg: Config, public: ImageSet | None = None, device: str = "cpu"):
@@ -85,10 +87,20 @@ def synthetic_key(cfg: Config, checkpoint: Path) -> dict:
     """Everything that determines the draw: the checkpoint's bytes, every sampler setting, the sampler's code and
     the versions of the libraries it runs on."""
     f = cfg.fm
-    return {"source": f.source, "fm": checkpoint_digest(checkpoint), "n": f.n_per_class,
-            "steps": f.num_inference_steps, "guidance": f.guidance_scale, "eta": f.eta, "seed": f.sample_seed,
-            "batch_size": f.batch_size, "prompt": f.prompt_template, "precision": f.precision,
-            "code": sampler_code(f.source), "libraries": library_versions(("torch", "diffusers"))}
+    return {
+        "source": f.source,
+        "fm": checkpoint_digest(checkpoint),
+        "n": f.n_per_class,
+        "steps": f.num_inference_steps,
+        "guidance": f.guidance_scale,
+        "eta": f.eta,
+        "seed": f.sample_seed,
+        "batch_size": f.batch_size,
+        "prompt": f.prompt_template,
+        "precision": f.precision,
+        "code": sampler_code(f.source),
+        "libraries": library_versions(("torch", "diffusers")),
+    }
 
 
 def synthetic_key_hash(cfg: Config) -> str | None:
@@ -99,13 +111,19 @@ def synthetic_key_hash(cfg: Config) -> str | None:
     return stable_hash(synthetic_key(cfg, resolve_path(cfg.fm.checkpoint)))
 
 
-def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: str = "cpu",
-                  compile: bool = False, refresh: bool = False) -> tuple[ImageSet, str]:
+def synthetic_set(
+    cfg: Config,
+    public: ImageSet,
+    progress: bool = True,
+    device: str = "cpu",
+    compile: bool = False,
+    refresh: bool = False,
+) -> tuple[ImageSet, str]:
     """The clean class-balanced synthetic set and its digest, cached on disk by a hash of what produced it
     (``refresh``: draw again and replace the cached draw)."""
     f = cfg.fm
     if f.source == "real_public":  # ablation/smoke: the first n_per_class public images of every class
-        idx = np.concatenate([np.flatnonzero(public.y == c)[:f.n_per_class] for c in range(public.num_classes)])
+        idx = np.concatenate([np.flatnonzero(public.y == c)[: f.n_per_class] for c in range(public.num_classes)])
         s = public.subset(np.sort(idx))
         return s, s.digest()
     path = resolve_path(f.checkpoint)
@@ -116,18 +134,24 @@ def synthetic_set(cfg: Config, public: ImageSet, progress: bool = True, device: 
     key_src = synthetic_key(cfg, path)
     name = f"{f.source}_{stable_hash(key_src)}.npz"
     cache = cache_dir() / "synthetic" / name
-    for stored in (() if refresh else (cache, SHIPPED / name)):  # this machine's draw, then the shipped one
+    for stored in () if refresh else (cache, SHIPPED / name):  # this machine's draw, then the shipped one
         if stored.exists():
             try:
                 s = read_synthetic(stored, key_src)
                 return s, s.digest()
             except Exception as e:  # truncated or foreign file: say so, then draw again (the key says what to draw)
                 which = "cached" if stored == cache else "shipped"
-                warnings.warn(f"{which} synthetic set {stored} is unreadable ({type(e).__name__}: {e}); drawing it "
-                              "again", stacklevel=2)
+                warnings.warn(
+                    f"{which} synthetic set {stored} is unreadable ({type(e).__name__}: {e}); drawing it again",
+                    stacklevel=2,
+                )
     s = draw_synthetic(load_fm(cfg, public, device), cfg, progress, compile)
-    save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
-                                                key=json.dumps(key_src), digest=s.digest()), cache)
+    save_atomic(
+        lambda tmp: np.savez_compressed(
+            tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src), digest=s.digest()
+        ),
+        cache,
+    )
     return s, s.digest()
 
 
@@ -154,6 +178,10 @@ def ship_synthetic(cfg: Config, public: ImageSet, progress: bool = True) -> Path
             k = json.loads(str(z["key"]))
         if old != out and k.get("n") == key_src["n"] and k.get("fm") == key_src["fm"]:
             old.unlink()  # superseded: drawn by older code for the same FM and size
-    save_atomic(lambda tmp: np.savez_compressed(tmp, x=s.x, y=s.y, classes=np.array(s.classes),
-                                                key=json.dumps(key_src), digest=s.digest()), out)
+    save_atomic(
+        lambda tmp: np.savez_compressed(
+            tmp, x=s.x, y=s.y, classes=np.array(s.classes), key=json.dumps(key_src), digest=s.digest()
+        ),
+        out,
+    )
     return out

@@ -1,5 +1,6 @@
 """A text-to-image foundation model: local Stable Diffusion weights prompted with class names, same interface as
 :class:`~paper_repro.fm.ddpm.ClassConditionalDDPM`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,15 @@ class StableDiffusionFM:
     Weights are read from a local diffusers folder only; nothing is downloaded.
     """
 
-    def __init__(self, pipe, classes: tuple[str, ...], prompt_template: str = "a photo of a {}", resolution: int = 32,
-                 channels: int = 3, info: dict | None = None):
+    def __init__(
+        self,
+        pipe,
+        classes: tuple[str, ...],
+        prompt_template: str = "a photo of a {}",
+        resolution: int = 32,
+        channels: int = 3,
+        info: dict | None = None,
+    ):
         if "{}" not in prompt_template:
             raise ValueError(f"prompt_template {prompt_template!r} needs a '{{}}' where the class name goes")
         if channels not in (1, 3):
@@ -66,9 +74,16 @@ class StableDiffusionFM:
 
     # ------------------------------------------------------------------------------------------------ load
     @classmethod
-    def load(cls, folder: str | Path, classes: tuple[str, ...], prompt_template: str = "a photo of a {}",
-             resolution: int = 32, channels: int = 3, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> StableDiffusionFM:
+    def load(
+        cls,
+        folder: str | Path,
+        classes: tuple[str, ...],
+        prompt_template: str = "a photo of a {}",
+        resolution: int = 32,
+        channels: int = 3,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StableDiffusionFM:
         """Load a diffusers-format Stable Diffusion folder (``model_index.json``, ``unet/``, ``vae/``, ...) from disk.
 
         ``device``/``dtype`` are optional (e.g. ``"cuda"``, ``torch.float16``); by default the pipeline stays on the
@@ -77,20 +92,25 @@ class StableDiffusionFM:
         from diffusers import StableDiffusionPipeline
 
         folder = Path(folder)
-        how = (f"Download a Stable Diffusion checkpoint on a machine with internet, e.g. `from diffusers import "
-               f"StableDiffusionPipeline; StableDiffusionPipeline.from_pretrained('{HUB_ID_EXAMPLE}')"
-               f".save_pretrained('<folder>')`, copy <folder> here and set fm.checkpoint=<folder> "
-               f"(or use fm.source=ddpm, the embedded model).")
+        how = (
+            f"Download a Stable Diffusion checkpoint on a machine with internet, e.g. `from diffusers import "
+            f"StableDiffusionPipeline; StableDiffusionPipeline.from_pretrained('{HUB_ID_EXAMPLE}')"
+            f".save_pretrained('<folder>')`, copy <folder> here and set fm.checkpoint=<folder> "
+            f"(or use fm.source=ddpm, the embedded model)."
+        )
         if not (folder / "model_index.json").is_file():
-            raise FMCheckpointError(f"No Stable Diffusion checkpoint at {folder} (a diffusers folder with "
-                                    f"model_index.json expected). {how}")
+            raise FMCheckpointError(
+                f"No Stable Diffusion checkpoint at {folder} (a diffusers folder with model_index.json expected). {how}"
+            )
         kwargs = {"dtype": dtype} if dtype is not None else {}
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
-                                                           requires_safety_checker=False, **kwargs)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False, **kwargs
+            )
         except Exception as e:  # noqa: BLE001 - any failure means: re-fetch the checkpoint
-            raise FMCheckpointError(f"Stable Diffusion checkpoint at {folder} is unreadable ({type(e).__name__}: "
-                                    f"{e}). {how}") from None
+            raise FMCheckpointError(
+                f"Stable Diffusion checkpoint at {folder} is unreadable ({type(e).__name__}: {e}). {how}"
+            ) from None
         if device is not None:
             pipe.to(device)
         info = {"kind": "stable_diffusion", "folder": str(folder), "prompt_template": prompt_template}
@@ -117,13 +137,21 @@ class StableDiffusionFM:
         if self.channels == 1:
             x = (x * torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False, antialias=True
+            )
         return to_uint8(x)
 
     @torch.inference_mode()
-    def generate(self, n_per_class: int, generator: torch.Generator | None = None, num_inference_steps: int = 25,
-                 guidance_scale: float = 7.5, batch_size: int = 16, progress: bool = True) -> ImageSet:
+    def generate(
+        self,
+        n_per_class: int,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> ImageSet:
         """Class-balanced synthetic set: ``n_per_class`` images of every class, labels in class order.
 
         Per class, the pipeline is called with that class's prompt in batches of at most ``batch_size`` images, all
@@ -137,8 +165,14 @@ class StableDiffusionFM:
             left = n_per_class
             while left > 0:
                 k = min(batch_size, left)
-                images = self.pipe(prompt=prompt, num_images_per_prompt=k, num_inference_steps=num_inference_steps,
-                                   guidance_scale=guidance_scale, generator=gen, output_type="pt").images
+                images = self.pipe(
+                    prompt=prompt,
+                    num_images_per_prompt=k,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=gen,
+                    output_type="pt",
+                ).images
                 out.append(self._postprocess(images))
                 left -= k
                 bar.update(k)

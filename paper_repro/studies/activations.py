@@ -4,9 +4,10 @@ the paper's motivating observation (F3) and the teaching walkthrough (notebook 0
 A backdoor shows up as a few hidden units that fire far harder on triggered inputs than on any clean one; an upper
 bound fitted on (mostly clean) synthetic images caps exactly those units.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -14,16 +15,17 @@ import torch
 from torch import nn
 
 from .. import defenses
-from ..config import Config
+from ..activation_bounds import clip_hooks, record_activations
+from ..config import Config, DefenseConfig
 from ..defenses import RoundContext
-from ..defenses.clipping import clip_hooks, record_activations
-from ..fl import evaluate_served, run_federated
+from ..fl import evaluate_served
 from ..inputs import Prepared, prepare
-from ..options import RunOptions
+from ..models import build_model
+from ..options import RunOptions, options_for
 from ..profiles import load_config
 from ..progress import tqdm
 from ..rng import torch_gen
-from ..runner import training_trajectory
+from ..runner import final_model, run_experiment
 
 
 @dataclass
@@ -63,32 +65,40 @@ class BoundedRun:
             return record_activations(self.model, x, [site])[site].flatten(1)
 
 
-def train_and_bound(cfg: Config, progress: bool = True, options: RunOptions | None = None, results_dir=None,
-                    **act_bound_params) -> BoundedRun:
+def train_and_bound(
+    cfg: Config, progress: bool = True, options: RunOptions | None = None, results_dir=None, **act_bound_params
+) -> BoundedRun:
     """Train ``cfg`` without defense, then fit ``act_bound`` (``act_bound_params`` override its defaults).
 
-    With ``options.share_training`` (default) the final weights come from the no-defense run's saved trajectory in
-    the results folder (:func:`~paper_repro.runner.training_trajectory`: run once, then loaded), the very run that
-    the grid's act_bound cell replays."""
-    opts = options or RunOptions.for_profile(cfg.profile)
+    The final weights are those the no-defense run saved in the results folder (``keep_model``: run once, then
+    loaded), the very training that the grid's act_bound cell is served from."""
+    opts = options_for(cfg.profile, options)
     prep = prepare(cfg, progress, opts)
-    if opts.share_training:
-        model = training_trajectory(cfg, results_dir, progress, opts).model_at(cfg, prep.inputs, device=opts.device)
-    else:
-        model = run_federated(cfg, prep.inputs, defenses.get("none"), opts, progress).model
+    res = run_experiment(replace(cfg, defense=DefenseConfig()), results_dir, progress, keep_model=True, options=opts)
+    test = prep.inputs.test
+    model = build_model(cfg.model.name, test.shape, test.num_classes, 0).to(opts.device)
+    model.load_state_dict(final_model(res))
     d, served = fit_act_bound(cfg, opts, prep, model, act_bound_params)
     plain, bounded = (evaluate_served(m, cfg, prep.inputs, opts) for m in (model, served))
     metrics = {**plain, "acc_bounded": bounded["acc"], "asr_bounded": bounded["asr"]}
     return BoundedRun(cfg, opts, prep, model, d, metrics)
 
 
-def fit_act_bound(cfg: Config, opts: RunOptions, prep: Prepared, model: nn.Module, params: dict
-                  ) -> tuple[defenses.Defense, nn.Module]:
+def fit_act_bound(
+    cfg: Config, opts: RunOptions, prep: Prepared, model: nn.Module, params: dict
+) -> tuple[defenses.Defense, nn.Module]:
     """A fresh act_bound defense (``params`` override its defaults) fitted once, as after the last fusion, on the
     run's synthetic set; returns it and the bounded model it serves (``model``'s weights stay untouched)."""
     d = defenses.get("act_bound", **params)
-    ctx = RoundContext(cfg.fl.num_rounds, np.arange(0), model, prep.inputs.synthetic_kd,
-                       torch_gen(cfg.seed, "analysis_act_bound"), opts.device, cfg.fl.num_rounds)
+    ctx = RoundContext(
+        cfg.fl.num_rounds,
+        np.arange(0),
+        model,
+        prep.inputs.synthetic_kd,
+        torch_gen(cfg.seed, "analysis_act_bound"),
+        opts.device,
+        cfg.fl.num_rounds,
+    )
     return d, d.after_fusion(model, ctx)
 
 
@@ -105,9 +115,15 @@ def unit_profile(run: BoundedRun, site: str | None = None, n: int = 500) -> pd.D
     clean, trig = run.paired_inputs(n)
     a_c, a_t = run.activations(clean, site, False), run.activations(trig, site, False)
     bound = run.bounds[site].flatten().cpu().numpy() if site in run.bounds else np.full(a_c.shape[1], np.nan)
-    df = pd.DataFrame({"unit": np.arange(a_c.shape[1]), "clean_mean": a_c.mean(0).numpy(),
-                       "clean_p99": torch.quantile(a_c, 0.99, dim=0).numpy(), "triggered_mean": a_t.mean(0).numpy(),
-                       "bound": bound})
+    df = pd.DataFrame(
+        {
+            "unit": np.arange(a_c.shape[1]),
+            "clean_mean": a_c.mean(0).numpy(),
+            "clean_p99": torch.quantile(a_c, 0.99, dim=0).numpy(),
+            "triggered_mean": a_t.mean(0).numpy(),
+            "bound": bound,
+        }
+    )
     df["trigger_gap"] = df["triggered_mean"] - df["clean_mean"]
     df.insert(0, "site", site)
     return df.sort_values("trigger_gap", ascending=False, ignore_index=True)
@@ -123,17 +139,32 @@ def activation_scores(run: BoundedRun, site: str | None = None, n: int = 500, to
     for bounded in (False, True):
         for name, x in (("clean", clean), ("triggered", trig)):
             s = run.activations(x, site, bounded)[:, units].mean(1).numpy()
-            rows.append(pd.DataFrame({"model": "act_bound" if bounded else "no defense", "input": name,
-                                      "image": np.arange(len(s)), "score": s}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "model": "act_bound" if bounded else "no defense",
+                        "input": name,
+                        "image": np.arange(len(s)),
+                        "score": s,
+                    }
+                )
+            )
     df = pd.concat(rows, ignore_index=True)
     df.insert(0, "site", site)
     df.insert(0, "attack", run.cfg.attack.kind)
     return df
 
 
-def activation_study(profile: str = "quick", seed: int = 0, attacks: tuple[str, ...] = ("none", "classic", "fm"),
-                     n: int = 500, top_k: int = 20, progress: bool = True, results_dir=None,
-                     options: RunOptions | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def activation_study(
+    profile: str = "quick",
+    seed: int = 0,
+    attacks: tuple[str, ...] = ("none", "classic", "fm"),
+    n: int = 500,
+    top_k: int = 20,
+    progress: bool = True,
+    results_dir=None,
+    options: RunOptions | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """F3's data: for each attack, train without defense, fit act_bound once, and score clean vs triggered inputs.
     Returns (scores, metrics): tidy per-image scores and one row of ACC/ASR (plain and bounded) per attack."""
     scores, metrics = [], []

@@ -7,6 +7,7 @@ to make its backdoor strong (the strength sweep: poison share and trigger streng
 the run folder). Both use the held-out seeds and the validation setting's data (Dirichlet 0.5); no attack or
 defense parameter was chosen on them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
 from ..runner import run_many
 from ..tables import seed_intervals, table_path
-from .grid import summarise
 from .heldout import HELDOUT_SEEDS, VALIDATION, save_run_table
 
 SIG_AMPLITUDE = round(20 / 255, 4)
@@ -53,26 +54,52 @@ class), values fixed before any was run (a blend-weight knob was dropped, unrun,
 
 def attack_config(profile: str, attack: dict, defense: str, seed: int):
     """One cell: the validation setting's data, ``attack`` (an ``attack`` section), ``defense`` at its defaults."""
-    return load_config(profile, data=dict(VALIDATION["data"]), attack=dict(attack), defense={"name": defense},
-                       seed=seed)
+    return load_config(
+        profile, data=dict(VALIDATION["data"]), attack=dict(attack), defense={"name": defense}, seed=seed
+    )
 
 
-def _run_table(cells: list[tuple[dict, dict, str, int]], profile: str, table: str, results_dir, tables_dir,
-               progress: bool, options: RunOptions | None, desc: str) -> pd.DataFrame:
+def _run_table(
+    cells: list[tuple[dict, dict, str, int]],
+    profile: str,
+    table: str,
+    results_dir,
+    tables_dir,
+    progress: bool,
+    options: RunOptions | None,
+    desc: str,
+) -> pd.DataFrame:
     """Run ``cells`` (row labels, attack section, defense, seed), one row per run, written to ``<table>_<profile>``
     with its provenance."""
     cfgs = [attack_config(profile, attack, d, seed) for _, attack, d, seed in cells]
     results = run_many(cfgs, results_dir, progress=progress, desc=desc, options=options)
-    df = pd.DataFrame([{**labels, "kind": attack["kind"], "defense": d, "seed": seed, **summarise(r.history),
-                        "run": r.run_dir.name} for (labels, attack, d, seed), r in zip(cells, results)])
+    df = pd.DataFrame(
+        [
+            {
+                **labels,
+                "kind": attack["kind"],
+                "defense": d,
+                "seed": seed,
+                **summarise(r.history),
+                "run": r.run_dir.name,
+            }
+            for (labels, attack, d, seed), r in zip(cells, results)
+        ]
+    )
     return save_run_table(df, table, profile, tables_dir, results_dir)
 
 
-def attack_breadth(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTACKS),
-                   defense_names: tuple[str, ...] = DEFENSES, seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
-                   results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
-                   progress: bool = True, options: RunOptions | None = None,
-                   table: str = "attack_breadth") -> pd.DataFrame:
+def attack_breadth(
+    profile: str = "quick",
+    attacks: tuple[str, ...] = tuple(ATTACKS),
+    defense_names: tuple[str, ...] = DEFENSES,
+    seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
+    results_dir: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    table: str = "attack_breadth",
+) -> pd.DataFrame:
     """Every attack × defense × seed, seed by seed (a partial run leaves whole seeds in the run folders)."""
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -81,17 +108,27 @@ def attack_breadth(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTA
     return _run_table(cells, profile, table, results_dir, tables_dir, progress, options, "attacks")
 
 
-def attack_strength(profile: str = "quick", knobs: tuple[str, ...] = tuple(STRENGTH),
-                    defense_names: tuple[str, ...] = ("none", "act_bound"), seeds: tuple[int, ...] = HELDOUT_SEEDS[:1],
-                    results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
-                    progress: bool = True, options: RunOptions | None = None,
-                    table: str = "attack_strength") -> pd.DataFrame:
+def attack_strength(
+    profile: str = "quick",
+    knobs: tuple[str, ...] = tuple(STRENGTH),
+    defense_names: tuple[str, ...] = ("none", "act_bound"),
+    seeds: tuple[int, ...] = HELDOUT_SEEDS[:1],
+    results_dir: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    table: str = "attack_strength",
+) -> pd.DataFrame:
     """The FM patch attack with one knob of :data:`STRENGTH` changed at a time, per defense and seed."""
     unknown = [k for k in knobs if k not in STRENGTH]
     if unknown:
         raise ValueError(f"unknown strength knobs {unknown}; known: {list(STRENGTH)}")
-    cells = [({"knob": k, "value": v}, {"kind": "fm", **change}, d, s)
-             for s, k in itertools.product(seeds, knobs) for v, change in STRENGTH[k] for d in defense_names]
+    cells = [
+        ({"knob": k, "value": v}, {"kind": "fm", **change}, d, s)
+        for s, k in itertools.product(seeds, knobs)
+        for v, change in STRENGTH[k]
+        for d in defense_names
+    ]
     return _run_table(cells, profile, table, results_dir, tables_dir, progress, options, "strength")
 
 
@@ -109,12 +146,22 @@ def best_defense(df: pd.DataFrame, max_cost: float = 0.05) -> pd.DataFrame:
         base = s.loc[(attack, "none")]
         cands = s.loc[attack].drop(index="none", errors="ignore")
         cands = cands[base["acc_mean"] - cands["acc_mean"] <= max_cost]
-        row = {"attack": attack, "none_asr": base["asr_mean"], "none_lo": base["asr_lo"], "none_hi": base["asr_hi"],
-               "none_acc": base["acc_mean"]}
+        row = {
+            "attack": attack,
+            "none_asr": base["asr_mean"],
+            "none_lo": base["asr_lo"],
+            "none_hi": base["asr_hi"],
+            "none_acc": base["acc_mean"],
+        }
         if len(cands):
             d = cands["asr_mean"].idxmin()
-            row |= {"best": d, "best_asr": cands.loc[d, "asr_mean"], "best_lo": cands.loc[d, "asr_lo"],
-                    "best_hi": cands.loc[d, "asr_hi"], "best_acc": cands.loc[d, "acc_mean"]}
+            row |= {
+                "best": d,
+                "best_asr": cands.loc[d, "asr_mean"],
+                "best_lo": cands.loc[d, "asr_lo"],
+                "best_hi": cands.loc[d, "asr_hi"],
+                "best_acc": cands.loc[d, "acc_mean"],
+            }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -127,13 +174,24 @@ def strength_threshold(df: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
         order = [v for v, _ in STRENGTH[knob]]
         mean = g.groupby(g["value"].astype(str))["asr"].mean().reindex(order)
         hit = next((v for v, a in mean.items() if a >= level), None)
-        rows.append({"knob": knob, "defense": d, f"ASR ≥ {level:g} from": hit or "never",
-                     "mean ASR per value": "  ".join(f"{v}: {a:.2f}" for v, a in mean.items())})
+        rows.append(
+            {
+                "knob": knob,
+                "defense": d,
+                f"ASR ≥ {level:g} from": hit or "never",
+                "mean ASR per value": "  ".join(f"{v}: {a:.2f}" for v, a in mean.items()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def trigger_examples(profile: str = "quick", attacks: tuple[str, ...] = tuple(ATTACKS), n: int = 4,
-                     seed: int = HELDOUT_SEEDS[0], path: str | Path | None = None) -> dict[str, np.ndarray]:
+def trigger_examples(
+    profile: str = "quick",
+    attacks: tuple[str, ...] = tuple(ATTACKS),
+    n: int = 4,
+    seed: int = HELDOUT_SEEDS[0],
+    path: str | Path | None = None,
+) -> dict[str, np.ndarray]:
     """What every attack plants: per attack label, ``n`` poisoned training images as the attack makes them (from the
     synthetic set for FM attacks, from the first malicious client's data for client attacks) and ``n`` triggered
     test images; saved to ``path`` (``attack_triggers_<profile>.npz``, read by :func:`paper_repro.plots.
@@ -176,7 +234,7 @@ def strength_for_plot(df: pd.DataFrame) -> pd.DataFrame:
 ADAPTIVE: dict[str, str] = {
     "FM bound-aware": "knows the bounding procedure: trigger optimised under the bounds it predicts",
     "FM all-to-all": "class allocation: poisoned images carry every label, so the class-balanced fitting set "
-                     "no longer caps them at one label's slots",
+    "no longer caps them at one label's slots",
     "FM SIG": "full-image low-amplitude trigger: no unit needs to fire far above its clean range",
     "FM-generated patch": "the FM draws the trigger into the target class (no paste)",
     "3DFed": "decoys draw the update-comparing defenses; scale adapted to acceptance",
@@ -196,8 +254,13 @@ def adaptive_table(breadth: pd.DataFrame, strength: pd.DataFrame | None = None) 
         for d in ("none", "act_bound"):
             if d in cell.index:
                 r = cell.loc[d]
-                out |= {f"{d}_asr": r["asr_mean"], f"{d}_lo": r["asr_lo"], f"{d}_hi": r["asr_hi"],
-                        f"{d}_acc": r["acc_mean"], "n": int(r["n"])}
+                out |= {
+                    f"{d}_asr": r["asr_mean"],
+                    f"{d}_lo": r["asr_lo"],
+                    f"{d}_hi": r["asr_hi"],
+                    f"{d}_acc": r["acc_mean"],
+                    "n": int(r["n"]),
+                }
         return out
 
     for label, how in ADAPTIVE.items():
@@ -208,6 +271,7 @@ def adaptive_table(breadth: pd.DataFrame, strength: pd.DataFrame | None = None) 
         top = max(share["value"].astype(float))
         sub = share[share["value"].astype(float) == top].assign(attack=f"FM patch, poison share {top:g}")
         t = seed_intervals(sub, by=("attack", "defense")).set_index("defense")
-        rows.append(row(f"FM patch, poison share {top:g}", "more poisoned images than the bounds' quantile "
-                        "leaves out", t))
+        rows.append(
+            row(f"FM patch, poison share {top:g}", "more poisoned images than the bounds' quantile leaves out", t)
+        )
     return pd.DataFrame(rows)

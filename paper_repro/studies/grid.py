@@ -1,4 +1,5 @@
 """Grids of experiments (defense × attack × partition × seed) summarised into one tidy table."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import defenses
+from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
 from ..results import key_dict, load_results
@@ -18,39 +20,41 @@ from ..tables import pivot  # noqa: F401  (the grid table, one partition, wide)
 PARTITIONS = {"iid": {"partition": "iid"}, "dirichlet0.5": {"partition": "dirichlet", "beta": 0.5}}
 
 
-LAST_K = 3
-"""ASR is also reported averaged over the last ``LAST_K`` rounds: an all-or-nothing final round hides a backdoor
-that comes and goes."""
-
-
-def summarise(history: pd.DataFrame) -> dict:
-    """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR
-    averaged over the last ``LAST_K`` rounds, mean TPR/FPR over rounds, and the defense's share of a round's time."""
-    rounds = history[history["round"] > 0]
-    last = history.iloc[-1]
-    return {"acc": last["acc"], "asr": last["asr"], "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
-            "acc_triggered": last.get("acc_triggered", float("nan")),
-            "acc_client_mean": last.get("acc_client_mean", float("nan")), "status": last.get("status", "ok"),
-            "tpr": rounds["tpr"].mean(), "fpr": rounds["fpr"].mean(),
-            "defense_seconds": rounds["defense_seconds"].mean(), "round_seconds": rounds["round_seconds"].mean(),
-            "overhead": rounds["defense_seconds"].mean() / rounds["round_seconds"].mean()}
-
-
-def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
-             attacks: tuple[str, ...] = ("none", "classic", "fm"), partitions: tuple[str, ...] = tuple(PARTITIONS),
-             seeds: tuple[int, ...] = (0,), results_dir: str | Path | None = None, out_csv: str | Path | None = None,
-             progress: bool = True, options: RunOptions | None = None, **overrides) -> pd.DataFrame:
+def run_grid(
+    profile: str = "quick",
+    defense_names: list[str] | None = None,
+    attacks: tuple[str, ...] = ("none", "classic", "fm"),
+    partitions: tuple[str, ...] = tuple(PARTITIONS),
+    seeds: tuple[int, ...] = (0,),
+    results_dir: str | Path | None = None,
+    out_csv: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    **overrides,
+) -> pd.DataFrame:
     """Run (or load from cache) every combination (:func:`~paper_repro.runner.run_many`, ``options.jobs`` at a
     time); one row per run; written to ``out_csv`` (default ``<results>/grid_<profile>.csv``)."""
     names = defense_names or defenses.names()
     combos = list(itertools.product(names, attacks, partitions, seeds))
     cfgs = [grid_config(profile, attack, name, part, seed, **overrides) for name, attack, part, seed in combos]
     results = run_many(cfgs, results_dir, progress=progress, desc="grid", options=options)
-    rows = [{"defense": name, "attack": attack, "partition": part, "seed": seed, **summarise(res.history),
-             "run": res.run_dir.name} for (name, attack, part, seed), res in zip(combos, results)]
+    rows = [
+        {
+            "defense": name,
+            "attack": attack,
+            "partition": part,
+            "seed": seed,
+            **summarise(res.history),
+            "run": res.run_dir.name,
+        }
+        for (name, attack, part, seed), res in zip(combos, results)
+    ]
     df = pd.DataFrame(rows)
-    out = Path(out_csv) if out_csv else (Path(results_dir) if results_dir else default_results_dir()) / \
-        f"grid_{profile}.csv"
+    out = (
+        Path(out_csv)
+        if out_csv
+        else (Path(results_dir) if results_dir else default_results_dir()) / f"grid_{profile}.csv"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return df
@@ -58,8 +62,9 @@ def run_grid(profile: str = "quick", defense_names: list[str] | None = None,
 
 def grid_config(profile: str, attack: str, defense: str, partition: str, seed: int, **overrides):
     """The config of one grid cell (``partition`` a key of :data:`PARTITIONS`)."""
-    return load_config(profile, attack={"kind": attack}, defense={"name": defense}, data=PARTITIONS[partition],
-                       seed=seed, **overrides)
+    return load_config(
+        profile, attack={"kind": attack}, defense={"name": defense}, data=PARTITIONS[partition], seed=seed, **overrides
+    )
 
 
 def _grid_runs(results_dir: str | Path | None, profile: str) -> pd.DataFrame:
@@ -92,14 +97,39 @@ def collect(results_dir: str | Path | None = None, profile: str = "quick") -> pd
     for run, h in df.groupby("run"):
         h = h.sort_values("round")
         first = h.iloc[0]
-        rows.append({"defense": first["defense"], "attack": first["attack"], "partition": first["partition"],
-                     "seed": int(first["seed"]), **summarise(h), "run": run})
+        rows.append(
+            {
+                "defense": first["defense"],
+                "attack": first["attack"],
+                "partition": first["partition"],
+                "seed": int(first["seed"]),
+                **summarise(h),
+                "run": run,
+            }
+        )
     return pd.DataFrame(rows).sort_values(["partition", "defense", "attack", "seed"], ignore_index=True)
 
 
-ROUND_COLUMNS = ["defense", "attack", "partition", "seed", "round", "status", "acc", "asr", "acc_triggered",
-                 "acc_client_mean", "tpr", "fpr", "num_flagged", "local_seconds", "fusion_seconds", "defense_seconds",
-                 "eval_seconds", "round_seconds"]
+ROUND_COLUMNS = [
+    "defense",
+    "attack",
+    "partition",
+    "seed",
+    "round",
+    "status",
+    "acc",
+    "asr",
+    "acc_triggered",
+    "acc_client_mean",
+    "tpr",
+    "fpr",
+    "num_flagged",
+    "local_seconds",
+    "fusion_seconds",
+    "defense_seconds",
+    "eval_seconds",
+    "round_seconds",
+]
 
 
 def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick") -> pd.DataFrame:
@@ -107,5 +137,6 @@ def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick"
     df = _grid_runs(results_dir, profile)
     if df.empty:
         return df
-    return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(["partition", "defense", "attack", "seed", "round"],
-                                                                   ignore_index=True)
+    return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(
+        ["partition", "defense", "attack", "seed", "round"], ignore_index=True
+    )

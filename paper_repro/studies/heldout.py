@@ -5,6 +5,7 @@ default was chosen on. Each setting changes one thing against the validation set
 ``python -m paper_repro heldout --seeds 10 11 12`` writes ``data/tables/heldout_<profile>.csv`` (one row per run)
 and prints mean ± 95 % interval per cell.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -14,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
 from ..results import runs_provenance
 from ..runner import run_many
 from ..tables import seed_intervals, table_path
-from .grid import summarise
 
 VALIDATION = {"attack": {"kind": "fm"}, "data": {"partition": "dirichlet", "beta": 0.5}}
 """The setting the defaults were chosen on (trigger, target, poison share as in the profile)."""
@@ -37,7 +38,7 @@ SETTINGS: dict[str, dict] = {
 also an attack on act_bound's fitting set: its poisoned images carry every label, so sampling the fitting set per
 label no longer caps their share at one label's slots."""
 DEFENSES = ("none", "act_bound", "mm_bm", "pruning")
-"""act_bound and the post-fusion baselines (which replay the no-defense training, so a setting costs one training
+"""act_bound and the post-fusion baselines (served from the no-defense training, so a setting costs one training
 per seed); update-comparing baselines see no malicious client under the FM attack."""
 
 
@@ -53,12 +54,19 @@ def setting_config(profile: str, setting: str, defense: str | tuple[str, dict], 
     return load_config(profile, defense={"name": name, "params": params}, seed=seed, **merged)
 
 
-def heldout_study(profile: str = "quick", settings: tuple[str, ...] = tuple(SETTINGS),
-                  defense_names: tuple[str, ...] = DEFENSES, seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
-                  attacks: tuple[str, ...] = ("fm",), results_dir: str | Path | None = None,
-                  tables_dir: str | Path | None = None, progress: bool = True,
-                  options: RunOptions | None = None, variants: dict[str, tuple[str, dict]] | None = None,
-                  table: str = "heldout") -> pd.DataFrame:
+def heldout_study(
+    profile: str = "quick",
+    settings: tuple[str, ...] = tuple(SETTINGS),
+    defense_names: tuple[str, ...] = DEFENSES,
+    seeds: tuple[int, ...] = HELDOUT_SEEDS[:3],
+    attacks: tuple[str, ...] = ("fm",),
+    results_dir: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    variants: dict[str, tuple[str, dict]] | None = None,
+    table: str = "heldout",
+) -> pd.DataFrame:
     """Run (or load) every setting × defense × seed and write the per-run table ``<table>_<profile>.csv``.
     ``variants``: more defenses as label → (name, params), e.g. ``{"act_bound q0.95": ("act_bound",
     {"init_quantile": 0.95})}``; the ``defense`` column holds the label."""
@@ -69,13 +77,22 @@ def heldout_study(profile: str = "quick", settings: tuple[str, ...] = tuple(SETT
     combos = list(itertools.product(settings, attacks, named, seeds))
     cfgs = [setting_config(profile, s, named[d], seed, a) for s, a, d, seed in combos]
     results = run_many(cfgs, results_dir, progress=progress, desc="held-out", options=options)
-    df = pd.DataFrame([{"setting": s, "attack": a, "defense": d, "seed": seed, **summarise(r.history),
-                        "run": r.run_dir.name} for (s, a, d, seed), r in zip(combos, results)])
+    df = pd.DataFrame(
+        [
+            {"setting": s, "attack": a, "defense": d, "seed": seed, **summarise(r.history), "run": r.run_dir.name}
+            for (s, a, d, seed), r in zip(combos, results)
+        ]
+    )
     return save_run_table(df, table, profile, tables_dir, results_dir)
 
 
-def save_run_table(df: pd.DataFrame, table: str, profile: str, tables_dir: str | Path | None = None,
-                   results_dir: str | Path | None = None) -> pd.DataFrame:
+def save_run_table(
+    df: pd.DataFrame,
+    table: str,
+    profile: str,
+    tables_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+) -> pd.DataFrame:
     """Write a per-run table (a ``run`` column naming each run folder) to ``<tables_dir>/<table>_<profile>.csv``
     with its provenance file; returns ``df``."""
     out = table_path(table, profile, tables_dir)
@@ -110,8 +127,9 @@ ACT_BOUND_VARIANTS: dict[str, tuple[str, dict]] = {
 layers, learned refinement, bound shape."""
 
 
-def select_variant(df: pd.DataFrame, baseline: str = "none", max_cost: float = 0.02, tie: float = 0.01) -> tuple[
-        str, pd.DataFrame]:
+def select_variant(
+    df: pd.DataFrame, baseline: str = "none", max_cost: float = 0.02, tie: float = 0.01
+) -> tuple[str, pd.DataFrame]:
     """The protocol's rule on a validation table: among the defenses (labels) whose mean clean-ACC cost against
     ``baseline`` (same setting, attack and seed) is at most ``max_cost``, the lowest mean ASR; within ``tie`` of it,
     the lowest cost. Returns the label and the per-label summary (mean ASR, mean cost, eligible)."""
@@ -130,18 +148,31 @@ def select_variant(df: pd.DataFrame, baseline: str = "none", max_cost: float = 0
     return best, table.sort_values("asr", ignore_index=True)
 
 
-def calibrate_mars(profile: str = "quick", seeds: tuple[int, ...] = VALIDATION_SEEDS,
-                   results_dir: str | Path | None = None, tables_dir: str | Path | None = None,
-                   progress: bool = True, options: RunOptions | None = None) -> tuple[float, pd.DataFrame]:
+def calibrate_mars(
+    profile: str = "quick",
+    seeds: tuple[int, ...] = VALIDATION_SEEDS,
+    results_dir: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+) -> tuple[float, pd.DataFrame]:
     """MARS's ε on this model's energy scale, chosen on the validation setting without an attack: ε is the W1
     distance below which MARS accepts every client, so it is set to the largest distance between the two clusters
     that MARS (at its current ε) found in any round where every client was benign. The attacked runs play no part.
     Writes the per-round distances to ``mars_calibration_<profile>.csv``; returns (ε, that table)."""
     cfgs = [setting_config(profile, "validation", "mars", s, attack="none") for s in seeds]
     results = run_many(cfgs, results_dir, progress=progress, desc="MARS calibration", options=options)
-    rows = [{"seed": s, "round": int(r["round"]), "centre_distance": float(r["defense_centre_distance"]),
-             "run": res.run_dir.name}
-            for s, res in zip(seeds, results) for _, r in res.history.iterrows() if r["round"] > 0]
+    rows = [
+        {
+            "seed": s,
+            "round": int(r["round"]),
+            "centre_distance": float(r["defense_centre_distance"]),
+            "run": res.run_dir.name,
+        }
+        for s, res in zip(seeds, results)
+        for _, r in res.history.iterrows()
+        if r["round"] > 0
+    ]
     df = pd.DataFrame(rows)
     out = table_path("mars_calibration", profile, tables_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

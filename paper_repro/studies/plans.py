@@ -11,6 +11,7 @@ closure has the same code now and the libraries have the same versions.
     python -m paper_repro check-tables                  # one line per table
     python -m paper_repro recompute grid heldout --budget 90 --jobs 2
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,15 @@ import pandas as pd
 from .. import ledger as lg
 from ..codehash import PACKAGE, changed_files, library_versions
 from ..config import Config
+from ..metrics import summarise
 from ..tables import TABLES_DIR, table_path
-from .grid import ROUND_COLUMNS, grid_config, summarise
+from .grid import ROUND_COLUMNS, grid_config
 
 NOT_FROM_RUNS = {
     "activations": "the activation study (`python -m paper_repro results`): scores of single images, no run record",
     "activation_metrics": "the activation study (`python -m paper_repro results`)",
     "attack_adaptive": "derived from attack_breadth and attack_strength (`python -m paper_repro attacks --study "
-                       "adaptive`)",
+    "adaptive`)",
     "published": "the papers' published numbers (typed in, not computed)",
 }
 """Committed tables that are not made of runs, with what makes them: the ledger says nothing about them."""
@@ -66,8 +68,10 @@ def _heldout_config(profile: str, labels: dict, tables_dir: Path) -> Config:
         cal = pd.read_csv(table_path("mars_calibration", profile, tables_dir))
         eps = float(cal["centre_distance"].max())
         if name != f"mars eps{eps:.3g}":  # the label was written from the calibration that made the table
-            raise ValueError(f"the row {name!r} was made with another MARS calibration than the committed one "
-                             f"(epsilon {eps:.4g} now): recompute it with benchmarks/mars_epsilon.py")
+            raise ValueError(
+                f"the row {name!r} was made with another MARS calibration than the committed one "
+                f"(epsilon {eps:.4g} now): recompute it with benchmarks/mars_epsilon.py"
+            )
         variant = ("mars", {"epsilon": round(eps, 4)})
     else:
         variant = ACT_BOUND_VARIANTS.get(name, name)
@@ -85,8 +89,9 @@ def _attack_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
 
     out = {k: labels[k] for k in labels if k not in ("defense", "seed")}
     kind = ATTACKS[labels["attack"]]["kind"] if "attack" in labels else "fm"
-    return [{**out, "kind": kind, "defense": labels["defense"], "seed": labels["seed"], **summarise(history),
-             "run": run}]
+    return [
+        {**out, "kind": kind, "defense": labels["defense"], "seed": labels["seed"], **summarise(history), "run": run}
+    ]
 
 
 def _strength_config(profile: str, labels: dict, tables_dir: Path) -> Config:
@@ -114,8 +119,16 @@ def _mars_config(profile: str, labels: dict, tables_dir: Path) -> Config:
 
 
 def _mars_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
-    return [{"seed": labels["seed"], "round": int(r["round"]), "centre_distance": float(r["defense_centre_distance"]),
-             "run": run} for _, r in history.iterrows() if r["round"] > 0]
+    return [
+        {
+            "seed": labels["seed"],
+            "round": int(r["round"]),
+            "centre_distance": float(r["defense_centre_distance"]),
+            "run": run,
+        }
+        for _, r in history.iterrows()
+        if r["round"] > 0
+    ]
 
 
 def _ablation_config(profile: str, labels: dict, tables_dir: Path) -> Config:
@@ -130,17 +143,33 @@ def _ablation_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
     from .ablations import ABLATIONS
 
     last = history.iloc[-1]
-    return [{"ablation": labels["ablation"], "label": ABLATIONS[labels["ablation"]].label, "value": labels["value"],
-             "defense": labels["defense"], "seed": labels["seed"], "acc": last["acc"], "asr": last["asr"], "run": run}]
+    return [
+        {
+            "ablation": labels["ablation"],
+            "label": ABLATIONS[labels["ablation"]].label,
+            "value": labels["value"],
+            "defense": labels["defense"],
+            "seed": labels["seed"],
+            "acc": last["acc"],
+            "asr": last["asr"],
+            "run": run,
+        }
+    ]
 
 
 GRID_LABELS = ("defense", "attack", "partition", "seed")
 HELDOUT_LABELS = ("setting", "attack", "defense", "seed")
 FAMILIES: dict[str, Family] = {
-    "grid": Family(GRID_LABELS, lambda p, lab, _: grid_config(p, lab["attack"], lab["defense"], lab["partition"],
-                                                              int(lab["seed"])), _summary_rows),
-    "rounds": Family(GRID_LABELS, lambda p, lab, _: grid_config(p, lab["attack"], lab["defense"], lab["partition"],
-                                                                int(lab["seed"])), _round_rows),
+    "grid": Family(
+        GRID_LABELS,
+        lambda p, lab, _: grid_config(p, lab["attack"], lab["defense"], lab["partition"], int(lab["seed"])),
+        _summary_rows,
+    ),
+    "rounds": Family(
+        GRID_LABELS,
+        lambda p, lab, _: grid_config(p, lab["attack"], lab["defense"], lab["partition"], int(lab["seed"])),
+        _round_rows,
+    ),
     "heldout": Family(HELDOUT_LABELS, _heldout_config, _summary_rows),
     "attack_breadth": Family(("attack", "defense", "seed"), _attack_config, _attack_rows),
     "attack_strength": Family(("knob", "value", "defense", "seed"), _strength_config, _attack_rows),
@@ -196,11 +225,15 @@ def plan(kind: str, profile: str = "quick", tables_dir: str | Path | None = None
     path = table_path(kind, profile, base)
     fam = family_of(kind)
     if fam is None:
-        raise ValueError(f"{path.name} is not made of runs ({NOT_FROM_RUNS.get(kind, 'no study plans it')}): "
-                         "there is nothing to recompute through the ledger")
+        raise ValueError(
+            f"{path.name} is not made of runs ({NOT_FROM_RUNS.get(kind, 'no study plans it')}): "
+            "there is nothing to recompute through the ledger"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: a plan is read from a committed table's rows; known tables "
-                                f"of {profile}: {table_names(profile, base)}")
+        raise FileNotFoundError(
+            f"{path} does not exist: a plan is read from a committed table's rows; known tables "
+            f"of {profile}: {table_names(profile, base)}"
+        )
     df = pd.read_csv(path)
     rows = df[list(fam.labels)].drop_duplicates()
     cells = []
@@ -243,8 +276,11 @@ def why_stale(rec: dict, root: Path = PACKAGE, now: dict | None = None) -> list[
     meta = _meta(rec)
     out = changed_files(meta.get("code_files") or {"(no per-file digests recorded)": ""}, root)
     libs = library_versions()
-    out += [f"{lib} {v} → {libs.get(lib)}" for lib, v in (meta["hashes"].get("libraries") or {}).items()
-            if libs.get(lib) != v]
+    out += [
+        f"{lib} {v} → {libs.get(lib)}"
+        for lib, v in (meta["hashes"].get("libraries") or {}).items()
+        if libs.get(lib) != v
+    ]
     if now and not out:
         if meta["hashes"].get("code") != now["code"]:
             out.append("the run's import closure")
@@ -263,8 +299,9 @@ def current_digests(cfg: Config, root: Path = PACKAGE, memo: dict | None = None)
     memo = {} if memo is None else memo
     code_k, fm_k = ("code", cfg.attack.kind, cfg.defense.name), ("fm", json.dumps(cfg.to_dict()["fm"], sort_keys=True))
     if code_k not in memo:
-        memo[code_k] = run_code_digest(attacks.REGISTRY.lookup(cfg.attack.kind),
-                                       defenses.REGISTRY.lookup(cfg.defense.name), root=root)
+        memo[code_k] = run_code_digest(
+            attacks.REGISTRY.lookup(cfg.attack.kind), defenses.REGISTRY.lookup(cfg.defense.name), root=root
+        )
     if fm_k not in memo:
         memo[fm_k] = synthetic_key_hash(cfg)
     return {"code": memo[code_k], "synthetic_key": memo[fm_k]}

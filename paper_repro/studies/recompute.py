@@ -4,6 +4,7 @@ complete table rebuilt from the ledger alone.
 
     python -m paper_repro recompute grid heldout --budget 90 --jobs 2
 """
+
 from __future__ import annotations
 
 import io
@@ -15,24 +16,26 @@ import pandas as pd
 
 from .. import ledger as lg
 from ..codehash import PACKAGE
-from ..options import RunOptions
+from ..options import RunOptions, options_for
 from ..progress import tqdm
 from ..results import provenance_of
 from ..store import save_atomic
 from ..tables import table_path
 from .plans import NOT_FROM_RUNS, Cell, Found, Plan, Status, _meta, family_of, plan, status, table_names
 
-__all__ = ["recompute", "build_table", "write_table", "selected", "check_tables", "plan", "status",
-           "Found"]
+__all__ = ["recompute", "build_table", "write_table", "selected", "check_tables", "plan", "status", "Found"]
 
 
-def check_tables(profile: str = "quick", tables_dir: str | Path | None = None, ledger: Path | None = None,
-                 root: Path = PACKAGE) -> list[str]:
+def check_tables(
+    profile: str = "quick", tables_dir: str | Path | None = None, ledger: Path | None = None, root: Path = PACKAGE
+) -> list[str]:
     """One line per committed table of ``profile``: fresh, N runs stale (which files changed), N cells missing; or
     what makes a table that is not made of runs."""
     found = Found.read(ledger)
-    out = [f"ledger: {sum(map(len, found.by_key.values())) + len(found.damaged)} records"
-           + (f", {len(found.damaged)} damaged: {found.damaged[0]}" if found.damaged else "")]
+    out = [
+        f"ledger: {sum(map(len, found.by_key.values())) + len(found.damaged)} records"
+        + (f", {len(found.damaged)} damaged: {found.damaged[0]}" if found.damaged else "")
+    ]
     for kind in table_names(profile, tables_dir):
         if family_of(kind) is None:
             out.append(f"{kind}_{profile}: not made of runs, not checked ({NOT_FROM_RUNS.get(kind, 'unknown')})")
@@ -60,8 +63,10 @@ def write_table(p: Plan, st: Status, tables_dir: str | Path | None = None) -> Pa
     df = build_table(p, st)
     recs = [st.fresh[c.key] for c in p.cells]
     # atomically, table last: a kill leaves the old table (the plan is read from its rows) or the whole new one
-    save_atomic(lambda tmp: tmp.write_text(json.dumps(provenance_of([_meta(r) for r in recs]), indent=1) + "\n"),
-                out.with_suffix(".provenance.json"))
+    save_atomic(
+        lambda tmp: tmp.write_text(json.dumps(provenance_of([_meta(r) for r in recs]), indent=1) + "\n"),
+        out.with_suffix(".provenance.json"),
+    )
     save_atomic(lambda tmp: df.to_csv(tmp, index=False, float_format=p.family.float_format), out)
     return out
 
@@ -75,17 +80,17 @@ def selected(p: Plan, where: dict[str, str] | None) -> list[Cell]:
 
 
 def batches(todo: list[Cell], jobs: int, opts: RunOptions) -> list[list[Cell]]:
-    """``todo`` cut into batches of at least ``jobs`` cells, each no-defense run in the batch of the runs that
-    replay it (their order otherwise kept): a batch records the trajectories its replays need, so no training runs
-    twice and a budget stop falls between whole groups."""
+    """``todo`` cut into batches of at least ``jobs`` cells, each no-defense run in the batch of the post-fusion
+    defenses served from its training (their order otherwise kept), so that no training runs twice and a budget stop
+    falls between whole groups."""
     from dataclasses import replace
 
     from ..config import DefenseConfig
-    from ..runner import _replays
+    from ..runner import shares_training
 
     groups: dict[str, list[Cell]] = {}
     for c in todo:
-        base = replace(c.config, defense=DefenseConfig()) if _replays(c.config, opts) else c.config
+        base = replace(c.config, defense=DefenseConfig()) if shares_training(c.config, opts) else c.config
         groups.setdefault(lg.config_key(base.to_dict()), []).append(c)
     out, batch = [], []
     for group in groups.values():
@@ -96,9 +101,18 @@ def batches(todo: list[Cell], jobs: int, opts: RunOptions) -> list[list[Cell]]:
     return out + ([batch] if batch else [])
 
 
-def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_minutes: float = 60.0, jobs: int = 1,
-              tables_dir: str | Path | None = None, progress: bool = True, options: RunOptions | None = None,
-              log=print, where: dict[str, str] | None = None, clock=time.perf_counter) -> dict:
+def recompute(
+    kinds: list[str] | None = None,
+    profile: str = "quick",
+    budget_minutes: float = 60.0,
+    jobs: int = 1,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    log=print,
+    where: dict[str, str] | None = None,
+    clock=time.perf_counter,
+) -> dict:
     """Compute the missing and stale cells of the named committed tables (default: every table made of runs) in a
     fixed order (tables as named, rows in table order), recording each run in the ledger as it finishes; start no
     batch of ``jobs`` runs that would end past ``budget_minutes``; then rebuild every table whose cells are all
@@ -109,7 +123,7 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
         raise ValueError(f"budget_minutes={budget_minutes} must be > 0")
     kinds = kinds or [k for k in table_names(profile, tables_dir) if family_of(k) is not None]
     plans = [plan(k, profile, tables_dir) for k in kinds]
-    opts = options or RunOptions.for_profile(profile)
+    opts = options_for(profile, options)
     from dataclasses import replace
 
     opts = replace(opts, ledger=True, jobs=jobs)
@@ -117,8 +131,12 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
     todo, seen, summary = [], set(), {}
     for p in plans:
         st = status(p, found)
-        summary[p.name] = {"cells": len(p.cells), "fresh": st.count(st.fresh), "stale": st.count(st.stale),
-                           "missing": len(st.missing)}
+        summary[p.name] = {
+            "cells": len(p.cells),
+            "fresh": st.count(st.fresh),
+            "stale": st.count(st.stale),
+            "missing": len(st.missing),
+        }
         log(st.line())
         for c in selected(p, where):
             if c.key not in st.fresh and c.key not in seen:
@@ -133,8 +151,10 @@ def recompute(kinds: list[str] | None = None, profile: str = "quick", budget_min
         elapsed = clock() - t0
         expected = max(batch_seconds) if batch_seconds else 0.0
         if elapsed + expected > 60 * budget_minutes:
-            log(f"budget reached after {elapsed / 60:.1f} min: {len(todo) - done} runs left; run the same command "
-                "again (on any machine) to continue")
+            log(
+                f"budget reached after {elapsed / 60:.1f} min: {len(todo) - done} runs left; run the same command "
+                "again (on any machine) to continue"
+            )
             break
         t = clock()
         run_many([c.config for c in batch], progress=False, options=opts)

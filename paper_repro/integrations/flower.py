@@ -1,10 +1,10 @@
 """The FM-integrated experiment on Flower (1.41, ``pip install -e '.[flower]'``): any defense of this package as a
 Flower strategy, our local training and attacks in a ClientApp, the pipeline in a ServerApp.
 
-- :class:`DefenseStrategy` is a Flower ``Strategy``. The server side of a round is the same function the in-process
-  loop calls (:func:`paper_repro.fl.server_steps`): aggregation through the defense (step 3, robust aggregators and
-  detectors), FedDF fusion on the server's synthetic set (step 4), the post-fusion defense such as ``act_bound``
-  (step 5) and the evaluation of the served (bounded) model (step 6). The strategy keeps the per-round history in
+- :class:`DefenseStrategy` is a Flower ``Strategy``. The server side of a round calls the in-process loop's own step
+  functions (:mod:`paper_repro.fl`): aggregation through the defense (step 3, robust aggregators and detectors), FedDF
+  fusion on the server's synthetic set (step 4), the post-fusion defense such as ``act_bound`` (step 5) and the
+  evaluation of the served (bounded) model (step 6). The strategy keeps the per-round history in
   ``strategy.output`` as :class:`~paper_repro.fl.FLOutput`.
 - :func:`client_app` trains a client as the in-process loop does (same seeds per client and round) and lets a
   malicious client poison its data and craft its update (:mod:`paper_repro.attacks`).
@@ -22,8 +22,11 @@ Two protocols (``DefenseStrategy(protocol=...)``):
   clients, each returns its trained arrays, and Δ = θ − global. Only the malicious ground truth is unknown to the
   server here, so TPR/FPR are not computed.
 """
+
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 
@@ -35,26 +38,32 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import Strategy
 from flwr.simulation import run_simulation
 
-from . import defenses as defense_registry
-from .config import Config
-from .defenses import Defense
-from .fl import (
+from .. import defenses as defense_registry
+from ..config import Config
+from ..defenses import Defense
+from ..fl import (
     DIVERGED,
     OK,
     FLInputs,
     FLOutput,
-    client_sizes,
+    Timer,
+    aggregate,
     evaluate_served,
+    fedavg_weights,
+    finish_row,
+    fuse,
     init_global_model,
+    is_finite,
+    local_training,
     round_context,
     sample_clients,
-    server_steps,
+    serve,
 )
-from .inputs import prepare
-from .local_training import train_clients
-from .models import build_model, flat_state, load_flat_state, state_keys
-from .options import RunOptions
-from .rng import derive_seed, np_rng, torch_gen
+from ..inputs import prepare
+from ..metrics import no_metrics
+from ..models import build_model, flat_state, load_flat_state, state_keys
+from ..options import RunOptions, options_for
+from ..rng import derive_seed, np_rng
 
 
 class DefenseStrategy(Strategy):
@@ -64,21 +73,26 @@ class DefenseStrategy(Strategy):
     one ``cfg.defense`` names); ``inputs``: the server's data (synthetic sets, test sets; default
     :func:`paper_repro.inputs.prepare` of ``cfg``)."""
 
-    def __init__(self, cfg: Config, defense: Defense | None = None, options: RunOptions | None = None,
-                 inputs: FLInputs | None = None, progress: bool = False, protocol: str = "ours"):
+    def __init__(
+        self,
+        cfg: Config,
+        defense: Defense | None = None,
+        options: RunOptions | None = None,
+        inputs: FLInputs | None = None,
+        progress: bool = False,
+        protocol: str = "ours",
+    ):
         if protocol not in ("ours", "weights"):
             raise ValueError(f"protocol={protocol!r}; choose ours (with client_app) or weights (plain Flower clients)")
         self.protocol = protocol
-        self.cfg, self.opts = cfg, options or RunOptions.for_profile(cfg.profile)
+        self.cfg, self.opts = cfg, options_for(cfg.profile, options)
         self.defense = defense or defense_registry.get(cfg.defense.name, **cfg.defense.params)
         self.inputs = inputs or prepare(cfg, progress, self.opts).inputs
         self.output = FLOutput()
         self.model: torch.nn.Module | None = None
         self._rng = np_rng(cfg.seed, "client_sampling")
-        self._sizes = client_sizes(self.inputs)
         self._kd = self.inputs.synthetic_kd.tensors(self.opts.device)
         self._ids = np.zeros(0, np.int64)
-        self._started = 0.0
 
     def __repr__(self) -> str:
         return f"DefenseStrategy({self.defense.name}, {self.cfg.profile})"
@@ -87,9 +101,15 @@ class DefenseStrategy(Strategy):
     def initialize_parameters(self, client_manager) -> Parameters:
         t = time.perf_counter()
         self.model = init_global_model(self.cfg, self.inputs, self.opts.device)
-        self.output.history.append({"round": 0, **evaluate_served(self.model, self.cfg, self.inputs, self.opts),
-                                    "init_seconds": time.perf_counter() - t, "status": OK})
-        self.output.model = self.model
+        self.output.history.append(
+            {
+                "round": 0,
+                **evaluate_served(self.model, self.cfg, self.inputs, self.opts),
+                "init_seconds": time.perf_counter() - t,
+                "status": OK,
+            }
+        )
+        self.output.model = self.output.fused = self.model
         return self._parameters()
 
     def _parameters(self) -> Parameters:
@@ -103,7 +123,6 @@ class DefenseStrategy(Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
         if self.output.history and self.output.history[-1].get("status") == DIVERGED:
             return []
-        self._started = time.perf_counter()
         if self.protocol == "weights":  # plain Flower: its client manager samples
             ins = FitIns(parameters, {"round": server_round})
             return [(c, ins) for c in client_manager.sample(num_clients=self.cfg.fl.clients_per_round)]
@@ -118,42 +137,78 @@ class DefenseStrategy(Strategy):
             raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed: {failures[:1]}")
         if self.protocol == "weights":
             return self._aggregate_weights(server_round, results)
-        sent = {int(r.metrics["partition"]): (parameters_to_ndarrays(r.parameters), float(r.metrics["seconds"]))
-                for _, r in results if r.metrics.get("trained")}
+        sent = {
+            int(r.metrics["partition"]): (parameters_to_ndarrays(r.parameters), float(r.metrics["seconds"]))
+            for _, r in results
+            if r.metrics.get("trained")
+        }
         missing = sorted(set(self._ids.tolist()) - set(sent))
         if missing:
             raise RuntimeError(f"round {server_round}: sampled clients {missing} sent nothing")
         thetas = torch.stack([torch.from_numpy(sent[k][0][0]) for k in self._ids]).to(self.opts.device)
         updates = torch.stack([torch.from_numpy(sent[k][0][1]) for k in self._ids]).to(self.opts.device)
+        weights = fedavg_weights(self.cfg, self.inputs, self._ids)
         row = {"round": server_round, "status": OK, "local_seconds": max(s for _, s in sent.values())}
-        return self._server_round(server_round, self._ids, thetas, updates, self._sizes, row)
+        return self._server_round(server_round, self._ids, thetas, updates, weights, row)
 
     def _aggregate_weights(self, server_round: int, results):
         """Steps 3-6 for plain Flower clients: Δ_i = θ_i − global, weights = their example counts."""
         results = sorted(results, key=lambda r: str(r[0].cid))
-        thetas = torch.stack([torch.cat([torch.from_numpy(np.asarray(a, np.float32)).reshape(-1)
-                                         for a in parameters_to_ndarrays(res.parameters)])
-                              for _, res in results]).to(self.opts.device)
+        thetas = torch.stack(
+            [
+                torch.cat(
+                    [
+                        torch.from_numpy(np.asarray(a, np.float32)).reshape(-1)
+                        for a in parameters_to_ndarrays(res.parameters)
+                    ]
+                )
+                for _, res in results
+            ]
+        ).to(self.opts.device)
         sizes = torch.tensor([float(res.num_examples) for _, res in results])
+        weights = sizes if self.cfg.fl.weighting == "samples" else torch.ones(len(results))
         ids = np.arange(len(results))  # positions: a plain client does not say who it is
-        return self._server_round(server_round, ids, thetas, thetas - flat_state(self.model), sizes,
-                                  {"round": server_round, "status": OK}, detection=False)
+        return self._server_round(
+            server_round,
+            ids,
+            thetas,
+            thetas - flat_state(self.model),
+            weights,
+            {"round": server_round, "status": OK},
+            detection=False,
+        )
 
-    def _server_round(self, server_round: int, ids: np.ndarray, thetas: torch.Tensor, updates: torch.Tensor,
-                      sizes: torch.Tensor, row: dict, detection: bool = True):
-        """The in-process loop's server steps on what the clients sent, then the round's bookkeeping; returns what
-        ``aggregate_fit`` returns. ``detection=False``: TPR/FPR are NaN (the server cannot know who is malicious)."""
-        g = flat_state(self.model)
-        ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round)
-        ctx.client_ids = ids
-        served, flagged = server_steps(self.cfg, self.opts, self.inputs, self.defense, self.model, ctx, thetas,
-                                       updates, g, sizes, self._kd, row)
+    def _server_round(
+        self,
+        server_round: int,
+        ids: np.ndarray,
+        thetas: torch.Tensor,
+        updates: torch.Tensor,
+        weights: torch.Tensor,
+        row: dict,
+        detection: bool = True,
+    ):
+        """Steps 3–6 through the in-process loop's step functions on what the clients sent, then the round's
+        bookkeeping; returns what ``aggregate_fit`` returns. ``detection=False``: TPR/FPR are NaN (the server cannot
+        know who is malicious)."""
+        timer, g = Timer(), flat_state(self.model)
+        ctx = round_context(self.cfg, self.opts, self.inputs, self.model, server_round, ids)
+        with timer("aggregate"):
+            agg = aggregate(self.defense, g, updates, weights, ctx, self.inputs.attack.malicious)
+            model = load_flat_state(copy.deepcopy(self.model), agg.state)
+        with timer("fusion"):
+            model = fuse(self.cfg, self.opts, model, thetas, ids, agg.flagged, self._kd, server_round)
+        self.model = model
+        row.update({**agg.columns, **timer.take()})
         if not detection:
             row.update({"tpr": float("nan"), "fpr": float("nan")})
-        if served is not None:
-            self.output.model = served
-            row["round_seconds"] = time.perf_counter() - self._started
-            self.output.flagged.append(flagged)
+        if not is_finite(model):
+            row.update({"status": DIVERGED, **no_metrics()})
+        else:
+            self.output.model, metrics = serve(self.defense, model, ctx, self.cfg, self.inputs, self.opts, timer)
+            row = finish_row({**row, **metrics})
+            self.output.fused = model
+            self.output.flagged.append(agg.flagged)
         self.output.history.append(row)
         return self._parameters(), {k: float(row[k]) for k in ("acc", "asr") if k in row}
 
@@ -182,23 +237,26 @@ class _Client(NumPyClient):
         if self.k not in ids:
             return [np.zeros(0, np.float32)], 0, {"partition": self.k, "trained": 0}
         t = time.perf_counter()
-        fl, test = self.cfg.fl, self.inputs.test
-        model = build_model(self.cfg.model.name, test.shape, test.num_classes,
-                            derive_seed(self.cfg.seed, "model_init")).to(self.opts.device)
+        test = self.inputs.test
+        model = build_model(
+            self.cfg.model.name, test.shape, test.num_classes, derive_seed(self.cfg.seed, "model_init")
+        ).to(self.opts.device)
         load_flat_state(model, g)
         data = attack.local_data(self.k, self.inputs.clients[self.k]).tensors(self.opts.device)
-        theta = train_clients("loop", self.opts.device, model, [data], fl.local_epochs, fl.lr, fl.momentum,
-                              fl.batch_size, [torch_gen(self.cfg.seed, "client", self.k, "round", rnd)],
-                              self.cfg.model.channels_last, precision=fl.precision)[0]
+        loop = dataclasses.replace(self.opts, engine="loop")  # one client per process: the reference loop
+        theta = local_training(self.cfg, loop, model, [data], np.array([self.k]), rnd)[0]
         update = attack.craft_update(self.k, theta - g)
-        return ([theta.cpu().numpy(), update.cpu().numpy()], len(self.inputs.clients[self.k]),
-                {"partition": self.k, "trained": 1, "seconds": time.perf_counter() - t})
+        return (
+            [theta.cpu().numpy(), update.cpu().numpy()],
+            len(self.inputs.clients[self.k]),
+            {"partition": self.k, "trained": 1, "seconds": time.perf_counter() - t},
+        )
 
 
 def client_app(cfg: Config, options: RunOptions | None = None, threads: int = 1) -> ClientApp:
     """A ClientApp whose client ``partition-id`` is client k of ``cfg`` (its data, and its attack if malicious).
     Each worker process prepares the config's data once; ``threads``: torch threads per client process."""
-    opts = options or RunOptions.for_profile(cfg.profile)
+    opts = options_for(cfg.profile, options)
     prepared: dict[str, FLInputs] = {}  # per worker process, filled on its first client
 
     def client_fn(context: Context):
@@ -219,17 +277,27 @@ def server_app(strategy: DefenseStrategy) -> ServerApp:
     return ServerApp(server_fn=server_fn)
 
 
-def run_flower(cfg: Config, options: RunOptions | None = None, defense: Defense | None = None,
-               cpus_per_client: int = 1, progress: bool = False) -> FLOutput:
+def run_flower(
+    cfg: Config,
+    options: RunOptions | None = None,
+    defense: Defense | None = None,
+    cpus_per_client: int = 1,
+    progress: bool = False,
+) -> FLOutput:
     """``cfg`` through Flower's simulation engine (Ray, one virtual node per client): the same
     :class:`~paper_repro.fl.FLOutput` as :func:`paper_repro.fl.run_federated`."""
-    opts = options or RunOptions.for_profile(cfg.profile)
+    opts = options_for(cfg.profile, options)
     strategy = DefenseStrategy(cfg, defense, opts, progress=progress)
-    run_simulation(server_app=server_app(strategy), client_app=client_app(cfg, opts, cpus_per_client),
-                   num_supernodes=cfg.fl.num_clients,
-                   backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False}},
-                   verbose_logging=False)
+    run_simulation(
+        server_app=server_app(strategy),
+        client_app=client_app(cfg, opts, cpus_per_client),
+        num_supernodes=cfg.fl.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},
+        },
+        verbose_logging=False,
+    )
     if len(strategy.output.history) < 2 and cfg.fl.num_rounds > 0:
         raise RuntimeError("the Flower simulation ran no round (see its log above)")
     return strategy.output

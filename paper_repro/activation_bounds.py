@@ -6,6 +6,7 @@ module by min(a, b) with per-channel (or per-neuron, or per-layer) bounds b ≥ 
 and buffers are never written (tests check bit equality), and outside the wrapper the model behaves as before.
 [C: MM-BM (Wang et al., IEEE S&P 2024) and MMAC (Wang et al. 2023) clip activations; docs/paper.md]
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..training import as_format
+from .training import as_format
 
 GRANULARITIES = ("channel", "neuron", "layer")
 SITE_PRESETS = ("all", "mmbm3", "hidden", "last", "last_conv")
@@ -55,7 +56,7 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
         return relus[-1:]
     if sites == "last_conv":  # the last ReLU registered before the first fully connected layer
         order = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.Linear))]
-        before = order[:next((i for i, n in enumerate(order) if n not in relus), len(order))]
+        before = order[: next((i for i, n in enumerate(order) if n not in relus), len(order))]
         return before[-1:] or relus[-1:]
     raise ValueError(f"unknown site preset {sites!r}; use one of {list(SITE_PRESETS)} or a list of module names")
 
@@ -63,8 +64,8 @@ def resolve_sites(model: nn.Module, sites: str | list[str]) -> list[str]:
 def check_sites(cfg, sites: str | list[str], key: str = "sites") -> None:
     """Raise ValueError naming ``key`` unless ``sites`` resolve on the model of config ``cfg`` (checked when the config
     is built, so that a wrong module name fails before any data is loaded rather than in round 1)."""
-    from ..config import image_shape, num_classes
-    from ..models import build_model
+    from .config import image_shape, num_classes
+    from .models import build_model
 
     model = build_model(cfg.model.name, image_shape(cfg.data.dataset), num_classes(cfg.data.dataset), seed=0)
     try:
@@ -88,8 +89,10 @@ def clip_hooks(model: nn.Module, bounds: dict[str, torch.Tensor]):
     mods = dict(model.named_modules())
     handles = []
     for site, b in bounds.items():
+
         def hook(_m, _inp, out, b=b):
             return torch.minimum(out, _broadcast(b.clamp_min(0), out).to(out.dtype))
+
         handles.append(mods[site].register_forward_hook(hook))
     try:
         yield
@@ -138,14 +141,17 @@ class BoundedModel(nn.Module):
 
 
 @torch.no_grad()
-def record_activations(model: nn.Module, x: torch.Tensor, sites: list[str], reduce=lambda a: a,
-                       batch_size: int = 500) -> dict[str, torch.Tensor]:
+def record_activations(
+    model: nn.Module, x: torch.Tensor, sites: list[str], reduce=lambda a: a, batch_size: int = 500
+) -> dict[str, torch.Tensor]:
     """Run ``model`` in eval mode over ``x`` and return, per site, ``reduce`` (B, …) → (B, …) of the site's output,
     concatenated over batches. Hooks are removed and the training flag restored afterwards."""
     mods = dict(model.named_modules())
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    handles = [mods[s].register_forward_hook(lambda _m, _i, out, s=s: chunks[s].append(reduce(out.detach().float())))
-               for s in sites]
+    handles = [
+        mods[s].register_forward_hook(lambda _m, _i, out, s=s: chunks[s].append(reduce(out.detach().float())))
+        for s in sites
+    ]
     was = model.training
     model.eval()
     try:
@@ -168,15 +174,22 @@ def spatial_mean(a: torch.Tensor) -> torch.Tensor:
     return a.flatten(2).mean(2) if a.dim() > 2 else a
 
 
-def max_activations(model: nn.Module, x: torch.Tensor, sites: list[str], granularity: str = "channel",
-                    quantile: float = 1.0, batch_size: int = 500) -> dict[str, torch.Tensor]:
+def max_activations(
+    model: nn.Module,
+    x: torch.Tensor,
+    sites: list[str],
+    granularity: str = "channel",
+    quantile: float = 1.0,
+    batch_size: int = 500,
+) -> dict[str, torch.Tensor]:
     """Per site, the largest activation over ``x``: per channel (max over space and samples), per neuron (channel ×
     position, max over samples) or per layer; with ``quantile`` < 1 the per-sample values are reduced by that
     quantile instead of the max (robust to a poisoned minority). Used as the data-driven initial bound."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
-    reduce = {"neuron": lambda a: a, "channel": spatial_max,
-              "layer": lambda a: a.flatten(1).amax(1, keepdim=True)}[granularity]
+    reduce = {"neuron": lambda a: a, "channel": spatial_max, "layer": lambda a: a.flatten(1).amax(1, keepdim=True)}[
+        granularity
+    ]
     out = {}
     for s, a in record_activations(model, x, sites, reduce, batch_size).items():
         # a: (N, C) per channel, (N, C, H, W) per neuron, (N, 1) per layer
@@ -192,10 +205,23 @@ def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return z_t - other
 
 
-def fit_bounds(bounded: BoundedModel, x: torch.Tensor, epochs: int, lr: float, c0: float, growth: float,
-               target_agreement: float, adapt_every: int, adapt_after: int, batch_size: int,
-               generator: torch.Generator, trim: float = 0.0, penalty: str = "l2",
-               margin_x: torch.Tensor | None = None, margin_t: torch.Tensor | None = None) -> dict:
+def fit_bounds(
+    bounded: BoundedModel,
+    x: torch.Tensor,
+    epochs: int,
+    lr: float,
+    c0: float,
+    growth: float,
+    target_agreement: float,
+    adapt_every: int,
+    adapt_after: int,
+    batch_size: int,
+    generator: torch.Generator,
+    trim: float = 0.0,
+    penalty: str = "l2",
+    margin_x: torch.Tensor | None = None,
+    margin_t: torch.Tensor | None = None,
+) -> dict:
     """Fit the bounds of ``bounded`` on unlabelled images ``x`` (the synthetic set, possibly poisoned).
 
     Objective per batch: fidelity + c·R(b) [+ c·mean margin of ``margin_x`` toward ``margin_t`` (MMAC)], where
@@ -248,9 +274,17 @@ def fit_bounds(bounded: BoundedModel, x: torch.Tensor, epochs: int, lr: float, c
     return log
 
 
-def reverse_engineer(model: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int, steps: int,
-                     lr: float, momentum: float, generator: torch.Generator, channels_last: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def reverse_engineer(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    num_classes: int,
+    per_class: int,
+    steps: int,
+    lr: float,
+    momentum: float,
+    generator: torch.Generator,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MMAC's backdoor-like samples: per class t, ``per_class`` uniform images in [−1, 1] optimised with SGD to
     maximise the margin z_t − max_{j≠t} z_j of the original model. [C: MMAC mmac.py; inputs here in [−1, 1]
     because our models see Normalize(0.5, 0.5)]"""
@@ -267,4 +301,3 @@ def reverse_engineer(model: nn.Module, shape: tuple[int, ...], num_classes: int,
         with torch.no_grad():
             xr.clamp_(-1, 1)
     return xr.detach(), t
-

@@ -5,6 +5,7 @@ run folder into the shared results folder exactly as a local run does (atomicall
 complete), so a run that already finished is served from its folder, and a task whose worker dies is retried by
 Ray (``max_retries``) without anything half-written being counted.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import ray
 
-from .options import RunOptions
-from .results import RunResult
+from ..options import RunOptions
+from ..results import RunResult
 
 FAULT_ONCE = "PAPER_REPRO_RAY_FAULT_ONCE"
 """Fault injection for the tests: when this variable names a file that does not exist yet, the first task to see it
@@ -35,14 +36,19 @@ def _task(run_one: Callable[[tuple], RunResult], args: tuple, threads: int) -> R
 def connect(opts: RunOptions) -> None:
     """Join ``opts.address`` (or start Ray on this machine), unless this process is already connected."""
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in (FAULT_ONCE, "PAPER_REPRO_DATA", "PAPER_REPRO_CACHE", "PAPER_REPRO_RESULTS",
-                                         "HF_HUB_OFFLINE") if k in os.environ}
-        ray.init(address=opts.address or None, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
+        env = {
+            k: os.environ[k]
+            for k in (FAULT_ONCE, "PAPER_REPRO_DATA", "PAPER_REPRO_CACHE", "PAPER_REPRO_RESULTS", "HF_HUB_OFFLINE")
+            if k in os.environ
+        }
+        ray.init(
+            address=opts.address or None, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+        )
 
 
-def run_on_ray(jobs: list[tuple[int, tuple]], opts: RunOptions, run_one: Callable[[tuple], RunResult]
-               ) -> Iterator[tuple[int, RunResult]]:
+def run_on_ray(
+    jobs: list[tuple[int, tuple]], opts: RunOptions, run_one: Callable[[tuple], RunResult]
+) -> Iterator[tuple[int, RunResult]]:
     """Run ``run_one(args)`` for ``(position, args)`` pairs as Ray tasks; yield (position, result) as they
     finish."""
     connect(opts)
