@@ -3,7 +3,6 @@ server/client split."""
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import os
@@ -234,24 +233,6 @@ def load_dataset(name: str) -> tuple[ImageSet, ImageSet]:
     if name == "synthetic_blobs":
         return make_synthetic_blobs(seed=0)  # fixed: the data set does not change with the run's seed
     raise ValueError(f"unknown dataset {name!r}")
-
-
-def dataset_digest(name: str) -> str:
-    """A digest of dataset ``name`` known before it is loaded (part of every run key): the SHA-256 of its files as
-    found on disk (Fashion-MNIST's four ``.gz`` files), else of the loaded arrays (CIFAR-10, downloads, the generated
-    smoke set). Reading the files is a fraction of decoding them."""
-    if name == "fashion_mnist":
-        for d in _fashion_dirs(None):
-            files = sorted(d.glob("*-ubyte.gz"))
-            if len(files) == 4:
-                return hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()
-    return _loaded_digest(name)
-
-
-@functools.lru_cache(maxsize=None)
-def _loaded_digest(name: str) -> str:
-    train, test = load_dataset(name)
-    return hashlib.sha256((train.digest() + test.digest()).encode()).hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
