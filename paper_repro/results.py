@@ -98,6 +98,15 @@ def damage(run_dir: Path, names: tuple[str, ...] = CHECKED_ON_READ) -> list[str]
     return out
 
 
+def holds(run_dir: Path, name: str) -> bool:
+    """Whether the run folder's completion record lists file ``name`` and the file still matches it."""
+    try:
+        listed = name in json.loads((run_dir / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return listed and not damage(run_dir, (name,))
+
+
 def finished(run_dir: Path) -> bool:
     """A visible run folder with a completion record whose small files match it."""
     return not run_dir.name.startswith(".") and run_dir.is_dir() and not damage(run_dir)

@@ -37,6 +37,7 @@ from .results import (
     clean_leftovers,
     damage,
     git_state,
+    holds,
     load_results,
     machine,
     run_key,
@@ -124,7 +125,7 @@ def served(run: Run, keep_model: bool = False) -> RunResult | None:
     if problems := damage(run_dir):
         warnings.warn(f"{run_dir} is not a complete run ({'; '.join(problems)}): recomputing it", stacklevel=3)
         return None
-    if keep_model and damage(run_dir, (MODEL,)):
+    if keep_model and not holds(run_dir, MODEL):
         return None
     if run.opts.ledger:
         ledger.write_record(run_dir)

@@ -172,7 +172,7 @@ def test_a_defense_that_changes_training_trains_itself(tmp_path):
     cfg = pr.load_config("smoke", defense={"name": "krum"})
     prep = pr.prepare(cfg, progress=False)
     with pytest.raises(ValueError, match="act only after fusion"):
-        pr.run_federated(
+        pr.fl.run_federated(
             cfg, prep.inputs, pr.defenses.get("none"), progress=False, alongside={"k": pr.defenses.get("krum")}
         )
 

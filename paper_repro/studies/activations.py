@@ -74,7 +74,8 @@ def train_and_bound(
     loaded), the very training that the grid's act_bound cell is served from."""
     opts = options_for(cfg.profile, options)
     prep = prepare(cfg, progress, opts)
-    res = run_experiment(replace(cfg, defense=DefenseConfig()), results_dir, progress, keep_model=True, options=opts)
+    # no progress bar: whether the no-defense run is trained here or served depends on what ran before
+    res = run_experiment(replace(cfg, defense=DefenseConfig()), results_dir, False, keep_model=True, options=opts)
     test = prep.inputs.test
     model = build_model(cfg.model.name, test.shape, test.num_classes, 0).to(opts.device)
     model.load_state_dict(final_model(res))
