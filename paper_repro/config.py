@@ -37,10 +37,25 @@ def _fraction(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]; give a fraction such as 0.2")
 
 
+def plain(v: Any) -> Any:
+    """``v`` with numpy scalars (``np.int64(2)``, ``np.float32(0.1)``, ``np.bool_(True)``) as the Python values they
+    hold, inside lists, tuples and dicts too: what a config and its JSON record store. Anything else is returned
+    as it is (numpy is not imported)."""
+    if type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(plain(x) for x in v)
+    return v
+
+
 def _check_types(obj: Any, section: str) -> None:
     """Every ``int``/``float``/``str``/``bool`` field of ``obj`` holds a value of that type (a bool is not a count, a
-    string is not a number, a float must be finite)."""
+    string is not a number, a float must be finite); numpy scalars are taken as their Python values (:func:`plain`)."""
     for f in dataclasses.fields(obj):
+        if (v := plain(getattr(obj, f.name))) is not getattr(obj, f.name):
+            object.__setattr__(obj, f.name, v)
         v, name = getattr(obj, f.name), f"{section}.{f.name}" if section else f.name
         if f.type == "int":
             _check(isinstance(v, int) and not isinstance(v, bool), f"{name}={v!r} must be an integer")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
+from .config import plain
+
 ENGINES = ("auto", "loop", "threads", "batched", "flower")
 BACKENDS = ("local", "ray")
 DEVICE = re.compile(r"(cpu|mps|meta|(cuda|xpu)(:\d+)?)")
@@ -63,6 +65,8 @@ class RunOptions:
     either way."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # numpy scalars as the Python values they hold (np.int64(2) jobs are 2 jobs)
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         if self.engine not in ENGINES:
             raise OptionsError(f"engine={self.engine!r} is unknown; choose one of {list(ENGINES)}")
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):

@@ -30,6 +30,8 @@ from .store import default_results_dir, stable_hash
 MODEL = "model.pt"
 """The final fused weights, in the folder of a run computed with ``keep_model=True`` (never in the ledger)."""
 COMPLETE = "complete.json"
+REQUIRED = ("config.json", "metrics.csv", "flagged.json")
+"""Files every run folder has, also one rebuilt from the ledger (which leaves the indices out)."""
 CHECKED_ON_READ = ("config.json", "metrics.csv", "flagged.json", "indices.npz")
 """Files whose checksums are verified whenever a run is read (the saved model when it is asked for)."""
 LATER_FIELDS = {
@@ -74,8 +76,9 @@ def sha256(path: Path) -> str:
 
 
 def damage(run_dir: Path, names: tuple[str, ...] = CHECKED_ON_READ) -> list[str]:
-    """What is wrong with a run folder: no completion record, or files among ``names`` missing or not matching
-    their recorded checksum (empty list: intact)."""
+    """What is wrong with a run folder: no completion record, one that does not list every file the run has (the
+    files every run writes included), or files among ``names`` missing or not matching their recorded checksum
+    (empty list: intact)."""
     try:
         record = json.loads((run_dir / COMPLETE).read_text())["files"]
     except (OSError, ValueError, KeyError):
@@ -87,6 +90,9 @@ def damage(run_dir: Path, names: tuple[str, ...] = CHECKED_ON_READ) -> list[str]
             out.append(f"config.json belongs to run key {key!r}, not to the folder {run_dir.name}")
     except (OSError, ValueError, AttributeError):
         out.append("config.json unreadable")
+    required = [n for n in REQUIRED if n not in record]
+    unlisted = sorted(f.name for f in run_dir.iterdir() if f.is_file() and f.name != COMPLETE and f.name not in record)
+    out += [f"{n} is not in the completion record" for n in [*required, *unlisted]]
     for name in names:
         if name not in record:
             continue
@@ -229,6 +235,7 @@ def publish(run_dir: Path, write) -> Path:
     clean_leftovers(results_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; a shared results folder must show it to all
         write(tmp)
         if run_dir.exists():  # a forced rerun (or a damaged folder): swap in the new run, then drop the old one
             old = run_dir.with_name(f".old_{os.getpid()}_{run_dir.name}")
@@ -247,6 +254,13 @@ def publish(run_dir: Path, write) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return run_dir
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it and putting it back: there is no other way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def machine() -> dict:

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import paper_repro as pr
@@ -93,3 +95,20 @@ def test_execution_settings_are_options_and_are_validated():
         pr.RunOptions.for_profile("quick", enigne="loop")
     assert pr.RunOptions.for_profile("paper").device == "cuda"
     assert pr.RunOptions.for_profile("quick", jobs=2).eval_batch_size == 32
+
+
+def test_numpy_scalars_are_taken_as_the_python_values_they_hold():
+    np = pytest.importorskip("numpy")
+    cfg = pr.load_config(
+        "smoke",
+        seed=np.int64(1),
+        fl={"lr": np.float32(0.05), "num_rounds": np.int64(2), "fusion": np.bool_(True)},
+        defense={"name": "krum", "params": {"num_malicious": np.int64(1)}},
+    )
+    assert type(cfg.seed) is int and type(cfg.fl.lr) is float and type(cfg.fl.fusion) is bool
+    assert type(cfg.defense.params["num_malicious"]) is int
+    json.dumps(cfg.to_dict())  # plain values all the way down
+    opts = pr.RunOptions(jobs=np.int64(2), share_training=np.bool_(False))
+    assert type(opts.jobs) is int and opts.share_training is False
+    with pytest.raises(pr.ConfigError, match="seed=True must be an integer"):
+        pr.load_config("smoke", seed=np.bool_(True))  # a bool stays a bool, and is no count

@@ -233,3 +233,13 @@ def test_a_read_only_results_folder_serves_its_runs_and_refuses_new_ones_before_
             if p.is_dir():
                 p.chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_run_folders_get_the_permissions_the_umask_gives(tmp_path):
+    # mkdtemp makes folders owner-only (0700): a second user of a shared results folder would see no run
+    old = os.umask(0o022)
+    try:
+        res = _run(tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert res.run_dir.stat().st_mode & 0o777 == 0o755

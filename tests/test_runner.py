@@ -257,14 +257,23 @@ def test_leftovers_of_a_killed_writer_are_never_counted_and_are_cleaned_up(tmp_p
     assert b.run_dir == a.run_dir and sorted(p.name for p in tmp_path.iterdir()) == [a.run_dir.name]
 
 
-@pytest.mark.parametrize("damage", ["truncate_metrics", "drop_record", "edit_config"])
+@pytest.mark.parametrize(
+    "damage", ["truncate_metrics", "drop_record", "edit_config", "empty_record", "unlisted_metrics", "extra_file"]
+)
 def test_a_damaged_run_folder_is_recomputed_not_served(tmp_path, damage):
     a = _run(tmp_path, attack={"kind": "fm"})
+    record = json.loads((a.run_dir / "complete.json").read_text())
     if damage == "truncate_metrics":
         lines = (a.run_dir / "metrics.csv").read_text().splitlines()
         (a.run_dir / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")
     elif damage == "drop_record":
         (a.run_dir / "complete.json").unlink()
+    elif damage in ("empty_record", "unlisted_metrics"):  # a record that vouches for nothing, or not for the metrics
+        files = {} if damage == "empty_record" else {k: v for k, v in record["files"].items() if k != "metrics.csv"}
+        (a.run_dir / "complete.json").write_text(json.dumps({"files": files}))
+        (a.run_dir / "metrics.csv").write_text((a.run_dir / "metrics.csv").read_text().replace("0.", "0.9", 1))
+    elif damage == "extra_file":  # a file the run never wrote, e.g. weights dropped in from elsewhere
+        (a.run_dir / "model.pt").write_bytes(b"not this run's")
     else:
         (a.run_dir / "config.json").write_text((a.run_dir / "config.json").read_text().replace("fm", "none", 1))
     assert pr.load_results(tmp_path).empty
