@@ -66,8 +66,6 @@ class FLOutput:
 
 OK, DIVERGED = "ok", "diverged"
 """Per-round ``status``: a run whose weights become non-finite ends with a ``diverged`` row (ACC/ASR NaN)."""
-TRAINING_COLUMNS = ("local_seconds", "aggregate_seconds", "fusion_seconds", "num_flagged", "tpr", "fpr")
-"""Columns of steps 1–4, which a defense evaluated alongside shares with the run it was evaluated on."""
 
 
 class Timer:
