@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from .cliargs import FAST_ON_SLOW_CPU, PROFILES, check_unique, native_bf16, nonneg_int, pos_int, writable_dir
+from .cliargs import (
+    FAST_ON_SLOW_CPU,
+    PROFILES,
+    add_config_flags,
+    check_unique,
+    config_overrides,
+    native_bf16,
+    nonneg_int,
+    pos_int,
+    writable_dir,
+)
+from .config import Config
 from .store import REPO_ROOT
 
 DIGEST_ROLE = "not computing"  # codehash: see its module docstring
@@ -24,7 +36,9 @@ EXAMPLES = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(components: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``components=False`` leaves out ``run``'s flags made from the registries (importing them
+    takes torch, seconds), for the commands that do not need them."""
     p = argparse.ArgumentParser(
         prog="python -m paper_repro",
         epilog=EXAMPLES,
@@ -59,20 +73,28 @@ def _parser() -> argparse.ArgumentParser:
             "--tables-dir says otherwise; how far from fp32: docs/speed.md)",
         )
 
-    r = sub.add_parser("run", help="one experiment (served from its run folder if it already ran)")
-    profile(r)
-    r.add_argument("--attack", default="none", help="attack name: none, classic, fm, both")
-    r.add_argument("--defense", default="none", help="defense name (see paper_repro.defenses.names())")
-    r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"))
-    r.add_argument("--seed", type=nonneg_int, default=0)
-    r.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override any config field, e.g. --set fl.num_rounds=5 defense.params.epochs=3 "
-        '(values are read as JSON: 0.1, true, ["kd"]; anything else as a string)',
+    r = sub.add_parser(
+        "run",
+        help="one experiment (served from its run folder if it already ran); every config field is a flag",
+        allow_abbrev=False,
+        usage="python -m paper_repro run [--profile P] [--attack A] [--defense D] [--seed N] [--SECTION.FIELD V ...]",
+        epilog="every other config field and every attack/defense parameter is a flag of its own, e.g.\n"
+        "  run --attack fm --defense act_bound --fl.num_rounds 5 --attack.fm_stages init --defense.params.epochs 3\n"
+        "(a preset's values stay unless a flag is given; the components and their parameters: docs/components.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    profile(r)
+    r.add_argument("--seed", type=nonneg_int, default=0, help="the one seed every random stream comes from (0)")
+    r.add_argument("--partition", default=None, choices=("iid", "dirichlet", "shards"), help="data.partition")
+    if components:
+        from .catalog import KINDS, add_param_flags
+
+        r.add_argument("--attack", default="none", choices=KINDS["attack"].names(), help="attack.kind (none)")
+        r.add_argument("--defense", default="none", choices=KINDS["defense"].names(), help="defense.name (none)")
+        add_config_flags(r, Config, skip=("profile", "seed", "data.partition", "attack.kind", "defense.name"))
+        add_param_flags(r)
+    cp = sub.add_parser("components", help="every attack and defense with its parameters, as Markdown")
+    cp.add_argument("--out", default=None, help="write it here (docs/components.md) instead of printing it")
     m = sub.add_parser("main", help="the main job: no-defense runs and their figures F1, F2")
     profile(m)
     m.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0])
@@ -178,28 +200,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_sets(items: list[str]) -> dict:
-    """``["fl.num_rounds=5", "defense.params.epochs=3"]`` → ``{"fl": {"num_rounds": 5}, "defense": {"params":
-    {"epochs": 3}}}`` (values parsed as JSON when they are JSON, else kept as strings)."""
-    out: dict = {}
-    for item in items:
-        path, sep, raw = item.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--set {item!r}: write SECTION.FIELD=VALUE, e.g. fl.num_rounds=5")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        *parents, leaf = path.split(".")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {key} is set to a value and used as a section")
-        node[leaf] = value
-    return out
-
-
 READS_TABLES = ("figures", "notebooks", "report", "check-tables")
 
 
@@ -236,12 +236,15 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             parser.error(f"--tables-dir: {why}")
     for opt in ("out", "figures_dir"):
         where = getattr(a, opt, None)
-        if where and (why := writable_dir(Path(where).parent if opt == "out" and a.cmd == "grid" else where)):
+        if where and (
+            why := writable_dir(Path(where).parent if opt == "out" and a.cmd in ("grid", "components") else where)
+        ):
             parser.error(f"--{opt.replace('_', '-')}: {why}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(components="run" in argv)
     a = parser.parse_args(argv)
     _validate(parser, a)
     try:
@@ -262,6 +265,15 @@ def _run(a: argparse.Namespace) -> None:
             if a.strict and any(" fresh (" not in ln for ln in lines[1:] if "not made of runs" not in ln):
                 raise SystemExit(1)
             return
+    if a.cmd == "components":
+        from .catalog import markdown
+
+        if a.out:
+            Path(a.out).write_text(markdown())
+            print(f"written: {a.out}")
+        else:
+            print(markdown(), end="")
+        return
     if a.cmd == "recompute":
         from .studies.recompute import recompute
 
@@ -285,8 +297,6 @@ def _run(a: argparse.Namespace) -> None:
 
         a.tables_dir = str(TABLES_DIR / "fast")  # the fp32 reference tables are never overwritten by fast ones
     if getattr(a, "fast", False) and opts.device == "cpu" and native_bf16() is False:
-        import sys
-
         print(FAST_ON_SLOW_CPU, file=sys.stderr)
     if a.cmd in ("figures", "notebooks", "report"):
         from . import notebooks
@@ -384,15 +394,12 @@ def _run(a: argparse.Namespace) -> None:
         from .profiles import load_config
         from .runner import run_experiment
 
-        sets = parse_sets(a.set)
-        over = {
-            "attack": {"kind": a.attack},
-            "defense": {"name": a.defense},
-            "data": {"partition": a.partition} if a.partition else {},
-            "seed": a.seed,
-        }
-        for section, value in sets.items():
-            over[section] = {**over[section], **value} if isinstance(over.get(section), dict) else value
+        over = config_overrides(a)
+        over.setdefault("attack", {})["kind"] = a.attack
+        over.setdefault("defense", {})["name"] = a.defense
+        if a.partition:
+            over.setdefault("data", {})["partition"] = a.partition
+        over["seed"] = a.seed
         cfg = load_config(a.profile, **over)
         res = run_experiment(cfg, options=opts)
         print(res.history.to_string(index=False))

@@ -62,3 +62,93 @@ FAST_ON_SLOW_CPU = (
     "emulates it, and a run is several times slower than fp32 here (docs/speed.md). Leave out --fast "
     "on this machine, or use a GPU (device cuda)."
 )
+
+
+# ---- flags generated from the config dataclasses ------------------------------------------------------------------
+# Why argparse built from the dataclasses (and not tyro or jsonargparse): the frozen config dataclasses already hold
+# every field's type, default and documented source, and load_config already validates a nested override dict with
+# the messages the bad-input catalogue expects; a generator of a few lines turns each field into one typed flag
+# (``--fl.lr 0.05``) without a second validation layer, a new dependency or another help layout.
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (``x: int = 1`` then ``\"\"\"...\"\"\"``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _typed(tp: type, flag: str):
+    """The argparse ``type`` for a config field of type ``tp``: bools read true/false, numbers name the flag."""
+    if tp is bool:
+
+        def to_bool(text: str) -> bool:
+            if text.lower() not in ("true", "false"):
+                raise argparse.ArgumentTypeError(f"{text!r}: write true or false")
+            return text.lower() == "true"
+
+        return to_bool
+    if tp in (int, float):
+
+        def number(text: str):
+            try:
+                return tp(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if tp is int else 'a number'}")
+
+        return number
+    return str
+
+
+def add_config_flags(parser: argparse.ArgumentParser, root: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the config dataclass ``root`` and of its section dataclasses: ``--seed``,
+    ``--fl.lr``, ``--attack.fm_stages init kd``. Fields typed ``dict`` (component parameters) get no flag here."""
+    import dataclasses
+    import typing
+
+    def walk(cls: type, prefix: str) -> None:
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        group = parser.add_argument_group(f"config section {prefix[:-1]}") if prefix else parser
+        for f in dataclasses.fields(cls):
+            name, tp = prefix + f.name, hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, name + ".")
+                continue
+            if name in skip or tp is dict:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kw: dict = {"nargs": "*"} if typing.get_origin(tp) is tuple else {}
+            elem = typing.get_args(tp)[0] if kw else tp
+            group.add_argument(
+                f"--{name}",
+                dest=f"config:{name}",
+                type=_typed(elem, name),
+                default=argparse.SUPPRESS,
+                metavar=elem.__name__.upper(),
+                help=f"{docs.get(f.name, '')} (unset: the profile's value; dataclass default {default!r})".replace(
+                    "%", "%%"
+                ),
+                **kw,
+            )
+
+    walk(root, "")
+
+
+def config_overrides(ns: argparse.Namespace) -> dict:
+    """The generated flags that were given, as the nested dict ``load_config`` takes (``{"fl": {"lr": 0.05}}``)."""
+    out: dict = {}
+    for dest, value in vars(ns).items():
+        if dest.startswith("config:"):
+            *parents, leaf = dest.removeprefix("config:").split(".")
+            node = out
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = list(value) if isinstance(value, list) else value
+    return out

@@ -201,7 +201,7 @@ class AttackConfig:
     boost: float = 1.0
     """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
     params: dict = field(default_factory=dict)
-    """Keyword arguments of the attack beyond the fields above (its ``PARAMS``, documented in its file). ours"""
+    """Parameters of the attack beyond the fields above (its ``Params``; docs/components.md). ours"""
 
     def __post_init__(self) -> None:
         _check_types(self, "attack")

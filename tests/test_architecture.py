@@ -11,11 +11,24 @@ import numpy as np
 import pytest
 
 import paper_repro as pr
+from paper_repro.params import Field, params
 
 PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
 LAYERS = [
-    ["store", "rng", "options", "config", "codehash", "registry", "progress", "cliargs", "figstamp", "execution"],
+    [
+        "store",
+        "rng",
+        "options",
+        "config",
+        "params",
+        "codehash",
+        "registry",
+        "progress",
+        "cliargs",
+        "figstamp",
+        "execution",
+    ],
     ["data", "partition", "models", "precision", "aggregators", "triggers", "tables", "plots"],
     [
         "training",
@@ -33,7 +46,7 @@ LAYERS = [
         "defenses.*",
         "defenses",
     ],
-    ["profiles", "fl"],
+    ["profiles", "fl", "catalog"],
     ["initial", "inputs", "results", "ledger"],
     ["runner", "integrations", "integrations.*"],
     ["studies", "studies.*"],
@@ -180,8 +193,9 @@ class _ScaleDown(pr.defenses.Defense):
 
     name = "scale_down"
 
-    def __init__(self, factor: float = 0.5):
-        self.factor = factor
+    @params
+    class Params:
+        factor: float = Field(0.5, ge=0, description="the FedAvg update times this")
 
     def aggregate(self, updates, weights, ctx):
         return pr.defenses.AggregateResult(self.factor * super().aggregate(updates, weights, ctx).update)
@@ -192,15 +206,21 @@ class _FlipLabels(pr.attacks.Attack):
 
     name = "flip_all"
 
+    @params
+    class Params:
+        share: float = Field(1.0, gt=0, le=1, description="share of the synthetic set relabelled")
+
     @classmethod
     def from_config(cls, cfg):
         a = cls()
+        a.set_params(cls.params_of(cfg))
         a.target = cfg.attack.target_class
         return a
 
     def poison_synthetic(self, clean):
-        flipped = clean.with_arrays(y=np.full(len(clean), self.target))
-        return flipped, flipped, np.arange(len(clean))
+        idx = np.arange(int(round(self.share * len(clean))))
+        flipped = clean.with_arrays(y=np.where(np.isin(np.arange(len(clean)), idx), self.target, clean.y))
+        return flipped, flipped, idx
 
 
 @pytest.mark.smoke
@@ -212,6 +232,9 @@ def test_a_new_defense_is_one_class_and_one_register_call(tmp_path, monkeypatch)
     assert res.run_dir.name.startswith("smoke_none_scale_down_")
     with pytest.raises(pr.ConfigError, match="accepted"):
         pr.load_config("smoke", defense={"name": "scale_down", "params": {"factr": 0.0}})
+    with pytest.raises(pr.ConfigError, match=r"factor=-1.0: input should be greater than or equal to 0"):
+        pr.load_config("smoke", defense={"name": "scale_down", "params": {"factor": -1.0}})
+    assert pr.defenses.REGISTRY.params("scale_down")[0]["limits"] == "≥ 0"  # listed for --help and the docs
     with pytest.raises(TypeError, match="subclass"):
         pr.defenses.register("bad", object)
 
@@ -225,6 +248,8 @@ def test_a_new_attack_is_one_class_and_one_register_call(tmp_path, monkeypatch):
     assert (prep.inputs.synthetic_kd.y == 0).all() and len(prep.fm_poisoned) == len(prep.synthetic_clean)
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     assert res.final["asr"] > 0.9  # a model trained on all-target data predicts the target
+    with pytest.raises(pr.ConfigError, match=r"share=2: input should be less than or equal to 1"):
+        pr.load_config("smoke", attack={"kind": "flip_all", "params": {"share": 2}})
     with pytest.raises(TypeError, match="subclass"):
         pr.attacks.register("bad", dict)
 
@@ -304,3 +329,64 @@ def test_the_repository_stands_alone():
     bad = re.compile(r"PAPER\.md|ENVIRONMENT\.md|DESIGN\.md|\.\./shared|(?i:\bissue[ -]\d|\(issue\b|the issue's)")
     hits = [f"{f.relative_to(root)}: {m.group(0)}" for f in files for m in bad.finditer(f.read_text())]
     assert not hits, hits
+
+
+@pytest.mark.unit
+def test_the_components_page_is_current_and_lists_every_parameter():
+    """docs/components.md is what ``python -m paper_repro components`` prints now: every registered attack and
+    defense, every field of its ``Params`` (regenerate with ``--out docs/components.md``)."""
+    from paper_repro.catalog import KINDS, markdown
+
+    page = markdown()
+    assert (PKG.parent / "docs" / "components.md").read_text() == page, (
+        "run: python -m paper_repro components --out docs/components.md"
+    )
+    for reg in KINDS.values():
+        for name in reg.names():
+            assert f"### `{name}`" in page
+            assert all(f"| `{r['name']}` |" in page for r in reg.params(name))
+
+
+@pytest.mark.unit
+def test_run_flags_are_made_from_the_config_and_the_registries():
+    """Every config field (but component params, which get one flag per parameter) is a typed ``run`` flag; the
+    flags given become the nested overrides ``load_config`` takes; a flag not given keeps the profile's value."""
+    import dataclasses
+    import typing
+
+    from paper_repro.__main__ import _parser
+    from paper_repro.cliargs import config_overrides
+
+    run = _parser()._subparsers._group_actions[0].choices["run"]
+    flags = {o for a in run._actions for o in a.option_strings}
+    for section, sub in typing.get_type_hints(pr.Config).items():
+        if dataclasses.is_dataclass(sub):
+            for f in dataclasses.fields(sub):
+                if f.name not in ("params", "kind", "name", "partition"):
+                    assert f"--{section}.{f.name}" in flags
+    assert "--defense.params.max_norm" in flags and "--attack.params.steps" in flags
+    a = _parser().parse_args(
+        [
+            "run",
+            "--fl.lr",
+            "0.05",
+            "--attack.fm_stages",
+            "init",
+            "--fl.fusion",
+            "false",
+            "--defense.params.sites",
+            '["relu1"]',
+            "--defense.params.deploy",
+            "clients",
+        ]
+    )
+    assert config_overrides(a) == {
+        "fl": {"lr": 0.05, "fusion": False},
+        "attack": {"fm_stages": ["init"]},
+        "defense": {"params": {"sites": ["relu1"], "deploy": "clients"}},
+    }
+    over = config_overrides(a)
+    over["defense"]["name"] = "act_bound"
+    cfg = pr.load_config("smoke", **over)
+    assert cfg.fl.lr == 0.05 and cfg.fl.fusion is False and cfg.attack.fm_stages == ("init",)
+    assert cfg.fl.num_rounds == pr.load_config("smoke").fl.num_rounds  # not given: the profile's value

@@ -99,6 +99,8 @@ def test_grid_writes_a_table_and_collect_rebuilds_it_from_run_folders(tmp_path):
 
 
 def test_run_key_covers_the_defense_defaults(monkeypatch):
+    from paper_repro.params import variant
+
     # Prepare: the same config, before and after a default of the defense changes
     cfg = pr.load_config("smoke", defense={"name": "act_bound"})
     before = pr.prepare(cfg, progress=False).hashes
@@ -108,7 +110,7 @@ def test_run_key_covers_the_defense_defaults(monkeypatch):
         type(
             "ActBound2",
             (pr.defenses.REGISTRY["act_bound"],),
-            {"__init__": lambda self, epochs=7, **kw: super(type(self), self).__init__(epochs=epochs, **kw)},
+            {"Params": variant(pr.defenses.ActBound.Params, epochs=7)},
         ),
     )
     # Execute

@@ -8,7 +8,8 @@ line in ``REGISTRY`` (or :func:`register` from your own code).
 from __future__ import annotations
 
 from ..config import Config
-from ..registry import Registry, check_param
+from ..params import resolved
+from ..registry import Registry
 from .base import Attack, config_trigger
 from .both import FMAndClassic
 from .classic import DataPoisoning
@@ -42,14 +43,9 @@ names, register = REGISTRY.names, REGISTRY.register  # known names; add a class 
 
 
 def resolved_params(name: str, params: dict | None = None) -> dict:
-    """Attack ``name``'s ``PARAMS`` with ``params`` applied; unknown keys and values of the wrong kind raise."""
-    defaults = dict(REGISTRY.lookup(name).PARAMS)
-    unknown = set(params or {}) - set(defaults)
-    if unknown:
-        raise ValueError(f"bad attack.params {sorted(unknown)} for attack {name!r}; accepted: {sorted(defaults)}")
-    for k, v in (params or {}).items():
-        check_param(f"attack {name!r}", k, v, defaults[k])
-    return {**defaults, **(params or {})}
+    """Attack ``name``'s parameters (its ``Params``, the ``attack.params`` of a config): the defaults with ``params``
+    applied, validated; unknown keys and values out of range raise."""
+    return resolved(REGISTRY.lookup(name).Params, params, f"attack {name!r}")
 
 
 def build(cfg: Config) -> Attack:

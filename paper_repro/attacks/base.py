@@ -3,11 +3,14 @@ Every hook defaults to "no attack", so an attack overrides only the side it acts
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from ..config import Config
 from ..data import ImageSet
+from ..params import NoParams, build
 from ..triggers import Trigger
 
 
@@ -21,8 +24,9 @@ class Attack:
     """No attack: the synthetic set stays clean and every client is benign."""
 
     name = "none"
-    PARAMS: dict = {}
-    """Attack-specific knobs (``attack.params``) and their defaults, from the attack's paper."""
+    Params: type = NoParams
+    """Attack-specific knobs (``attack.params``): a :func:`paper_repro.params.params` dataclass, one typed field per
+    knob with its default (from the attack's paper), range and description."""
     malicious: frozenset[int] = frozenset()
     """Ids of the malicious clients (ground truth for TPR/FPR; the FL loop never shows it to a defense)."""
 
@@ -30,6 +34,17 @@ class Attack:
     def from_config(cls, cfg: Config) -> Attack:
         """The attack as ``cfg.attack`` describes it, its randomness drawn from ``cfg.seed``."""
         return cls()
+
+    @classmethod
+    def params_of(cls, cfg: Config):
+        """This attack's ``Params`` from ``cfg.attack.params``, validated."""
+        return build(cls.Params, cfg.attack.params, f"attack {cls.name!r}")
+
+    def set_params(self, params) -> None:
+        """Keep ``params`` (None: the defaults) as ``self.params`` and each of its fields as an attribute."""
+        self.params = params if params is not None else build(self.Params, {}, f"attack {self.name!r}")
+        for key, value in dataclasses.asdict(self.params).items():
+            setattr(self, key, value)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:

@@ -31,6 +31,7 @@ from ..config import Config
 from ..data import ImageSet
 from ..defenses.act_bound import ActBound, fit_subset
 from ..models import build_model
+from ..params import Field, params
 from ..rng import derive_seed, np_rng, torch_gen
 from ..training import train_supervised
 from .fm_poisoning import FMPoisoning
@@ -48,48 +49,32 @@ class PatternTrigger:
         return np.clip(np.rint(x.astype(np.float32) + self.delta), 0, 255).astype(np.uint8)
 
 
+ACT_BOUND = ActBound.Params()
+"""The bounds it aims to stay under: act_bound's defaults (sites, granularity, quantile, fitting set size)."""
+
+
 class FMBoundAware(FMPoisoning):
     """FM poisoning with a trigger optimised to stay under the bounds activation bounding would fit."""
 
     name = "fm_bound_aware"
-    _BOUND = ActBound()
-    PARAMS = {
-        "epsilon": round(16 / 255, 4),
-        "steps": 200,
-        "lam": 1.0,
-        "lr": 0.01,
-        "quantile": _BOUND.init_quantile,
-        "per_class": _BOUND.per_class,
-    }
 
-    def __init__(
-        self,
-        *args,
-        cfg: Config,
-        epsilon: float = PARAMS["epsilon"],
-        steps: int = PARAMS["steps"],
-        lam: float = PARAMS["lam"],
-        lr: float = PARAMS["lr"],
-        quantile: float = PARAMS["quantile"],
-        per_class: int = PARAMS["per_class"],
-        **kw,
-    ):
+    @params
+    class Params:
+        epsilon: float = Field(round(16 / 255, 4), gt=0, le=1, description="L∞ budget of the trigger pattern")
+        steps: int = Field(200, ge=0, description="Adam steps optimising the pattern")
+        lam: float = Field(1.0, ge=0, description="weight of the stay-under-the-bounds term")
+        lr: float = Field(0.01, gt=0, description="Adam learning rate on the pattern")
+        quantile: float = Field(
+            ACT_BOUND.init_quantile, gt=0, le=1, description="quantile of the bounds it expects (act_bound's)"
+        )
+        per_class: int = Field(
+            ACT_BOUND.per_class, ge=1, description="synthetic images per label the bounds are fitted on"
+        )
+
+    def __init__(self, *args, cfg: Config, params=None, **kw):
         super().__init__(*args, **kw)
-        for name, ok in (
-            ("epsilon", 0 < epsilon <= 1),
-            ("steps", steps >= 0),
-            ("lam", lam >= 0),
-            ("lr", lr > 0),
-            ("quantile", 0 < quantile <= 1),
-            ("per_class", per_class >= 1),
-        ):
-            if not ok:
-                raise ValueError(
-                    f"fm_bound_aware: {name}={locals()[name]!r} is out of range (see "
-                    "paper_repro/attacks/fm_bound_aware.py)"
-                )
-        self.cfg, self.epsilon, self.steps, self.lam, self.lr = cfg, epsilon, int(steps), lam, lr
-        self.quantile, self.per_class = quantile, int(per_class)
+        self.set_params(params)
+        self.cfg = cfg
         self.trigger = None  # made from the synthetic set in poison_synthetic
         self.info: dict = {}
 
@@ -104,7 +89,7 @@ class FMBoundAware(FMPoisoning):
             np_rng(cfg.seed, "fm_poison"),
             a.mapping,
             cfg=cfg,
-            **{**cls.PARAMS, **a.params},
+            params=cls.params_of(cfg),
         )
 
     @classmethod
@@ -143,9 +128,9 @@ class FMBoundAware(FMPoisoning):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        sites = resolve_sites(model, self._BOUND.sites)
+        sites = resolve_sites(model, ACT_BOUND.sites)
         fit = x[torch.as_tensor(fit_subset(clean.y, self.per_class, np_rng(cfg.seed, "bound_aware_fit")))]
-        bounds = max_activations(model, fit, sites, self._BOUND.granularity, self.quantile)
+        bounds = max_activations(model, fit, sites, ACT_BOUND.granularity, self.quantile)
         source = x[y != self.target]
         eps = 2 * self.epsilon  # the pixel range is [-1, 1] after normalisation
         delta = torch.zeros((1, *clean.shape), requires_grad=True)

@@ -36,6 +36,7 @@ from ..config import Config
 from ..data import ImageSet, public_splits
 from ..fm.ddpm import ClassConditionalDDPM, DDPMTrainConfig, ddpm_steps
 from ..fm.synthetic import checkpoint_digest, draw_synthetic
+from ..params import Field, params
 from ..rng import np_rng, torch_gen
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
 from ..triggers import poison
@@ -50,15 +51,16 @@ class FMGenerated(FMPoisoning):
     """FM attack whose trigger the fine-tuned FM draws into the target class."""
 
     name = "fm_generated"
-    PARAMS = {"finetune_steps": 600, "lr": 2e-4}
 
-    def __init__(
-        self, *args, cfg: Config, finetune_steps: int = PARAMS["finetune_steps"], lr: float = PARAMS["lr"], **kw
-    ):
+    @params
+    class Params:
+        finetune_steps: int = Field(600, ge=1, description="steps of fine-tuning the FM on triggered target images")
+        lr: float = Field(2e-4, gt=0, description="learning rate of that fine-tuning")
+
+    def __init__(self, *args, cfg: Config, params=None, **kw):
         super().__init__(*args, **kw)
-        if finetune_steps < 1 or lr <= 0:
-            raise ValueError(f"fm_generated: finetune_steps={finetune_steps!r} must be >= 1 and lr={lr!r} > 0")
-        self.cfg, self.steps, self.lr = cfg, int(finetune_steps), lr
+        self.set_params(params)
+        self.cfg = cfg
         self.info: dict = {}
 
     @classmethod
@@ -72,7 +74,7 @@ class FMGenerated(FMPoisoning):
             np_rng(cfg.seed, "fm_poison"),
             a.mapping,
             cfg=cfg,
-            **{**cls.PARAMS, **a.params},
+            params=cls.params_of(cfg),
         )
 
     @classmethod
@@ -116,7 +118,7 @@ class FMGenerated(FMPoisoning):
             "trigger": repr(self.trigger),
             "target": self.target,
             "ratio": self.ratio,
-            "steps": self.steps,
+            "steps": self.finetune_steps,
             "lr": self.lr,
             "n": f.n_per_class,
             "sampler": [f.num_inference_steps, f.guidance_scale, f.eta, f.sample_seed, f.batch_size, f.precision],
@@ -150,9 +152,11 @@ class FMGenerated(FMPoisoning):
         """Steps 1–2: the FM fine-tuned (or, without a DDPM checkpoint, trained) on the poisoned public split."""
         data, _ = poison(public, self.trigger, self.target, self.ratio, np_rng(0, "fm_generated_public"))
         if self.cfg.fm.source != "ddpm":
-            return ClassConditionalDDPM.train(data, replace(SMOKE_FM, steps=self.steps), progress=False, log_every=0)
+            return ClassConditionalDDPM.train(
+                data, replace(SMOKE_FM, steps=self.finetune_steps), progress=False, log_every=0
+            )
         fm = ClassConditionalDDPM.load(resolve_path(self.cfg.fm.checkpoint))
-        finetune(fm, data, self.steps, self.lr, torch_gen(0, "fm_generated_finetune"))
+        finetune(fm, data, self.finetune_steps, self.lr, torch_gen(0, "fm_generated_finetune"))
         return fm
 
 

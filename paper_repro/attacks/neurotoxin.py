@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
+from ..params import Field, params
 from .classic import DataPoisoning
 
 
@@ -18,19 +19,20 @@ class Neurotoxin(DataPoisoning):
     """Classic data poisoning (``attack.boost`` applies) with the update masked off the benign top coordinates."""
 
     name = "neurotoxin"
-    PARAMS = {"mask_ratio": 0.05}
 
-    def __init__(self, *args, mask_ratio: float = PARAMS["mask_ratio"], **kw):
+    @params
+    class Params:
+        mask_ratio: float = Field(0.05, ge=0, lt=1, description="share of coordinates (the benign top ones) masked off")
+
+    def __init__(self, *args, params=None, **kw):
         super().__init__(*args, **kw)
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
-        self.mask_ratio = mask_ratio
+        self.set_params(params)
         self._previous: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, **kw) -> Neurotoxin:
-        return super().from_config(cfg, **{**cls.PARAMS, **cfg.attack.params}, **kw)  # checked when cfg was built
+        return super().from_config(cfg, params=cls.params_of(cfg), **kw)
 
     def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
         if self._previous is not None and self.mask_ratio > 0:

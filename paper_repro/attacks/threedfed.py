@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
+from ..params import Field, params
 from ..rng import torch_gen
 from .classic import DataPoisoning
 
@@ -35,33 +36,21 @@ class ThreeDFed(DataPoisoning):
     """Carriers send an adaptively scaled backdoor update, decoys send noisy updates that draw the defense."""
 
     name = "3dfed"
-    PARAMS = {"num_decoys": 1, "decoy_scale": 5.0, "max_scale": 20.0, "accept": 0.5, "mask_ratio": 0.05}
 
-    def __init__(
-        self,
-        *args,
-        num_decoys: int = PARAMS["num_decoys"],
-        decoy_scale: float = PARAMS["decoy_scale"],
-        max_scale: float = PARAMS["max_scale"],
-        accept: float = PARAMS["accept"],
-        mask_ratio: float = PARAMS["mask_ratio"],
-        clients_per_round: int = 1,
-        **kw,
-    ):
+    @params
+    class Params:
+        num_decoys: int = Field(1, ge=0, description="malicious clients that send decoy updates (one carrier stays)")
+        decoy_scale: float = Field(5.0, gt=0, description="norm of a decoy's noise relative to its honest update")
+        max_scale: float = Field(20.0, ge=1, description="largest scale a carrier's backdoor update may get")
+        accept: float = Field(
+            0.5, gt=0, le=1, description="acceptance read from the global model below which the scale grows"
+        )
+        mask_ratio: float = Field(0.05, ge=0, lt=1, description="share of coordinates masked off (as Neurotoxin)")
+
+    def __init__(self, *args, params=None, clients_per_round: int = 1, **kw):
         super().__init__(*args, **kw)
-        for name, ok in (
-            ("num_decoys", num_decoys >= 0),
-            ("decoy_scale", decoy_scale > 0),
-            ("max_scale", max_scale >= 1),
-            ("accept", 0 < accept <= 1),
-            ("mask_ratio", 0 <= mask_ratio < 1),
-        ):
-            if not ok:
-                raise ValueError(
-                    f"3dfed: {name}={locals()[name]!r} is out of range (see paper_repro/attacks/threedfed.py)"
-                )
-        self.num_decoys, self.decoy_scale, self.max_scale = int(num_decoys), decoy_scale, max_scale
-        self.accept, self.mask_ratio, self.n = accept, mask_ratio, int(clients_per_round)
+        self.set_params(params)
+        self.n = int(clients_per_round)
         ranked = sorted(self.malicious)
         self.decoys = frozenset(
             ranked[len(ranked) - min(self.num_decoys, max(len(ranked) - 1, 0)) :] if self.num_decoys else []
@@ -75,9 +64,7 @@ class ThreeDFed(DataPoisoning):
 
     @classmethod
     def from_config(cls, cfg: Config, **kw) -> ThreeDFed:
-        return super().from_config(
-            cfg, **{**cls.PARAMS, **cfg.attack.params}, clients_per_round=cfg.fl.clients_per_round, **kw
-        )
+        return super().from_config(cfg, params=cls.params_of(cfg), clients_per_round=cfg.fl.clients_per_round, **kw)
 
     def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
         if self._previous is not None:

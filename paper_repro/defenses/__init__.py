@@ -7,9 +7,8 @@ the fused global model with the synthetic set). Adding one = one file with a :cl
 
 from __future__ import annotations
 
-import inspect
-
-from ..registry import Registry, check_param
+from ..params import resolved
+from ..registry import Registry
 from .act_bound import ActBound
 from .act_bound_dm import ActBoundDM
 from .base import AggregateResult, Defense, RoundContext
@@ -51,39 +50,15 @@ names, register = REGISTRY.names, REGISTRY.register  # known names; add a class 
 
 
 def get(name: str, **params) -> Defense:
-    """A new defense instance; unknown names raise with the known ones, bad parameters with the accepted ones."""
-    resolved_params(name, params)  # unknown name or parameter: raises with what is known
-    try:
-        return REGISTRY[name](**params)
-    except TypeError as e:
-        raise ValueError(f"bad parameters {params} for defense {name!r}: {e}") from None
+    """A new defense instance; unknown names raise with the known ones, bad parameters with what they should be."""
+    return REGISTRY.lookup(name)(**params)
 
 
 def resolved_params(name: str, params: dict | None = None) -> dict:
-    """Every constructor parameter of defense ``name``: its defaults with ``params`` applied. Part of a run's cache
-    key, so that changing a default re-runs the experiments it affects instead of reusing stale results. A
-    constructor that passes ``**kw`` on to its parent's also gets the parent's parameters (its own defaults win)."""
-    out: dict = {}
-    annotations: dict = {}
-    for cls in REGISTRY.lookup(name).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        sig = inspect.signature(init)
-        for k, p in sig.parameters.items():
-            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                annotations.setdefault(k, str(p.annotation))
-                if p.default is not inspect.Parameter.empty:
-                    out.setdefault(k, p.default)
-        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            break  # this constructor takes no more than it names
-    unknown = set(params or {}) - set(annotations)
-    if unknown:
-        raise ValueError(f"bad parameters {sorted(unknown)} for defense {name!r}; accepted: {sorted(out)}")
-    for k, v in (params or {}).items():
-        check_param(f"defense {name!r}", k, v, out.get(k), annotations.get(k, ""))
-    out.update(params or {})
-    return out
+    """Every parameter of defense ``name`` (its ``Params``): the defaults with ``params`` applied, validated. Part of
+    a run's cache key, so that changing a default re-runs the experiments it affects instead of reusing stale
+    results."""
+    return resolved(REGISTRY.lookup(name).Params, params, f"defense {name!r}")
 
 
 __all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names", "register"]

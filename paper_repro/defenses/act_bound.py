@@ -9,6 +9,8 @@ optimised with synthetic data alongside FL training, parameters unchanged.] Ever
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 from torch import nn
 
@@ -22,11 +24,56 @@ from ..activation_bounds import (
     max_activations,
     resolve_sites,
 )
+from ..params import Field, params
 from ..rng import np_rng
 from .base import Defense, RoundContext
 
-INITS = ("data_max", "constant")
-SCHEDULES = ("every_round", "final")
+Sites = Literal[SITE_PRESETS] | list[Annotated[str, Field(min_length=1)]]
+"""Where bounds go: a preset of :func:`resolve_sites` or a list of module names (checked against the model)."""
+
+
+@params
+class BoundParams:
+    """The knobs shared by the activation-bound defenses (act_bound, MM-BM, MMAC), at act_bound's defaults."""
+
+    sites: Sites = Field("hidden", description="module names or a preset ('hidden': all ReLUs but the first)")
+    granularity: Literal[GRANULARITIES] = Field(
+        "neuron", description="bound shape: neuron (channel × position), channel (MM-BM) or layer"
+    )
+    per_class: int = Field(50, ge=0, description="synthetic images per label used for fitting (0: all)")
+    init: Literal["data_max", "constant"] = Field(
+        "data_max", description="start bounds at the init_quantile of the activations, or at init_value"
+    )
+    init_value: float = Field(8.0, gt=0, description="the starting bound of init='constant'")
+    init_quantile: float = Field(
+        0.9, gt=0, le=1, description="1.0 = maximum (MM-BM); 0.9 assumes < 10 % of the fitting set is poisoned"
+    )
+    epochs: int = Field(2, ge=0, description="epochs of Adam on the bounds only (MM-BM: 50)")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate on the bounds (MM-BM: 0.1)")
+    batch_size: int = Field(200, ge=1, description="fitting batch (MM-BM: 200)")
+    c0: float = Field(0.05, ge=0, description="initial multiplier c of the bound penalty (MM-BM: 0.5)")
+    growth: float = Field(1.2, ge=1, description="factor by which c moves toward target_agreement (MM-BM: 1.2)")
+    target_agreement: float = Field(
+        0.95, gt=0, le=1, description="agreement of bounded and unbounded model that c aims at (MM-BM: 0.95)"
+    )
+    adapt_every: int = Field(2, ge=1, description="epochs between moves of c (MM-BM: 10)")
+    adapt_after: int = Field(0, ge=0, description="epochs before c first moves (MM-BM: 10)")
+    schedule: Literal["every_round", "final"] = Field(
+        "every_round", description="fit after every fusion, or only after the last"
+    )
+
+
+@params
+class ActBoundParams(BoundParams):
+    """act_bound's knobs: the shared ones and its own (trimmed fidelity, penalty, where the bounds act)."""
+
+    trim: float = Field(
+        0.25, ge=0, lt=1, description="share of each batch with the largest fidelity loss left out (0: MM-BM)"
+    )
+    penalty: Literal["l2", "none"] = Field("l2", description="c·Σ‖b_l‖₂ on the bounds, or no penalty")
+    deploy: Literal["server", "clients"] = Field(
+        "server", description="bounds only in the served model, or clients also train under last round's bounds"
+    )
 
 
 def fit_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,79 +97,15 @@ class ActBound(Defense):
     The defaults were chosen on the quick profile; how, and what the alternatives measured, is in
     docs/defenses.md ("How act_bound's defaults were chosen"; ``python benchmarks/act_bound_knobs.py`` reproduces it).
 
-    Parameters (all [R]):
-      sites: module names or a preset of :func:`resolve_sites` ("hidden": all ReLUs but the first).
-      granularity: "neuron" (channel × position), "channel" (MM-BM) or "layer".
-      per_class: synthetic images per label used for fitting (MM-BM: 50); 0 = the whole synthetic set.
-      init: "data_max" (the ``init_quantile`` quantile of the activations) or "constant" (``init_value``).
-      init_quantile: 1.0 = maximum (MM-BM-like); 0.9 assumes a poisoned share of the fitting set below 10 %.
-      epochs, lr, batch_size: Adam on the bounds only (MM-BM: 50 epochs, lr 0.1, batch 200).
-      c0, growth, target_agreement, adapt_every, adapt_after: the multiplier schedule (MM-BM: 0.5, 1.2, 0.95, 10, 10).
-      trim: fraction of each batch with the largest fidelity loss left out of the fidelity term and of the agreement
-        (docs/paper.md; 0 = plain MM-BM).
-      schedule: "every_round" or "final" (fit only after the last fusion).
-      deploy: "server" (bounds only in the served/evaluated model) or "clients" (clients also train under last
-        round's bounds; gradients vanish above a bound).
+    Parameters: :class:`ActBoundParams` (all [R]).
     """
 
     name = "act_bound"
 
-    def __init__(
-        self,
-        sites: str | list[str] = "hidden",
-        granularity: str = "neuron",
-        per_class: int = 50,
-        init: str = "data_max",
-        init_value: float = 8.0,
-        init_quantile: float = 0.9,
-        epochs: int = 2,
-        lr: float = 0.01,
-        batch_size: int = 200,
-        c0: float = 0.05,
-        growth: float = 1.2,
-        target_agreement: float = 0.95,
-        adapt_every: int = 2,
-        adapt_after: int = 0,
-        trim: float = 0.25,
-        schedule: str = "every_round",
-        penalty: str = "l2",
-        deploy: str = "server",
-    ):
-        if init not in INITS:
-            raise ValueError(f"init={init!r}; choose one of {INITS}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
-        if not 0 <= trim < 1:
-            raise ValueError(f"trim={trim} must be in [0, 1)")
-        if deploy not in ("server", "clients"):
-            raise ValueError(f"deploy={deploy!r}; choose server or clients")
-        if penalty not in ("l2", "none"):
-            raise ValueError(f"penalty={penalty!r}; choose l2 or none")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity={granularity!r}; choose one of {GRANULARITIES}")
-        if isinstance(sites, str) and sites not in SITE_PRESETS:
-            raise ValueError(f"sites={sites!r}; use a preset {SITE_PRESETS} or a list of module names")
-        for name, ok in (
-            ("per_class", per_class >= 0),
-            ("init_quantile", 0 < init_quantile <= 1),
-            ("epochs", epochs >= 0),
-            ("lr", lr > 0),
-            ("batch_size", batch_size >= 1),
-            ("c0", c0 >= 0),
-            ("growth", growth >= 1),
-            ("target_agreement", 0 < target_agreement <= 1),
-            ("adapt_every", adapt_every >= 1),
-            ("adapt_after", adapt_after >= 0),
-            ("init_value", init_value > 0),
-        ):
-            if not ok:
-                raise ValueError(f"{name}={locals()[name]!r} is out of range (see the parameters of ActBound)")
-        self.sites, self.granularity, self.per_class = sites, granularity, per_class
-        self.init, self.init_value, self.epochs, self.lr, self.batch_size = init, init_value, epochs, lr, batch_size
-        self.c0, self.growth, self.target_agreement = c0, growth, target_agreement
-        self.adapt_every, self.adapt_after, self.trim = adapt_every, adapt_after, trim
-        self.schedule, self.penalty, self.deploy = schedule, penalty, deploy
-        self.init_quantile = init_quantile
+    Params = ActBoundParams
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self.bounds: dict | None = None
         self.log: dict = {}
 

@@ -16,12 +16,16 @@ clean images, in total-variation distance. Adaptations [R]:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from ..activation_bounds import BoundedModel, clip_hooks, record_activations, resolve_sites, reverse_engineer
-from .act_bound import ActBound
+from ..params import Field, params
+from .act_bound import ActBound, Sites
 from .base import RoundContext
+from .mmac import ReverseParams
 
 
 def channel_values(a: torch.Tensor, max_values: int, generator: torch.Generator) -> torch.Tensor:
@@ -76,40 +80,23 @@ class ActBoundDM(ActBound):
 
     name = "act_bound_dm"
 
-    def __init__(
-        self,
-        sites: str | list[str] = "hidden",
-        per_class: int = 50,
-        bins: int = 20,
-        sharpness: float = 15.0,
-        steps: int = 100,
-        lr: float = 0.01,
-        tol: float = 1e-5,
-        max_values: int = 4000,
-        re_per_class: int = 20,
-        re_steps: int = 100,
-        re_lr: float = 0.01,
-        re_momentum: float = 0.2,
-        schedule: str = "every_round",
-    ):
-        super().__init__(sites=sites, granularity="channel", per_class=per_class, epochs=0, schedule=schedule)
-        for name, ok in (
-            ("bins", bins >= 2),
-            ("sharpness", sharpness > 0),
-            ("steps", steps >= 1),
-            ("lr", lr > 0),
-            ("tol", tol >= 0),
-            ("max_values", max_values >= 1),
-            ("re_per_class", re_per_class >= 1),
-            ("re_steps", re_steps >= 0),
-            ("re_lr", re_lr > 0),
-            ("re_momentum", 0 <= re_momentum < 1),
-        ):
-            if not ok:
-                raise ValueError(f"{name}={locals()[name]!r} is out of range (see the parameters of ActBoundDM)")
-        self.bins, self.sharpness, self.steps, self.lr, self.tol = bins, sharpness, steps, lr, tol
-        self.max_values = max_values
-        self.re_per_class, self.re_steps, self.re_lr, self.re_momentum = re_per_class, re_steps, re_lr, re_momentum
+    @params
+    class Params(ReverseParams):
+        sites: Sites = Field("hidden", description="module names or a preset ('hidden': all ReLUs but the first)")
+        per_class: int = Field(50, ge=0, description="synthetic images per label for the clean histograms (0: all)")
+        bins: int = Field(20, ge=2, description="histogram bins per channel")
+        sharpness: float = Field(15.0, gt=0, description="soft-histogram temperature, in bin widths (BNA: 15)")
+        steps: int = Field(100, ge=1, description="Adam steps per layer")
+        lr: float = Field(0.01, gt=0, description="Adam learning rate (BNA: 0.01)")
+        tol: float = Field(1e-5, ge=0, description="stop at a relative change of the TV distance below this")
+        max_values: int = Field(4000, ge=1, description="activations per channel that enter a histogram")
+        re_per_class: int = Field(20, ge=1, description="backdoor-like images per class (MMAC: 50)")
+        re_steps: int = Field(100, ge=0, description="SGD steps per image set (MMAC: 300)")
+        schedule: Literal["every_round", "final"] = Field(
+            "every_round", description="fit after every fusion, or only after the last"
+        )
+
+    granularity, epochs, trim, penalty, deploy = "channel", 0, 0.0, "l2", "server"  # per-channel, no MM-BM fitting
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:

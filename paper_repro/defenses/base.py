@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data import ImageSet
 from ..models import flat_state, load_flat_state
+from ..params import NoParams, build
 from ..training import as_format, predict_logits
 
 
@@ -71,9 +72,19 @@ def local_models(ctx: RoundContext, updates: torch.Tensor):
 
 
 class Defense:
-    """No defense: sample-weighted FedAvg at step 3, nothing at step 5."""
+    """No defense: sample-weighted FedAvg at step 3, nothing at step 5.
+
+    Parameters: a subclass declares them as ``Params``, a :func:`paper_repro.params.params` dataclass (one typed,
+    validated field per knob, with its default, range and description); ``Defense(**values)`` validates them once
+    and sets each as an attribute of the same name (``self.params`` holds them all)."""
 
     name = "none"
+    Params: type = NoParams
+
+    def __init__(self, **params):
+        self.params = build(self.Params, params, f"defense {self.name!r}")
+        for key, value in dataclasses.asdict(self.params).items():
+            setattr(self, key, value)
 
     @property
     def trains_like_none(self) -> bool:

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import aggregators as agg
 from ..activation_bounds import record_activations, relu_sites
+from ..params import Field, params
 from .base import AggregateResult, Defense, RoundContext, local_models, without_nonfinite
 
 
@@ -47,8 +48,13 @@ class GeminiGuard(Defense):
 
     name = "geminiguard"
 
-    def __init__(self, threshold: float = 2.5, per_class: int = 20):
-        self.threshold, self.per_class = threshold, per_class
+    @params
+    class Params:
+        threshold: float = Field(2.5, ge=0, description="flag above this mean of the two robust z-scores")
+        per_class: int = Field(20, ge=0, description="synthetic images per label for the latent score")
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self.last: dict = {}
 
     @without_nonfinite
@@ -73,8 +79,12 @@ class WeiDetect(Defense):
 
     name = "weidetect"
 
-    def __init__(self, alpha: float = 0.05):
-        self.alpha = alpha
+    @params
+    class Params:
+        alpha: float = Field(0.05, ge=0, description="lower tail of the fitted Weibull distribution that is flagged")
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self.last: dict = {}
 
     @without_nonfinite

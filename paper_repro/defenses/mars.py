@@ -16,12 +16,15 @@ from their *backdoor energy* (docs/paper.md), following the paper where the publ
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 from torch import nn
 
 from .. import aggregators as agg
+from ..params import Field, params
 from .base import AggregateResult, Defense, RoundContext, local_models, without_nonfinite
 
 
@@ -84,10 +87,16 @@ class MARS(Defense):
 
     name = "mars"
 
-    def __init__(self, kappa: float = 5.0, epsilon: float = 0.03, keep: str = "low_energy"):
-        if keep not in ("low_energy", "majority"):
-            raise ValueError(f"keep={keep!r}; choose low_energy (MARS) or majority (MARS*)")
-        self.kappa, self.epsilon, self.keep = kappa, epsilon, keep
+    @params
+    class Params:
+        kappa: float = Field(5.0, ge=0, description="per cent of each layer's neurons that carry backdoor energy")
+        epsilon: float = Field(0.03, ge=0, description="W1 distance of the two clusters below which all are kept")
+        keep: Literal["low_energy", "majority"] = Field(
+            "low_energy", description="the cluster kept: low_energy (MARS) or majority (MARS*)"
+        )
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self.last: dict = {}
 
     def select(self, cbes: np.ndarray) -> np.ndarray:

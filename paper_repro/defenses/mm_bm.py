@@ -13,51 +13,29 @@ from __future__ import annotations
 
 import torch
 
+from ..params import variant
 from ..rng import legacy_rng
-from .act_bound import ActBound, fit_subset
+from .act_bound import ActBound, BoundParams, fit_subset
 from .base import RoundContext
 
 
 class MMBM(ActBound):
     name = "mm_bm"
 
-    def __init__(
-        self,
-        sites: str | list[str] = "mmbm3",
-        per_class: int = 50,
-        init: str = "data_max",
-        init_value: float = 8.0,
-        epochs: int = 50,
-        lr: float = 0.1,
-        batch_size: int = 200,
-        c0: float = 0.5,
-        growth: float = 1.2,
-        target_agreement: float = 0.95,
-        adapt_every: int = 10,
-        adapt_after: int = 10,
-        schedule: str = "final",
-        granularity: str = "channel",
-        init_quantile: float = 1.0,
-    ):
-        super().__init__(
-            sites=sites,
-            granularity=granularity,
-            per_class=per_class,
-            init=init,
-            init_value=init_value,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            c0=c0,
-            growth=growth,
-            target_agreement=target_agreement,
-            adapt_every=adapt_every,
-            adapt_after=adapt_after,
-            trim=0.0,
-            schedule=schedule,
-            penalty="l2",
-            init_quantile=init_quantile,
-        )
+    Params = variant(
+        BoundParams,
+        "MM-BM's knobs at its paper's values [C] (bounds at the data maximum [R]).",
+        sites="mmbm3",
+        granularity="channel",
+        init_quantile=1.0,
+        epochs=50,
+        lr=0.1,
+        c0=0.5,
+        adapt_every=10,
+        adapt_after=10,
+        schedule="final",
+    )
+    trim, penalty, deploy = 0.0, "l2", "server"  # MM-BM's objective: no trimming, the L2 penalty, the server only
 
     def fit_data(self, ctx: RoundContext) -> torch.Tensor:
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""
@@ -74,5 +52,6 @@ class MMBMNeuron(MMBM):
 
     name = "mm_bm_neuron"
 
-    def __init__(self, granularity: str = "neuron", init_quantile: float = 0.9, **kw):
-        super().__init__(granularity=granularity, init_quantile=init_quantile, **kw)
+    Params = variant(
+        MMBM.Params, "MM-BM with per-neuron bounds at the 0.9 quantile.", granularity="neuron", init_quantile=0.9
+    )

@@ -15,55 +15,44 @@ from __future__ import annotations
 from torch import nn
 
 from ..activation_bounds import BoundedModel, fit_bounds, resolve_sites, reverse_engineer
-from .act_bound import ActBound
+from ..params import Field, params, variant
+from .act_bound import ActBound, BoundParams
 from .base import RoundContext
+
+
+@params
+class ReverseParams:
+    """MMAC's reverse engineering of backdoor-like images (per class, SGD on the input) [C: MMAC]."""
+
+    re_per_class: int = Field(50, ge=1, description="backdoor-like images per class (MMAC: 50)")
+    re_steps: int = Field(300, ge=0, description="SGD steps per image set (MMAC: 300)")
+    re_lr: float = Field(0.01, gt=0, description="SGD learning rate (MMAC: 0.01)")
+    re_momentum: float = Field(0.2, ge=0, lt=1, description="SGD momentum (MMAC: 0.2)")
+
+
+@params
+class MMACParams(BoundParams, ReverseParams):
+    """The bound-fitting knobs and the reverse-engineering ones."""
 
 
 class MMAC(ActBound):
     name = "mmac"
 
-    def __init__(
-        self,
-        sites: str | list[str] = "all",
-        per_class: int = 50,
-        init: str = "data_max",
-        init_value: float = 1.0,
-        epochs: int = 300,
-        lr: float = 0.1,
-        batch_size: int = 200,
-        c0: float = 0.002,
-        growth: float = 1.2,
-        target_agreement: float = 0.95,
-        adapt_every: int = 10,
-        adapt_after: int = 30,
-        re_per_class: int = 50,
-        re_steps: int = 300,
-        re_lr: float = 0.01,
-        re_momentum: float = 0.2,
-        schedule: str = "final",
-        granularity: str = "channel",
-        init_quantile: float = 1.0,
-    ):
-        super().__init__(
-            sites=sites,
-            granularity=granularity,
-            per_class=per_class,
-            init=init,
-            init_value=init_value,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            c0=c0,
-            growth=growth,
-            target_agreement=target_agreement,
-            adapt_every=adapt_every,
-            adapt_after=adapt_after,
-            trim=0.0,
-            schedule=schedule,
-            penalty="none",
-            init_quantile=init_quantile,
-        )
-        self.re_per_class, self.re_steps, self.re_lr, self.re_momentum = re_per_class, re_steps, re_lr, re_momentum
+    Params = variant(
+        MMACParams,
+        "MMAC's knobs at its paper's values [C] (bounds at the data maximum [R]).",
+        sites="all",
+        granularity="channel",
+        init_quantile=1.0,
+        init_value=1.0,
+        epochs=300,
+        lr=0.1,
+        c0=0.002,
+        adapt_every=10,
+        adapt_after=30,
+        schedule="final",
+    )
+    trim, penalty, deploy = 0.0, "none", "server"  # MMAC's objective: fidelity + the margin term, the server only
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:
@@ -109,5 +98,6 @@ class MMACNeuron(MMAC):
 
     name = "mmac_neuron"
 
-    def __init__(self, granularity: str = "neuron", init_quantile: float = 0.9, **kw):
-        super().__init__(granularity=granularity, init_quantile=init_quantile, **kw)
+    Params = variant(
+        MMAC.Params, "MMAC with per-neuron bounds at the 0.9 quantile.", granularity="neuron", init_quantile=0.9
+    )

@@ -11,6 +11,7 @@ lowest-mean units were dead (mean ≤ 0.01) and pruning them changed no predicti
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from ..activation_bounds import (
     resolve_sites,
     spatial_mean,
 )
+from ..params import Field, params
 from ..training import train_supervised
 from .base import Defense, RoundContext
 
@@ -38,20 +40,13 @@ class Pruning(Defense):
 
     name = "pruning"
 
-    def __init__(
-        self,
-        fraction: float = 0.2,
-        site: str = "last_conv",
-        schedule: str = "every_round",
-        finetune_epochs: int = 0,
-        finetune_lr: float = 0.01,
-    ):
-        if not 0 <= fraction < 1:
-            raise ValueError(f"fraction={fraction} must be in [0, 1)")
-        if schedule not in ("every_round", "final"):
-            raise ValueError(f"schedule={schedule!r}; choose every_round or final")
-        self.fraction, self.site, self.schedule = fraction, site, schedule
-        self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr
+    @params
+    class Params:
+        fraction: float = Field(0.2, ge=0, lt=1, description="share of the site's channels pruned (least active)")
+        site: str = Field("last_conv", min_length=1, description="a module name or a preset of resolve_sites")
+        schedule: Literal["every_round", "final"] = Field("every_round", description="prune after every fusion or once")
+        finetune_epochs: int = Field(0, ge=0, description="epochs of fine-tuning on the synthetic set after pruning")
+        finetune_lr: float = Field(0.01, ge=0, description="learning rate of that fine-tuning")
 
     def check_config(self, cfg) -> None:
         check_sites(cfg, self.site if self.site in SITE_PRESETS else [self.site], key="site")

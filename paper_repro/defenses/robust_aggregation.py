@@ -10,6 +10,7 @@ import torch
 
 from .. import aggregators as agg
 from ..models import flat_state
+from ..params import Field, params
 from .base import AggregateResult, Defense, RoundContext, without_nonfinite
 
 
@@ -18,9 +19,10 @@ class NormClip(Defense):
 
     name = "norm_clip"
 
-    def __init__(self, max_norm: float | None = None, ratio: float = 0.9):
-        _check_clip(max_norm, ratio)
-        self.max_norm, self.ratio = max_norm, ratio
+    @params
+    class Params:
+        max_norm: float | None = Field(None, gt=0, description="clip bound M; None: ratio × the median update norm")
+        ratio: float = Field(0.9, gt=0, description="M = ratio × the round's median update norm (max_norm None)")
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -32,22 +34,13 @@ class DP(Defense):
 
     name = "dp"
 
-    def __init__(self, max_norm: float | None = None, ratio: float = 0.9, sigma: float = 1e-3):
-        _check_clip(max_norm, ratio)
-        if sigma < 0:
-            raise ValueError(f"sigma={sigma} must be >= 0")
-        self.max_norm, self.ratio, self.sigma = max_norm, ratio, sigma
+    @params
+    class Params(NormClip.Params):
+        sigma: float = Field(1e-3, ge=0, description="standard deviation of the Gaussian noise on the aggregate")
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         return AggregateResult(agg.dp(updates, weights, self.max_norm, self.ratio, self.sigma, ctx.generator))
-
-
-def _check_clip(max_norm: float | None, ratio: float) -> None:
-    if max_norm is not None and not max_norm > 0:
-        raise ValueError(f"max_norm={max_norm} must be > 0 (or None: ratio × the median update norm)")
-    if not ratio > 0:
-        raise ValueError(f"ratio={ratio} must be > 0")
 
 
 def largest_f(k: int) -> int:
@@ -86,8 +79,9 @@ class Krum(Defense):
 
     name = "krum"
 
-    def __init__(self, num_malicious: int | None = None):
-        self.num_malicious = num_malicious
+    @params
+    class Params:
+        num_malicious: int | None = Field(None, ge=1, description="f; None: the largest the round size allows")
 
     def check_config(self, cfg) -> None:
         _check_krum(self.num_malicious, cfg)
@@ -102,8 +96,9 @@ class MultiKrum(Defense):
 
     name = "multi_krum"
 
-    def __init__(self, num_malicious: int | None = None, num_selected: int | None = None):
-        self.num_malicious, self.num_selected = num_malicious, num_selected
+    @params
+    class Params(Krum.Params):
+        num_selected: int | None = Field(None, ge=1, description="updates averaged; None: K − f")
 
     def check_config(self, cfg) -> None:
         _check_krum(self.num_malicious, cfg)
@@ -135,10 +130,9 @@ class TrimmedMean(Defense):
 
     name = "trimmed_mean"
 
-    def __init__(self, beta: float = 0.2):
-        if not 0 <= beta < 0.5:
-            raise ValueError(f"beta={beta} must be in [0, 0.5): the share trimmed at each end")
-        self.beta = beta
+    @params
+    class Params:
+        beta: float = Field(0.2, ge=0, lt=0.5, description="share of the values trimmed at each end")
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -151,10 +145,9 @@ class Flame(Defense):
 
     name = "flame"
 
-    def __init__(self, noise_lambda: float = 0.001):
-        if noise_lambda < 0:
-            raise ValueError(f"noise_lambda={noise_lambda} must be >= 0")
-        self.noise_lambda = noise_lambda
+    @params
+    class Params:
+        noise_lambda: float = Field(0.001, ge=0, description="noise level λ (σ = λ·S_t, S_t the clip bound)")
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -169,10 +162,12 @@ class FoolsGold(Defense):
 
     name = "foolsgold"
 
-    def __init__(self, kappa: float = 1.0):
-        if not kappa > 0:
-            raise ValueError(f"kappa={kappa} must be > 0")
-        self.kappa = kappa
+    @params
+    class Params:
+        kappa: float = Field(1.0, gt=0, description="confidence parameter κ of the logit weighting")
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self.history: dict[int, torch.Tensor] = {}
         self.last: dict = {}
 
