@@ -236,9 +236,10 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             parser.error(f"--tables-dir: {why}")
     for opt in ("out", "figures_dir"):
         where = getattr(a, opt, None)
-        if where and (
-            why := writable_dir(Path(where).parent if opt == "out" and a.cmd in ("grid", "components") else where)
-        ):
+        a_file = opt == "out" and a.cmd in ("grid", "components")
+        if where and a_file and Path(where).is_dir():
+            parser.error(f"--out {where} is a folder; name the file to write (e.g. {Path(where) / 'out.csv'})")
+        if where and (why := writable_dir(Path(where).parent if a_file else where)):
             parser.error(f"--{opt.replace('_', '-')}: {why}")
 
 
@@ -366,13 +367,13 @@ def _run(a: argparse.Namespace) -> None:
             )
             print(st.strength_threshold(df).to_string(index=False))
         else:
-            from .tables import read_table, table_path
+            from .tables import read_table, table_path, write_csv
 
             df = st.adaptive_table(
                 read_table("attack_breadth", a.profile, a.tables_dir),
                 read_table("attack_strength", a.profile, a.tables_dir),
             )
-            df.to_csv(table_path("attack_adaptive", a.profile, a.tables_dir), index=False, float_format="%.5g")
+            write_csv(df, table_path("attack_adaptive", a.profile, a.tables_dir), "%.5g")
             print(df.drop(columns="how").round(3).to_string(index=False))
     elif a.cmd == "calibrate-mars":
         from .studies.heldout import calibrate_mars

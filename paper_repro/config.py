@@ -20,6 +20,10 @@ FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples"
 PRECISIONS = ("fp32", "bf16")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32: the models compute in float32 (or bf16), so a larger setting would overflow to inf."""
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
@@ -63,6 +67,11 @@ def _check_types(obj: Any, section: str) -> None:
             _check(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
                 f"{name}={v!r} must be a finite number",
+            )
+            _check(
+                abs(v) <= FLOAT32_MAX,
+                f"{name}={v!r} is beyond float32's range (±{FLOAT32_MAX:.3g}), where the models compute; give a "
+                "smaller value",
             )
         elif f.type in ("str", "bool"):
             _check(type(v).__name__ == f.type, f"{name}={v!r} must be a {f.type}")
@@ -214,6 +223,11 @@ class AttackConfig:
         _fraction("attack.poison_ratio", self.poison_ratio)
         _fraction("attack.client_poison_ratio", self.client_poison_ratio)
         _fraction("attack.blend_alpha", self.blend_alpha)
+        _check(
+            self.blend_alpha > 0 or self.trigger not in ("sig", "blend"),
+            f"attack.blend_alpha=0 with attack.trigger={self.trigger!r}: the trigger would change no pixel; give "
+            "it a strength above 0",
+        )
         _check(self.trigger_size >= 1, "attack.trigger_size must be >= 1")
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")

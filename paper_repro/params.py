@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 from pydantic import ConfigDict, Field  # noqa: F401  (Field is what the components declare their knobs with)
 
-from .config import plain
+from .config import FLOAT32_MAX, plain
 
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
@@ -50,6 +50,10 @@ def build(schema: type, given: dict | None, owner: str):
     known = defaults(schema)
     if unknown := sorted(set(given) - set(known)):
         raise ValueError(f"bad parameters {unknown} for {owner}; accepted: {sorted(known)}")
+    if huge := [k for k, v in given.items() if isinstance(v, float) and FLOAT32_MAX < abs(v) < float("inf")]:
+        raise ValueError(
+            f"{owner}: " + "; ".join(f"{k}={given[k]!r}: beyond float32's range (±{FLOAT32_MAX:.3g})" for k in huge)
+        )
     try:
         value = schema(**given)
     except pydantic.ValidationError as e:

@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 from .codehash import LIBRARIES, library_versions
 from .config import Config
 from .profiles import without_moved
-from .store import default_results_dir, stable_hash
+from .store import default_results_dir, stable_hash, writing
 
 MODEL = "model.pt"
 """The final fused weights, in the folder of a run computed with ``keep_model=True`` (never in the ledger)."""
@@ -231,12 +232,14 @@ def publish(run_dir: Path, write) -> Path:
     ``run_dir`` (a forced rerun) the new folder is swapped in and the old one removed; if another process finished
     the same run first, its folder is kept."""
     results_dir = run_dir.parent
-    results_dir.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(results_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
+    with writing(run_dir):
+        results_dir.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(results_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{os.getpid()}_", dir=results_dir))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; a shared results folder must show it to all
-        write(tmp)
+        with writing(run_dir):
+            write(tmp)
         if run_dir.exists():  # a forced rerun (or a damaged folder): swap in the new run, then drop the old one
             old = run_dir.with_name(f".old_{os.getpid()}_{run_dir.name}")
             os.replace(run_dir, old)
@@ -296,24 +299,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_leftovers(results_dir: Path) -> list[Path]:
-    """Remove the temporary (``.tmp_<pid>_*``) and superseded (``.old_<pid>_*``) folders of processes that no longer
-    run: what a writer killed mid-publish leaves behind. A superseded folder whose replacement never landed (the
-    writer died between the two renames of a forced rerun) is complete: it is moved back into place, not deleted.
-    Returns what was removed or restored."""
-    removed = []
+def _dead_leftovers(results_dir: Path):
+    """``(folder, kind, target)`` for each temporary (``.tmp_<pid>_*``) or superseded (``.old_<pid>_*``) folder of a
+    process that no longer runs: what a writer killed mid-publish leaves behind."""
     for p in sorted(results_dir.glob(".[to][ml][pd]_*")):
         parts = p.name.split("_", 2)
-        if not (
-            p.is_dir()
-            and parts[0] in (".tmp", ".old")
-            and len(parts) > 2
-            and parts[1].isdigit()
-            and not _alive(int(parts[1]))
-        ):
-            continue
-        target = results_dir / parts[2]
-        if parts[0] == ".old" and not target.exists() and not damage(p):
+        if p.is_dir() and parts[0] in (".tmp", ".old") and len(parts) > 2 and parts[1].isdigit():
+            if not _alive(int(parts[1])):
+                yield p, parts[0], results_dir / parts[2]
+
+
+def superseded(results_dir: Path) -> dict[str, Path]:
+    """Complete runs whose forced rerun died between its two renames (the new folder never landed): run name → the
+    old folder, which is still that run. Read as it is; :func:`clean_leftovers` (a writer) moves it back."""
+    return {
+        t.name: p for p, kind, t in _dead_leftovers(results_dir) if kind == ".old" and not t.exists() and not damage(p)
+    }
+
+
+def clean_leftovers(results_dir: Path) -> list[Path]:
+    """Remove what writers killed mid-publish left behind (:func:`_dead_leftovers`); a superseded folder whose
+    replacement never landed (:func:`superseded`) is complete: it is moved back into place, not deleted. Returns what
+    was removed or restored."""
+    restore = superseded(results_dir)
+    removed = []
+    for p, _, target in _dead_leftovers(results_dir):
+        if restore.get(target.name) == p:
             try:
                 os.replace(p, target)
             except OSError:  # another process restored or wrote it first
@@ -351,20 +362,36 @@ def provenance_of(metas: list[dict]) -> dict:
 
 
 def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
-    """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened); folders that are not
-    finished runs (hidden, half-written, damaged) are skipped."""
+    """All finished runs under ``results_dir`` as one tidy DataFrame (config columns flattened). A reader: it moves
+    and deletes nothing. Hidden folders of running writers are not runs; a run superseded by a forced rerun that died
+    mid-swap is read where it lies; run folders that cannot be read or are damaged are left out, with one warning
+    that names them."""
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    if results_dir.is_dir():
-        clean_leftovers(results_dir)  # puts back a run whose forced rerun was killed mid-swap
-    frames = []
-    for m in sorted(results_dir.glob("*/metrics.csv")):
-        if not finished(m.parent):
+    if not results_dir.is_dir():
+        return pd.DataFrame()
+    folders = {p.name: p for p in results_dir.iterdir() if not p.name.startswith(".") and p.is_dir()}
+    folders = {**superseded(results_dir), **folders}
+    frames, left_out = [], []
+    for name, folder in sorted(folders.items()):
+        if not os.access(folder, os.R_OK | os.X_OK):
+            left_out.append(f"{name} (cannot be read: no permission)")
             continue
-        c = json.loads((m.parent / "config.json").read_text())["config"]
+        if not (folder / "metrics.csv").exists() and not (folder / COMPLETE).exists():
+            continue  # not a run folder
+        if problems := damage(folder):
+            left_out.append(f"{name} ({problems[0]})")
+            continue
+        c = json.loads((folder / "config.json").read_text())["config"]
         if profile and c["profile"] != profile:
             continue
-        df = pd.read_csv(m)
+        df = pd.read_csv(folder / "metrics.csv")
         df["profile"], df["partition"], df["beta"] = c["profile"], c["data"]["partition"], c["data"]["beta"]
-        df["poison_ratio"], df["run"] = c["attack"]["poison_ratio"], m.parent.name
+        df["poison_ratio"], df["run"] = c["attack"]["poison_ratio"], name
         frames.append(df)
+    if left_out:
+        warnings.warn(
+            f"{len(left_out)} run folder(s) under {results_dir} left out: {'; '.join(left_out)} (a damaged run is "
+            "recomputed when its config runs again; fix the permissions of an unreadable one)",
+            stacklevel=2,
+        )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

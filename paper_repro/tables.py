@@ -57,16 +57,129 @@ WRITTEN_BY = {
 
 
 def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame:
-    """A committed table; a missing one raises with the command that writes it."""
+    """A committed table, checked (:func:`check_table`); a missing or damaged one raises with the command that
+    writes it."""
     p = table_path(kind, profile, tables_dir)
+    how = f"`python -m paper_repro {WRITTEN_BY.get(kind, 'results')} --profile {profile}`"
     if not p.is_file():
-        how = WRITTEN_BY.get(kind, "results")
         raise FileNotFoundError(
-            f"{p} does not exist. Write it with `python -m paper_repro {how} --profile "
-            f"{profile}` (runs the experiments) or use the committed quick tables "
+            f"{p} does not exist. Write it with {how} (runs the experiments) or use the committed quick tables "
             f"(tables_dir={TABLES_DIR})."
         )
-    return pd.read_csv(p)
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise TableError(f"{p} is not a readable table ({type(e).__name__}: {e}); rewrite it with {how}") from None
+    problems = check_table(df, kind) + _checksum_problems(p)
+    if problems:
+        raise TableError(f"{p} is damaged: {'; '.join(problems)}. Rewrite it with {how} (or `git checkout {p.name}`)")
+    return df
+
+
+class TableError(ValueError):
+    """A table that is not what its writer wrote: named, with the command that rewrites it."""
+
+
+TABLE_KEYS = {
+    "grid": ("defense", "attack", "partition", "seed"),
+    "rounds": ("defense", "attack", "partition", "seed", "round"),
+    "ablations": ("ablation", "value", "defense", "seed"),
+    "attack_breadth": ("attack", "defense", "seed"),
+    "attack_strength": ("knob", "value", "defense", "seed"),
+    "attack_adaptive": ("attack",),
+    "mars_calibration": ("seed", "round"),
+    "activation_metrics": ("attack", "seed"),
+    "activations": ("attack", "site", "model", "input", "image"),
+}
+"""Per table kind, the columns that name one row (a cell and a seed); the study tables (``heldout``, ``*_validation``,
+``*_development``) are keyed by setting, attack, defense and seed."""
+STUDY_KEYS = ("setting", "attack", "defense", "seed")
+BOUNDED = ("acc", "asr", "tpr", "fpr", "lo", "hi", "triggered", "bounded")
+"""A numeric column whose name has one of these words (split at ``_``) is a share: it must lie in [0, 1]."""
+
+
+def table_keys(kind: str) -> tuple[str, ...]:
+    return TABLE_KEYS.get(kind, STUDY_KEYS)
+
+
+def check_table(df: pd.DataFrame, kind: str) -> list[str]:
+    """What is wrong with a table of ``kind``: no rows, missing key columns, a (cell, seed) given twice, shares
+    outside [0, 1], a missing ACC/ASR in a run that did not diverge, an unknown status (empty list: none)."""
+    keys = [k for k in table_keys(kind)]
+    if df.empty:
+        return ["it has no rows"]
+    out = []
+    if missing := [k for k in keys if k not in df]:
+        return [f"columns {missing} are missing (it has {list(df.columns)})"]
+    if (dup := df.duplicated(keys)).any():
+        out.append(
+            f"{int(dup.sum())} rows repeat a ({', '.join(keys)}) already given, e.g. {df[dup].iloc[0][keys].to_dict()}"
+        )
+    ok = df["status"].fillna("ok").eq("ok") if "status" in df else pd.Series(True, index=df.index)
+    if "status" in df and (odd := set(df["status"].dropna()) - {"ok", "diverged"}):
+        out.append(f"status {sorted(odd)} is neither ok nor diverged")
+    for col in df.columns:
+        if col in keys or not pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        if set(col.split("_")) & set(BOUNDED) and not col.endswith(("seconds", "_std")):
+            v = df[col].dropna()
+            if len(bad := v[(v < 0) | (v > 1)]):
+                out.append(f"{col} holds {bad.iloc[0]:g} (row {bad.index[0]}), outside [0, 1]")
+        if col in ("acc", "asr") and df.loc[ok, col].isna().any():
+            out.append(f"{col} is empty in {int(df.loc[ok, col].isna().sum())} rows of runs that did not diverge")
+    return out
+
+
+CHECKSUMS = "checksums.json"
+"""Beside the tables: per table file, its row count and SHA-256 as written (:func:`write_csv`)."""
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    # line endings normalised: a checkout that turns \n into \r\n (git's autocrlf on Windows) is the same table
+    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+
+
+def _checksum_problems(path: Path) -> list[str]:
+    import json
+
+    listing = path.parent / CHECKSUMS
+    try:
+        rec = json.loads(listing.read_text()).get(path.name)
+    except (OSError, ValueError, AttributeError):
+        return []  # tables written before checksums were kept, or outside the package's writers
+    if rec is None or rec.get("sha256") == _digest(path):
+        return []
+    rows = sum(1 for _ in path.open()) - 1
+    return [f"it is not the table that was written ({rows} rows now, {rec.get('rows')} written; checksum differs)"]
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, float_format: str | None = None) -> Path:
+    """Write a table atomically and record its row count and checksum in ``checksums.json`` beside it."""
+    from .store import save_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(lambda tmp: df.to_csv(tmp, index=False, float_format=float_format), path)
+    return record_checksum(path)
+
+
+def record_checksum(path: Path) -> Path:
+    """Enter the table at ``path`` as it is now (rows, SHA-256) into ``checksums.json`` beside it."""
+    import json
+
+    from .store import save_atomic
+
+    listing = path.parent / CHECKSUMS
+    try:
+        sums = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        sums = {}
+    sums[path.name] = {"rows": sum(1 for _ in path.open()) - 1, "sha256": _digest(path)}
+    text = json.dumps(dict(sorted(sums.items())), indent=1) + "\n"
+    save_atomic(lambda tmp: Path(tmp).write_text(text), listing)
+    return path
 
 
 # ------------------------------------------------------------------------------------------- grid (F4)
@@ -165,10 +278,24 @@ def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ± {100 * std:.1f}")
 
 
+CELL_LABELS = ("setting", "ablation", "knob", "value", "defense", "attack", "partition")
+
+
 def seeds_text(df: pd.DataFrame) -> str:
-    """ "seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles."""
+    """ "seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles; it says so when some cells have fewer
+    seeds than that (a missing seed) or runs that diverged (left out of the means)."""
     s = sorted(int(x) for x in df["seed"].unique())
-    return f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
+    text = f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
+    ok = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    cells = [c for c in CELL_LABELS if c in df]
+    n = ok.groupby(cells)["seed"].nunique() if cells else pd.Series([ok["seed"].nunique()])
+    n = n.reindex(df.groupby(cells).size().index, fill_value=0) if cells else n
+    notes = []
+    if (n < len(s)).any():
+        notes.append(f"{int((n < len(s)).sum())} of {len(n)} cells with n = {int(n.min())}–{int(n.max())}")
+    if len(ok) < len(df):
+        notes.append(f"{len(df) - len(ok)} diverged runs left out")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def seed_intervals(
@@ -178,8 +305,8 @@ def seed_intervals(
     level: float = 0.95,
 ) -> pd.DataFrame:
     """Per cell of ``by``: mean, std, number of seeds and a Student-t ``level`` interval of each metric over the
-    seeds (``<m>_lo``/``<m>_hi``; NaN with one seed). Diverged runs (status ≠ ok) are left out and counted in
-    ``diverged``. A defense beats another on a metric only where their intervals do not overlap
+    seeds (``<m>_lo``/``<m>_hi``, clipped to [0, 1]; NaN with one seed). Diverged runs (status ≠ ok) are left out
+    and counted in ``diverged``. A defense beats another on a metric only where their intervals do not overlap
     (:func:`separated`)."""
     from scipy import stats
 
@@ -194,7 +321,9 @@ def seed_intervals(
             v = g[m].astype(float).dropna()
             mean, std = v.mean(), v.std(ddof=1) if len(v) > 1 else float("nan")
             half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * std / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-            row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_lo": mean - half, f"{m}_hi": mean + half}
+            # every metric here is a share: the interval is clipped to [0, 1] (a t-interval on a bounded metric)
+            lo, hi = max(mean - half, 0.0), min(mean + half, 1.0)
+            row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_lo": lo, f"{m}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)
 

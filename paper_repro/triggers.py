@@ -146,4 +146,17 @@ def asr_set(test: ImageSet, trigger: Trigger, target: int, mapping: str = "all_t
     """The ASR test set: every non-target test image (every image for all_to_all) with the trigger, labels kept
     (true labels). [C: author code excludes the target class]"""
     keep = np.flatnonzero(test.y != target) if mapping == "all_to_one" else np.arange(len(test))
-    return test.subset(keep).with_arrays(x=trigger.apply(test.x[keep]))
+    triggered = trigger.apply(test.x[keep])
+    check_changes(test.x[keep], triggered, "ASR test images")
+    return test.subset(keep).with_arrays(x=triggered)
+
+
+def check_changes(before: np.ndarray, after: np.ndarray, what: str) -> None:
+    """Raise ValueError when a trigger changed no pixel of any of the images ``before`` (it became ``after``): an
+    ASR measured with it, or a poison made with it, would measure or plant nothing (a zero-strength SIG or blend, an
+    unoptimised pattern)."""
+    if len(before) and np.array_equal(before, after):
+        raise ValueError(
+            f"the trigger changes no pixel of the {len(before)} {what}: nothing would be planted or measured; give "
+            "it a strength above 0 (attack.blend_alpha, attack.trigger_size, the attack's own parameters)"
+        )

@@ -4,8 +4,9 @@
 whose message names the offending field, and nothing from torch or numpy is reached; on the command line the
 process exits non-zero with a short message (no traceback) before any experiment, table or notebook starts.
 
-``python tests/test_bad_inputs.py`` prints the tally per surface (tried / rejected clearly / accepted / other
-error), the table docs/bad_inputs.md quotes.
+Valid values in unusual but common forms (numpy scalars) must be accepted and stored as Python values.
+``python tests/test_bad_inputs.py`` prints the tally per surface (tried / rejected clearly / accepted correctly /
+silently accepted / crashing), the table ``docs/architecture.md`` quotes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ NAN, INF = float("nan"), float("inf")
 UNDER_A_FILE = str(REPO_ROOT / "README.md" / "sub")  # a folder that cannot be created (even by root)
 ALWAYS_BAD = {  # by declared type: values of the wrong kind, and numbers no field of that kind accepts
     "int": ["3", 2.5, True, None, [1], -1, NAN],
-    "float": ["0.1", True, None, [0.1], NAN, INF, -INF, -1.0],
+    "float": ["0.1", True, None, [0.1], NAN, INF, -INF, -1.0, 1e39, -1e39],
     "str": [3, None, "", ["a"]],
     "bool": ["yes", 1, 0, None],
     "tuple[str, ...]": [[], "init", ["bogus"], None, [1]],
@@ -105,6 +106,83 @@ def _cross_field_cases():
     yield "data.bogus", "unknown key", {"data": {"bogus": 1}}
 
 
+def _meaningless_cases():
+    """Runs that could not measure what they claim: an attack that poisons nothing or reaches no model, a trigger
+    that changes no pixel, a defense whose setting makes it FedAvg or leaves it undefined."""
+    dba = {"trigger": "dba"}
+    for kind in ("classic", "both", "model_replacement", "dba", "neurotoxin", "3dfed"):
+        extra = dba if kind == "dba" else {}
+        yield (
+            "attack.num_malicious",
+            f"{kind} with no malicious client",
+            {"attack": {"kind": kind, "num_malicious": 0, **extra}},
+        )
+        yield (
+            "attack.client_poison_ratio",
+            f"{kind} poisoning no sample",
+            {"attack": {"kind": kind, "client_poison_ratio": 0.0, **extra}},
+        )
+    for kind in ("fm", "both", "fm_generated", "fm_bound_aware"):
+        yield "attack.poison_ratio", f"{kind} poisoning no image", {"attack": {"kind": kind, "poison_ratio": 0.0}}
+        yield (
+            "attack.fm_stages",
+            f"{kind} on kd without fusion",
+            {
+                "attack": {"kind": kind, "fm_stages": ["kd"]},
+                "fl": {"fusion": False},
+            },
+        )
+    yield (
+        "attack.fm_stages",
+        "fm on kd with 0 KD epochs",
+        {"attack": {"kind": "fm", "fm_stages": ["kd"]}, "fl": {"kd_epochs": 0}},
+    )
+    yield (
+        "attack.fm_stages",
+        "fm on init with 0 init epochs",
+        {"attack": {"kind": "fm", "fm_stages": ["init"]}, "fl": {"init_epochs": 0}},
+    )
+    yield (
+        "attack.fm_stages",
+        "fm with neither stage run",
+        {"attack": {"kind": "fm"}, "fl": {"init_epochs": 0, "fusion": False}},
+    )
+    for kind in ("none", "fm", "classic"):
+        for trigger in ("sig", "blend"):
+            yield (
+                "attack.blend_alpha",
+                f"{kind} {trigger} of strength 0",
+                {"attack": {"kind": kind, "trigger": trigger, "blend_alpha": 0.0}},
+            )
+    yield (
+        "attack.params.steps",
+        "fm_bound_aware with no optimisation",
+        {"attack": {"kind": "fm_bound_aware", "params": {"steps": 0}}},
+    )
+    for name in ("median", "flame", "geminiguard", "weidetect"):
+        yield (
+            "fl.clients_per_round",
+            f"{name} with 2 updates per round",
+            {"defense": name, "fl": {"clients_per_round": 2}},
+        )
+    for name, key, value in (
+        ("trimmed_mean", "beta", 0.1),  # ⌊0.1 · 5⌋ = 0 trimmed
+        ("trimmed_mean", "beta", 0.0),
+        ("multi_krum", "num_selected", 5),  # every update averaged
+        ("pruning", "fraction", 0.0),
+        ("dp", "sigma", 0.0),
+        ("mars", "kappa", 0.0),
+        ("weidetect", "alpha", 0.0),
+        ("weidetect", "alpha", 1.0),
+        ("geminiguard", "per_class", 0),
+    ):
+        yield (
+            f"defense.params.{key}",
+            f"{name} {key}={value} switches it off",
+            {"defense": {"name": name, "params": {key: value}}},
+        )
+
+
 MODEL_NAMES = ("site", "sites")
 """Defense parameters naming modules of the model: checked against the model when the config is built."""
 
@@ -115,10 +193,10 @@ def _defense_param_values(default):
     if isinstance(default, int):
         return ["3", 2.5, True, None, [1], -1]
     if isinstance(default, float):
-        return ["0.1", True, None, [0.1], NAN, INF, -1.0]
+        return ["0.1", True, None, [0.1], NAN, INF, -1.0, 1e39]
     if isinstance(default, str):
         return [3, None, "", "bogus"]
-    return ["x", True, NAN, -1, 0, [1]]  # an optional number (None = automatic)
+    return ["x", True, NAN, -1, 0, [1], 1e39]  # an optional number (None = automatic)
 
 
 def _defense_cases():
@@ -156,7 +234,7 @@ def _classify(call, field: str):
     return "accepted"
 
 
-CONFIG_CASES = list(_section_cases()) + list(_cross_field_cases())
+CONFIG_CASES = list(_section_cases()) + list(_cross_field_cases()) + list(_meaningless_cases())
 DEFENSE_CASES = list(_defense_cases())
 OPTIONS_CASES = list(_options_cases())
 
@@ -225,6 +303,9 @@ CLI_CASES = [
     (["results", "--defenses", "magic", "none"], "magic"),
     (["results", "--seeds", "a"], "--seeds"),
     (["results", "--tables-dir", UNDER_A_FILE], "tables-dir"),
+    (["grid", "--out", "/tmp"], "is a folder"),
+    (["components", "--out", "/tmp"], "is a folder"),
+    (["grid", "--out", UNDER_A_FILE + "/g.csv"], "--out"),
     (["main", "--seeds", "-2"], "--seeds"),
     (["tables", "--profile", "x"], "--profile"),
     (["figures", "--tables-dir", "/nonexistent/tables"], "tables-dir"),
@@ -310,6 +391,56 @@ def test_fm_cli_rejects_before_training(argv, word):
     assert _cli_outcome(main, argv, word) == "clear"
 
 
+def _numpy_cases():
+    """Valid values in the form a numpy user passes them: each numeric or bool field (config and defense
+    parameters) given its default as a numpy scalar. Each must be accepted and stored as the Python value."""
+    import numpy as np
+
+    def as_numpy(v):
+        if isinstance(v, bool):
+            return np.bool_(v)
+        return np.int64(v) if isinstance(v, int) else np.float64(v) if isinstance(v, float) else None
+
+    cfg = Config()
+    for section in ("data", "fm", "model", "attack", "fl"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            default = getattr(getattr(cfg, section), f.name)
+            if (v := as_numpy(default)) is not None:
+                yield f"{section}.{f.name}", {section: {f.name: v}}, default
+    yield "seed", {"seed": np.int64(3)}, 3
+    for name in defenses.names():
+        for key, default in defenses.resolved_params(name).items():
+            if (v := as_numpy(default)) is not None:
+                yield f"defense.params.{key}", {"defense": {"name": name, "params": {key: v}}}, default
+
+
+NUMPY_CASES = list(_numpy_cases())
+
+
+def _stored(cfg, field: str):
+    *path, leaf = field.split(".")
+    obj = cfg
+    for p in path:
+        obj = obj[p] if isinstance(obj, dict) else getattr(obj, p)
+    return obj[leaf] if isinstance(obj, dict) else getattr(obj, leaf)
+
+
+def _numpy_outcome(field: str, overrides: dict, default) -> str:
+    """'correct' (accepted, stored as the Python value of the default's type), 'refused', or what went wrong."""
+    try:
+        v = _stored(pr.load_config("quick", **overrides), field)
+    except ValueError as e:
+        return f"refused: {str(e)[:80]}"
+    except Exception as e:  # noqa: BLE001
+        return f"other {type(e).__name__}: {str(e)[:80]}"
+    return "correct" if type(v) is type(default) and v == default else f"stored as {type(v).__name__} {v!r}"
+
+
+@pytest.mark.parametrize("field, overrides, default", NUMPY_CASES, ids=[c[0] for c in NUMPY_CASES])
+def test_numpy_scalars_are_taken_as_the_python_values_they_hold(field, overrides, default):
+    assert _numpy_outcome(field, overrides, default) == "correct"
+
+
 def tally() -> dict[str, Counter]:
     """Outcome counts per surface: 'clear', 'accepted', or the kind of other failure."""
     from paper_repro.__main__ import main as cli
@@ -337,9 +468,18 @@ def tally() -> dict[str, Counter]:
 
 if __name__ == "__main__":
     total = Counter()
-    print("| surface | tried | rejected clearly | accepted | other |\n|---|---|---|---|---|")
+    print(
+        "| surface | tried | rejected clearly | accepted correctly | silently accepted | crashing |\n"
+        "|---|---|---|---|---|---|"
+    )
     for surface, c in tally().items():
         n = sum(c.values())
         total.update(c)
-        print(f"| {surface} | {n} | {c['clear']} | {c['accepted']} | {n - c['clear'] - c['accepted']} |")
-    sys.exit(0 if total["clear"] == sum(total.values()) else 1)
+        print(f"| {surface} (bad) | {n} | {c['clear']} | – | {c['accepted']} | {n - c['clear'] - c['accepted']} |")
+    good = Counter(_numpy_outcome(*case).split(":")[0] for case in NUMPY_CASES)
+    n = sum(good.values())
+    print(
+        f"| numpy scalars of valid values (good) | {n} | {good['refused']} | {good['correct']} | – | "
+        f"{n - good['correct'] - good['refused']} |"
+    )
+    sys.exit(0 if total["clear"] == sum(total.values()) and good["correct"] == n else 1)

@@ -67,6 +67,7 @@ def test_seed_intervals_are_student_t_and_separation_needs_disjoint_intervals():
     )
     s = seed_intervals(df, by=("defense",), metrics=("asr",)).set_index("defense")
     half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
-    assert np.isclose(s.loc["a", "asr_lo"], 0.2 - half) and np.isclose(s.loc["a", "asr_hi"], 0.2 + half)
+    assert np.isclose(s.loc["a", "asr_lo"], max(0.2 - half, 0.0)) and np.isclose(s.loc["a", "asr_hi"], 0.2 + half)
+    assert s.loc["b", "asr_hi"] == 1.0 and s.loc["b", "asr_lo"] < 0.9  # a share's interval stays within [0, 1]
     assert s.loc["c", "n"] == 2 and s.loc["c", "diverged"] == 1
     assert separated(s.loc["a"], s.loc["b"], "asr") and not separated(s.loc["a"], s.loc["c"], "asr")

@@ -17,7 +17,7 @@ from paper_repro.models import build_model
 
 VARIANTS = {
     "fm:random_patch": {"trigger": "random_patch"},
-    "fm:sig": {"trigger": "sig", "blend_alpha": 0.08},
+    "fm:blend": {"trigger": "blend", "blend_alpha": 0.2},  # SIG (f = 6) is zero on the 12-pixel-wide smoke images
     "fm:all_to_all": {"mapping": "all_to_all"},
 }
 """The FM attack's trigger and mapping variants (attack.trigger / attack.mapping of the ``fm`` kind)."""

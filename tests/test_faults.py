@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -81,8 +82,10 @@ def test_a_writer_killed_after_any_publishing_step_loses_nothing_and_serves_noth
     child.join()
     assert child.exitcode == -signal.SIGKILL
     published = force or step == "swapped"
-    runs = pr.load_results(tmp_path)  # also puts back a run superseded by a writer that died mid-swap
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    runs = pr.load_results(tmp_path)  # reads a run superseded by a writer that died mid-swap where it lies
     assert len(runs) == (len(a.history) if published else 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # a reader moves and deletes nothing
     b = pr.run_experiment(_cfg(), results_dir=tmp_path, progress=False)
     _same(a, b)
     assert b.cached == published  # a finished run is served, never lost and recomputed
@@ -111,7 +114,8 @@ def test_a_run_file_truncated_or_replaced_is_recomputed_not_served(tmp_path, ref
             f.write_bytes((other.run_dir / name).read_bytes())
         else:  # both seeds flagged nobody: a file that says otherwise
             f.write_text(json.dumps([[0]] * len(a.history)))
-    assert pr.load_results(tmp_path).empty
+    with pytest.warns(UserWarning, match="left out"):
+        assert pr.load_results(tmp_path).empty
     with pytest.warns(UserWarning, match="not a complete run"):
         b = pr.run_experiment(_cfg(), results_dir=tmp_path, progress=False)
     assert not b.cached
@@ -243,3 +247,202 @@ def test_run_folders_get_the_permissions_the_umask_gives(tmp_path):
     finally:
         os.umask(old)
     assert res.run_dir.stat().st_mode & 0o777 == 0o755
+
+
+def _unreadable_child(res: str, as_nobody: bool) -> None:
+    if as_nobody:
+        os.setgid(65534)
+        os.setuid(65534)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = pr.load_results(res)
+    said = " ".join(str(w.message) for w in caught)
+    os._exit(0 if df.empty and "cannot be read" in said else 3)
+
+
+def test_a_run_folder_that_cannot_be_read_is_reported_not_silently_skipped(ref):
+    """A shared results folder with another user's owner-only run: the reader says which run it cannot read."""
+    base = Path(tempfile.mkdtemp())
+    try:
+        res = base / "res"
+        shutil.copytree(ref[0].run_dir, res / ref[0].run_dir.name)
+        for p in (base, *base.rglob("*")):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        (res / ref[0].run_dir.name).chmod(0o700 if os.geteuid() == 0 else 0o000)
+        child = multiprocessing.get_context("fork").Process(
+            target=_unreadable_child, args=(str(res), os.geteuid() == 0)
+        )
+        child.start()
+        child.join(120)
+        assert child.exitcode == 0, "an unreadable run folder was skipped without a word"
+    finally:
+        for p in (base, *base.rglob("*")):
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def _drop(d: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d[p]
+    del d[leaf]
+
+
+FM_META_DAMAGE = [
+    ("fm_config.json", lambda m: _drop(m, "info"), "info.train_data_digest is missing"),
+    ("fm_config.json", lambda m: _drop(m, "info.train_data_digest"), "info.train_data_digest is missing"),
+    ("fm_config.json", lambda m: m.update(classes=m["classes"][:1]), "draws 1 classes"),
+    ("fm_config.json", lambda m: m.update(classes=list(reversed(m["classes"]))), "classes"),
+    ("fm_config.json", lambda m: m.update(classes="abc"), "classes='abc'"),
+    ("fm_config.json", lambda m: _drop(m, "classes"), "classes=None"),
+    ("fm_config.json", lambda m: _drop(m, "train_config"), "train_config"),
+    ("fm_config.json", lambda m: m["train_config"].update(bogus=1), "train_config"),
+    ("fm_config.json", lambda m: _drop(m, "train_config.block_out_channels"), "train_config"),
+    ("fm_config.json", lambda m: m.update(kind="other"), "kind='other'"),
+    ("fm_config.json", lambda m: m.update(info={"train_data_digest": "0" * 16}), "different public split"),
+    ("unet/config.json", lambda m: m.update(sample_size=32), "draws 1×32×32"),
+    ("unet/config.json", lambda m: m.update(in_channels=3), "draws 3×"),
+    ("unet/config.json", lambda m: _drop(m, "num_class_embeds"), "num_class_embeds=None"),
+    ("unet/config.json", lambda m: m.update(num_class_embeds=4), "class embeddings 4"),
+    ("fm_config.json", None, "cannot be read"),  # not JSON
+    ("fm_config.json", [], "not the expected mapping"),  # JSON, not a mapping
+    ("unet/config.json", "missing", "is missing"),
+]
+
+
+@pytest.mark.parametrize("name, damage, said", FM_META_DAMAGE, ids=[f"{n}:{s}" for n, _, s in FM_META_DAMAGE])
+def test_damaged_fm_metadata_is_refused_with_its_path_before_any_weight_is_read(
+    tmp_path, tiny_fm_dir, name, damage, said
+):
+    """Every kind of damage to an FM checkpoint's metadata is refused, naming the file (no KeyError, IndexError or
+    torch shape error), and the intact copy still runs."""
+    from paper_repro.fm import FMCheckpointError
+
+    fm = shutil.copytree(tiny_fm_dir, tmp_path / "fm")
+    f = fm / name
+    if damage is None:
+        f.write_text("{not json")
+    elif damage == "missing":
+        f.unlink()
+    elif isinstance(damage, list):
+        f.write_text(json.dumps(damage))
+    else:
+        meta = json.loads(f.read_text())
+        damage(meta)
+        f.write_text(json.dumps(meta))
+    with pytest.raises(FMCheckpointError, match=rf"(?s){fm}.*{said}" if "draws" not in said else said):
+        _run(tmp_path / "res", fm={"source": "ddpm", "checkpoint": str(fm)})
+
+
+def _grid_copy(tmp_path) -> Path:
+    """The committed quick grid table copied into ``tmp_path`` through the package's writer (checksum recorded)."""
+    from paper_repro.tables import TABLES_DIR, write_csv
+
+    write_csv(pd.read_csv(TABLES_DIR / "grid_quick.csv"), tmp_path / "grid_quick.csv", "%.5g")
+    return tmp_path / "grid_quick.csv"
+
+
+TABLE_DAMAGE = [
+    ("last 100 rows cut", lambda t: t.write_text("".join(t.read_text().splitlines(True)[:-100])), "rows now"),
+    ("a NaN ASR", lambda t: _edit_csv(t, lambda df: df.assign(asr=df["asr"].where(df.index != 3))), "asr is empty"),
+    ("an ASR of 7.5", lambda t: _edit_csv(t, lambda df: df.assign(asr=df["asr"].where(df.index != 3, 7.5))), "7.5"),
+    ("duplicated rows", lambda t: _edit_csv(t, lambda df: pd.concat([df, df.iloc[:5]])), "repeat"),
+    ("a missing column", lambda t: _edit_csv(t, lambda df: df.drop(columns="seed")), "missing"),
+    ("an empty file", lambda t: t.write_text(""), "not a readable table"),
+    ("only the header", lambda t: t.write_text(t.read_text().splitlines(True)[0]), "no rows"),
+    ("binary garbage", lambda t: t.write_bytes(bytes(range(256)) * 4), "not a readable table"),
+]
+
+
+def _edit_csv(path: Path, change) -> None:
+    change(pd.read_csv(path)).to_csv(path, index=False)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("what, damage, said", TABLE_DAMAGE, ids=[w for w, _, _ in TABLE_DAMAGE])
+def test_a_damaged_table_is_refused_when_read_naming_it_and_the_command_that_rewrites_it(tmp_path, what, damage, said):
+    """Edited by hand or cut short, a table never reaches a figure: reading it names the file, what is wrong and
+    how to rewrite it (the checksum catches what the content checks cannot)."""
+    from paper_repro.tables import TableError, read_table
+
+    t = _grid_copy(tmp_path)
+    read_table("grid", "quick", tmp_path)  # intact: read
+    damage(t)
+    with pytest.raises(TableError, match=rf"(?s)grid_quick\.csv.*{re.escape(said)}.*python -m paper_repro results"):
+        read_table("grid", "quick", tmp_path)
+
+
+@pytest.mark.unit
+def test_figure_titles_say_when_cells_have_fewer_seeds_or_diverged_runs(tmp_path):
+    from paper_repro.tables import seeds_text
+
+    grid = pd.read_csv(_grid_copy(tmp_path))
+    full = grid[grid["partition"] == "iid"]
+    assert seeds_text(full) == "mean ± std over seeds 0, 1, 2"
+    cut = full.drop(full[(full["defense"] == "act_bound") & (full["seed"] == 2)].index)
+    assert "with n = 2–3" in seeds_text(cut)
+    diverged = full.assign(status=np.where(full.index == full.index[0], "diverged", "ok"))
+    assert "1 diverged runs left out" in seeds_text(diverged)
+
+
+FILE_SIZE_LIMITED = """
+import os, resource, signal, sys
+from pathlib import Path
+import torch
+from paper_repro.store import WriteError, save_atomic
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+try:
+    save_atomic(lambda tmp: torch.save(torch.zeros(100_000), tmp), path)
+except WriteError as e:
+    print(e)
+    sys.exit(0 if path in str(e) and "file-size limit" in str(e) and not list(Path(path).parent.iterdir()) else 3)
+sys.exit(4)
+"""
+
+
+def test_a_write_cut_short_by_a_file_size_limit_names_the_file_and_the_limit(tmp_path):
+    """A real failed write through torch (400 kB under a 50 kB file-size limit): torch's own error names neither."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMITED, str(tmp_path / "w" / "weights.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, f"exit {out.returncode} (4: nothing raised): {out.stdout} {out.stderr[-2000:]}"
+
+
+def test_a_full_disk_names_the_run_folder_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+
+    from paper_repro.store import WriteError
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.np, "savez_compressed", full)
+    with pytest.raises(WriteError, match="no space left on the device") as e:
+        _run(tmp_path / "res")
+    assert str(tmp_path / "res") in str(e.value) and "MiB free" in str(e.value)
+    assert not list((tmp_path / "res").iterdir())  # no half-written run, no temporary folder
+    assert pr.load_results(tmp_path / "res").empty
+
+
+def test_torchs_opaque_write_error_on_a_nearly_full_disk_says_no_space(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from paper_repro import store
+
+    def torch_fails(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(10, 9, 2**20))
+    with pytest.raises(store.WriteError, match=r"cannot write .*model\.pt: no space left on the device; 1 MiB free"):
+        store.save_atomic(torch_fails, tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match="not about files"):  # other errors pass through untouched
+        store.save_atomic(lambda tmp: (_ for _ in ()).throw(RuntimeError("not about files")), tmp_path / "m.pt")

@@ -206,18 +206,20 @@ def test_run_many_side_by_side_matches_one_at_a_time(tmp_path):
 
 
 def test_a_diverged_run_reports_no_acc_asr_and_a_robust_defense_keeps_it_finite(tmp_path):
-    # an attacker whose boosted update overflows to inf: FedAvg takes it in and the weights stop being numbers
-    res = _run(tmp_path, attack={"kind": "classic", "boost": 1e300})
+    # an attacker whose boosted update (3e38, near float32's largest) overflows to inf: FedAvg takes it in and the
+    # weights stop being numbers
+    res = _run(tmp_path, attack={"kind": "classic", "boost": 3e38})
     last = res.history.iloc[-1]
     assert res.status == "diverged" and last["status"] == "diverged"
     assert np.isnan(last["acc"]) and np.isnan(last["asr"])
     assert (res.history["status"].iloc[:-1] == "ok").all()
-    # the median leaves the non-finite update out, flags its sender, and the run stays finite
-    res = _run(tmp_path, attack={"kind": "classic", "boost": 1e300}, defense={"name": "median"})
+    # the coordinate-wise median outvotes the huge update and the run stays finite, flagging no benign client (a
+    # non-finite update is left out and its sender flagged: tests/test_aggregators.py)
+    res = _run(tmp_path, attack={"kind": "classic", "boost": 3e38}, defense={"name": "median"})
     assert res.status == "ok" and res.history["acc"].notna().all()
     malicious = set(np.load(res.run_dir / "indices.npz")["malicious"].tolist())
     flagged = {k for f in json.loads((res.run_dir / "flagged.json").read_text()) for k in f}
-    assert flagged and flagged <= malicious
+    assert flagged <= malicious
 
 
 def test_a_run_folder_says_what_made_it(tmp_path):

@@ -95,3 +95,17 @@ def test_an_all_to_all_run_counts_a_hit_on_each_images_own_next_class():
     assert np.array_equal(inp.target_class, (inp.asr_test.y + 1) % inp.asr_test.num_classes)
     with pytest.raises(ValueError, match="attack.mapping"):
         pr.load_config("smoke", attack={"mapping": "all_to_none"})
+
+
+@pytest.mark.unit
+def test_a_trigger_that_changes_no_pixel_is_refused_on_the_actual_images():
+    """SIG at f = 6 on a 12-pixel-wide image is sin(πj) = 0 everywhere; an ASR measured with it would measure
+    nothing. On 28-pixel-wide images the same trigger changes pixels and is accepted."""
+    rng = np.random.default_rng(0)
+    for w, refused in ((12, True), (28, False)):
+        test = ImageSet(rng.integers(0, 256, (20, 1, w, w), dtype=np.uint8), np.arange(20) % 4, tuple("abcd"))
+        if refused:
+            with pytest.raises(ValueError, match="changes no pixel of the 15 ASR test images"):
+                asr_set(test, Trigger("sig", alpha=0.08), 0)
+        else:
+            assert len(asr_set(test, Trigger("sig", alpha=0.08), 0)) == 15

@@ -17,6 +17,11 @@ class FMAndClassic(DataPoisoning):
         self.fm = fm
 
     @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        DataPoisoning.check_config(cfg)  # both halves must do something
+        FMPoisoning.check_config(cfg)
+
+    @classmethod
     def from_config(cls, cfg: Config) -> FMAndClassic:
         c = DataPoisoning.from_config(cfg)
         return cls(

@@ -39,6 +39,21 @@ class DataPoisoning(Attack):
         self._cache: dict[int, tuple[ImageSet, np.ndarray]] = {}
 
     @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse a run in which no client would poison anything (its numbers would be those of no attack)."""
+        a = cfg.attack
+        if a.num_malicious < 1:
+            raise ValueError(
+                f"attack.kind={a.kind!r} with attack.num_malicious=0: no client is malicious, so nothing is poisoned "
+                "and the run would be one without attack; set num_malicious ≥ 1 (or attack.kind='none')"
+            )
+        if a.client_poison_ratio <= 0:
+            raise ValueError(
+                f"attack.kind={a.kind!r} with attack.client_poison_ratio=0: the malicious clients poison no sample; "
+                "set it above 0 (or attack.kind='none')"
+            )
+
+    @classmethod
     def from_config(cls, cfg: Config, **kw) -> DataPoisoning:
         """``attack.num_malicious`` clients drawn once from the seed, poisoning as ``cfg.attack`` says (``kw``:
         a subclass's own arguments)."""

@@ -19,6 +19,7 @@ class DBA(DataPoisoning):
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
+        super().check_config(cfg)
         if cfg.attack.trigger != "dba":
             raise ValueError(
                 f"attack.kind='dba' splits the dba trigger: set attack.trigger='dba' (now {cfg.attack.trigger!r})"

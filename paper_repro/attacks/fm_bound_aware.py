@@ -61,7 +61,7 @@ class FMBoundAware(FMPoisoning):
     @params
     class Params:
         epsilon: float = Field(round(16 / 255, 4), gt=0, le=1, description="L∞ budget of the trigger pattern")
-        steps: int = Field(200, ge=0, description="Adam steps optimising the pattern")
+        steps: int = Field(200, ge=1, description="Adam steps optimising the pattern (0 leaves it blank)")
         lam: float = Field(1.0, ge=0, description="weight of the stay-under-the-bounds term")
         lr: float = Field(0.01, gt=0, description="Adam learning rate on the pattern")
         quantile: float = Field(
@@ -94,6 +94,7 @@ class FMBoundAware(FMPoisoning):
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
+        super().check_config(cfg)
         if cfg.attack.mapping != "all_to_one":
             raise ValueError(
                 "attack.kind='fm_bound_aware' optimises an all-to-one trigger: set attack.mapping='all_to_one'"

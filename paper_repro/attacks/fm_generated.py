@@ -79,6 +79,7 @@ class FMGenerated(FMPoisoning):
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
+        super().check_config(cfg)
         if cfg.attack.mapping != "all_to_one":
             raise ValueError(
                 "attack.kind='fm_generated' draws the trigger into the target class only: set "

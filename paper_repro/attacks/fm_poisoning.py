@@ -33,6 +33,25 @@ class FMPoisoning(Attack):
         self.rng = rng if rng is not None else np_rng(0, "fm_poison")
 
     @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse a run in which the poisoned synthetic set would reach no model: nothing poisoned, or only stages
+        this run never uses (init: fl.init_epochs > 0; kd: fl.fusion with fl.kd_epochs > 0)."""
+        a, fl = cfg.attack, cfg.fl
+        if a.poison_ratio <= 0:
+            raise ValueError(
+                f"attack.kind={a.kind!r} with attack.poison_ratio=0 poisons no synthetic image; set it above 0 "
+                "(or attack.kind='none')"
+            )
+        used = {"init"} if fl.init_epochs > 0 else set()
+        used |= {"kd"} if fl.fusion and fl.kd_epochs > 0 else set()
+        if not used & set(a.fm_stages):
+            raise ValueError(
+                f"attack.fm_stages={list(a.fm_stages)} poisons only stages this run never uses (fl.init_epochs="
+                f"{fl.init_epochs}, fl.fusion={fl.fusion}, fl.kd_epochs={fl.kd_epochs}): the poisoned set would "
+                f"reach no model; choose among {sorted(used) or 'none: enable init or fusion'}"
+            )
+
+    @classmethod
     def from_config(cls, cfg: Config) -> FMPoisoning:
         a = cfg.attack
         return cls(

@@ -110,6 +110,7 @@ class ActBound(Defense):
         self.log: dict = {}
 
     def check_config(self, cfg) -> None:
+        super().check_config(cfg)
         check_sites(cfg, self.sites)
 
     @property

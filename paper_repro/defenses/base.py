@@ -95,9 +95,18 @@ class Defense:
         cls = type(self)
         return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
 
+    min_clients = 1
+    """Fewest updates per round with which the defense still does something (a median of two values is their mean)."""
+
     def check_config(self, cfg) -> None:
-        """Raise ValueError if this defense cannot work with the config ``cfg`` (called when a config is built, before
-        any data is loaded; e.g. Krum needs more clients per round than 2f + 2)."""
+        """Raise ValueError if this defense cannot work with the config ``cfg``, or would do nothing with it (called
+        when a config is built, before any data is loaded; e.g. Krum needs more clients per round than 2f + 2).
+        Subclasses that add checks call this one first."""
+        if cfg.fl.clients_per_round < self.min_clients:
+            raise ValueError(
+                f"defense {self.name!r} needs at least {self.min_clients} updates per round to act (with fewer it is "
+                f"FedAvg or undefined); fl.clients_per_round={cfg.fl.clients_per_round}: raise it"
+            )
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
         """updates (K, P), weights (K,) → aggregated update (P,)."""

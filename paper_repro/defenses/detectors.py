@@ -31,7 +31,11 @@ def robust_z(v: np.ndarray) -> np.ndarray:
 
 
 def _result(updates, weights, ctx: RoundContext, flag: np.ndarray) -> AggregateResult:
-    keep = np.flatnonzero(~flag) if (~flag).any() else np.arange(len(flag))
+    """FedAvg of the clients not flagged. A round that flags everyone leaves nobody out (there would be nothing to
+    aggregate): it reports nobody as flagged, since nobody was, rather than a detection that did not happen."""
+    if flag.all():
+        flag = np.zeros_like(flag)
+    keep = np.flatnonzero(~flag)
     flagged = [int(k) for k, f in zip(ctx.client_ids, flag) if f]
     return AggregateResult(agg.fedavg(updates[keep], weights[keep]), flagged)
 
@@ -47,11 +51,12 @@ class GeminiGuard(Defense):
     ``threshold``; the latent score uses ``per_class`` synthetic images of every label. [R]"""
 
     name = "geminiguard"
+    min_clients = 3
 
     @params
     class Params:
         threshold: float = Field(2.5, ge=0, description="flag above this mean of the two robust z-scores")
-        per_class: int = Field(20, ge=0, description="synthetic images per label for the latent score")
+        per_class: int = Field(20, ge=1, description="synthetic images per label for the latent score")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -78,10 +83,13 @@ class WeiDetect(Defense):
     fitted to all sampled clients' accuracies (nobody is flagged with fewer than three clients or equal scores). [R]"""
 
     name = "weidetect"
+    min_clients = 3
 
     @params
     class Params:
-        alpha: float = Field(0.05, ge=0, description="lower tail of the fitted Weibull distribution that is flagged")
+        alpha: float = Field(
+            0.05, gt=0, lt=1, description="lower tail of the fitted Weibull distribution that is flagged"
+        )
 
     def __init__(self, **params):
         super().__init__(**params)

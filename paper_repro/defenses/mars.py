@@ -89,7 +89,7 @@ class MARS(Defense):
 
     @params
     class Params:
-        kappa: float = Field(5.0, ge=0, description="per cent of each layer's neurons that carry backdoor energy")
+        kappa: float = Field(5.0, gt=0, description="per cent of each layer's neurons that carry backdoor energy")
         epsilon: float = Field(0.03, ge=0, description="W1 distance of the two clusters below which all are kept")
         keep: Literal["low_energy", "majority"] = Field(
             "low_energy", description="the cluster kept: low_energy (MARS) or majority (MARS*)"

@@ -42,13 +42,14 @@ class Pruning(Defense):
 
     @params
     class Params:
-        fraction: float = Field(0.2, ge=0, lt=1, description="share of the site's channels pruned (least active)")
+        fraction: float = Field(0.2, gt=0, lt=1, description="share of the site's channels pruned (least active)")
         site: str = Field("last_conv", min_length=1, description="a module name or a preset of resolve_sites")
         schedule: Literal["every_round", "final"] = Field("every_round", description="prune after every fusion or once")
         finetune_epochs: int = Field(0, ge=0, description="epochs of fine-tuning on the synthetic set after pruning")
         finetune_lr: float = Field(0.01, ge=0, description="learning rate of that fine-tuning")
 
     def check_config(self, cfg) -> None:
+        super().check_config(cfg)
         check_sites(cfg, self.site if self.site in SITE_PRESETS else [self.site], key="site")
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:

@@ -36,7 +36,9 @@ class DP(Defense):
 
     @params
     class Params(NormClip.Params):
-        sigma: float = Field(1e-3, ge=0, description="standard deviation of the Gaussian noise on the aggregate")
+        sigma: float = Field(
+            1e-3, gt=0, description="standard deviation of the Gaussian noise on the aggregate (0 would be norm_clip)"
+        )
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -84,6 +86,7 @@ class Krum(Defense):
         num_malicious: int | None = Field(None, ge=1, description="f; None: the largest the round size allows")
 
     def check_config(self, cfg) -> None:
+        super().check_config(cfg)
         _check_krum(self.num_malicious, cfg)
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -101,10 +104,14 @@ class MultiKrum(Defense):
         num_selected: int | None = Field(None, ge=1, description="updates averaged; None: K − f")
 
     def check_config(self, cfg) -> None:
+        super().check_config(cfg)
         _check_krum(self.num_malicious, cfg)
         k = cfg.fl.clients_per_round
-        if self.num_selected is not None and self.num_selected > k:
-            raise ValueError(f"multi_krum num_selected={self.num_selected} exceeds fl.clients_per_round={k}")
+        if self.num_selected is not None and self.num_selected >= k:
+            raise ValueError(
+                f"multi_krum num_selected={self.num_selected} with fl.clients_per_round={k}: averaging every update "
+                "is FedAvg, not a defense; choose fewer than the clients per round (or None: K − f)"
+            )
 
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         u, accepted = agg.multi_krum_select(
@@ -117,6 +124,7 @@ class Median(Defense):
     """Coordinate-wise median."""
 
     name = "median"
+    min_clients = 3
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -132,7 +140,16 @@ class TrimmedMean(Defense):
 
     @params
     class Params:
-        beta: float = Field(0.2, ge=0, lt=0.5, description="share of the values trimmed at each end")
+        beta: float = Field(0.2, gt=0, lt=0.5, description="share of the values trimmed at each end")
+
+    def check_config(self, cfg) -> None:
+        super().check_config(cfg)
+        k = cfg.fl.clients_per_round
+        if int(self.beta * k + 1e-9) < 1:
+            raise ValueError(
+                f"trimmed_mean beta={self.beta} with fl.clients_per_round={k} trims ⌊βK⌋ = 0 values per end: it "
+                f"would be FedAvg; set beta ≥ {1 / k:.3g} (1/K) or raise the clients per round"
+            )
 
     @without_nonfinite
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
@@ -144,6 +161,7 @@ class Flame(Defense):
     λ·S_t. [C: Nguyen et al. 2022; λ = 0.001 from 3DFed's implementation] Full model, not only the output layer."""
 
     name = "flame"
+    min_clients = 3
 
     @params
     class Params:

@@ -48,14 +48,76 @@ def _checkpoint_digest(folder: str, files: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-def check_public_split(path: Path, public: ImageSet) -> None:
-    """Refuse a DDPM checkpoint trained on another public split: its samples could leak client data."""
-    from .ddpm import CONFIG_FILE, ClassConditionalDDPM, FMCheckpointError
+def checkpoint_meta(path: Path) -> dict:
+    """The metadata of the DDPM checkpoint at ``path`` (``fm_config.json``, ``unet/config.json``), checked field by
+    field before any weight is read; FMCheckpointError names the file, the field and the fix."""
+    from .ddpm import CONFIG_FILE, DDPMTrainConfig, FMCheckpointError
 
-    if not (path / CONFIG_FILE).exists():
-        ClassConditionalDDPM.load(path)  # raises the missing-checkpoint error with its fix
-    trained_on = json.loads((path / CONFIG_FILE).read_text()).get("info", {}).get("train_data_digest")
-    if trained_on and trained_on != public.digest():
+    fix = (
+        "Re-create it with `python -m paper_repro.fm train --profile <profile> --out <folder>`, or point "
+        "fm.checkpoint at an intact one."
+    )
+    meta = {}
+    for name in (CONFIG_FILE, "unet/config.json"):
+        f = path / name
+        try:
+            meta[name] = json.loads(f.read_text())
+        except FileNotFoundError:
+            raise FMCheckpointError(f"No FM checkpoint at {path}: {f} is missing. {fix}") from None
+        except (OSError, ValueError) as e:
+            raise FMCheckpointError(f"{f} cannot be read ({type(e).__name__}: {e}). {fix}") from None
+        if not isinstance(meta[name], dict):
+            raise FMCheckpointError(f"{f} holds {type(meta[name]).__name__}, not the expected mapping. {fix}")
+    top, unet = meta[CONFIG_FILE], meta["unet/config.json"]
+    f = path / CONFIG_FILE
+    problems = []
+    if top.get("kind") != "class_conditional_ddpm":
+        problems.append(f"kind={top.get('kind')!r} (expected 'class_conditional_ddpm')")
+    classes = top.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        problems.append(f"classes={classes!r} (expected a list of class names)")
+    info = top.get("info")
+    if not (isinstance(info, dict) and isinstance(info.get("train_data_digest"), str)):
+        problems.append("info.train_data_digest is missing (the digest of the public split it was trained on)")
+    tc = top.get("train_config")
+    try:
+        DDPMTrainConfig(**{**tc, "block_out_channels": tuple(tc["block_out_channels"])})
+    except (TypeError, KeyError, ValueError) as e:
+        problems.append(f"train_config is not a DDPM training config ({type(e).__name__}: {e})")
+    for key in ("sample_size", "in_channels", "num_class_embeds"):
+        if not isinstance(unet.get(key), int):
+            problems.append(f"unet/config.json {key}={unet.get(key)!r} (expected an integer)")
+    if problems:
+        raise FMCheckpointError(f"{f} is damaged: {'; '.join(problems)}. {fix}")
+    return {
+        "classes": classes,
+        "info": info,
+        "sample_size": unet["sample_size"],
+        "in_channels": unet["in_channels"],
+        "num_class_embeds": unet["num_class_embeds"],
+    }
+
+
+def check_checkpoint(path: Path, public: ImageSet) -> None:
+    """Refuse a DDPM checkpoint that does not fit this config's data: damaged metadata, other classes, another image
+    shape, or another public split (its samples could leak client data)."""
+    from .ddpm import FMCheckpointError
+
+    meta = checkpoint_meta(path)
+    if tuple(meta["classes"]) != tuple(public.classes) or meta["num_class_embeds"] != len(public.classes) + 1:
+        raise FMCheckpointError(
+            f"The FM at {path} draws {len(meta['classes'])} classes {meta['classes']} (class embeddings "
+            f"{meta['num_class_embeds']}), the dataset has {len(public.classes)}: {list(public.classes)}. Train an FM "
+            "on this dataset with `python -m paper_repro.fm train`."
+        )
+    c, h, w = public.shape
+    if (meta["in_channels"], meta["sample_size"]) != (c, h):
+        raise FMCheckpointError(
+            f"The FM at {path} draws {meta['in_channels']}×{meta['sample_size']}×{meta['sample_size']} images, the "
+            f"dataset's are {c}×{h}×{w}. Train an FM on this dataset with `python -m paper_repro.fm train`."
+        )
+    trained_on = meta["info"]["train_data_digest"]
+    if trained_on != public.digest():
         raise FMCheckpointError(
             f"The FM at {path} was trained on a different public split (digest {trained_on}, this config's is "
             f"{public.digest()}): its samples could leak client data. Keep data.public_size/split_seed as when "
@@ -72,7 +134,7 @@ def load_fm(cfg: Config, public: ImageSet | None = None, device: str = "cpu"):
     path = resolve_path(cfg.fm.checkpoint)
     if cfg.fm.source == "ddpm":
         if public is not None:
-            check_public_split(path, public)
+            check_checkpoint(path, public)
         fm = ClassConditionalDDPM.load(path)
         fm.unet.to(device)  # the noise is drawn on the CPU generator either way: any device draws alike
         return fm
@@ -128,7 +190,7 @@ def synthetic_set(
         return s, s.digest()
     path = resolve_path(f.checkpoint)
     if f.source == "ddpm":
-        check_public_split(path, public)
+        check_checkpoint(path, public)
     elif not path.is_dir():
         load_fm(cfg, public)  # raises the missing-checkpoint error with its fix
     key_src = synthetic_key(cfg, path)

@@ -13,7 +13,7 @@ import pandas as pd
 from ..inputs import prepare
 from ..options import RunOptions, options_for
 from ..profiles import load_config
-from ..tables import export_samples, table_path
+from ..tables import export_samples, table_path, write_csv
 from .ablations import run_ablations
 from .activations import activation_study
 from .grid import collect, collect_rounds, run_grid
@@ -45,10 +45,7 @@ def export_tables(
             )
     out = []
     for kind, df in (("grid", grid), ("rounds", rounds)):
-        p = table_path(kind, profile, tables_dir)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(p, index=False, float_format="%.5g")
-        out.append(p)
+        out.append(write_csv(df, table_path(kind, profile, tables_dir), "%.5g"))
     return out
 
 
@@ -83,12 +80,12 @@ def compute_tables(
     abl = run_ablations(
         profile, seeds=tuple(ablation_seeds or seeds[:1]), results_dir=results_dir, progress=progress, options=opts
     )
-    abl.to_csv(table_path("ablations", profile, tables_dir), index=False, float_format="%.5g")
+    write_csv(abl, table_path("ablations", profile, tables_dir), "%.5g")
     seconds["ablations"] = time.perf_counter() - t
     t = time.perf_counter()
     scores, metrics = activation_study(profile, seed=seeds[0], progress=progress, results_dir=results_dir, options=opts)
-    scores.to_csv(table_path("activations", profile, tables_dir), index=False, float_format="%.4g")
-    metrics.to_csv(table_path("activation_metrics", profile, tables_dir), index=False, float_format="%.5g")
+    write_csv(scores, table_path("activations", profile, tables_dir), "%.4g")
+    write_csv(metrics, table_path("activation_metrics", profile, tables_dir), "%.5g")
     seconds["activation_study"] = time.perf_counter() - t
     export_tables(profile, results_dir, tables_dir)
     rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))

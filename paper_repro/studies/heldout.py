@@ -20,7 +20,7 @@ from ..options import RunOptions
 from ..profiles import load_config
 from ..results import runs_provenance
 from ..runner import run_many
-from ..tables import seed_intervals, table_path
+from ..tables import seed_intervals, table_path, write_csv
 
 VALIDATION = {"attack": {"kind": "fm"}, "data": {"partition": "dirichlet", "beta": 0.5}}
 """The setting the defaults were chosen on (trigger, target, poison share as in the profile)."""
@@ -96,8 +96,7 @@ def save_run_table(
     """Write a per-run table (a ``run`` column naming each run folder) to ``<tables_dir>/<table>_<profile>.csv``
     with its provenance file; returns ``df``."""
     out = table_path(table, profile, tables_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.5g")
+    write_csv(df, out, "%.5g")
     write_table_provenance(df, out, results_dir)
     return df
 
@@ -175,7 +174,6 @@ def calibrate_mars(
     ]
     df = pd.DataFrame(rows)
     out = table_path("mars_calibration", profile, tables_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.6g")
+    write_csv(df, out, "%.6g")
     write_table_provenance(df, out, results_dir)
     return float(df["centre_distance"].max()), df

@@ -20,7 +20,7 @@ from ..options import RunOptions, options_for
 from ..progress import tqdm
 from ..results import provenance_of
 from ..store import save_atomic
-from ..tables import table_path
+from ..tables import table_path, write_csv
 from .plans import NOT_FROM_RUNS, Cell, Found, Plan, Status, _meta, family_of, plan, status, table_names
 
 __all__ = ["recompute", "build_table", "write_table", "selected", "check_tables", "plan", "status", "Found"]
@@ -67,8 +67,7 @@ def write_table(p: Plan, st: Status, tables_dir: str | Path | None = None) -> Pa
         lambda tmp: tmp.write_text(json.dumps(provenance_of([_meta(r) for r in recs]), indent=1) + "\n"),
         out.with_suffix(".provenance.json"),
     )
-    save_atomic(lambda tmp: df.to_csv(tmp, index=False, float_format=p.family.float_format), out)
-    return out
+    return write_csv(df, out, p.family.float_format)
 
 
 def selected(p: Plan, where: dict[str, str] | None) -> list[Cell]:
