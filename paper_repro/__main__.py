@@ -16,6 +16,7 @@ from .cliargs import (
     config_overrides,
     native_bf16,
     nonneg_int,
+    pos_float,
     pos_int,
     writable_dir,
 )
@@ -134,15 +135,27 @@ def _parser(components: bool = True) -> argparse.ArgumentParser:
     at.add_argument(
         "--study",
         default="breadth",
-        choices=("breadth", "strength", "adaptive"),
+        choices=("breadth", "strength", "adaptive", "calibration"),
         help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
         "trigger strength of the FM attack (attack_strength_<profile>.csv); adaptive: the adaptive "
-        "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv)",
+        "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv); calibration: "
+        "each attack's strength ladder without defense, validation seeds (attack_calibration_<profile>.csv)",
     )
     at.add_argument(
-        "--seeds", type=nonneg_int, nargs="+", default=None, help="held-out seeds (breadth: 10 11 12; strength: 10)"
+        "--budget",
+        type=pos_float,
+        default=60.0,
+        metavar="MINUTES",
+        help="calibration: start no rung ending later (60); run again to continue",
     )
-    at.add_argument("--attacks", nargs="+", default=None, help="breadth: attack labels (default: all)")
+    at.add_argument(
+        "--seeds",
+        type=nonneg_int,
+        nargs="+",
+        default=None,
+        help="seeds (breadth: 10 11 12; strength: 10; calibration: the validation seeds 0 1 2)",
+    )
+    at.add_argument("--attacks", nargs="+", default=None, help="breadth, calibration: attack labels (default: all)")
     at.add_argument(
         "--defenses",
         nargs="+",
@@ -174,7 +187,9 @@ def _parser(components: bool = True) -> argparse.ArgumentParser:
         metavar="TABLE",
         help="table kinds, e.g. grid heldout attack_breadth (default: every table made of runs)",
     )
-    rc.add_argument("--budget", type=float, default=60.0, metavar="MINUTES", help="start no batch ending later (60)")
+    rc.add_argument(
+        "--budget", type=pos_float, default=60.0, metavar="MINUTES", help="start no batch ending later (60)"
+    )
     rc.add_argument("--jobs", type=pos_int, default=1, help="runs side by side (2 is faster on 2 cores)")
     rc.add_argument(
         "--where",
@@ -215,8 +230,9 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     check_unique(parser, "--defenses", getattr(a, "defenses", None))
     if getattr(a, "attacks", None) and a.cmd == "attacks":
         from .studies.attacks import ATTACKS
+        from .studies.calibration import LADDERS
 
-        _known(parser, "--attacks", a.attacks, list(ATTACKS))
+        _known(parser, "--attacks", a.attacks, list(LADDERS if a.study == "calibration" else ATTACKS))
     elif getattr(a, "attacks", None):
         from .attacks import names as attack_names
 
@@ -345,36 +361,9 @@ def _run(a: argparse.Namespace) -> None:
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))
     elif a.cmd == "attacks":
-        from .studies import attacks as st
+        from .studies.attacks import run_study
 
-        if a.study == "breadth":
-            df = st.attack_breadth(
-                a.profile,
-                tuple(a.attacks or st.ATTACKS),
-                tuple(a.defenses or st.DEFENSES),
-                tuple(a.seeds or (10, 11, 12)),
-                tables_dir=a.tables_dir,
-                options=opts,
-            )
-            print(st.best_defense(df).round(3).to_string(index=False))
-        elif a.study == "strength":
-            df = st.attack_strength(
-                a.profile,
-                defense_names=tuple(a.defenses or ("none", "act_bound")),
-                seeds=tuple(a.seeds or (10,)),
-                tables_dir=a.tables_dir,
-                options=opts,
-            )
-            print(st.strength_threshold(df).to_string(index=False))
-        else:
-            from .tables import read_table, table_path, write_csv
-
-            df = st.adaptive_table(
-                read_table("attack_breadth", a.profile, a.tables_dir),
-                read_table("attack_strength", a.profile, a.tables_dir),
-            )
-            write_csv(df, table_path("attack_adaptive", a.profile, a.tables_dir), "%.5g")
-            print(df.drop(columns="how").round(3).to_string(index=False))
+        print(run_study(a.study, a.profile, a.attacks, a.defenses, a.seeds, a.budget, a.tables_dir, opts))
     elif a.cmd == "calibrate-mars":
         from .studies.heldout import calibrate_mars
 

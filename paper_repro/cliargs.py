@@ -4,6 +4,7 @@ each rejects a bad value while the arguments are parsed, before any work, with a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -28,6 +29,17 @@ def pos_int(text: str) -> int:
     v = nonneg_int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v}: give 1 or more")
+    return v
+
+
+def pos_float(text: str) -> float:
+    """A finite number > 0 (minutes of budget)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text}: give a finite number > 0")
     return v
 
 

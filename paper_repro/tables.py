@@ -87,6 +87,7 @@ TABLE_KEYS = {
     "attack_breadth": ("attack", "defense", "seed"),
     "attack_strength": ("knob", "value", "defense", "seed"),
     "attack_adaptive": ("attack",),
+    "attack_calibration": ("attack", "rung", "seed"),
     "mars_calibration": ("seed", "round"),
     "activation_metrics": ("attack", "seed"),
     "activations": ("attack", "site", "model", "input", "image"),

@@ -315,6 +315,10 @@ CLI_CASES = [
     (["heldout", "--defenses", "magic"], "magic"),
     (["heldout", "--jobs", "0"], "--jobs"),
     (["heldout", "--attacks", "evil"], "evil"),
+    (["attacks", "--study", "calibration", "--attacks", "FM patch", "evil"], "evil"),
+    (["attacks", "--study", "calibration", "--budget", "0"], "--budget"),
+    (["attacks", "--study", "calibration", "--budget", "nan"], "--budget"),
+    (["recompute", "--budget", "-5"], "--budget"),
     (["bogus"], "bogus"),
     ([], "cmd"),
 ]

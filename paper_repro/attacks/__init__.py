@@ -15,6 +15,7 @@ from .both import FMAndClassic
 from .classic import DataPoisoning
 from .dba import DBA
 from .fm_bound_aware import FMBoundAware
+from .fm_clean_label import FMCleanLabel
 from .fm_generated import FMGenerated
 from .fm_poisoning import FMPoisoning
 from .neurotoxin import Neurotoxin
@@ -37,6 +38,7 @@ REGISTRY = Registry(
         "3dfed": ThreeDFed,
         "fm_generated": FMGenerated,
         "fm_bound_aware": FMBoundAware,
+        "fm_clean_label": FMCleanLabel,
     },
 )
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
@@ -57,6 +59,7 @@ __all__ = [
     "Attack",
     "DataPoisoning",
     "FMPoisoning",
+    "FMCleanLabel",
     "FMAndClassic",
     "REGISTRY",
     "build",

@@ -61,7 +61,7 @@ class FMBoundAware(FMPoisoning):
     @params
     class Params:
         epsilon: float = Field(round(16 / 255, 4), gt=0, le=1, description="L∞ budget of the trigger pattern")
-        steps: int = Field(200, ge=1, description="Adam steps optimising the pattern (0 leaves it blank)")
+        steps: int = Field(200, ge=1, description="Adam steps optimising the pattern")
         lam: float = Field(1.0, ge=0, description="weight of the stay-under-the-bounds term")
         lr: float = Field(0.01, gt=0, description="Adam learning rate on the pattern")
         quantile: float = Field(

@@ -18,10 +18,9 @@ import pandas as pd
 
 from ..metrics import summarise
 from ..options import RunOptions
-from ..profiles import load_config
 from ..runner import run_many
 from ..tables import seed_intervals, table_path
-from .heldout import HELDOUT_SEEDS, VALIDATION, save_run_table
+from .heldout import HELDOUT_SEEDS, attack_config, save_run_table
 
 SIG_AMPLITUDE = round(20 / 255, 4)
 ATTACKS: dict[str, dict] = {
@@ -50,13 +49,6 @@ STRENGTH: dict[str, list[tuple[str, dict]]] = {
 }
 """The strength sweep: one knob at a time against the FM patch attack (3×3 corner patch, 20 % of each non-target
 class), values fixed before any was run (a blend-weight knob was dropped, unrun, to fit the compute)."""
-
-
-def attack_config(profile: str, attack: dict, defense: str, seed: int):
-    """One cell: the validation setting's data, ``attack`` (an ``attack`` section), ``defense`` at its defaults."""
-    return load_config(
-        profile, data=dict(VALIDATION["data"]), attack=dict(attack), defense={"name": defense}, seed=seed
-    )
 
 
 def _run_table(
@@ -275,3 +267,51 @@ def adaptive_table(breadth: pd.DataFrame, strength: pd.DataFrame | None = None) 
             row(f"FM patch, poison share {top:g}", "more poisoned images than the bounds' quantile leaves out", t)
         )
     return pd.DataFrame(rows)
+
+
+def run_study(
+    study: str,
+    profile: str,
+    attacks: list[str] | None,
+    defense_names: list[str] | None,
+    seeds: list[int] | None,
+    budget_minutes: float,
+    tables_dir: str | Path | None,
+    options: RunOptions | None,
+) -> str:
+    """``python -m paper_repro attacks --study STUDY``: run (or, for ``adaptive``, derive) the study's table and
+    return its summary as text; None arguments take the study's defaults."""
+    if study == "breadth":
+        df = attack_breadth(
+            profile,
+            tuple(attacks or ATTACKS),
+            tuple(defense_names or DEFENSES),
+            tuple(seeds or HELDOUT_SEEDS[:3]),
+            tables_dir=tables_dir,
+            options=options,
+        )
+        return best_defense(df).round(3).to_string(index=False)
+    if study == "strength":
+        df = attack_strength(
+            profile,
+            defense_names=tuple(defense_names or ("none", "act_bound")),
+            seeds=tuple(seeds or HELDOUT_SEEDS[:1]),
+            tables_dir=tables_dir,
+            options=options,
+        )
+        return strength_threshold(df).to_string(index=False)
+    if study == "calibration":
+        from .calibration import VALIDATION_SEEDS, calibrate, verdicts
+
+        seeds = tuple(seeds or VALIDATION_SEEDS)
+        df = calibrate(
+            profile, tuple(attacks) if attacks else None, seeds, budget_minutes, None, tables_dir, options=options
+        )
+        return verdicts(df, seeds).round(3).to_string(index=False)
+    from ..tables import read_table, write_csv
+
+    df = adaptive_table(
+        read_table("attack_breadth", profile, tables_dir), read_table("attack_strength", profile, tables_dir)
+    )
+    write_csv(df, table_path("attack_adaptive", profile, tables_dir), "%.5g")
+    return df.drop(columns="how").round(3).to_string(index=False)

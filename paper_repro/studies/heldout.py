@@ -86,6 +86,14 @@ def heldout_study(
     return save_run_table(df, table, profile, tables_dir, results_dir)
 
 
+def attack_config(profile: str, attack: dict, defense: str, seed: int):
+    """One cell of the attack studies: the validation setting's data, ``attack`` (an ``attack`` section),
+    ``defense`` at its defaults."""
+    return load_config(
+        profile, data=dict(VALIDATION["data"]), attack=dict(attack), defense={"name": defense}, seed=seed
+    )
+
+
 def save_run_table(
     df: pd.DataFrame,
     table: str,

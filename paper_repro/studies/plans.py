@@ -157,6 +157,18 @@ def _ablation_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
     ]
 
 
+def _calibration_config(profile: str, labels: dict, tables_dir: Path) -> Config:
+    from .calibration import calibration_config
+
+    return calibration_config(profile, str(labels["attack"]), str(labels["rung"]), int(labels["seed"]))
+
+
+def _calibration_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
+    from .calibration import calibration_rows
+
+    return calibration_rows(labels, history, run)
+
+
 GRID_LABELS = ("defense", "attack", "partition", "seed")
 HELDOUT_LABELS = ("setting", "attack", "defense", "seed")
 FAMILIES: dict[str, Family] = {
@@ -175,6 +187,7 @@ FAMILIES: dict[str, Family] = {
     "attack_strength": Family(("knob", "value", "defense", "seed"), _strength_config, _attack_rows),
     "mars_calibration": Family(("seed",), _mars_config, _mars_rows, "%.6g"),
     "ablations": Family(("ablation", "value", "defense", "seed"), _ablation_config, _ablation_rows),
+    "attack_calibration": Family(("attack", "rung", "seed"), _calibration_config, _calibration_rows),
 }
 """Table kind → family; the held-out family also holds the act_bound and MARS validation tables (see
 :func:`family_of`)."""
