@@ -4,6 +4,7 @@ wrong and no finished run is lost. ``docs/architecture.md`` ("Trusting what is o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -214,14 +215,27 @@ def _read_only_child(res: str, as_nobody: bool) -> None:
         os._exit(5)
 
 
-def test_a_read_only_results_folder_serves_its_runs_and_refuses_new_ones_before_any_work(ref, tmp_path):
-    """As root, permissions do not bind: the child then runs as the unprivileged user ``nobody``."""
+@contextlib.contextmanager
+def _shared_results(run_dir: Path):
+    """A results folder (outside pytest's owner-only tmp) holding a copy of ``run_dir``, readable by everyone; the
+    permissions are restored and the folder removed afterwards."""
     base = Path(tempfile.mkdtemp())
     try:
         res = base / "res"
-        shutil.copytree(ref[0].run_dir, res / ref[0].run_dir.name)
+        shutil.copytree(run_dir, res / run_dir.name)
         for p in (base, *base.rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
+        yield res
+    finally:
+        for p in (base, *base.rglob("*")):
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_a_read_only_results_folder_serves_its_runs_and_refuses_new_ones_before_any_work(ref, tmp_path):
+    """As root, permissions do not bind: the child then runs as the unprivileged user ``nobody``."""
+    with _shared_results(ref[0].run_dir) as res:
         res.chmod(0o555)
         child = multiprocessing.get_context("fork").Process(target=_read_only_child, args=(str(res), os.geteuid() == 0))
         child.start()
@@ -232,11 +246,6 @@ def test_a_read_only_results_folder_serves_its_runs_and_refuses_new_ones_before_
             5: "failed",
         }.get(child.exitcode, child.exitcode)
         assert sorted(p.name for p in res.iterdir()) == [ref[0].run_dir.name]
-    finally:
-        for p in (base, *base.rglob("*")):
-            if p.is_dir():
-                p.chmod(0o755)
-        shutil.rmtree(base)
 
 
 def test_run_folders_get_the_permissions_the_umask_gives(tmp_path):
@@ -262,12 +271,7 @@ def _unreadable_child(res: str, as_nobody: bool) -> None:
 
 def test_a_run_folder_that_cannot_be_read_is_reported_not_silently_skipped(ref):
     """A shared results folder with another user's owner-only run: the reader says which run it cannot read."""
-    base = Path(tempfile.mkdtemp())
-    try:
-        res = base / "res"
-        shutil.copytree(ref[0].run_dir, res / ref[0].run_dir.name)
-        for p in (base, *base.rglob("*")):
-            p.chmod(0o755 if p.is_dir() else 0o644)
+    with _shared_results(ref[0].run_dir) as res:
         (res / ref[0].run_dir.name).chmod(0o700 if os.geteuid() == 0 else 0o000)
         child = multiprocessing.get_context("fork").Process(
             target=_unreadable_child, args=(str(res), os.geteuid() == 0)
@@ -275,11 +279,6 @@ def test_a_run_folder_that_cannot_be_read_is_reported_not_silently_skipped(ref):
         child.start()
         child.join(120)
         assert child.exitcode == 0, "an unreadable run folder was skipped without a word"
-    finally:
-        for p in (base, *base.rglob("*")):
-            if p.is_dir():
-                p.chmod(0o755)
-        shutil.rmtree(base)
 
 
 def _drop(d: dict, dotted: str) -> None:
