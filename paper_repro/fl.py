@@ -22,7 +22,7 @@ from torch import nn
 from .attacks import Attack
 from .config import Config
 from .data import ImageSet
-from .defenses import Defense, RoundContext
+from .defenses import Defense, RoundContext, ScreenContext
 from .local_training import train_clients
 from .metrics import class_shares, detection_rates, evaluate, no_metrics
 from .models import build_model, flat_state, load_flat_state
@@ -49,6 +49,10 @@ class FLInputs:
     attack: Attack
     target_class: int | np.ndarray
     """The backdoor's label: one class (all-to-one) or one per image of ``asr_test`` (all-to-all)."""
+    poisoned_init: np.ndarray | None = None
+    poisoned_kd: np.ndarray | None = None
+    """(N,) bool: which images of the init / fusion set the FM attack changed (None: not known). Never shown to a
+    defense; used only to report what a screening defense removed."""
 
 
 @dataclass
@@ -119,6 +123,39 @@ def init_global_model(cfg: Config, inp: FLInputs, device: str = "cpu") -> nn.Mod
         cfg.model.channels_last,
         fl.precision,
     )
+
+
+def screen_synthetic(
+    cfg: Config, opts: RunOptions, defense: Defense, inp: FLInputs, model: nn.Module
+) -> tuple[FLInputs, dict]:
+    """Step 0, data side: a screening defense keeps part of the init and of the fusion set, ranking them with the
+    step-0 ``model``. Returns the screened inputs and row 0's columns: per set, the images removed and, for the
+    record (the defense never sees it), the share of the attack's images removed (``tpr``) and of the others
+    (``fpr``)."""
+    ctx = ScreenContext(
+        model, torch_gen(cfg.seed, "screen"), opts.device, opts.eval_batch_size, cfg.model.channels_last
+    )
+    kept: dict[str, ImageSet] = {}
+    cols: dict[str, float] = {}
+    for stage, syn, poisoned in (
+        ("init", inp.synthetic_init, inp.poisoned_init),
+        ("kd", inp.synthetic_kd, inp.poisoned_kd),
+    ):
+        if stage == "kd" and syn is inp.synthetic_init:  # one set for both steps: screened once
+            kept["kd"] = kept["init"]
+            cols.update({k.replace("screen_init", "screen_kd"): v for k, v in cols.items()})
+            continue
+        keep = defense.screen(syn, ctx)
+        mask = np.ones(len(syn), dtype=bool)
+        if keep is not None:
+            mask[:] = False
+            mask[np.asarray(keep, dtype=np.int64)] = True
+        kept[stage] = syn.subset(np.flatnonzero(mask))
+        cols[f"screen_{stage}_removed"] = int((~mask).sum())
+        if poisoned is not None:
+            cols[f"screen_{stage}_tpr"] = float((~mask & poisoned).sum() / poisoned.sum()) if poisoned.any() else np.nan
+            cols[f"screen_{stage}_fpr"] = float((~mask & ~poisoned).sum() / max(1, (~poisoned).sum()))
+    return dataclasses.replace(inp, synthetic_init=kept["init"], synthetic_kd=kept["kd"]), cols
 
 
 def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
@@ -296,7 +333,13 @@ def run_federated(
     # 0. initialise the global model by supervised training on the (possibly poisoned) synthetic set
     with timer("init"):
         model = copy.deepcopy(initial_model) if initial_model is not None else init_global_model(cfg, inp, dev)
-    first = {"round": 0, **evaluate_served(model, cfg, inp, opts), **timer.take(), "status": OK}
+    screened = {}
+    if defense.screens:  # a data-side defense screens the synthetic set, and the server initialises on what it kept
+        with timer("screen"):
+            inp, screened = screen_synthetic(cfg, opts, defense, inp, model)
+        with timer("init"):
+            model = init_global_model(cfg, inp, dev)
+    first = {"round": 0, **evaluate_served(model, cfg, inp, opts), **screened, **timer.take(), "status": OK}
     for _, o in served_by:
         o.history.append(dict(first))
         o.model = o.fused = model

@@ -78,6 +78,16 @@ def run_hashes(cfg: Config) -> dict:
     }
 
 
+def changed_images(clean: ImageSet, used: ImageSet) -> np.ndarray | None:
+    """(N,) bool: the images of ``used`` that differ from ``clean`` in pixels or label (what the attack poisoned);
+    None when the attack changed the set's size (then no image-to-image record exists)."""
+    if used is clean:
+        return np.zeros(len(clean), dtype=bool)
+    if len(used) != len(clean) or used.x.shape != clean.x.shape:
+        return None
+    return (used.x != clean.x).reshape(len(clean), -1).any(1) | (used.y != clean.y)
+
+
 def prepare(
     cfg: Config,
     progress: bool = True,
@@ -110,7 +120,15 @@ def prepare(
         else backdoor_labels(asr_test.y, a.target_class, a.mapping, asr_test.num_classes)
     )
     inputs = FLInputs(
-        [splits.clients.subset(p) for p in parts], syn_init, syn_kd, splits.test, asr_test, attack, targets
+        [splits.clients.subset(p) for p in parts],
+        syn_init,
+        syn_kd,
+        splits.test,
+        asr_test,
+        attack,
+        targets,
+        changed_images(clean, syn_init),
+        changed_images(clean, syn_kd),
     )
     digests = {
         "public": splits.public.digest(),

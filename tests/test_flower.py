@@ -20,7 +20,7 @@ def _history(cfg, engine, tmp_path):
     return res
 
 
-@pytest.mark.parametrize("attack, defense", [("classic", "median"), ("fm", "act_bound")])
+@pytest.mark.parametrize("attack, defense", [("classic", "median"), ("fm", "act_bound"), ("fm", "spectral")])
 def test_flower_gives_the_in_process_numbers_bit_for_bit(tmp_path, attack, defense):
     cfg = pr.load_config("smoke", attack={"kind": attack, "num_malicious": 2}, defense={"name": defense})
     ours, flower = _history(cfg, "loop", tmp_path), _history(cfg, "flower", tmp_path)

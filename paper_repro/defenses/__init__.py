@@ -11,13 +11,15 @@ from ..params import resolved
 from ..registry import Registry
 from .act_bound import ActBound
 from .act_bound_dm import ActBoundDM
-from .base import AggregateResult, Defense, RoundContext
+from .activation_clustering import ActivationClustering
+from .base import AggregateResult, Defense, RoundContext, ScreenContext
 from .detectors import GeminiGuard, WeiDetect
 from .mars import MARS
 from .mm_bm import MMBM, MMBMNeuron
 from .mmac import MMAC, MMACNeuron
 from .pruning import Pruning
 from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
+from .spectral import SpectralSignatures
 
 DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
@@ -44,6 +46,8 @@ REGISTRY = Registry(
         "mmac_neuron": MMACNeuron,
         "act_bound": ActBound,
         "act_bound_dm": ActBoundDM,
+        "spectral": SpectralSignatures,
+        "activation_clustering": ActivationClustering,
     },
 )
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
@@ -61,4 +65,14 @@ def resolved_params(name: str, params: dict | None = None) -> dict:
     return resolved(REGISTRY.lookup(name).Params, params, f"defense {name!r}")
 
 
-__all__ = ["resolved_params", "AggregateResult", "Defense", "RoundContext", "REGISTRY", "get", "names", "register"]
+__all__ = [
+    "resolved_params",
+    "AggregateResult",
+    "Defense",
+    "RoundContext",
+    "ScreenContext",
+    "REGISTRY",
+    "get",
+    "names",
+    "register",
+]

@@ -71,6 +71,19 @@ def local_models(ctx: RoundContext, updates: torch.Tensor):
         yield load_flat_state(local, g + u)
 
 
+@dataclass
+class ScreenContext:
+    """What a data-side defense may look at before the rounds (step 0): the model the server trained on the whole
+    synthetic set, and how the run evaluates models."""
+
+    model: nn.Module
+    """The step-0 model, trained on the unscreened synthetic init set (its features rank the images)."""
+    generator: torch.Generator
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+    channels_last: bool = False
+
+
 class Defense:
     """No defense: sample-weighted FedAvg at step 3, nothing at step 5.
 
@@ -93,7 +106,12 @@ class Defense:
         run is served from that run's training, side by side with the other such defenses
         (:func:`paper_repro.fl.run_federated`'s ``alongside``), instead of repeating it."""
         cls = type(self)
-        return cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
+        return not self.screens and cls.aggregate is Defense.aggregate and cls.client_context is Defense.client_context
+
+    @property
+    def screens(self) -> bool:
+        """True when the defense screens the synthetic set before the rounds (it overrides :meth:`screen`)."""
+        return type(self).screen is not Defense.screen
 
     min_clients = 1
     """Fewest updates per round with which the defense still does something (a median of two values is their mean)."""
@@ -107,6 +125,11 @@ class Defense:
                 f"defense {self.name!r} needs at least {self.min_clients} updates per round to act (with fewer it is "
                 f"FedAvg or undefined); fl.clients_per_round={cfg.fl.clients_per_round}: raise it"
             )
+
+    def screen(self, synthetic: ImageSet, ctx: ScreenContext) -> np.ndarray | None:
+        """Step 0, data side: the sorted indices of ``synthetic`` the server keeps (None: all). Called on the init and
+        on the fusion set before the rounds; the server then initialises again on the kept init images."""
+        return None
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext) -> AggregateResult:
         """updates (K, P), weights (K,) → aggregated update (P,)."""

@@ -57,6 +57,7 @@ from ..fl import (
     local_training,
     round_context,
     sample_clients,
+    screen_synthetic,
     serve,
 )
 from ..inputs import prepare
@@ -101,10 +102,16 @@ class DefenseStrategy(Strategy):
     def initialize_parameters(self, client_manager) -> Parameters:
         t = time.perf_counter()
         self.model = init_global_model(self.cfg, self.inputs, self.opts.device)
+        screened = {}
+        if self.defense.screens:  # step 0, data side: the in-process loop's own function, then init on what is kept
+            self.inputs, screened = screen_synthetic(self.cfg, self.opts, self.defense, self.inputs, self.model)
+            self._kd = self.inputs.synthetic_kd.tensors(self.opts.device)
+            self.model = init_global_model(self.cfg, self.inputs, self.opts.device)
         self.output.history.append(
             {
                 "round": 0,
                 **evaluate_served(self.model, self.cfg, self.inputs, self.opts),
+                **screened,
                 "init_seconds": time.perf_counter() - t,
                 "status": OK,
             }
