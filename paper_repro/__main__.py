@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,13 @@ def _parser(components: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="random_patch sig target7 poison0.1 beta0.1 all_to_all validation (default: all but validation)",
     )
-    h.add_argument("--defenses", nargs="+", default=None, help="defense names (default: none act_bound mm_bm pruning)")
+    h.add_argument(
+        "--defenses",
+        nargs="+",
+        default=None,
+        help="defense names or variant labels (default: none act_bound mm_bm pruning)",
+    )
+    h.add_argument("--table", default=None, help="table name (default heldout, or heldout_<attacks>)")
     h.add_argument(
         "--attacks",
         nargs="+",
@@ -243,8 +250,16 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         _known(parser, "--settings", a.settings, ["validation", *SETTINGS])
     if getattr(a, "defenses", None):
         from .defenses import names
+        from .studies.heldout import DEFENSE_VARIANTS
 
-        _known(parser, "--defenses", a.defenses, names())
+        _known(
+            parser,
+            "--defenses",
+            a.defenses,
+            list(dict.fromkeys([*names(), *(DEFENSE_VARIANTS if a.cmd == "heldout" else ())])),
+        )
+    if getattr(a, "table", None) and not re.fullmatch(r"heldout(_[a-z0-9]+)*", a.table):
+        parser.error(f"--table {a.table}: a held-out table's name is heldout or heldout_<words> (a-z, 0-9)")
     if getattr(a, "tables_dir", None):
         if a.cmd in READS_TABLES and not Path(a.tables_dir).is_dir():
             parser.error(f"--tables-dir {a.tables_dir}: no such folder (the committed tables are in data/tables)")
@@ -356,7 +371,7 @@ def _run(a: argparse.Namespace) -> None:
             tuple(a.attacks),
             tables_dir=a.tables_dir,
             options=opts,
-            table="heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks),
+            table=a.table or ("heldout" if a.attacks == ["fm"] else "heldout_" + "_".join(a.attacks)),
         )
         cols = ["setting", "attack", "defense", "n", "acc_mean", "acc_lo", "acc_hi", "asr_mean", "asr_lo", "asr_hi"]
         print(heldout_summary(df)[cols].round(3).to_string(index=False))

@@ -119,3 +119,15 @@ def test_a_screening_run_initialises_on_the_kept_set_and_reports_the_screen(tmp_
     none_cfg = pr.load_config("smoke", attack={"kind": "fm", "poison_ratio": 0.5})
     none = pr.run_experiment(none_cfg, results_dir=tmp_path, progress=False)
     assert "screen_init_removed" not in none.history
+
+
+@pytest.mark.unit
+def test_the_screening_labels_of_a_held_out_table_resolve_to_their_settings(tmp_path):
+    from paper_repro.studies.plans import _heldout_config
+
+    labels = {"setting": "all_to_all", "attack": "fm", "seed": 10}
+    cfg = _heldout_config("smoke", {**labels, "defense": "spectral eps0.3"}, tmp_path)
+    assert cfg.defense.name == "spectral" and cfg.defense.params["epsilon"] == 0.3
+    assert cfg.attack.mapping == "all_to_all" and cfg.seed == 10
+    ac = _heldout_config("smoke", {**labels, "defense": "activation_clustering silhouette"}, tmp_path)
+    assert ac.defense.params["analysis"] == "silhouette"

@@ -70,7 +70,7 @@ def heldout_study(
     """Run (or load) every setting × defense × seed and write the per-run table ``<table>_<profile>.csv``.
     ``variants``: more defenses as label → (name, params), e.g. ``{"act_bound q0.95": ("act_bound",
     {"init_quantile": 0.95})}``; the ``defense`` column holds the label."""
-    named = {n: n for n in defense_names} | dict(variants or {})
+    named = {n: DEFENSE_VARIANTS.get(n, n) for n in defense_names} | dict(variants or {})
     unknown = [s for s in settings if s != "validation" and s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown held-out settings {unknown}; known: {['validation', *SETTINGS]}")
@@ -132,6 +132,18 @@ ACT_BOUND_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 """The act_bound variants compared under the protocol (fixed before any of them was run): quantile rule, bounded
 layers, learned refinement, bound shape."""
+
+SCREENING_VARIANTS: dict[str, tuple[str, dict]] = {
+    "spectral": ("spectral", {}),
+    "spectral eps0.3": ("spectral", {"epsilon": 0.3}),
+    "spectral eps0.5": ("spectral", {"epsilon": 0.5}),
+    "activation_clustering": ("activation_clustering", {}),
+    "activation_clustering silhouette": ("activation_clustering", {"analysis": "silhouette"}),
+}
+"""The data-side defenses' settings (docs/protocol.md, "Data-side defenses"), fixed before any of them was run: the
+assumed poisoned share ε of spectral signatures, and activation clustering's two cluster tests."""
+DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS
+"""Every defense label a held-out table may hold besides plain defense names: label → (name, params)."""
 
 
 def select_variant(

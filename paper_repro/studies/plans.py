@@ -61,7 +61,7 @@ def _round_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
 
 
 def _heldout_config(profile: str, labels: dict, tables_dir: Path) -> Config:
-    from .heldout import ACT_BOUND_VARIANTS, setting_config
+    from .heldout import DEFENSE_VARIANTS, setting_config
 
     name = str(labels["defense"])
     if name.startswith("mars eps"):  # MARS at the calibrated epsilon: the calibration table's rule
@@ -74,7 +74,7 @@ def _heldout_config(profile: str, labels: dict, tables_dir: Path) -> Config:
             )
         variant = ("mars", {"epsilon": round(eps, 4)})
     else:
-        variant = ACT_BOUND_VARIANTS.get(name, name)
+        variant = DEFENSE_VARIANTS.get(name, name)
     return setting_config(profile, str(labels["setting"]), variant, int(labels["seed"]), str(labels["attack"]))
 
 
