@@ -146,7 +146,7 @@ def test_detectors_flag_a_wildly_scaled_update_and_report_its_id():
         assert 13 in res.flagged, name
 
 
-@pytest.mark.parametrize("name", ["pruning", "act_bound", "mm_bm", "mmac"])
+@pytest.mark.parametrize("name", ["pruning", "act_bound", "mm_bm", "mmac", "clp"])
 def test_post_fusion_defenses_keep_the_fused_weights(name):
     train, _ = make_synthetic_blobs(200, 10)
     model = build_model("tiny", train.shape, 10, seed=0)

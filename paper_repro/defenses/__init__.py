@@ -13,11 +13,13 @@ from .act_bound import ActBound
 from .act_bound_dm import ActBoundDM
 from .activation_clustering import ActivationClustering
 from .base import AggregateResult, Defense, RoundContext, ScreenContext
+from .clp import CLP
 from .detectors import GeminiGuard, WeiDetect
 from .mars import MARS
 from .mm_bm import MMBM, MMBMNeuron
 from .mmac import MMAC, MMACNeuron
 from .pruning import Pruning
+from .rlr import RLR
 from .robust_aggregation import DP, Flame, FoolsGold, Krum, Median, MultiKrum, NormClip, TrimmedMean
 from .spectral import SpectralSignatures
 
@@ -48,6 +50,8 @@ REGISTRY = Registry(
         "act_bound_dm": ActBoundDM,
         "spectral": SpectralSignatures,
         "activation_clustering": ActivationClustering,
+        "clp": CLP,
+        "rlr": RLR,
     },
 )
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name

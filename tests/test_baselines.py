@@ -1,0 +1,86 @@
+"""CLP (channel Lipschitzness-based pruning) and RLR (robust learning rate): hand-computed cases."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import paper_repro as pr
+from paper_repro.defenses.clp import channel_lipschitz, clp_prune, conv_bn_pairs
+from paper_repro.defenses.rlr import robust_lr
+
+pytestmark = pytest.mark.unit
+
+
+def _conv_with_one_loud_channel():
+    """10 output channels of 1×1 kernels over 1 input: spectral norm = |weight|, 1 for channels 0–8 and 10 for 9.
+    Layer mean 1.9, unbiased std √8.1 ≈ 2.846: u = 2 gives 7.59 (channel 9 pruned), u = 3 gives 10.44 (none)."""
+    conv = nn.Conv2d(1, 10, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.weight[9] = -10.0
+        conv.bias.fill_(0.5)
+    return nn.Sequential(conv, nn.ReLU())
+
+
+def test_channel_lipschitz_is_the_kernel_spectral_norm_times_the_batchnorm_scale():
+    conv = nn.Conv2d(2, 2, 2, bias=False)
+    with torch.no_grad():  # channel 0: rows (3, 0, 0, 0), (0, 4, 0, 0) → singular values 4, 3; channel 1: rank 1
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0], conv.weight[0, 1, 0, 1] = 3.0, 4.0
+        conv.weight[1] = 1.0  # all-ones 2×4: spectral norm √8
+    np.testing.assert_allclose(channel_lipschitz(conv).numpy(), [4.0, np.sqrt(8)])
+    bn = nn.BatchNorm2d(2, eps=0.0)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([-2.0, 1.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 1.0]))  # |γ/σ| = 1 and 1
+    np.testing.assert_allclose(channel_lipschitz(conv, bn).numpy(), [4.0, np.sqrt(8)])
+
+
+def test_clp_zeroes_exactly_the_outlying_channel_in_a_copy():
+    model = _conv_with_one_loud_channel()
+    served, pruned = clp_prune(model, u=2.0)
+    assert pruned == {"0": [9]}
+    assert served[0].weight[9].abs().sum() == 0 and served[0].bias[9] == 0
+    assert torch.equal(served[0].weight[:9], model[0].weight[:9])
+    assert model[0].weight[9].item() == -10.0  # the fused model is untouched
+    assert clp_prune(model, u=3.0)[1] == {"0": []}  # the paper's u = 3 keeps it (10 < 10.44)
+
+
+def test_clp_pairs_a_convolution_with_its_batchnorm_only():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.BatchNorm2d(4))
+    pairs = conv_bn_pairs(model)
+    assert [(n, bn is not None) for n, _, bn in pairs] == [("0", True), ("3", False)]  # 8 ≠ 4 channels
+    served, _ = clp_prune(model, u=0.1)
+    assert served[1].weight.abs().sum() < model[1].weight.abs().sum()  # pruned channels' γ zeroed too
+
+
+def test_robust_lr_negates_coordinates_without_a_sign_majority():
+    updates = torch.tensor(
+        [
+            [1.0, 1.0, -1.0, 0.5],
+            [1.0, -1.0, -1.0, 0.5],
+            [1.0, 1.0, -1.0, -0.5],
+            [1.0, -1.0, 1.0, -0.5],
+            [1.0, 1.0, -1.0, 0.0],
+        ]
+    )  # sign sums: 5, 1, -3, 0
+    np.testing.assert_array_equal(robust_lr(updates, 3).numpy(), [1, -1, 1, -1])
+    np.testing.assert_array_equal(robust_lr(updates, 5).numpy(), [1, -1, -1, -1])
+
+
+def test_rlr_aggregate_is_fedavg_with_the_walked_back_coordinates_negated():
+    updates = torch.tensor([[2.0, 1.0], [2.0, -3.0], [2.0, 1.0]])
+    weights = torch.tensor([1.0, 1.0, 2.0])
+    d = pr.defenses.get("rlr")
+    assert d.vote_threshold(3) == 2
+    res = d.aggregate(updates, weights, None)
+    # FedAvg: (2, 0); signs 3 and 1 → coordinate 1 negated (of a zero mean here, so (2, -0))
+    torch.testing.assert_close(res.update, torch.tensor([2.0, -0.0]))
+    assert res.info == {"negated_share": 0.5}
+
+
+def test_rlr_refuses_a_threshold_no_round_can_reach():
+    with pytest.raises(ValueError, match="exceeds fl.clients_per_round=5"):
+        pr.load_config("quick", defense={"name": "rlr", "params": {"threshold": 6}})
+    assert pr.load_config("quick", defense={"name": "rlr", "params": {"threshold": 5}}).defense.name == "rlr"
