@@ -16,6 +16,7 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
 FM_STAGES, MAPPINGS = ("init", "kd"), ("all_to_one", "all_to_all")
+SCHEDULES = ("sampled", "fixed")
 FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples", "uniform")
 PRECISIONS = ("fp32", "bf16")
 
@@ -209,6 +210,13 @@ class AttackConfig:
     """Classic attack: fraction of a malicious client's non-target samples triggered. [C: FRJ-AJ len // 5]"""
     boost: float = 1.0
     """Classic attack: scale of the malicious update, θ_g + boost·Δ (9 = BD_amp 8, model replacement = K/m). [C]"""
+    schedule: str = "sampled"
+    """Client attacks: sampled (each round's clients drawn uniformly; the attackers among them vary with the seed,
+    from none to all) | fixed (every round holds exactly ``attackers_per_round`` malicious clients, drawn from the
+    malicious ones, the rest from the benign ones: the single-attacker setting of FLAME's and BackFed's
+    evaluations). Every run records its attackers per round (``num_attackers``). [C: FLAME, BackFed]"""
+    attackers_per_round: int = 1
+    """schedule=fixed: malicious clients in every round. [C: FLAME, BackFed]"""
     params: dict = field(default_factory=dict)
     """Parameters of the attack beyond the fields above (its ``Params``; docs/components.md). ours"""
 
@@ -231,6 +239,13 @@ class AttackConfig:
         _check(self.trigger_size >= 1, "attack.trigger_size must be >= 1")
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
+        _choice("attack.schedule", self.schedule, SCHEDULES)
+        _check(self.attackers_per_round >= 1, "attack.attackers_per_round must be >= 1")
+        _check(
+            self.schedule != "fixed" or self.attackers_per_round <= self.num_malicious,
+            f"attack.schedule='fixed' with attack.attackers_per_round={self.attackers_per_round} needs at least as "
+            f"many malicious clients; attack.num_malicious={self.num_malicious}: raise it or lower attackers_per_round",
+        )
         _positive("attack.boost", self.boost)
         _check(
             isinstance(self.fm_stages, (tuple, list)) and len(self.fm_stages) >= 1,
@@ -341,6 +356,17 @@ class Config:
         _check(
             self.attack.num_malicious <= self.fl.num_clients,
             f"attack.num_malicious={self.attack.num_malicious} exceeds fl.num_clients={self.fl.num_clients}",
+        )
+        a, fl = self.attack, self.fl
+        _check(
+            a.schedule != "fixed"
+            or (
+                a.attackers_per_round <= fl.clients_per_round
+                and fl.num_clients - a.num_malicious >= fl.clients_per_round - a.attackers_per_round
+            ),
+            f"attack.schedule='fixed': each round needs attack.attackers_per_round={a.attackers_per_round} malicious "
+            f"and {fl.clients_per_round} - {a.attackers_per_round} benign clients of fl.num_clients={fl.num_clients} "
+            f"(attack.num_malicious={a.num_malicious} malicious); lower attackers_per_round or num_malicious",
         )
         _check(
             self.attack.target_class < num_classes(self.data.dataset),

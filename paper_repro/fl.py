@@ -22,7 +22,7 @@ from torch import nn
 from .attacks import Attack
 from .config import Config
 from .data import ImageSet
-from .defenses import Defense, RoundContext, ScreenContext
+from .defenses import Defense, LocalTraining, RoundContext, ScreenContext
 from .local_training import train_clients
 from .metrics import class_shares, detection_rates, evaluate, no_metrics
 from .models import build_model, flat_state, load_flat_state
@@ -158,9 +158,22 @@ def screen_synthetic(
     return dataclasses.replace(inp, synthetic_init=kept["init"], synthetic_kd=kept["kd"]), cols
 
 
-def sample_clients(cfg: Config, rng: np.random.Generator) -> np.ndarray:
-    """Step 1: this round's client ids, sorted (``clients_per_round`` of ``num_clients`` without replacement)."""
-    return np.sort(rng.choice(cfg.fl.num_clients, size=cfg.fl.clients_per_round, replace=False))
+def sample_clients(cfg: Config, rng: np.random.Generator, malicious: frozenset = frozenset()) -> np.ndarray:
+    """Step 1: this round's client ids, sorted: ``clients_per_round`` of ``num_clients`` without replacement, or,
+    with ``attack.schedule="fixed"``, exactly ``attackers_per_round`` of the ``malicious`` ids and the rest from the
+    benign ones."""
+    fl, a = cfg.fl, cfg.attack
+    if a.schedule == "sampled" or not malicious:
+        return np.sort(rng.choice(fl.num_clients, size=fl.clients_per_round, replace=False))
+    bad = np.array(sorted(malicious))
+    good = np.setdiff1d(np.arange(fl.num_clients), bad)
+    m = a.attackers_per_round
+    return np.sort(np.r_[rng.choice(bad, m, replace=False), rng.choice(good, fl.clients_per_round - m, replace=False)])
+
+
+def attackers(ids: np.ndarray, inp: FLInputs) -> int:
+    """How many of this round's clients the attacker controls (ground truth, for the record)."""
+    return int(sum(int(k) in inp.attack.malicious for k in ids))
 
 
 def local_training(
@@ -288,6 +301,7 @@ def round_context(
         cfg.fl.num_rounds,
         opts.eval_batch_size,
         cfg.model.channels_last,
+        LocalTraining(cfg.fl.local_epochs, cfg.fl.lr, cfg.fl.momentum, cfg.fl.batch_size, cfg.fl.precision),
     )
 
 
@@ -349,7 +363,7 @@ def run_federated(
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
         # 1. sample clients without replacement
-        ids = sample_clients(cfg, sample_rng)
+        ids = sample_clients(cfg, sample_rng, inp.attack.malicious)
         # 2. local training from the global model; malicious clients train on poisoned data and craft their update
         with timer("local"):
             g = flat_state(model)
@@ -364,7 +378,7 @@ def run_federated(
         # 4. FedDF fusion on the server's synthetic set
         with timer("fusion"):
             model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd)
-        trained = {"round": rnd, "status": OK, **agg.columns, **timer.take()}
+        trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp), **agg.columns, **timer.take()}
         if not is_finite(model):  # diverged: the run ends here and reports no ACC/ASR
             for _, o in served_by:
                 o.history.append({**trained, "status": DIVERGED, **no_metrics()})

@@ -126,6 +126,11 @@ def build_checked(cfg: Config) -> tuple[attacks.Attack, defenses.Defense]:
         attacks.resolved_params(cfg.attack.kind, cfg.attack.params)
         attacks.REGISTRY[cfg.attack.kind].check_config(cfg)
         attack = attacks.build(cfg)
+        if cfg.attack.schedule == "fixed" and not attack.malicious:
+            raise ValueError(
+                f"attack.schedule='fixed' with attack.kind={cfg.attack.kind!r}: this attack has no malicious clients "
+                "to schedule; use schedule='sampled' (or a client attack)"
+            )
         defense = defenses.get(cfg.defense.name, **cfg.defense.params)
         defense.check_config(cfg)
     except ValueError as e:

@@ -252,3 +252,44 @@ def test_both_poisons_its_clients_with_the_configured_mapping_as_classic_does():
     a, b = both.local_data(k, data), classic.local_data(k, data)
     assert (a.y == b.y).all() and (a.x == b.x).all()
     assert len(set(a.y[a.y != data.y].tolist())) > 1  # all-to-all: relabelled to more than one class
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("per_round", [1, 2])
+def test_a_fixed_schedule_puts_exactly_that_many_attackers_in_every_round(per_round):
+    from paper_repro.fl import sample_clients
+
+    cfg = pr.load_config("quick", attack={"kind": "classic", "schedule": "fixed", "attackers_per_round": per_round})
+    mal = pr.attacks.build(cfg).malicious
+    rng = np.random.default_rng(0)
+    rounds = [sample_clients(cfg, rng, mal) for _ in range(50)]
+    assert all(len(set(ids)) == cfg.fl.clients_per_round for ids in rounds)
+    assert [sum(int(k) in mal for k in ids) for ids in rounds] == [per_round] * 50
+    assert len({int(k) for ids in rounds for k in ids if k in mal}) == len(mal)  # every attacker takes turns
+    sampled = pr.load_config("quick", attack={"kind": "classic"})
+    counts = {sum(int(k) in mal for k in sample_clients(sampled, rng, mal)) for _ in range(200)}
+    assert len(counts) > 2  # sampled participation: the number per round varies
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "attack, needle",
+    [
+        ({"kind": "fm", "schedule": "fixed"}, "no malicious clients"),
+        ({"kind": "classic", "schedule": "fixed", "attackers_per_round": 5}, "num_malicious=4"),
+        ({"kind": "classic", "schedule": "fixed", "num_malicious": 18, "attackers_per_round": 1}, "benign"),
+        ({"kind": "classic", "schedule": "sometimes"}, "schedule"),
+    ],
+)
+def test_a_schedule_that_cannot_be_kept_is_refused(attack, needle):
+    with pytest.raises(pr.ConfigError, match=needle):
+        pr.load_config("quick", attack=attack)
+
+
+@pytest.mark.smoke
+def test_every_round_records_its_attackers(tmp_path):
+    cfg = pr.load_config("smoke", attack={"kind": "classic", "num_malicious": 2, "schedule": "fixed"})
+    h = pr.run_experiment(cfg, results_dir=tmp_path, progress=False).history
+    assert h["num_attackers"].iloc[1:].tolist() == [1] * cfg.fl.num_rounds
+    none = pr.run_experiment(pr.load_config("smoke"), results_dir=tmp_path, progress=False).history
+    assert none["num_attackers"].iloc[1:].eq(0).all()

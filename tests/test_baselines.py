@@ -1,5 +1,7 @@
 """CLP (channel Lipschitzness-based pruning) and RLR (robust learning rate): hand-computed cases."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,36 @@ def test_rlr_refuses_a_threshold_no_round_can_reach():
     with pytest.raises(ValueError, match="exceeds fl.clients_per_round=5"):
         pr.load_config("quick", defense={"name": "rlr", "params": {"threshold": 6}})
     assert pr.load_config("quick", defense={"name": "rlr", "params": {"threshold": 5}}).defense.name == "rlr"
+
+
+def test_fltrust_trusts_by_relu_cosine_and_rescales_to_the_root_norm():
+    from paper_repro.defenses.fltrust import fltrust_combine
+
+    # cosines 1, 0, -1 → trust 1, 0, 0: only the first counts, rescaled to ‖root‖ = 2
+    update, trust = fltrust_combine(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(trust, torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(update, torch.tensor([2.0, 0.0]))
+    # cosines 1/√2 and 1; normalised (1/√2, 1/√2) and (1, 0): ((1/2, 1/2) + (1, 0)) / (1 + 1/√2)
+    update, _ = fltrust_combine(torch.tensor([[1.0, 1.0], [3.0, 0.0]]), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(update, torch.tensor([1.5, 0.5]) / (1 + 2**-0.5))
+    update, trust = fltrust_combine(torch.tensor([[-1.0, 0.0]]), torch.tensor([1.0, 0.0]))
+    assert not trust.any() and not update.any()  # no one trusted: the global model stays
+
+
+def test_fltrust_flags_the_client_that_points_away_from_the_server():
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import LocalTraining, RoundContext
+
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    u = torch.randn(370, generator=torch.Generator().manual_seed(1))
+    ctx = RoundContext(
+        1, np.array([3, 8]), model, syn, torch.Generator().manual_seed(0), local=LocalTraining(1, 0.1, 0, 8)
+    )
+    res = pr.defenses.get("fltrust", root_size=20).aggregate(torch.stack([u, -u]), torch.ones(2), ctx)
+    assert len(res.flagged) == 1  # u and −u: exactly one points towards the server's root update
+    trusted = u if res.flagged == [8] else -u
+    assert torch.nn.functional.cosine_similarity(res.update, trusted, dim=0) == pytest.approx(1.0)
+    assert 0 < res.info["mean_trust"] <= 0.5
+    with pytest.raises(ValueError, match="local-training settings"):
+        pr.defenses.get("fltrust").aggregate(torch.stack([u, -u]), torch.ones(2), dataclasses.replace(ctx, local=None))

@@ -58,6 +58,9 @@ def test_every_rung_builds_and_stays_within_the_stealth_limits(attack):
         if r.linf < 255:
             assert r.linf <= cal.LIMITS["full-image trigger L∞ (of 255)"]
         assert a.params.get("finetune_steps", 0) <= cal.LIMITS["FM fine-tuning steps"]
+        assert a.boost <= cal.LIMITS["client update boost"]
+        if not a.kind.startswith("fm"):  # client attacks: one attacker in every round
+            assert (a.schedule, a.attackers_per_round) == ("fixed", 1)
         if a.trigger == "sig":  # the declared L∞ is the one the trigger has (measured on a mid-grey image)
             grey = np.full((1, 1, 28, 28), 128, np.uint8)
             linf = np.abs(config_trigger(cfg).apply(grey).astype(int) - 128).max()

@@ -12,9 +12,10 @@ from ..registry import Registry
 from .act_bound import ActBound
 from .act_bound_dm import ActBoundDM
 from .activation_clustering import ActivationClustering
-from .base import AggregateResult, Defense, RoundContext, ScreenContext
+from .base import AggregateResult, Defense, LocalTraining, RoundContext, ScreenContext
 from .clp import CLP
 from .detectors import GeminiGuard, WeiDetect
+from .fltrust import FLTrust
 from .mars import MARS
 from .mm_bm import MMBM, MMBMNeuron
 from .mmac import MMAC, MMACNeuron
@@ -52,6 +53,7 @@ REGISTRY = Registry(
         "activation_clustering": ActivationClustering,
         "clp": CLP,
         "rlr": RLR,
+        "fltrust": FLTrust,
     },
 )
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
@@ -73,6 +75,7 @@ __all__ = [
     "resolved_params",
     "AggregateResult",
     "Defense",
+    "LocalTraining",
     "RoundContext",
     "ScreenContext",
     "REGISTRY",

@@ -17,6 +17,17 @@ from ..params import NoParams, build
 from ..training import as_format, predict_logits
 
 
+@dataclass(frozen=True)
+class LocalTraining:
+    """The clients' local-training settings of a run (``cfg.fl``)."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    batch_size: int
+    precision: str = "fp32"
+
+
 @dataclass
 class RoundContext:
     """What a defense may look at in one round (read-only by convention)."""
@@ -37,6 +48,8 @@ class RoundContext:
     channels_last: bool = False
     """How the run evaluates models (``RunOptions.eval_batch_size``, ``model.channels_last``), used by
     :meth:`predict`."""
+    local: LocalTraining | None = None
+    """How the run's clients train (a defense that trains as a client does, e.g. FLTrust's root update)."""
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory format the run trains in (a channels_last model is slow on contiguous images)."""

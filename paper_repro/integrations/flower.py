@@ -48,6 +48,7 @@ from ..fl import (
     FLOutput,
     Timer,
     aggregate,
+    attackers,
     evaluate_served,
     fedavg_weights,
     finish_row,
@@ -133,7 +134,7 @@ class DefenseStrategy(Strategy):
         if self.protocol == "weights":  # plain Flower: its client manager samples
             ins = FitIns(parameters, {"round": server_round})
             return [(c, ins) for c in client_manager.sample(num_clients=self.cfg.fl.clients_per_round)]
-        self._ids = sample_clients(self.cfg, self._rng)
+        self._ids = sample_clients(self.cfg, self._rng, self.inputs.attack.malicious)
         client_manager.wait_for(self.cfg.fl.num_clients)
         ins = FitIns(parameters, {"round": server_round, "ids": ",".join(map(str, self._ids))})
         return [(proxy, ins) for proxy in client_manager.all().values()]
@@ -155,7 +156,12 @@ class DefenseStrategy(Strategy):
         thetas = torch.stack([torch.from_numpy(sent[k][0][0]) for k in self._ids]).to(self.opts.device)
         updates = torch.stack([torch.from_numpy(sent[k][0][1]) for k in self._ids]).to(self.opts.device)
         weights = fedavg_weights(self.cfg, self.inputs, self._ids)
-        row = {"round": server_round, "status": OK, "local_seconds": max(s for _, s in sent.values())}
+        row = {
+            "round": server_round,
+            "status": OK,
+            "num_attackers": attackers(self._ids, self.inputs),
+            "local_seconds": max(s for _, s in sent.values()),
+        }
         return self._server_round(server_round, self._ids, thetas, updates, weights, row)
 
     def _aggregate_weights(self, server_round: int, results):

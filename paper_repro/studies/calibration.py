@@ -32,13 +32,26 @@ LIMITS = {
     "poisoned share of a class": 0.4,
     "full-image trigger L∞ (of 255)": 40,
     "FM fine-tuning steps": 2400,
+    "client update boost": 10,
 }
 """Stealth limits no rung passes: a 5-px patch covers 3.2 % of a 28×28 image; 40/255 is twice SIG's paper amplitude
-and 2.5× the 16/255 of universal-perturbation attacks; a clean-label attack may trigger every target image."""
+and 2.5× the 16/255 of universal-perturbation attacks; a clean-label attack may trigger every target image; a client's
+update scaled beyond 10× stands out from the round's benign norms by that factor."""
 
 
 def _a(x: int) -> float:
     return round(x / 255, 4)
+
+
+def _one_per_round(kind: str) -> dict:
+    """A client attack's section with one attacker in every round (its trigger: the patch; DBA: its bars)."""
+    return {
+        "kind": kind,
+        "schedule": "fixed",
+        "attackers_per_round": 1,
+        "boost": 1.0,
+        **({"trigger": "dba"} if kind == "dba" else {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,32 @@ LADDERS: dict[str, list[Rung]] = {
     "FM bound-aware": [
         Rung(f"ε {e}", {"kind": "fm_bound_aware", "params": {"epsilon": _a(e)}}, e) for e in (16, 24, 32)
     ],
+    **{
+        name: [
+            *(
+                Rung(f"1 per round, share {r:g}, boost 1", {**_one_per_round(kind), "client_poison_ratio": r}, 255)
+                for r in (0.5, 1.0)
+            ),
+            *(
+                Rung(
+                    f"1 per round, share 1, boost {b:g}",
+                    {**_one_per_round(kind), "client_poison_ratio": 1.0, "boost": b},
+                    255,
+                )
+                for b in (5.0, 10.0)
+            ),
+        ]
+        for name, kind in (("classic", "classic"), ("DBA", "dba"))
+    },
+    "model replacement": [
+        Rung(f"1 per round, share {r:g}, γ = n", {**_one_per_round("model_replacement"), "client_poison_ratio": r}, 255)
+        for r in (0.5, 1.0)
+    ],
 }
-"""Per attack, its ladder: rungs in the order they are tried, fixed before any was run. Client attacks get theirs
-with the fixed attacker schedule (docs/protocol.md)."""
+"""Per attack, its ladder: rungs in the order they are tried, fixed before any was run. Client attacks run with the
+fixed attacker schedule, one attacker in every round (docs/protocol.md): poisoned share of the attacker's data
+0.5 → 1 at boost 1, then boost 5 → 10 (the stealth limit on update scale); model replacement on its own published
+scale γ = n/η (``attack.boost`` unused), share 0.5 → 1."""
 
 
 def rung(attack: str, label: str) -> Rung:
