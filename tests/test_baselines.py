@@ -119,3 +119,33 @@ def test_fltrust_flags_the_client_that_points_away_from_the_server():
     assert 0 < res.info["mean_trust"] <= 0.5
     with pytest.raises(ValueError, match="local-training settings"):
         pr.defenses.get("fltrust").aggregate(torch.stack([u, -u]), torch.ones(2), dataclasses.replace(ctx, local=None))
+
+
+def test_deepsight_energies_and_threshold_exceedings_by_hand():
+    from paper_repro.defenses.deepsight import co_membership, neups, threshold_exceedings
+
+    # e = (Σ|Δw| + |Δb|)²: (1 + 1)², (1 + 1)², 0 → NEUPs 0.5, 0.5, 0
+    np.testing.assert_allclose(
+        neups(torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1.0, 0])), [0.5, 0.5, 0]
+    )
+    assert threshold_exceedings(np.array([0.5, 0.5, 0.0])) == 2  # ξ = 1/3 · 0.5
+    assert threshold_exceedings(np.full(10, 0.1)) == 10  # spread evenly: every label exceeds ξ = 0.01
+    assert threshold_exceedings(np.r_[0.9, np.full(9, 0.1 / 9)]) == 1  # concentrated on one label: ξ = 0.09
+    dist = co_membership([np.array([0, 0, 1]), np.array([0, 1, 1])])
+    np.testing.assert_allclose(dist, [[0, 0.5, 1], [0.5, 0, 0.5], [1, 0.5, 0]])
+
+
+def test_deepsight_rejects_the_update_whose_output_energy_sits_on_one_label():
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import RoundContext
+
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    updates = torch.randn(5, 370, generator=torch.Generator().manual_seed(0)) * 0.01  # benign: energy on every label
+    updates[4] = 0.0
+    updates[4, :36], updates[4, 360] = 0.5, 0.5  # label 0's weights and bias only
+    ctx = RoundContext(1, np.array([1, 3, 5, 7, 9]), model, syn, torch.Generator().manual_seed(0))
+    res = pr.defenses.get("deepsight").aggregate(updates, torch.ones(5), ctx)
+    assert res.flagged == [9] and res.info == {"suspicious": 1}
+    bound = torch.linalg.vector_norm(updates, dim=1).median()
+    assert torch.linalg.vector_norm(res.update) <= bound + 1e-6  # the accepted updates clipped to the median norm

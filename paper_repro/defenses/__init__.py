@@ -14,6 +14,7 @@ from .act_bound_dm import ActBoundDM
 from .activation_clustering import ActivationClustering
 from .base import AggregateResult, Defense, LocalTraining, RoundContext, ScreenContext
 from .clp import CLP
+from .deepsight import DeepSight
 from .detectors import GeminiGuard, WeiDetect
 from .fltrust import FLTrust
 from .mars import MARS
@@ -54,6 +55,7 @@ REGISTRY = Registry(
         "clp": CLP,
         "rlr": RLR,
         "fltrust": FLTrust,
+        "deepsight": DeepSight,
     },
 )
 names, register = REGISTRY.names, REGISTRY.register  # known names; add a class under a new name
