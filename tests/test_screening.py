@@ -131,3 +131,17 @@ def test_the_screening_labels_of_a_held_out_table_resolve_to_their_settings(tmp_
     assert cfg.attack.mapping == "all_to_all" and cfg.seed == 10
     ac = _heldout_config("smoke", {**labels, "defense": "activation_clustering silhouette"}, tmp_path)
     assert ac.defense.params["analysis"] == "silhouette"
+
+
+@pytest.mark.smoke
+def test_the_screening_report_reads_what_each_screen_removed_from_the_ledger(tmp_path, monkeypatch):
+    from paper_repro.studies.heldout import heldout_study
+    from paper_repro.studies.screening import screening_report
+
+    monkeypatch.setenv("PAPER_REPRO_LEDGER", str(tmp_path / "ledger"))
+    opts = pr.RunOptions.for_profile("smoke", ledger=True)
+    kw = {"results_dir": tmp_path / "runs", "tables_dir": tmp_path, "progress": False, "options": opts}
+    heldout_study("smoke", ("validation",), ("none", "spectral eps0.3"), (0,), table="heldout_screening", **kw)
+    rep = screening_report("smoke", tmp_path).set_index("defense")
+    assert rep.loc["spectral eps0.3", "screen_init_removed"] > 0 and np.isnan(rep.loc["none", "screen_init_removed"])
+    assert 0 <= rep.loc["spectral eps0.3", "screen_init_tpr"] <= 1 and rep["n"].eq(1).all()
