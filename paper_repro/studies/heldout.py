@@ -142,7 +142,14 @@ SCREENING_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 """The data-side defenses' settings (docs/protocol.md, "Data-side defenses"), fixed before any of them was run: the
 assumed poisoned share ε of spectral signatures, and activation clustering's two cluster tests."""
-DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS
+BASELINE_VARIANTS: dict[str, tuple[str, dict]] = {
+    **{f"dp sigma{s:g}": ("dp", {"sigma": s}) for s in (1e-3, 1e-2, 3e-2, 1e-1)},
+    **{f"fine-pruning {f:g}": ("pruning", {"fraction": f, "finetune_epochs": 1}) for f in (0.2, 0.4, 0.6, 0.8)},
+    **{f"clp u{u:g}": ("clp", {"u": u}) for u in (1, 2, 3)},
+}
+"""The baselines' knob sweeps (docs/protocol.md, "Baselines at their strongest fair settings"), fixed before any of
+them was run: each is read by :func:`select_variant` (lowest mean ASR among the settings within the ACC budget)."""
+DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS | BASELINE_VARIANTS
 """Every defense label a held-out table may hold besides plain defense names: label → (name, params)."""
 
 
