@@ -3,7 +3,25 @@ line (or one ``register`` call from the user's own code)."""
 
 from __future__ import annotations
 
+import sys
+
 from .params import describe
+
+
+def _name_params(cls: type) -> None:
+    """Give every ``Params`` class that ``cls`` or its bases declare the name pickle looks it up by
+    (``Component.Params`` in the component's module), unless that name already finds it. A variant made with
+    :func:`paper_repro.params.variant` is a new class carrying its parent's name, so without this a component holding
+    it could not be sent to a worker process (``--jobs 2``: "Can't pickle ... it's not the same object")."""
+    for owner in cls.__mro__:
+        p = owner.__dict__.get("Params")
+        if not isinstance(p, type):
+            continue
+        found = sys.modules.get(p.__module__)
+        for part in p.__qualname__.split("."):
+            found = getattr(found, part, None)
+        if found is not p:
+            p.__module__, p.__qualname__ = owner.__module__, f"{owner.__qualname__}.Params"
 
 
 class Registry(dict):
@@ -12,6 +30,8 @@ class Registry(dict):
     def __init__(self, kind: str, base: type, entries: dict[str, type]):
         super().__init__(entries)
         self.kind, self.base = kind, base
+        for cls in entries.values():
+            _name_params(cls)
 
     def names(self) -> list[str]:
         """Known names, sorted."""
@@ -21,6 +41,7 @@ class Registry(dict):
         """Add ``cls`` under ``name``; returns ``cls``."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise TypeError(f"{cls!r} is not a subclass of {self.base.__module__}.{self.base.__name__}")
+        _name_params(cls)
         self[name] = cls
         return cls
 

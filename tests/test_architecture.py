@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import paper_repro as pr
-from paper_repro.params import Field, params
+from paper_repro.params import Field, params, variant
 
 PKG = Path(pr.__file__).resolve().parent
 # bottom to top; a module may import modules of its own layer or below, never above
@@ -390,3 +390,37 @@ def test_run_flags_are_made_from_the_config_and_the_registries():
     cfg = pr.load_config("smoke", **over)
     assert cfg.fl.lr == 0.05 and cfg.fl.fusion is False and cfg.attack.fm_stages == ("init",)
     assert cfg.fl.num_rounds == pr.load_config("smoke").fl.num_rounds  # not given: the profile's value
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["attacks", "defenses"])
+def test_every_components_parameters_survive_the_trip_to_a_worker_process(kind):
+    """``--jobs 2`` sends each run's built attack and defense to a worker by pickle. A variant's parameters
+    (``params.variant``: MM-BM, MMAC, act_bound_dm) are a new class under its parent's name, which pickle refused
+    ("not the same object") until the registry named them after their component."""
+    import pickle
+
+    registry = getattr(pr, kind).REGISTRY
+    for name in registry.names():
+        p = registry.lookup(name).Params()
+        back = pickle.loads(pickle.dumps(p))
+        assert type(back) is type(p) and back == p, name
+
+
+class _ScaleDownMore(_ScaleDown):
+    """A user's variant of the toy: only a default differs."""
+
+    Params = variant(_ScaleDown.Params, factor=0.25)
+
+
+@pytest.mark.unit
+def test_a_users_variant_pickles_once_registered():
+    import pickle
+
+    with pytest.raises(pickle.PicklingError, match="Can.t pickle"):
+        pickle.dumps(_ScaleDownMore.Params())  # the parent's name finds the parent
+    pr.defenses.register("scale_down_more", _ScaleDownMore)
+    try:
+        assert pickle.loads(pickle.dumps(_ScaleDownMore.Params())).factor == 0.25
+    finally:
+        del pr.defenses.REGISTRY["scale_down_more"]

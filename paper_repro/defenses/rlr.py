@@ -4,9 +4,11 @@ threshold), the server's learning rate on that coordinate is negated, so a direc
 back instead of taken; elsewhere the round's sample-weighted mean is applied as in FedAvg.
 
 Faithful [C: Ozdayi et al. §4, Algorithm 1]: sign vote over the round's updates, learning rate +η where
-|Σ sign| ≥ θ and −η elsewhere, on the averaged update. Adapted [R]: the default θ is the round's strict majority,
-⌊K/2⌋ + 1 for K updates (the paper sets θ from the number of corrupt agents it assumes, θ = 4 of 10 in its
-image experiments); a θ above K would negate every coordinate, so it is refused."""
+|Σ sign| ≥ θ and −η elsewhere, on the averaged update. Adapted [R]: the default θ is ⌊K/2⌋ + 1 for K updates, a bound
+on the vote's margin |Σ sign|, not on the number agreeing: with K = 5 it takes 4 of 5 updates of one sign (the
+only setting between "always" and "never" at K = 5), with K = 10 it takes 8 of 10, stricter than the paper's θ = 4
+(7 of 10), which it sets from the number of corrupt agents it assumes; a θ above K would negate every coordinate, so
+it is refused."""
 
 from __future__ import annotations
 
