@@ -3,6 +3,8 @@ rule's verdicts on hand-made tables, and a resumable walk up a toy ladder in the
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,6 +119,7 @@ def test_calibrate_walks_a_ladder_within_its_budget_and_continues_where_it_stopp
     first = cal.calibrate(budget_minutes=30, clock=lambda: next(ticks), log=lambda m: None, **where)
     assert set(first["rung"]) == {"share 0.05"} and len(first) == 2
     assert cal.verdicts(first, seeds)["verdict"].eq("undecided").all()
+    shutil.rmtree(tmp_path / "res")  # a new machine: the table is committed, its run folders are gone
     rest = cal.calibrate(budget_minutes=600, log=lambda m: None, **where)
     assert list(rest["rung"]) == ["share 0.05"] * 2 + ["share 0.4"] * 2
     assert rest["asr_round0"].between(0, 1).all() and rest["run"].str.startswith("smoke_fm_none_").all()

@@ -247,6 +247,11 @@ def calibrate(
     )
     rows = have.to_dict("records")
     t0, slowest = clock(), 0.0
+    # the kept rows' runs must be in results_dir for the table's provenance: on a new machine the committed table
+    # names runs that only the ledger holds, so serve them (from the ledger; made again only where it lacks them)
+    for (attack, label), g in have.groupby(["attack", "rung"], sort=False) if len(have) else ():
+        cfgs = [calibration_config(profile, attack, label, int(s)) for s in sorted(g["seed"].unique())]
+        run_many(cfgs, results_dir, progress=False, options=options)
     while todo := [(a, r) for a, r in next_rungs(pd.DataFrame(rows), seeds) if a in attacks]:
         attack, label = todo[0]
         if clock() - t0 + slowest > 60 * budget_minutes:
