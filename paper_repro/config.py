@@ -217,6 +217,10 @@ class AttackConfig:
     evaluations). Every run records its attackers per round (``num_attackers``). [C: FLAME, BackFed]"""
     attackers_per_round: int = 1
     """schedule=fixed: malicious clients in every round. [C: FLAME, BackFed]"""
+    last_round: int = 0
+    """Client attacks: the last round in which the malicious clients attack (0: every round). After it they train
+    honestly on their clean data and send honest updates, so that the rounds after it measure how long the backdoor
+    lasts (Neurotoxin's durability). [C: Zhang et al. 2022]"""
     params: dict = field(default_factory=dict)
     """Parameters of the attack beyond the fields above (its ``Params``; docs/components.md). ours"""
 
@@ -241,6 +245,10 @@ class AttackConfig:
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
         _choice("attack.schedule", self.schedule, SCHEDULES)
         _check(self.attackers_per_round >= 1, "attack.attackers_per_round must be >= 1")
+        _check(
+            isinstance(self.last_round, int) and self.last_round >= 0,
+            f"attack.last_round={self.last_round!r} must be a round number >= 1, or 0 for an attack in every round",
+        )
         _check(
             self.schedule != "fixed" or self.attackers_per_round <= self.num_malicious,
             f"attack.schedule='fixed' with attack.attackers_per_round={self.attackers_per_round} needs at least as "
@@ -367,6 +375,11 @@ class Config:
             f"attack.schedule='fixed': each round needs attack.attackers_per_round={a.attackers_per_round} malicious "
             f"and {fl.clients_per_round} - {a.attackers_per_round} benign clients of fl.num_clients={fl.num_clients} "
             f"(attack.num_malicious={a.num_malicious} malicious); lower attackers_per_round or num_malicious",
+        )
+        _check(
+            a.last_round < fl.num_rounds or not a.last_round,
+            f"attack.last_round={a.last_round} with fl.num_rounds={fl.num_rounds}: the attack would never stop, so no "
+            "round measures durability; set it below num_rounds (or 0 for an attack in every round)",
         )
         _check(
             self.attack.target_class < num_classes(self.data.dataset),

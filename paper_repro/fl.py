@@ -171,16 +171,24 @@ def sample_clients(cfg: Config, rng: np.random.Generator, malicious: frozenset =
     return np.sort(np.r_[rng.choice(bad, m, replace=False), rng.choice(good, fl.clients_per_round - m, replace=False)])
 
 
-def attackers(ids: np.ndarray, inp: FLInputs) -> int:
-    """How many of this round's clients the attacker controls (ground truth, for the record)."""
-    return int(sum(int(k) in inp.attack.malicious for k in ids))
+def attackers(ids: np.ndarray, inp: FLInputs, active: bool = True) -> int:
+    """How many of this round's clients attack (ground truth, for the record; 0 once the attack has stopped)."""
+    return int(sum(int(k) in inp.attack.malicious for k in ids)) if active else 0
 
 
 def local_training(
-    cfg: Config, opts: RunOptions, model: nn.Module, data: list, ids: np.ndarray, rnd: int, context=None
+    cfg: Config,
+    opts: RunOptions,
+    model: nn.Module,
+    data: list,
+    ids: np.ndarray,
+    rnd: int,
+    context=None,
+    objectives: list | None = None,
 ) -> torch.Tensor:
     """Step 2: the sampled clients' local models (K, P), each trained from ``model`` (left as it is) on its own
-    data with its own generator (seed, client, round); ``context``: the defense's client-side context, if any."""
+    data with its own generator (seed, client, round); ``context``: the defense's client-side context, if any;
+    ``objectives``: per client, the attack's change to its local steps (None: honest training)."""
     fl = cfg.fl
     gens = [torch_gen(cfg.seed, "client", int(k), "round", rnd) for k in ids]
     return train_clients(
@@ -196,7 +204,13 @@ def local_training(
         cfg.model.channels_last,
         context=context,
         precision=fl.precision,
+        objectives=objectives,
     )
+
+
+def attacking(cfg: Config, rnd: int) -> bool:
+    """Whether the malicious clients attack in round ``rnd`` (``attack.last_round``: after it they are honest)."""
+    return not cfg.attack.last_round or rnd <= cfg.attack.last_round
 
 
 def aggregate(
@@ -358,18 +372,28 @@ def run_federated(
         o.history.append(dict(first))
         o.model = o.fused = model
     clients = [inp.attack.local_data(k, d).tensors(dev) for k, d in enumerate(inp.clients)]  # malicious: poisoned
+    honest = [d.tensors(dev) for d in inp.clients] if cfg.attack.last_round else clients  # after the attack stops
     kd = inp.synthetic_kd.tensors(dev)
     sample_rng = np_rng(cfg.seed, "client_sampling")
 
     for rnd in tqdm(range(1, fl.num_rounds + 1), desc="FL rounds", disable=not progress):
         # 1. sample clients without replacement
         ids = sample_clients(cfg, sample_rng, inp.attack.malicious)
-        # 2. local training from the global model; malicious clients train on poisoned data and craft their update
+        # 2. local training from the global model; malicious clients train on poisoned data (with the attack's own
+        # steps, if it has them) and craft their update, until the attack's last round
+        active = attacking(cfg, rnd)
         with timer("local"):
             g = flat_state(model)
-            inp.attack.begin_round(rnd, g)
-            thetas = local_training(cfg, opts, model, [clients[k] for k in ids], ids, rnd, defense.client_context())
-            updates = torch.stack([inp.attack.craft_update(int(k), theta - g) for k, theta in zip(ids, thetas)])
+            if active:
+                inp.attack.begin_round(rnd, g)
+                data, objectives = [clients[k] for k in ids], [inp.attack.local_objective(int(k)) for k in ids]
+            else:
+                data, objectives = [honest[k] for k in ids], None
+            thetas = local_training(cfg, opts, model, data, ids, rnd, defense.client_context(), objectives)
+            deltas = [theta - g for theta in thetas]
+            if active:
+                deltas = [inp.attack.craft_update(int(k), d) for k, d in zip(ids, deltas)]
+            updates = torch.stack(deltas)
         # 3. aggregation through the defense (robust aggregators and detectors act here)
         ctx = round_context(cfg, opts, inp, model, rnd, ids)
         with timer("aggregate"):
@@ -378,7 +402,8 @@ def run_federated(
         # 4. FedDF fusion on the server's synthetic set
         with timer("fusion"):
             model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd)
-        trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp), **agg.columns, **timer.take()}
+        trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp, active), **agg.columns}
+        trained.update(timer.take())
         if not is_finite(model):  # diverged: the run ends here and reports no ACC/ASR
             for _, o in served_by:
                 o.history.append({**trained, "status": DIVERGED, **no_metrics()})

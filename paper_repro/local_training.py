@@ -42,6 +42,7 @@ def threaded_local_train(
     context=None,
     precision: str = "fp32",
     workers: int | None = None,
+    objectives: list | None = None,
 ) -> torch.Tensor:
     """Step 2 for K clients, ``workers`` of them at a time (default: torch's intra-op thread count), each on one
     thread: the per-client loop of :func:`paper_repro.training.local_train`, run side by side the way Flower's actors
@@ -50,13 +51,17 @@ def threaded_local_train(
     machine has or how many clients run at once (``tests/test_local_training.py``); they equal the loop run on one
     thread bit for bit, and the loop on several threads up to float rounding. ``workers=1`` is the reference loop
     itself (one client after another on torch's intra-op threads). torch's intra-op thread count is set to 1 for the
-    duration and restored afterwards."""
+    duration and restored afterwards. ``objectives``: per client, an attack's change to its local steps
+    (:class:`paper_repro.training.LocalObjective`) or None."""
     if len(data) != len(generators):
         raise ValueError(f"{len(data)} clients but {len(generators)} generators")
+    objectives = _objectives(objectives, len(data))
 
     def one(i: int) -> torch.Tensor:
         (x, y), g = data[i], generators[i]
-        return local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last, context, precision)
+        return local_train(
+            global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last, context, precision, objectives[i]
+        )
 
     if workers == 1:
         return torch.stack([one(i) for i in range(len(data))])
@@ -82,6 +87,14 @@ def train_clients(
         return batched_local_train(global_model, data, *args, **kwargs)
     workers = 1 if engine == "loop" else None  # one worker: local_train per client in turn, the reference loop
     return threaded_local_train(global_model, data, *args, workers=workers, **kwargs)
+
+
+def _objectives(objectives: list | None, k: int) -> list:
+    if objectives is None:
+        return [None] * k
+    if len(objectives) != k:
+        raise ValueError(f"{k} clients but {len(objectives)} local objectives")
+    return list(objectives)
 
 
 def can_batch(model: nn.Module) -> bool:
@@ -111,6 +124,7 @@ def batched_local_train(
     channels_last: bool = False,
     context=None,
     precision: str = "fp32",
+    objectives: list | None = None,
 ) -> torch.Tensor:
     """Step 2 for K clients at once: returns their flat states (K, P), row k = client k trained from
     ``global_model`` on ``data[k]`` with ``generators[k]``. Same semantics as K calls of
@@ -119,13 +133,32 @@ def batched_local_train(
     ``precision="bf16"`` computes the gradients under bf16 autocast (the SGD update stays fp32)."""
     if len(data) != len(generators):
         raise ValueError(f"{len(data)} clients but {len(generators)} generators")
-    if not can_batch(global_model):
-        return torch.stack(
-            [
-                local_train(global_model, x, y, epochs, lr, momentum, batch_size, g, channels_last, context, precision)
-                for (x, y), g in zip(data, generators)
-            ]
-        )
+    objectives = _objectives(objectives, len(data))
+    if not can_batch(global_model) or any(o is not None for o in objectives):
+        # BatchNorm, or a client whose steps an attack changes: those clients through the reference loop
+        loop = [i for i, o in enumerate(objectives) if o is not None or not can_batch(global_model)]
+        rest = [i for i in range(len(data)) if i not in loop]
+        out = [None] * len(data)
+        for i in loop:
+            (x, y), g = data[i], generators[i]
+            args = (epochs, lr, momentum, batch_size, g, channels_last, context, precision, objectives[i])
+            out[i] = local_train(global_model, x, y, *args)
+        if rest:
+            batched = batched_local_train(
+                global_model,
+                [data[i] for i in rest],
+                epochs,
+                lr,
+                momentum,
+                batch_size,
+                [generators[i] for i in rest],
+                channels_last,
+                context,
+                precision,
+            )
+            for j, i in enumerate(rest):
+                out[i] = batched[j]
+        return torch.stack(out)
     k_clients = len(data)
     model = copy.deepcopy(global_model).train()
     names = [n for n, _ in model.named_parameters()]

@@ -95,13 +95,20 @@ that comes and goes."""
 
 def summarise(history: pd.DataFrame) -> dict:
     """Final ACC/ASR, the clients' mean ACC (authors' convention), accuracy on triggered images (true labels), ASR
-    averaged over the last ``LAST_K`` rounds, mean TPR/FPR over rounds, and the defense's share of a round's time."""
+    averaged over the last ``LAST_K`` rounds, ASR after round 0 (initialisation on the synthetic set: where an FM
+    attack enters), the attackers per round (mean and most, over the rounds that record them), mean TPR/FPR over
+    rounds, and the defense's share of a round's time."""
     rounds = history[history["round"] > 0]
     last = history.iloc[-1]
+    first = history[history["round"] == 0]
+    per_round = rounds["num_attackers"].dropna() if "num_attackers" in rounds else rounds["round"].iloc[:0]
     return {
         "acc": last["acc"],
         "asr": last["asr"],
         "asr_last_k": rounds["asr"].tail(LAST_K).mean(),
+        "asr_round0": float(first["asr"].iloc[0]) if len(first) else float("nan"),
+        "attackers_mean": float(per_round.mean()) if len(per_round) else float("nan"),
+        "attackers_max": float(per_round.max()) if len(per_round) else float("nan"),
         "acc_triggered": last.get("acc_triggered", float("nan")),
         "acc_client_mean": last.get("acc_client_mean", float("nan")),
         "status": last.get("status", "ok"),

@@ -10,8 +10,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import flat_state, load_flat_state
+from .models import flat_state, load_flat_state, state_keys
 from .precision import autocast
+
+
+class LocalObjective:
+    """A change to one client's local training, made by an attack (:meth:`paper_repro.attacks.Attack.local_objective`):
+    :func:`train_supervised` calls :meth:`begin` once, then :meth:`gradients` after every backward pass (before the
+    SGD step; edit ``p.grad`` in place: a projected or penalised gradient) and :meth:`project` after every step
+    (edit the parameters in place: projection onto a constraint set). The base class changes nothing."""
+
+    def begin(self, model: nn.Module) -> None:
+        """Called once with the client's copy of the global model, before its first step."""
+
+    def gradients(self, model: nn.Module) -> None:
+        """Called after every backward pass, before the optimiser's step."""
+
+    def project(self, model: nn.Module) -> None:
+        """Called after every optimiser step."""
+
+
+def flat_slices(model: nn.Module) -> dict[str, slice]:
+    """Per parameter name, its slice in :func:`paper_repro.models.flat_state`'s vector (buffers are skipped but
+    counted), so that a (P,) mask or target can be read per parameter."""
+    sd, params, out, i = model.state_dict(), dict(model.named_parameters()), {}, 0
+    for k in state_keys(model):
+        n = sd[k].numel()
+        if k in params:
+            out[k] = slice(i, i + n)
+        i += n
+    return out
 
 
 def as_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -38,13 +66,17 @@ def train_supervised(
     generator: torch.Generator,
     channels_last: bool = False,
     precision: str = "fp32",
+    objective: LocalObjective | None = None,
 ) -> nn.Module:
     """Cross-entropy SGD on (x, y) for ``epochs``, batches in an order drawn from ``generator``; trains ``model``
     in place and returns it. A fresh optimiser per call (the author code re-creates it every round).
-    ``precision="bf16"`` runs forward and backward under bf16 autocast (see :func:`autocast`)."""
+    ``precision="bf16"`` runs forward and backward under bf16 autocast (see :func:`autocast`). ``objective``: an
+    attack's change to the steps (:class:`LocalObjective`), None for an honest client."""
     model, x = _prep(model, x, channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if objective is not None:
+        objective.begin(model)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             if not len(idx):  # a client without data does not move (instead of a NaN loss)
@@ -53,7 +85,12 @@ def train_supervised(
                 loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if objective is not None:
+                objective.gradients(model)
             opt.step()
+            if objective is not None:
+                with torch.no_grad():
+                    objective.project(model)
     return model
 
 
@@ -69,15 +106,17 @@ def local_train(
     channels_last: bool = False,
     context=None,
     precision: str = "fp32",
+    objective: LocalObjective | None = None,
 ) -> torch.Tensor:
     """Step 2 for one client: copy the global model, train on the client's data, return its flat state (P,).
-    ``context(model)``, if given, is a context manager active during training (e.g. activation bounds).
+    ``context(model)``, if given, is a context manager active during training (e.g. activation bounds);
+    ``objective``: a malicious client's change to its steps (:class:`LocalObjective`).
 
     Written per client on purpose: it is the reference that a batched engine must match.
     """
     model = copy.deepcopy(global_model)
     with context(model) if context is not None else contextlib.nullcontext():
-        train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last, precision)
+        train_supervised(model, x, y, epochs, lr, momentum, batch_size, generator, channels_last, precision, objective)
     return flat_state(model)
 
 

@@ -23,7 +23,7 @@ def test_every_attack_is_listed_and_built_from_the_registry():
         "model_replacement",
         "dba",
         "neurotoxin",
-        "3dfed",
+        "adaptive_decoys",
         "fm_generated",
         "fm_bound_aware",
     } <= set(pr.attacks.names())
@@ -55,20 +55,105 @@ def test_model_replacement_scales_by_the_round_size():
     assert torch.equal(att.craft_update(k, u), u * cfg.fl.clients_per_round)
 
 
-def test_neurotoxin_zeroes_the_coordinates_the_global_model_moved_most():
+def _tiny_model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(40, 1, 3, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    return model, x, y
+
+
+def _train(model, x, y, objective=None):
+    from paper_repro.training import local_train
+
+    return local_train(model, x, y, 2, 0.1, 0.9, 8, torch.Generator().manual_seed(1), objective=objective)
+
+
+def test_neurotoxin_projects_every_local_step_off_the_coordinates_the_global_model_moved_most():
+    from paper_repro.models import flat_state
+
     cfg, att = _attack("neurotoxin", params={"mask_ratio": 0.25}, boost=1.0)
     k = sorted(att.malicious)[0]
-    att.begin_round(1, torch.zeros(8))
-    assert torch.equal(att.craft_update(k, torch.ones(8)), torch.ones(8))  # round 1: nothing to estimate from
-    att.begin_round(2, torch.tensor([0.0, 5, 0, 0, 0, 0, -9, 0]))
-    out = att.craft_update(k, torch.ones(8))
-    assert out.tolist() == [1, 0, 1, 1, 1, 1, 0, 1]
     benign = next(c for c in range(cfg.fl.num_clients) if not att.is_malicious(c))
-    assert torch.equal(att.craft_update(benign, torch.ones(8)), torch.ones(8))
+    model, x, y = _tiny_model_and_data()
+    g0 = flat_state(model)
+    att.begin_round(1, g0)
+    assert att.local_objective(k) is None  # round 1: no global change to estimate the benign direction from
+    change = torch.zeros_like(g0)
+    change[torch.arange(0, len(g0), 4)] = torch.linspace(1, 2, len(range(0, len(g0), 4)))  # every 4th moved
+    att.begin_round(2, g0 + change)
+    assert att.local_objective(benign) is None
+    masked = change.abs() >= torch.topk(change.abs(), int(0.25 * len(g0))).values.min()
+    theta = _train(model, x, y, att.local_objective(k))
+    honest = _train(model, x, y)
+    d = theta - g0
+    assert torch.equal(d[masked], torch.zeros(int(masked.sum())))  # those coordinates never moved
+    assert (d[~masked] != 0).float().mean() > 0.9
+    # projected per step, not masked at the end: the other coordinates differ from an honest run's
+    assert not torch.allclose(d[~masked], (honest - g0)[~masked])
+    assert torch.equal(att.craft_update(k, d), d)  # the finished update is sent as trained (boost 1)
+
+
+def test_neurotoxin_norm_bound_keeps_every_step_within_the_ball():
+    from paper_repro.models import flat_state
+
+    _, att = _attack("neurotoxin", params={"mask_ratio": 0.0, "norm_bound": 0.05})
+    k = sorted(att.malicious)[0]
+    model, x, y = _tiny_model_and_data()
+    g0 = flat_state(model)
+    att.begin_round(1, g0)
+    free = (_train(model, x, y) - g0).norm()
+    bounded = (_train(model, x, y, att.local_objective(k)) - g0).norm()
+    assert free > 0.1 and bounded == pytest.approx(0.05, rel=1e-4)
     with pytest.raises(ConfigError, match="accepted"):
         pr.load_config("smoke", attack={"kind": "neurotoxin", "params": {"ratio": 0.1}})
     with pytest.raises(ConfigError, match="mask_ratio"):
         pr.load_config("smoke", attack={"kind": "neurotoxin", "params": {"mask_ratio": "x"}})
+
+
+def test_constrain_and_scale_trains_closer_to_the_global_model_and_caps_the_sent_norm():
+    from paper_repro.models import flat_state
+
+    cfg, plain = _attack("model_replacement")
+    _, cs = _attack("model_replacement", params={"anomaly_weight": 0.5, "norm_bound": 0.3})
+    k = sorted(plain.malicious)[0]
+    assert plain.local_objective(k) is None
+    model, x, y = _tiny_model_and_data()
+    g0 = flat_state(model)
+    d_plain, d_cs = _train(model, x, y) - g0, _train(model, x, y, cs.local_objective(k)) - g0
+    assert d_cs.norm() < 0.9 * d_plain.norm()  # the anomaly loss pulls the local model toward G
+    sent = cs.craft_update(k, d_cs)
+    n = cfg.fl.clients_per_round
+    assert sent.norm() == pytest.approx(min(0.3, n * float(d_cs.norm())), rel=1e-5)
+    small = torch.full((4,), 1e-3)
+    assert torch.allclose(cs.craft_update(k, small), small * n)  # within the bound: the full γ = n
+    benign = next(c for c in range(cfg.fl.num_clients) if not cs.is_malicious(c))
+    assert cs.local_objective(benign) is None and torch.equal(cs.craft_update(benign, small), small)
+
+
+@pytest.mark.unit
+def test_the_batched_engine_trains_clients_with_an_objective_as_the_loop_does():
+    from paper_repro.local_training import batched_local_train, threaded_local_train
+    from paper_repro.training import LocalObjective
+
+    class Freeze(LocalObjective):  # zero every gradient: the client must not move at all
+        def gradients(self, model):
+            for p in model.parameters():
+                p.grad.zero_()
+
+    model, x, y = _tiny_model_and_data()
+    data = [(x[:20], y[:20]), (x[20:], y[20:]), (x, y)]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    objs = [None, Freeze(), None]
+    b = batched_local_train(model, data, 1, 0.1, 0.9, 8, gens(), objectives=objs)
+    t = threaded_local_train(model, data, 1, 0.1, 0.9, 8, gens(), objectives=objs)
+    plain = batched_local_train(model, data, 1, 0.1, 0.9, 8, gens())
+    from paper_repro.models import flat_state
+
+    assert torch.equal(b[1], flat_state(model)) and torch.equal(t[1], flat_state(model))
+    assert torch.allclose(b[[0, 2]], plain[[0, 2]], atol=1e-6) and torch.allclose(t, b, atol=1e-5)
+    with pytest.raises(ValueError, match="local objectives"):
+        threaded_local_train(model, data, 1, 0.1, 0.9, 8, gens(), objectives=objs[:2])
 
 
 def test_the_selection_rule_takes_the_lowest_asr_within_the_accuracy_budget():
@@ -89,8 +174,8 @@ def test_the_selection_rule_takes_the_lowest_asr_within_the_accuracy_budget():
         select_variant(pd.DataFrame(rows), max_cost=0.001)
 
 
-def test_3dfed_decoys_draw_noise_and_the_carrier_scale_follows_acceptance():
-    cfg, att = _attack("3dfed", boost=4.0, params={"num_decoys": 1, "decoy_scale": 5.0, "max_scale": 16.0})
+def test_adaptive_decoys_decoys_draw_noise_and_the_carrier_scale_follows_acceptance():
+    cfg, att = _attack("adaptive_decoys", boost=4.0, params={"num_decoys": 1, "decoy_scale": 5.0, "max_scale": 16.0})
     ranked = sorted(att.malicious)
     carrier, decoy = ranked[0], ranked[-1]
     assert att.decoys == {decoy} and carrier not in att.decoys  # roles by rank, never all decoys
@@ -111,10 +196,10 @@ def test_3dfed_decoys_draw_noise_and_the_carrier_scale_follows_acceptance():
     assert att.scale[carrier] == 4.0 and att.log[-1]["acceptance"] == pytest.approx(0.0, abs=1e-4)
     benign = next(c for c in range(cfg.fl.num_clients) if not att.is_malicious(c))
     assert torch.equal(att.craft_update(benign, u), u)
-    _, alone = _attack("3dfed", num_malicious=1, params={"num_decoys": 3})
+    _, alone = _attack("adaptive_decoys", num_malicious=1, params={"num_decoys": 3})
     assert not alone.decoys  # a single malicious client always carries the backdoor
     with pytest.raises(ConfigError, match="decoy_scale"):
-        pr.load_config("smoke", attack={"kind": "3dfed", "params": {"decoy_scale": 0.0}})
+        pr.load_config("smoke", attack={"kind": "adaptive_decoys", "params": {"decoy_scale": 0.0}})
 
 
 def test_bound_aware_trigger_is_a_bounded_pattern_the_asr_images_carry():
@@ -228,7 +313,7 @@ def test_adaptive_table_reads_act_bound_against_no_defense_per_adaptive_attack()
 def test_a_run_folder_records_what_the_attack_reports(tmp_path):
     import json
 
-    cfg = pr.load_config("smoke", attack={"kind": "3dfed", "num_malicious": 3, "boost": 2.0})
+    cfg = pr.load_config("smoke", attack={"kind": "adaptive_decoys", "num_malicious": 3, "boost": 2.0})
     res = pr.run_experiment(cfg, results_dir=tmp_path, progress=False)
     rec = json.loads((res.run_dir / "config.json").read_text())["attack"]
     assert set(rec) <= {"info", "log"} and all({"round", "client", "acceptance"} <= set(e) for e in rec.get("log", []))
@@ -293,3 +378,27 @@ def test_every_round_records_its_attackers(tmp_path):
     assert h["num_attackers"].iloc[1:].tolist() == [1] * cfg.fl.num_rounds
     none = pr.run_experiment(pr.load_config("smoke"), results_dir=tmp_path, progress=False).history
     assert none["num_attackers"].iloc[1:].eq(0).all()
+
+
+@pytest.mark.smoke
+def test_an_attack_that_stops_leaves_honest_rounds_after_its_last_round(tmp_path):
+    attack = {"kind": "neurotoxin", "num_malicious": 2, "schedule": "fixed", "client_poison_ratio": 1.0}
+    cfg = pr.load_config("smoke", attack=attack)
+    stop = pr.load_config("smoke", attack={**attack, "last_round": 1})
+    h = pr.run_experiment(cfg, results_dir=tmp_path, progress=False).history
+    hs = pr.run_experiment(stop, results_dir=tmp_path, progress=False).history
+    assert hs["num_attackers"].iloc[1:].tolist() == [1] + [0] * (cfg.fl.num_rounds - 1)
+    assert hs.loc[1, "asr"] == h.loc[1, "asr"]  # round 1: the same attack
+    assert (hs["acc"].iloc[2:] != h["acc"].iloc[2:]).any()  # afterwards the attacker trains honestly
+    from paper_repro.metrics import summarise
+
+    s = summarise(hs)
+    assert s["attackers_mean"] == pytest.approx(1 / cfg.fl.num_rounds) and s["attackers_max"] == 1
+    assert s["asr_round0"] == hs.loc[0, "asr"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("last", [-1, 99])
+def test_an_attack_end_that_is_not_a_round_is_refused(last):
+    with pytest.raises(pr.ConfigError, match="last_round"):
+        pr.load_config("smoke", attack={"kind": "classic", "last_round": last})

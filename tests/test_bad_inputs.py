@@ -110,7 +110,7 @@ def _meaningless_cases():
     """Runs that could not measure what they claim: an attack that poisons nothing or reaches no model, a trigger
     that changes no pixel, a defense whose setting makes it FedAvg or leaves it undefined."""
     dba = {"trigger": "dba"}
-    for kind in ("classic", "both", "model_replacement", "dba", "neurotoxin", "3dfed"):
+    for kind in ("classic", "both", "model_replacement", "dba", "neurotoxin", "adaptive_decoys"):
         extra = dba if kind == "dba" else {}
         yield (
             "attack.num_malicious",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..config import Config
 from ..params import resolved
 from ..registry import Registry
+from .adaptive_decoys import AdaptiveDecoys
 from .base import Attack, config_trigger
 from .both import FMAndClassic
 from .classic import DataPoisoning
@@ -20,7 +21,6 @@ from .fm_generated import FMGenerated
 from .fm_poisoning import FMPoisoning
 from .neurotoxin import Neurotoxin
 from .replacement import ModelReplacement
-from .threedfed import ThreeDFed
 
 DIGEST_ROLE = "registry"  # codehash: see its module docstring
 
@@ -35,7 +35,7 @@ REGISTRY = Registry(
         "model_replacement": ModelReplacement,
         "dba": DBA,
         "neurotoxin": Neurotoxin,
-        "3dfed": ThreeDFed,
+        "adaptive_decoys": AdaptiveDecoys,
         "fm_generated": FMGenerated,
         "fm_bound_aware": FMBoundAware,
         "fm_clean_label": FMCleanLabel,

@@ -11,6 +11,7 @@ import torch
 from ..config import Config
 from ..data import ImageSet
 from ..params import NoParams, build
+from ..training import LocalObjective
 from ..triggers import Trigger
 
 
@@ -67,6 +68,12 @@ class Attack:
     def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
         """Called at the start of every round with the global model's flat state (P,), before local training: what
         every client (the attacker's among them) receives from the server."""
+
+    def local_objective(self, client_id: int) -> LocalObjective | None:
+        """How client ``client_id`` changes its local training steps (a projected gradient, a penalty, a norm
+        constraint), called after :meth:`begin_round`; None: it trains as an honest client does, on
+        :meth:`local_data`."""
+        return None
 
     def craft_update(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
         """The update the client sends, given its honest update Δ = θ_local − θ_global (P,)."""

@@ -49,6 +49,7 @@ from ..fl import (
     Timer,
     aggregate,
     attackers,
+    attacking,
     evaluate_served,
     fedavg_weights,
     finish_row,
@@ -159,7 +160,7 @@ class DefenseStrategy(Strategy):
         row = {
             "round": server_round,
             "status": OK,
-            "num_attackers": attackers(self._ids, self.inputs),
+            "num_attackers": attackers(self._ids, self.inputs, attacking(self.cfg, server_round)),
             "local_seconds": max(s for _, s in sent.values()),
         }
         return self._server_round(server_round, self._ids, thetas, updates, weights, row)
@@ -245,8 +246,9 @@ class _Client(NumPyClient):
     def fit(self, parameters, config):
         rnd, ids = int(config["round"]), [int(i) for i in str(config["ids"]).split(",")]
         g = torch.from_numpy(parameters[0]).to(self.opts.device)
-        attack = self.inputs.attack
-        attack.begin_round(rnd, g)  # every client hears every round (e.g. Neurotoxin tracks the global model)
+        attack, active = self.inputs.attack, attacking(self.cfg, rnd)
+        if active:  # every client hears every round (e.g. Neurotoxin tracks the global model)
+            attack.begin_round(rnd, g)
         if self.k not in ids:
             return [np.zeros(0, np.float32)], 0, {"partition": self.k, "trained": 0}
         t = time.perf_counter()
@@ -255,10 +257,12 @@ class _Client(NumPyClient):
             self.cfg.model.name, test.shape, test.num_classes, derive_seed(self.cfg.seed, "model_init")
         ).to(self.opts.device)
         load_flat_state(model, g)
-        data = attack.local_data(self.k, self.inputs.clients[self.k]).tensors(self.opts.device)
+        own = self.inputs.clients[self.k]
+        data = (attack.local_data(self.k, own) if active else own).tensors(self.opts.device)
+        objective = attack.local_objective(self.k) if active else None
         loop = dataclasses.replace(self.opts, engine="loop")  # one client per process: the reference loop
-        theta = local_training(self.cfg, loop, model, [data], np.array([self.k]), rnd)[0]
-        update = attack.craft_update(self.k, theta - g)
+        theta = local_training(self.cfg, loop, model, [data], np.array([self.k]), rnd, objectives=[objective])[0]
+        update = attack.craft_update(self.k, theta - g) if active else theta - g
         return (
             [theta.cpu().numpy(), update.cpu().numpy()],
             len(self.inputs.clients[self.k]),

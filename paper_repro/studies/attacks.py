@@ -36,7 +36,7 @@ ATTACKS: dict[str, dict] = {
     "model replacement": {"kind": "model_replacement"},
     "DBA": {"kind": "dba", "trigger": "dba"},
     "Neurotoxin": {"kind": "neurotoxin"},
-    "3DFed": {"kind": "3dfed"},
+    "adaptive decoys (3DFed-style)": {"kind": "adaptive_decoys"},
 }
 """Label → ``attack`` section. Every attack at its paper's parameters (see its file) and the profile's poison
 shares; the client attacks use the profile's malicious clients and boost."""

@@ -149,7 +149,6 @@ def calibration_config(profile: str, attack: str, label: str, seed: int):
 
 def calibration_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
     r = rung(str(labels["attack"]), str(labels["rung"]))
-    first = history[history["round"] == 0]
     return [
         {
             "attack": labels["attack"],
@@ -158,7 +157,6 @@ def calibration_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict
             "kind": r.attack["kind"],
             "linf": r.linf,
             "seed": labels["seed"],
-            "asr_round0": float(first["asr"].iloc[0]) if len(first) else float("nan"),
             **summarise(history),
             "run": run,
         }

@@ -1,5 +1,8 @@
-"""``3dfed`` — a 3DFed-style adaptive attacker (Li et al., "3DFed: Adaptive and extensible framework for covert
-backdoor attack in federated learning", IEEE S&P 2023), as far as this FL loop allows.
+"""``adaptive_decoys`` — an adaptive attacker built from two of 3DFed's four parts (Li et al., "3DFed: Adaptive and
+extensible framework for covert backdoor attack in federated learning", IEEE S&P 2023): a backdoor update whose scale
+follows the feedback the attacker reads from the global model, and decoy updates that draw a clustering defense. It
+is **not** 3DFed: the constraint loss inside local training, the indicator neurons and the noise masks are left out
+(what each part becomes is listed below), so its results say nothing about 3DFed as published.
 
 3DFed has four parts; what each becomes here:
 
@@ -32,10 +35,10 @@ from ..rng import torch_gen
 from .classic import DataPoisoning
 
 
-class ThreeDFed(DataPoisoning):
+class AdaptiveDecoys(DataPoisoning):
     """Carriers send an adaptively scaled backdoor update, decoys send noisy updates that draw the defense."""
 
-    name = "3dfed"
+    name = "adaptive_decoys"
 
     @params
     class Params:
@@ -63,7 +66,7 @@ class ThreeDFed(DataPoisoning):
         self._sent: dict[int, tuple[int, torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config, **kw) -> ThreeDFed:
+    def from_config(cls, cfg: Config, **kw) -> AdaptiveDecoys:
         return super().from_config(cfg, params=cls.params_of(cfg), clients_per_round=cfg.fl.clients_per_round, **kw)
 
     def begin_round(self, rnd: int, global_state: torch.Tensor) -> None:
@@ -93,7 +96,7 @@ class ThreeDFed(DataPoisoning):
     def _decoy_noise(self, client_id: int, update: torch.Tensor) -> torch.Tensor:
         """Gaussian noise of ``decoy_scale``·‖Δ‖ on the coordinates outside the last global change's top
         ``mask_ratio`` (all coordinates before the first change is seen); drawn from the seed, round and client."""
-        g = torch_gen(self.seed, "3dfed_decoy", self._round, int(client_id))
+        g = torch_gen(self.seed, "adaptive_decoy", self._round, int(client_id))
         noise = torch.randn(update.shape, generator=g, dtype=torch.float32).to(update.device, update.dtype)
         if self._last_change is not None and self.mask_ratio > 0:
             k = int(self.mask_ratio * len(noise))
