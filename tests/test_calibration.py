@@ -61,8 +61,12 @@ def test_every_rung_builds_and_stays_within_the_stealth_limits(attack):
             assert r.linf <= cal.LIMITS["full-image trigger L∞ (of 255)"]
         assert a.params.get("finetune_steps", 0) <= cal.LIMITS["FM fine-tuning steps"]
         assert a.boost <= cal.LIMITS["client update boost"]
-        if not a.kind.startswith("fm"):  # client attacks: one attacker in every round
-            assert (a.schedule, a.attackers_per_round) == ("fixed", 1)
+        assert a.params.get("max_scale", 0) <= cal.LIMITS["client update boost"]  # an adaptive scale's cap
+        if not a.kind.startswith("fm"):  # client attacks: a fixed number of attackers in every round
+            assert a.schedule == "fixed"
+            assert a.attackers_per_round == (2 if a.kind == "adaptive_decoys" else 1)  # a carrier and a decoy
+            if a.kind == "model_replacement":
+                assert cfg.attack.boost == 1.0  # unused: its scale is γ = n
         if a.trigger == "sig":  # the declared L∞ is the one the trigger has (measured on a mid-grey image)
             grey = np.full((1, 1, 28, 28), 128, np.uint8)
             linf = np.abs(config_trigger(cfg).apply(grey).astype(int) - 128).max()
@@ -126,3 +130,25 @@ def test_calibrate_walks_a_ladder_within_its_budget_and_continues_where_it_stopp
     v = cal.verdicts(read_table("attack_calibration", "smoke", tmp_path), seeds)
     assert v["verdict"].eq("weak").all() and v["chosen"].eq("share 0.4").all()
     assert list(rest["run"][:2]) == list(first["run"])  # the first rung's runs are served, not made again
+
+
+@pytest.mark.smoke
+def test_calibrate_remakes_committed_rows_whose_runs_no_current_code_holds(tmp_path, monkeypatch):
+    ladder = [cal.Rung("share 0.4", {"kind": "fm", "poison_ratio": 0.4}, 255)]
+    monkeypatch.setattr(cal, "LADDERS", {"toy": ladder})
+    monkeypatch.setenv("PAPER_REPRO_LEDGER", str(tmp_path / "ledger"))
+    where = dict(profile="smoke", seeds=(0,), results_dir=tmp_path / "res", tables_dir=tmp_path, progress=False)
+    real = cal.summarise
+    # older code: its table rows say ASR 0.5, and its runs are under other keys (here: gone from folder and ledger)
+    monkeypatch.setattr(cal, "summarise", lambda h: {**real(h), "asr": 0.5})
+    old = cal.calibrate(budget_minutes=600, log=lambda m: None, **where)
+    assert old["asr"].tolist() == [0.5]
+    monkeypatch.setattr(cal, "summarise", real)
+    shutil.rmtree(tmp_path / "res")
+    shutil.rmtree(tmp_path / "ledger", ignore_errors=True)  # the smoke profile keeps no ledger
+    said = []
+    now = cal.calibrate(budget_minutes=600, log=said.append, **where)
+    assert any("1 committed rows dropped" in m for m in said)
+    assert now["asr"].tolist() != [0.5] and now["asr"].between(0, 1).all()  # made again, not copied
+    served = cal.calibrate(budget_minutes=600, log=said.append, **where)
+    assert served["asr"].tolist() == now["asr"].tolist() and served["run"].tolist() == now["run"].tolist()

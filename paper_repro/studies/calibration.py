@@ -122,17 +122,47 @@ LADDERS: dict[str, list[Rung]] = {
                 for b in (5.0, 10.0)
             ),
         ]
-        for name, kind in (("classic", "classic"), ("DBA", "dba"))
+        for name, kind in (("classic", "classic"), ("DBA", "dba"), ("Neurotoxin", "neurotoxin"))
     },
     "model replacement": [
         Rung(f"1 per round, share {r:g}, γ = n", {**_one_per_round("model_replacement"), "client_poison_ratio": r}, 255)
         for r in (0.5, 1.0)
     ],
+    "model replacement (constrain-and-scale)": [
+        Rung(
+            f"1 per round, share {r:g}, γ = n, anomaly weight 0.3",
+            {
+                **_one_per_round("model_replacement"),
+                "client_poison_ratio": r,
+                "params": {"anomaly_weight": 0.3},
+            },
+            255,
+        )
+        for r in (0.5, 1.0)
+    ],
+    "adaptive decoys": [
+        Rung(
+            f"2 per round, share 1, scale from {b:g} up to 10",
+            {
+                **_one_per_round("adaptive_decoys"),
+                "attackers_per_round": 2,
+                "client_poison_ratio": 1.0,
+                "boost": b,
+                "params": {"max_scale": 10.0},
+            },
+            255,
+        )
+        for b in (1.0, 5.0)
+    ],
 }
 """Per attack, its ladder: rungs in the order they are tried, fixed before any was run. Client attacks run with the
 fixed attacker schedule, one attacker in every round (docs/protocol.md): poisoned share of the attacker's data
 0.5 → 1 at boost 1, then boost 5 → 10 (the stealth limit on update scale); model replacement on its own published
-scale γ = n/η (``attack.boost`` unused), share 0.5 → 1."""
+scale γ = n/η (``attack.boost`` unused), share 0.5 → 1; its constrain-and-scale variant the same with Bagdasaryan et
+al.'s anomaly-loss weight 1 − α = 0.3 (no norm cap: the server's bound is unknown to it). Neurotoxin climbs the
+classic ladder with its mask at 5 % (the paper's middle setting). Adaptive decoys need a carrier and a decoy in a
+round: two attackers per round, every sample poisoned, the adaptive scale starting at 1 → 5 and capped at the
+stealth limit 10 (the default cap of 20 passes it)."""
 
 
 def rung(attack: str, label: str) -> Rung:
@@ -214,6 +244,29 @@ def next_rungs(df: pd.DataFrame, seeds: tuple[int, ...] = VALIDATION_SEEDS) -> l
     return todo
 
 
+def _kept_rows(have: pd.DataFrame, profile: str, results_dir, options, log) -> list[dict]:
+    """The committed table's rows, each derived again from its run as the current code keys it, never copied: a run
+    the results folder or the ledger holds is served (instant; on a new machine this also puts the ledger's runs in
+    ``results_dir`` for the table's provenance); a row whose run was made by other code (or is off the ladders now)
+    is dropped, said in ``log``, and the walk makes its rung again when it reaches it."""
+    from ..runner import plan_run, served
+
+    rows, stale = [], []
+    for rec in have.to_dict("records"):
+        attack, label, seed = str(rec["attack"]), str(rec["rung"]), int(rec["seed"])
+        if attack not in LADDERS or label not in {r.label for r in LADDERS[attack]}:
+            stale.append(f"{attack} at {label} (off the ladders)")
+            continue
+        res = served(plan_run(calibration_config(profile, attack, label, seed), results_dir, options))
+        if res is None:
+            stale.append(f"{attack} at {label}, seed {seed}")
+            continue
+        rows += calibration_rows({"attack": attack, "rung": label, "seed": seed}, res.history, res.run_dir.name)
+    if stale:
+        log(f"{len(stale)} committed rows dropped (no run of the current code holds them): " + "; ".join(stale))
+    return rows
+
+
 def calibrate(
     profile: str = "quick",
     attacks: tuple[str, ...] | None = None,
@@ -228,7 +281,8 @@ def calibrate(
 ) -> pd.DataFrame:
     """Walk the ladders of ``attacks`` (default: all) by the rule, one rung (all seeds) at a time, starting no rung
     that would end past ``budget_minutes`` (judged by the slowest rung so far); write the table of every run so far
-    (rows of earlier calls are kept) and return it. Run again to continue: finished runs are served, not recomputed."""
+    (rows of earlier calls are kept where their runs are served) and return it. Run again to continue: finished runs
+    are served, not recomputed."""
     from ..runner import run_many
     from ..tables import read_table, table_path
 
@@ -243,13 +297,8 @@ def calibrate(
         if table_path("attack_calibration", profile, tables_dir).is_file()
         else pd.DataFrame()
     )
-    rows = have.to_dict("records")
     t0, slowest = clock(), 0.0
-    # the kept rows' runs must be in results_dir for the table's provenance: on a new machine the committed table
-    # names runs that only the ledger holds, so serve them (from the ledger; made again only where it lacks them)
-    for (attack, label), g in have.groupby(["attack", "rung"], sort=False) if len(have) else ():
-        cfgs = [calibration_config(profile, attack, label, int(s)) for s in sorted(g["seed"].unique())]
-        run_many(cfgs, results_dir, progress=False, options=options)
+    rows = _kept_rows(have, profile, results_dir, options, log)
     while todo := [(a, r) for a, r in next_rungs(pd.DataFrame(rows), seeds) if a in attacks]:
         attack, label = todo[0]
         if clock() - t0 + slowest > 60 * budget_minutes:
