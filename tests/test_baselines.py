@@ -121,6 +121,34 @@ def test_fltrust_flags_the_client_that_points_away_from_the_server():
         pr.defenses.get("fltrust").aggregate(torch.stack([u, -u]), torch.ones(2), dataclasses.replace(ctx, local=None))
 
 
+def test_fltrust_trains_its_root_for_as_many_steps_as_a_mean_client(monkeypatch):
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import LocalTraining, RoundContext
+    from paper_repro.defenses import fltrust as ft
+
+    np.testing.assert_array_equal(ft.root_schedule(np.array([4, 2, 9]), 7), [4, 2, 9, 4, 2, 9, 4])
+    np.testing.assert_array_equal(ft.root_schedule(np.array([4, 2, 9]), 1), [4, 2, 9])  # each at least once
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    seen = []
+
+    def fake_train(model, x, y, *a, **k):
+        seen.append(x)
+        return ft.flat_state(model)
+
+    monkeypatch.setattr(ft, "local_train", fake_train)
+    ctx = RoundContext(
+        1, np.array([3, 8]), model, syn, torch.Generator().manual_seed(0), local=LocalTraining(1, 0.1, 0, 8)
+    )
+    u = torch.randn(2, 370, generator=torch.Generator().manual_seed(1))
+    pr.defenses.get("fltrust", root_size=20).aggregate(u, torch.tensor([300.0, 500.0]), ctx)
+    x = seen[0].reshape(len(seen[0]), -1)
+    assert len(x) == 400  # the round's mean client: 400 examples, so one epoch is 50 steps of 8 as a client's
+    assert len(torch.unique(x, dim=0)) <= 20  # drawn from the 20 root examples only
+    with pytest.raises(ValueError, match="fl.weighting='samples'"):
+        pr.load_config("quick", defense={"name": "fltrust"}, fl={"weighting": "uniform"})
+
+
 def test_deepsight_energies_and_threshold_exceedings_by_hand():
     from paper_repro.defenses.deepsight import co_membership, neups, threshold_exceedings
 
@@ -133,6 +161,13 @@ def test_deepsight_energies_and_threshold_exceedings_by_hand():
     assert threshold_exceedings(np.r_[0.9, np.full(9, 0.1 / 9)]) == 1  # concentrated on one label: ξ = 0.09
     dist = co_membership([np.array([0, 0, 1]), np.array([0, 1, 1])])
     np.testing.assert_allclose(dist, [[0, 0.5, 1], [0.5, 0, 0.5], [1, 0.5, 0]])
+    from paper_repro.defenses.deepsight import ensemble_distance
+
+    # clients 0 and 1: together for the cosine clustering, apart in 2 of 3 DDif seeds, apart for NEUPs:
+    # (0 + 2/3 + 1) / 3 = 5/9 (five labelings weighted equally would give 3/5)
+    ddifs = [np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0, 1, 1])]
+    d = ensemble_distance(np.array([0, 0, 1]), ddifs, np.array([0, 1, 1]))
+    assert d[0, 1] == pytest.approx(5 / 9) and d[0, 2] == pytest.approx(1.0) and d[1, 2] == pytest.approx(4 / 9)
 
 
 def test_deepsight_rejects_the_update_whose_output_energy_sits_on_one_label():
@@ -141,11 +176,14 @@ def test_deepsight_rejects_the_update_whose_output_energy_sits_on_one_label():
 
     syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
-    updates = torch.randn(5, 370, generator=torch.Generator().manual_seed(0)) * 0.01  # benign: energy on every label
-    updates[4] = 0.0
-    updates[4, :36], updates[4, 360] = 0.5, 0.5  # label 0's weights and bias only
-    ctx = RoundContext(1, np.array([1, 3, 5, 7, 9]), model, syn, torch.Generator().manual_seed(0))
-    res = pr.defenses.get("deepsight").aggregate(updates, torch.ones(5), ctx)
-    assert res.flagged == [9] and res.info == {"suspicious": 1}
+    g = torch.Generator().manual_seed(0)
+    # benign: a shared direction plus noise, energy on every label (independent noise alone gives HDBSCAN no benign
+    # cluster to find among so few updates)
+    updates = torch.randn(370, generator=g) * 0.01 + torch.randn(8, 370, generator=g) * 0.003
+    updates[7] = 0.0
+    updates[7, :36], updates[7, 360] = 0.5, 0.5  # label 0's weights and bias only
+    ctx = RoundContext(1, np.arange(8) * 2 + 1, model, syn, torch.Generator().manual_seed(0))
+    res = pr.defenses.get("deepsight").aggregate(updates, torch.ones(8), ctx)
+    assert res.flagged == [15] and res.info == {"suspicious": 1}
     bound = torch.linalg.vector_norm(updates, dim=1).median()
     assert torch.linalg.vector_norm(res.update) <= bound + 1e-6  # the accepted updates clipped to the median norm

@@ -67,6 +67,19 @@ def test_screens_work_label_by_label_and_leave_a_label_without_outliers_alone():
 
 
 @pytest.mark.unit
+def test_the_silhouette_analysis_keeps_a_clear_split_into_halves():
+    x = _outlier_set().x.copy()
+    x[:, 0, 1, :] = 0
+    x[:10, 0, 1, :] = 200  # half the label lit: a clear split (high silhouette) into two clusters of 10
+    halves = ImageSet(x, np.zeros(20, np.int64), ["0", "1"])
+    ac = pr.defenses.get("activation_clustering", components=2, site="1", analysis="silhouette")
+    assert len(ac.screen(halves, _ctx())) == 20  # a half is not small (ART: share < 0.35 and silhouette > 0.1)
+    lax = pr.defenses.get("activation_clustering", components=2, site="1", analysis="silhouette", size_threshold=0.5)
+    assert len(lax.screen(halves, _ctx())) == 20  # share 0.5 < 0.5 is false: still kept
+    assert len(ac.screen(_outlier_set(), _ctx())) == 18  # two of twenty: small and clearly split
+
+
+@pytest.mark.unit
 def test_two_clusters_splits_two_separated_groups_with_a_high_silhouette():
     f = np.r_[np.zeros((8, 3)), np.ones((4, 3)) * 10] + np.random.default_rng(1).normal(0, 0.01, (12, 3))
     labels, silhouette = two_clusters(f, 1, seed=0)  # one ICA component: the direction that separates them

@@ -1,9 +1,9 @@
 """``activation_clustering`` — activation clustering on the server's synthetic set (Chen et al., SafeAI@AAAI 2019), a
 data-side defense against a poisoned FM: before the rounds, per label, the step-0 model's penultimate features are
 reduced with ICA to ``components`` dimensions and split by 2-means; the smaller cluster is removed when it is small
-(``analysis="relative_size"``: its share of the label ≤ ``size_threshold``) or the split is clear
-(``analysis="silhouette"``: silhouette score ≥ ``silhouette_threshold``); the server then initialises again on what
-is left and fuses on it.
+(``analysis="relative_size"``: its share of the label < ``size_threshold``), or small and clearly split
+(``analysis="silhouette"``: also a silhouette score > ``silhouette_threshold``: a clear split into halves is two
+kinds of clean images, not poison); the server then initialises again on what is left and fuses on it.
 
 Faithful [C: Chen et al. §3–4]: last hidden layer, ICA to 10 dimensions, k-means with k = 2 per label, relative-size
 and silhouette analyses (the thresholds of the IBM Adversarial Robustness Toolbox's implementation: 0.35 and 0.10).
@@ -50,8 +50,8 @@ class ActivationClustering(Defense):
     class Params:
         components: int = Field(10, ge=1, le=1024, description="ICA dimensions before clustering")
         analysis: Literal["relative_size", "silhouette"] = Field("relative_size", description="which cluster test")
-        size_threshold: float = Field(0.35, gt=0, lt=0.5, description="relative_size: smaller cluster's share ≤ this")
-        silhouette_threshold: float = Field(0.1, gt=-1, lt=1, description="silhouette: split score ≥ this")
+        size_threshold: float = Field(0.35, gt=0, le=0.5, description="poison: the smaller cluster's share < this")
+        silhouette_threshold: float = Field(0.1, gt=-1, lt=1, description="silhouette: and its split's score > this")
         site: str = Field("last", min_length=1, description="features clustered: a site preset or a module name")
 
     def check_config(self, cfg) -> None:
@@ -67,10 +67,9 @@ class ActivationClustering(Defense):
             labels, silhouette = two_clusters(feats[idx], self.components, seed)
             small = int(np.argmin(np.bincount(labels, minlength=2)))
             share = float(np.mean(labels == small))
-            poisoned = (
-                share <= self.size_threshold
-                if self.analysis == "relative_size"
-                else silhouette >= self.silhouette_threshold
+            # ART's analyses: the smaller cluster is poison when it is small, and (silhouette) the split is clear too
+            poisoned = share < self.size_threshold and (
+                self.analysis == "relative_size" or silhouette > self.silhouette_threshold
             )
             if poisoned and share > 0:
                 drop.append(idx[labels == small])

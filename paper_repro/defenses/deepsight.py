@@ -6,7 +6,8 @@ of at least ``tau``, clips the rest to the median update norm and averages them.
 Faithful [C: Rieger et al. §V, Algorithm 1]: NEUPs (normalised energy of each output neuron's update, weights and
 bias), threshold exceedings with ξ = max(0.01, 1/P) · the largest NEUP, suspicious when TE ≤ median TE / 2;
 clusterings by HDBSCAN on the cosine distances of the output-bias updates, on the DDifs (per random-input seed, the
-ratio of the local model's to the global model's softmax outputs) and on the NEUPs, combined by co-membership;
+ratio of the local model's to the global model's softmax outputs; inputs uniform over the model's input domain) and
+on the NEUPs, combined by co-membership with the three clusterings weighted equally (the DDif seeds averaged into one);
 τ = 1/3; clipping to the median L2 norm. Adapted [R]: ``ddif_samples`` random inputs per seed (the paper uses
 20,000); a noise point of HDBSCAN is its own cluster; when every cluster is rejected, no update is applied."""
 
@@ -63,6 +64,12 @@ def co_membership(labelings: list[np.ndarray]) -> np.ndarray:
     return np.mean([lab[:, None] != lab[None, :] for lab in labelings], axis=0).astype(float)
 
 
+def ensemble_distance(cosine: np.ndarray, ddifs: list[np.ndarray], neup: np.ndarray) -> np.ndarray:
+    """(K, K) distance of the three clusterings, each weighted 1/3: the cosine one, the DDif one (its seeds'
+    co-membership averaged into one) and the NEUP one, as DeepSight merges them."""
+    return (co_membership([cosine]) + co_membership(ddifs) + co_membership([neup])) / 3
+
+
 class DeepSight(Defense):
     """Reject clusters with a large share of updates whose output energy is concentrated; clip and average the rest."""
 
@@ -79,7 +86,8 @@ class DeepSight(Defense):
     def aggregate(self, updates, weights, ctx: RoundContext) -> AggregateResult:
         g_out = output_layer(ctx.global_model)
         shape = ctx.synthetic.x.shape[1:]
-        inputs = [torch.rand((self.ddif_samples, *shape), generator=ctx.generator) for _ in range(self.seeds)]
+        # uniform over the model's input domain [−1, 1] (images are normalised to it, data.to_float)
+        inputs = [2 * torch.rand((self.ddif_samples, *shape), generator=ctx.generator) - 1 for _ in range(self.seeds)]
         p_global = [ctx.predict(ctx.global_model, ctx.as_input(x.to(ctx.device))).softmax(1) for x in inputs]
         neup, bias, ddifs = [], [], [[] for _ in inputs]
         for model in local_models(ctx, updates):
@@ -96,8 +104,9 @@ class DeepSight(Defense):
         unit = bias / np.maximum(np.linalg.norm(bias, axis=1, keepdims=True), 1e-12)
         cosine = np.clip(1 - unit @ unit.T, 0, 2)
         np.fill_diagonal(cosine, 0)
-        labelings = [clusters(dist=cosine), *(clusters(np.array(d)) for d in ddifs), clusters(neup)]
-        final = clusters(dist=co_membership(labelings))
+        final = clusters(
+            dist=ensemble_distance(clusters(dist=cosine), [clusters(np.array(d)) for d in ddifs], clusters(neup))
+        )
         accept = np.zeros(len(updates), dtype=bool)
         for c in np.unique(final):
             members = final == c

@@ -32,7 +32,9 @@ class RLR(Defense):
 
     @params
     class Params:
-        threshold: int | None = Field(None, ge=1, description="θ: sign agreement needed; None: ⌊K/2⌋ + 1 of K updates")
+        threshold: int | None = Field(
+            None, ge=1, description="θ: least vote margin |Σ_k sign Δ_k| kept at +η (None: ⌊K/2⌋ + 1 for K updates)"
+        )
 
     def check_config(self, cfg) -> None:
         super().check_config(cfg)
