@@ -142,18 +142,18 @@ def _parser(components: bool = True) -> argparse.ArgumentParser:
     at.add_argument(
         "--study",
         default="breadth",
-        choices=("breadth", "strength", "adaptive", "calibration"),
-        help="breadth: attacks x defenses (attack_breadth_<profile>.csv); strength: poison share and "
-        "trigger strength of the FM attack (attack_strength_<profile>.csv); adaptive: the adaptive "
-        "attacks against act_bound, read from those two tables (attack_adaptive_<profile>.csv); calibration: "
-        "each attack's strength ladder without defense, validation seeds (attack_calibration_<profile>.csv)",
+        choices=("breadth", "strength", "adaptive", "calibration", "calibrated", "clients"),
+        help="breadth: attacks x defenses; strength: the FM attack's poison share and trigger strength; adaptive: "
+        "the adaptive attacks against act_bound, from those two tables; calibration: each attack's ladder without "
+        "defense, validation seeds; calibrated: each attack at its frozen rung, held-out seeds; clients: model "
+        "replacement vs poisoning with and without fusion, Neurotoxin's durability (table attack_<study>_<profile>)",
     )
     at.add_argument(
         "--budget",
         type=pos_float,
         default=60.0,
         metavar="MINUTES",
-        help="calibration: start no rung ending later (60); run again to continue",
+        help="calibration, calibrated, clients: start no batch ending later (60); run again to continue",
     )
     at.add_argument(
         "--seeds",

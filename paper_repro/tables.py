@@ -51,6 +51,9 @@ WRITTEN_BY = {
     "attack_breadth": "attacks",
     "attack_strength": "attacks --study strength",
     "attack_adaptive": "attacks --study adaptive",
+    "attack_calibration": "attacks --study calibration",
+    "attack_calibrated": "attacks --study calibrated",
+    "attack_clients": "attacks --study clients",
     "heldout": "heldout",
 }
 """The command that writes a table kind, where it is not ``results``."""
@@ -88,6 +91,8 @@ TABLE_KEYS = {
     "attack_strength": ("knob", "value", "defense", "seed"),
     "attack_adaptive": ("attack",),
     "attack_calibration": ("attack", "rung", "seed"),
+    "attack_calibrated": ("attack", "seed"),
+    "attack_clients": ("arm", "seed"),
     "mars_calibration": ("seed", "round"),
     "activation_metrics": ("attack", "seed"),
     "activations": ("attack", "site", "model", "input", "image"),

@@ -308,6 +308,18 @@ def run_study(
             profile, tuple(attacks) if attacks else None, seeds, budget_minutes, None, tables_dir, options=options
         )
         return verdicts(df, seeds).round(3).to_string(index=False)
+    if study in ("calibrated", "clients"):
+        from . import calibrated as cal
+
+        kw = dict(seeds=tuple(seeds or HELDOUT_SEEDS), budget_minutes=budget_minutes, tables_dir=tables_dir)
+        if study == "clients":
+            return cal.client_verdicts(cal.client_studies(profile, options=options, **kw)).round(4).to_string()
+        df = cal.calibrated_heldout(profile, tuple(attacks) if attacks else None, options=options, **kw)
+        return (
+            seed_intervals(df, by=("attack", "rung", "verdict"), metrics=("asr", "asr_round0", "acc"))
+            .round(3)
+            .to_string(index=False)
+        )
     from ..tables import read_table, write_csv
 
     df = adaptive_table(

@@ -1,0 +1,215 @@
+"""After calibration (docs/protocol.md, "Calibrated attacks on held-out seeds"): each attack at the rung the rule
+froze, run on the held-out seeds without defense; and two client-attack studies written down before their runs:
+
+* **replacement**: model replacement (γ = n) against plain data poisoning at the same poisoned share and schedule,
+  each with FedDF fusion and without it (plain FedAvg), so that what fusion does to the replacement algebra shows;
+* **durability**: Neurotoxin against the classic attack at the classic attack's frozen rung, both stopping halfway
+  (``attack.last_round`` = half the rounds, :func:`stop_round`): the ASR in the rounds after the attackers leave.
+
+``python -m paper_repro attacks --study calibrated`` and ``--study clients`` write ``attack_calibrated_<profile>.csv``
+and ``attack_clients_<profile>.csv`` (one row per run); both walk their cells in a fixed order within ``--budget``
+minutes and continue where they stopped (finished runs are served from the ledger)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..metrics import summarise
+from ..options import RunOptions
+from ..profiles import load_config
+from .calibration import LADDERS, calibration_config, rung, verdicts
+from .heldout import HELDOUT_SEEDS, VALIDATION, save_run_table
+
+
+def stop_round(cfg) -> int:
+    """Durability: the last attacking round, half the run's rounds (quick profile: rounds 1–5 of 10)."""
+    return max(cfg.fl.num_rounds // 2, 1)
+
+
+def frozen_rungs(profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame:
+    """Per decided attack (calibrated or weak) its frozen rung, read from the committed calibration table."""
+    from ..tables import read_table
+
+    v = verdicts(read_table("attack_calibration", profile, tables_dir))
+    decided = v[v["verdict"].isin(["calibrated", "weak"])].drop_duplicates("attack")
+    return decided[["attack", "verdict", "chosen"]].reset_index(drop=True)
+
+
+def _frozen(frozen: pd.DataFrame, attack: str) -> str:
+    hit = frozen[frozen["attack"] == attack]
+    if hit.empty:
+        raise ValueError(
+            f"{attack!r} has no frozen rung yet (its calibration is undecided): run "
+            "`python -m paper_repro attacks --study calibration` until it is decided"
+        )
+    return str(hit["chosen"].iloc[0])
+
+
+def calibrated_cells(profile: str, frozen: pd.DataFrame, attacks: tuple[str, ...], seeds: tuple[int, ...]) -> list:
+    """(labels, config) per attack × seed: the frozen rung, no defense, the validation setting's data."""
+    cells = []
+    for attack in attacks:
+        label = _frozen(frozen, attack)
+        verdict = frozen.loc[frozen["attack"] == attack, "verdict"].iloc[0]
+        labels = {"attack": attack, "rung": label, "verdict": verdict}
+        cells += [({**labels, "seed": s}, calibration_config(profile, attack, label, s)) for s in seeds]
+    return cells
+
+
+def _client_config(profile: str, attack: dict, seed: int, fl: dict | None = None):
+    return load_config(
+        profile,
+        data=dict(VALIDATION["data"]),
+        attack=dict(attack),
+        defense={"name": "none"},
+        seed=seed,
+        **({"fl": fl} if fl else {}),
+    )
+
+
+def client_cells(profile: str, frozen: pd.DataFrame, seeds: tuple[int, ...]) -> list:
+    """(labels, config) of the two client-attack studies (module docstring), arms in a fixed order."""
+    replacement = dict(rung("model replacement", _frozen(frozen, "model replacement")).attack)
+    poisoning = {**replacement, "kind": "classic", "boost": 1.0}  # the same share and schedule, no scaling
+    classic = dict(rung("classic", _frozen(frozen, "classic")).attack)
+    stop = stop_round(load_config(profile))
+    arms = [
+        ("replacement", f"{name}, {'fusion' if fusion else 'FedAvg'}", attack, None if fusion else {"fusion": False})
+        for fusion in (True, False)
+        for name, attack in (("model replacement", replacement), ("data poisoning", poisoning))
+    ] + [
+        ("durability", name, {**classic, "kind": kind, "last_round": stop}, None)
+        for name, kind in (("classic", "classic"), ("Neurotoxin", "neurotoxin"))
+    ]
+    return [
+        ({"study": study, "arm": arm, "seed": s}, _client_config(profile, attack, s, fl))
+        for study, arm, attack, fl in arms
+        for s in seeds
+    ]
+
+
+def durability_columns(cfg, history: pd.DataFrame) -> dict:
+    """ASR in the round the attackers stop, and the mean ASR of the rounds after it (NaN for a run that does not
+    stop)."""
+    stop = cfg.attack.last_round
+    if not stop:
+        return {"asr_at_stop": float("nan"), "asr_after_stop": float("nan")}
+    at = history.loc[history["round"] == stop, "asr"]
+    after = history.loc[history["round"] > stop, "asr"]
+    return {
+        "asr_at_stop": float(at.iloc[0]) if len(at) else float("nan"),
+        "asr_after_stop": float(after.mean()) if len(after) else float("nan"),
+    }
+
+
+def walk(
+    cells: list,
+    table: str,
+    profile: str,
+    group: str,
+    budget_minutes: float,
+    results_dir: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+    progress: bool = True,
+    options: RunOptions | None = None,
+    log=print,
+    clock=time.perf_counter,
+    extra=None,
+) -> pd.DataFrame:
+    """Run ``cells`` (labels, config) in batches of equal ``labels[group]``, in order, starting no batch that needs
+    computing once ``budget_minutes`` would be passed (judged by the slowest batch so far; a batch that the results
+    folder or the ledger serves whole costs nothing and is always taken); write the table of the batches taken after
+    each one. ``extra(config, history)`` adds columns to a row. Run again to continue."""
+    from ..runner import plan_run, run_many, served
+
+    if budget_minutes <= 0:
+        raise ValueError(f"budget_minutes={budget_minutes} must be > 0")
+    batches: dict[str, list] = {}
+    for labels, cfg in cells:
+        batches.setdefault(str(labels[group]), []).append((labels, cfg))
+    rows, t0, slowest, df = [], clock(), 0.0, pd.DataFrame()
+    for name, batch in batches.items():
+        cached = all(served(plan_run(cfg, results_dir, options)) is not None for _, cfg in batch)
+        if not cached and clock() - t0 + slowest > 60 * budget_minutes:
+            log(f"budget reached: next would be {name!r}; run the same command again to continue")
+            break
+        t = clock()
+        results = run_many([cfg for _, cfg in batch], results_dir, progress=progress, desc=name, options=options)
+        if not cached:
+            slowest = max(slowest, clock() - t)
+        for (labels, cfg), res in zip(batch, results):
+            more = extra(cfg, res.history) if extra else {}
+            rows.append({**labels, **summarise(res.history), **more, "run": res.run_dir.name})
+        df = save_run_table(pd.DataFrame(rows), table, profile, tables_dir, results_dir)
+        log(f"{name}: mean ASR {df.loc[df[group].astype(str) == name, 'asr'].mean():.3f}")
+    return df
+
+
+def calibrated_heldout(
+    profile: str = "quick",
+    attacks: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] = HELDOUT_SEEDS,
+    budget_minutes: float = 60.0,
+    tables_dir: str | Path | None = None,
+    **kw,
+) -> pd.DataFrame:
+    """Every decided attack (default: all of them, in the ladders' order) at its frozen rung on ``seeds``."""
+    frozen = frozen_rungs(profile, tables_dir)
+    attacks = tuple(a for a in LADDERS if a in set(frozen["attack"])) if attacks is None else attacks
+    cells = calibrated_cells(profile, frozen, attacks, seeds)
+    return walk(cells, "attack_calibrated", profile, "attack", budget_minutes, tables_dir=tables_dir, **kw)
+
+
+def client_studies(
+    profile: str = "quick",
+    seeds: tuple[int, ...] = HELDOUT_SEEDS,
+    budget_minutes: float = 60.0,
+    tables_dir: str | Path | None = None,
+    **kw,
+) -> pd.DataFrame:
+    """The replacement and durability studies on ``seeds`` (their attacks' rungs frozen by the calibration)."""
+    cells = client_cells(profile, frozen_rungs(profile, tables_dir), seeds)
+    return walk(
+        cells, "attack_clients", profile, "arm", budget_minutes, tables_dir=tables_dir, extra=durability_columns, **kw
+    )
+
+
+COMPARISONS = {
+    "R1 replacement beats poisoning under FedAvg": ("model replacement, FedAvg", "data poisoning, FedAvg", "asr"),
+    "R2 fusion weakens replacement": ("model replacement, FedAvg", "model replacement, fusion", "asr"),
+    "R3 replacement beats poisoning under fusion": ("model replacement, fusion", "data poisoning, fusion", "asr"),
+    "N1 Neurotoxin lasts longer": ("Neurotoxin", "classic", "asr_after_stop"),
+}
+"""The pre-registered comparisons (docs/protocol.md): label → (arm a, arm b, metric); the hypothesis is a > b."""
+
+
+def verdict(p: dict, alpha: float = 0.05) -> str:
+    """holds: the paired t-interval of a − b excludes 0 above and the Holm-adjusted p ≤ alpha; does not hold: the
+    interval excludes 0 below; undecided otherwise (no difference shown either way)."""
+    if p["n"] >= 2 and p["lo"] > 0 and p["p_holm"] <= alpha:
+        return "holds"
+    if p["n"] >= 2 and p["hi"] < 0:
+        return "does not hold"
+    return "undecided"
+
+
+def client_verdicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per comparison of :data:`COMPARISONS`: the paired per-seed difference a − b, its interval, exact and t
+    p-values, Holm's adjustment over the family, and the verdict."""
+    from ..stats import holm, paired
+
+    ok = df[df["status"].fillna("ok").eq("ok")]
+    out = []
+    for label, (a, b, metric) in COMPARISONS.items():
+        wide = ok[ok["arm"].isin([a, b])].pivot_table(index="seed", columns="arm", values=metric)
+        if a not in wide or b not in wide:
+            out.append({"comparison": label, "n": 0, "p_t": float("nan")})
+            continue
+        out.append({"comparison": label, "metric": metric, **paired(wide[a], wide[b])})
+    res = pd.DataFrame(out)
+    res["p_holm"] = holm(res["p_t"].fillna(1.0))
+    res["verdict"] = [verdict(r) if r["n"] else "not run" for r in res.to_dict("records")]
+    return res

@@ -1,0 +1,102 @@
+"""After calibration: the frozen rungs on held-out seeds, and the client-attack studies (replacement against
+poisoning with and without fusion; Neurotoxin's durability), their cells and their paired verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paper_repro.studies import calibrated
+from paper_repro.studies import calibration as cal
+
+
+def _frozen(**chosen_step) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"attack": a, "verdict": "calibrated", "chosen": cal.LADDERS[a][i].label} for a, i in chosen_step.items()]
+    )
+
+
+@pytest.mark.unit
+def test_client_cells_compare_like_with_like():
+    frozen = _frozen(**{"model replacement": 1, "classic": 2})  # share 1, γ = n; share 1, boost 5
+    cells = {(lab["arm"], lab["seed"]): cfg for lab, cfg in calibrated.client_cells("quick", frozen, (10, 11))}
+    mr, dp = cells[("model replacement, fusion", 10)].attack, cells[("data poisoning, fusion", 10)].attack
+    assert (mr.kind, dp.kind) == ("model_replacement", "classic")
+    # the same share, schedule and attackers per round; poisoning unscaled (boost 1), replacement at γ = n
+    for key in ("client_poison_ratio", "schedule", "attackers_per_round", "num_malicious", "last_round"):
+        assert getattr(mr, key) == getattr(dp, key), key
+    assert mr.client_poison_ratio == 1.0 and dp.boost == 1.0
+    assert cells[("model replacement, FedAvg", 10)].fl.fusion is False
+    assert cells[("model replacement, fusion", 10)].fl.fusion is True
+    nt, cl = cells[("Neurotoxin", 11)].attack, cells[("classic", 11)].attack
+    assert (nt.kind, cl.kind) == ("neurotoxin", "classic") and nt.last_round == cl.last_round == 5  # 10 rounds
+    assert (nt.boost, nt.client_poison_ratio) == (cl.boost, cl.client_poison_ratio) == (5.0, 1.0)  # classic's rung
+    with pytest.raises(ValueError, match="no frozen rung yet"):
+        calibrated.client_cells("quick", frozen[frozen["attack"] == "classic"], (10,))
+
+
+@pytest.mark.unit
+def test_durability_columns_read_the_rounds_after_the_stop():
+    h = pd.DataFrame({"round": [0, 1, 2, 3, 4], "asr": [0.1, 0.9, 0.8, 0.4, 0.2]})
+
+    class Cfg:
+        class attack:
+            last_round = 2
+
+    assert calibrated.durability_columns(Cfg, h) == {"asr_at_stop": 0.8, "asr_after_stop": pytest.approx(0.3)}
+    Cfg.attack.last_round = 0
+    assert np.isnan(calibrated.durability_columns(Cfg, h)["asr_after_stop"])
+
+
+@pytest.mark.unit
+def test_client_verdicts_are_paired_and_holm_corrected():
+    seeds = [10, 11, 12, 13, 14]
+    rows = []
+    for s, (mr, dp, mrf, dpf, nt, cl) in zip(
+        seeds,
+        [
+            (0.99, 0.40, 0.50, 0.45, 0.30, 0.10),
+            (0.98, 0.50, 0.60, 0.60, 0.35, 0.15),
+            (0.97, 0.45, 0.55, 0.50, 0.20, 0.25),
+            (0.99, 0.55, 0.45, 0.50, 0.40, 0.20),
+            (0.96, 0.35, 0.52, 0.48, 0.25, 0.30),
+        ],
+    ):
+        for arm, v in [
+            ("model replacement, FedAvg", mr),
+            ("data poisoning, FedAvg", dp),
+            ("model replacement, fusion", mrf),
+            ("data poisoning, fusion", dpf),
+        ]:
+            rows.append({"arm": arm, "seed": s, "asr": v, "asr_after_stop": np.nan, "status": "ok"})
+        rows += [
+            {"arm": "Neurotoxin", "seed": s, "asr": 0, "asr_after_stop": nt, "status": "ok"},
+            {"arm": "classic", "seed": s, "asr": 0, "asr_after_stop": cl, "status": "ok"},
+        ]
+    v = calibrated.client_verdicts(pd.DataFrame(rows)).set_index("comparison")
+    assert v.loc["R1 replacement beats poisoning under FedAvg", "verdict"] == "holds"  # +0.52 on every seed
+    assert v.loc["R2 fusion weakens replacement", "verdict"] == "holds"
+    assert v.loc["R3 replacement beats poisoning under fusion", "verdict"] == "undecided"  # +0.02, mixed signs
+    assert v.loc["N1 Neurotoxin lasts longer", "diff"] == pytest.approx(0.1)
+    assert (v["p_holm"] >= v["p_t"]).all()
+    assert calibrated.client_verdicts(pd.DataFrame(rows[:2]))["verdict"].eq("not run").sum() >= 2
+
+
+@pytest.mark.smoke
+def test_the_studies_walk_within_their_budget_and_continue(tmp_path, monkeypatch):
+    ladder = [cal.Rung("share 0.4", {"kind": "fm", "poison_ratio": 0.4}, 255)]
+    monkeypatch.setattr(cal, "LADDERS", {"toy": ladder, "toy2": ladder})
+    monkeypatch.setattr(calibrated, "LADDERS", cal.LADDERS)
+    frozen = pd.DataFrame([{"attack": a, "verdict": "calibrated", "chosen": "share 0.4"} for a in ("toy", "toy2")])
+    monkeypatch.setattr(calibrated, "frozen_rungs", lambda profile, tables_dir=None: frozen)
+    ticks = iter(range(0, 10**6, 1000))  # each reading 1000 s later: after one batch the budget is spent
+    where = dict(seeds=(0, 1), tables_dir=tmp_path, results_dir=tmp_path / "res", progress=False, log=lambda m: None)
+    first = calibrated.calibrated_heldout("smoke", budget_minutes=30, clock=lambda: next(ticks), **where)
+    assert set(first["attack"]) == {"toy"} and len(first) == 2
+    rest = calibrated.calibrated_heldout("smoke", budget_minutes=600, **where)
+    assert list(rest["attack"]) == ["toy", "toy", "toy2", "toy2"] and rest["asr"].between(0, 1).all()
+    assert list(rest["run"][:2]) == list(first["run"])  # served, not made again
+    from paper_repro.tables import read_table
+
+    assert len(read_table("attack_calibrated", "smoke", tmp_path)) == 4
