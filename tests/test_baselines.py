@@ -187,3 +187,21 @@ def test_deepsight_rejects_the_update_whose_output_energy_sits_on_one_label():
     assert res.flagged == [15] and res.info == {"suspicious": 1}
     bound = torch.linalg.vector_norm(updates, dim=1).median()
     assert torch.linalg.vector_norm(res.update) <= bound + 1e-6  # the accepted updates clipped to the median norm
+
+
+def test_class_conditional_bounds_clip_each_image_with_its_predicted_class_bounds():
+    from paper_repro.defenses.act_bound_cc import ClassBoundedModel, class_bounds
+
+    model = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.eye(2))  # logits = relu(x): the brighter pixel is the class
+    x = torch.tensor([[3.0, 0.5], [5.0, 1.0], [0.2, 4.0], [1.0, 6.0]]).view(4, 1, 1, 2)
+    bounds, fallback = class_bounds(model, x, ["1"], "neuron", 1.0, 2, 2)
+    torch.testing.assert_close(bounds["1"], torch.tensor([[5.0, 1.0], [1.0, 6.0]]))  # max per predicted class
+    assert fallback == []
+    out = ClassBoundedModel(model, bounds)(torch.tensor([[4.0, 3.0], [0.5, 7.0]]).view(2, 1, 1, 2))
+    # image 1 is class 0 → clipped to (5, 1); image 2 is class 1 → clipped to (1, 6); global bounds (5, 6) would
+    # have left image 1's second unit at 3
+    torch.testing.assert_close(out, torch.tensor([[4.0, 1.0], [0.5, 6.0]]))
+    _, fallback = class_bounds(model, x, ["1"], "neuron", 1.0, 3, 2)
+    assert fallback == [0, 1]  # two images each: below min_images, both take the bounds of all four

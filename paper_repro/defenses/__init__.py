@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..params import resolved
 from ..registry import Registry
 from .act_bound import ActBound
+from .act_bound_cc import ActBoundClassConditional
 from .act_bound_dm import ActBoundDM
 from .activation_clustering import ActivationClustering
 from .base import AggregateResult, Defense, LocalTraining, RoundContext, ScreenContext
@@ -50,6 +51,7 @@ REGISTRY = Registry(
         "mmac_neuron": MMACNeuron,
         "act_bound": ActBound,
         "act_bound_dm": ActBoundDM,
+        "act_bound_cc": ActBoundClassConditional,
         "spectral": SpectralSignatures,
         "activation_clustering": ActivationClustering,
         "clp": CLP,

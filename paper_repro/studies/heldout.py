@@ -149,7 +149,15 @@ BASELINE_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 """The baselines' knob sweeps (docs/protocol.md, "Baselines at their strongest fair settings"), fixed before any of
 them was run: each is read by :func:`select_variant` (lowest mean ASR among the settings within the ACC budget)."""
-DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS | BASELINE_VARIANTS
+H2_VARIANTS: dict[str, tuple[str, dict]] = {
+    "act_bound relu2 only": ("act_bound", {"sites": ["relu2"]}),
+    "act_bound relu3 only": ("act_bound", {"sites": ["relu3"]}),
+    "act_bound_cc": ("act_bound_cc", {}),
+    **{f"act_bound q{q:g}": ("act_bound", {"init_quantile": q}) for q in (0.8,)},
+}
+"""The defense study's H2 diagnostics (docs/protocol.md, "The defense study"), fixed before any was run: bounds at
+one layer only, bounds per predicted class, and the quantile 0.8 beside the existing 0.9 / 0.95 / 0.99."""
+DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS | BASELINE_VARIANTS | H2_VARIANTS
 """Every defense label a held-out table may hold besides plain defense names: label → (name, params)."""
 
 
