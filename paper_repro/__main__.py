@@ -239,7 +239,7 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         from .studies.attacks import ATTACKS
         from .studies.calibration import LADDERS
 
-        _known(parser, "--attacks", a.attacks, list(LADDERS if a.study == "calibration" else ATTACKS))
+        _known(parser, "--attacks", a.attacks, list(LADDERS if a.study in ("calibration", "calibrated") else ATTACKS))
     elif getattr(a, "attacks", None):
         from .attacks import names as attack_names
 

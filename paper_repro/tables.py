@@ -91,7 +91,7 @@ TABLE_KEYS = {
     "attack_strength": ("knob", "value", "defense", "seed"),
     "attack_adaptive": ("attack",),
     "attack_calibration": ("attack", "rung", "seed"),
-    "attack_calibrated": ("attack", "seed"),
+    "attack_calibrated": ("attack", "defense", "seed"),
     "attack_clients": ("arm", "seed"),
     "mars_calibration": ("seed", "round"),
     "activation_metrics": ("attack", "seed"),

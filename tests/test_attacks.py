@@ -265,7 +265,7 @@ def test_attack_studies_write_their_tables_and_the_trigger_gallery(tmp_path):
     assert len(df) == 4 and (tmp_path / "attack_breadth_smoke.csv").is_file()
     assert (tmp_path / "attack_breadth_smoke.provenance.json").is_file()
     best = st.best_defense(df, max_cost=1.0)
-    assert list(best["attack"]) == ["FM patch", "data poisoning"] and set(best["best"]) <= {"median"}
+    assert list(best["attack"]) == ["FM patch", "data poisoning"] and set(best["best"]) <= {"median", "none"}
     ex = st.trigger_examples("smoke", ("FM patch", "DBA"), n=3, seed=0, path=tmp_path / "t.npz")
     assert ex["DBA/train"].shape[0] == 3 and ex["FM patch/test"].shape == (3, 1, 12, 12)
     assert set(np.load(tmp_path / "t.npz").files) == set(ex)
@@ -273,6 +273,27 @@ def test_attack_studies_write_their_tables_and_the_trigger_gallery(tmp_path):
     assert len(fig.axes) == 2 * (3 + 1 + 3)
     with pytest.raises(ValueError, match="unknown attacks"):
         st.attack_breadth("smoke", ("FM nothing",))
+
+
+@pytest.mark.unit
+def test_best_defense_follows_the_protocol_rule_with_no_defense_a_candidate():
+    import pandas as pd
+
+    from paper_repro.studies import attacks as st
+
+    rows = []
+    for seed in (0, 1):
+        for attack, d, asr, acc in [
+            ("A", "none", 0.90, 0.80),
+            ("A", "costly", 0.10, 0.70),  # 10 points of ACC: beyond the 2-point budget
+            ("A", "cheap", 0.85, 0.79),
+            ("B", "none", 0.30, 0.80),
+            ("B", "worse", 0.50, 0.80),  # raises ASR: no defense is the best
+        ]:
+            rows.append({"attack": attack, "defense": d, "seed": seed, "asr": asr + seed / 100, "acc": acc})
+    best = st.best_defense(pd.DataFrame(rows)).set_index("attack")
+    assert best.loc["A", "best"] == "cheap" and best.loc["A", "best_cost"] == pytest.approx(0.01)
+    assert best.loc["B", "best"] == "none"
 
 
 def test_strength_threshold_names_the_weakest_value_reaching_the_level():

@@ -129,31 +129,30 @@ def breadth_summary(df: pd.DataFrame) -> pd.DataFrame:
     return seed_intervals(df, by=("attack", "defense"))
 
 
-def best_defense(df: pd.DataFrame, max_cost: float = 0.05) -> pd.DataFrame:
-    """Per attack: no-defense ASR and the defense with the lowest mean ASR among those costing at most ``max_cost``
-    of mean clean ACC against no defense, with their 95 % intervals."""
+def best_defense(df: pd.DataFrame, max_cost: float = 0.02, tie: float = 0.01) -> pd.DataFrame:
+    """Per attack, the protocol's rule (docs/protocol.md, "Choosing knobs"): among every defense run, no defense
+    included, whose mean clean-ACC cost against no defense (paired by seed) is at most ``max_cost``, the lowest mean
+    ASR; within ``tie`` of it, the lowest cost. ``best`` is "none" when no defense does better within the budget.
+    With the no-defense ASR and both 95 % intervals."""
     s = breadth_summary(df).set_index(["attack", "defense"])
     rows = []
     for attack in dict.fromkeys(df["attack"]):
-        base = s.loc[(attack, "none")]
-        cands = s.loc[attack].drop(index="none", errors="ignore")
-        cands = cands[base["acc_mean"] - cands["acc_mean"] <= max_cost]
-        row = {
-            "attack": attack,
-            "none_asr": base["asr_mean"],
-            "none_lo": base["asr_lo"],
-            "none_hi": base["asr_hi"],
-            "none_acc": base["acc_mean"],
+        mine = df[df["attack"] == attack]
+        base = mine[mine["defense"] == "none"].set_index("seed")["acc"]
+        cost = {
+            d: float(np.nanmean(base.reindex(g["seed"]).values - g["acc"].values))
+            for d, g in mine.groupby("defense", sort=False)
         }
-        if len(cands):
-            d = cands["asr_mean"].idxmin()
-            row |= {
-                "best": d,
-                "best_asr": cands.loc[d, "asr_mean"],
-                "best_lo": cands.loc[d, "asr_lo"],
-                "best_hi": cands.loc[d, "asr_hi"],
-                "best_acc": cands.loc[d, "acc_mean"],
-            }
+        ok = [d for d in cost if cost[d] <= max_cost]
+        b = s.loc[(attack, "none")]
+        row = {"attack": attack, "none_asr": b["asr_mean"], "none_lo": b["asr_lo"], "none_hi": b["asr_hi"]}
+        row["none_acc"] = b["acc_mean"]
+        if ok:
+            low = min(s.loc[(attack, d), "asr_mean"] for d in ok)
+            d = min((d for d in ok if s.loc[(attack, d), "asr_mean"] <= low + tie), key=lambda d: (cost[d], d))
+            c = s.loc[(attack, d)]
+            row |= {"best": d, "best_asr": c["asr_mean"], "best_lo": c["asr_lo"], "best_hi": c["asr_hi"]}
+            row |= {"best_acc": c["acc_mean"], "best_cost": cost[d]}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -314,12 +313,10 @@ def run_study(
         kw = dict(seeds=tuple(seeds or HELDOUT_SEEDS), budget_minutes=budget_minutes, tables_dir=tables_dir)
         if study == "clients":
             return cal.client_verdicts(cal.client_studies(profile, options=options, **kw)).round(4).to_string()
+        kw["defense_names"] = tuple(defense_names or ("none",))
         df = cal.calibrated_heldout(profile, tuple(attacks) if attacks else None, options=options, **kw)
-        return (
-            seed_intervals(df, by=("attack", "rung", "verdict"), metrics=("asr", "asr_round0", "acc"))
-            .round(3)
-            .to_string(index=False)
-        )
+        by, metrics = ("attack", "rung", "verdict", "defense"), ("asr", "asr_round0", "acc", "attackers_mean")
+        return seed_intervals(df, by=by, metrics=metrics).round(3).to_string(index=False)
     from ..tables import read_table, write_csv
 
     df = adaptive_table(

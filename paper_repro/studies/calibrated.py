@@ -20,8 +20,8 @@ import pandas as pd
 from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
-from .calibration import LADDERS, calibration_config, rung, verdicts
-from .heldout import HELDOUT_SEEDS, VALIDATION, save_run_table
+from .calibration import LADDERS, rung, verdicts
+from .heldout import DEFENSE_VARIANTS, HELDOUT_SEEDS, VALIDATION, save_run_table
 
 
 def stop_round(cfg) -> int:
@@ -48,14 +48,35 @@ def _frozen(frozen: pd.DataFrame, attack: str) -> str:
     return str(hit["chosen"].iloc[0])
 
 
-def calibrated_cells(profile: str, frozen: pd.DataFrame, attacks: tuple[str, ...], seeds: tuple[int, ...]) -> list:
-    """(labels, config) per attack × seed: the frozen rung, no defense, the validation setting's data."""
+def calibrated_cells(
+    profile: str,
+    frozen: pd.DataFrame,
+    attacks: tuple[str, ...],
+    seeds: tuple[int, ...],
+    defense_names: tuple[str, ...] = ("none",),
+) -> list:
+    """(labels, config) per attack × defense × seed: the frozen rung, the defense at its defaults (or a variant label
+    of :data:`~paper_repro.studies.heldout.DEFENSE_VARIANTS`), the validation setting's data."""
     cells = []
     for attack in attacks:
         label = _frozen(frozen, attack)
         verdict = frozen.loc[frozen["attack"] == attack, "verdict"].iloc[0]
         labels = {"attack": attack, "rung": label, "verdict": verdict}
-        cells += [({**labels, "seed": s}, calibration_config(profile, attack, label, s)) for s in seeds]
+        for d in defense_names:
+            name, params = DEFENSE_VARIANTS.get(d, (d, {}))
+            cells += [
+                (
+                    {**labels, "defense": d, "seed": s},
+                    load_config(
+                        profile,
+                        data=dict(VALIDATION["data"]),
+                        attack=dict(rung(attack, label).attack),
+                        defense={"name": name, "params": params},
+                        seed=s,
+                    ),
+                )
+                for s in seeds
+            ]
     return cells
 
 
@@ -154,12 +175,15 @@ def calibrated_heldout(
     seeds: tuple[int, ...] = HELDOUT_SEEDS,
     budget_minutes: float = 60.0,
     tables_dir: str | Path | None = None,
+    defense_names: tuple[str, ...] = ("none",),
     **kw,
 ) -> pd.DataFrame:
-    """Every decided attack (default: all of them, in the ladders' order) at its frozen rung on ``seeds``."""
+    """Every decided attack (default: all of them, in the ladders' order) at its frozen rung on ``seeds``, against
+    ``defense_names`` (default: none; with the main defenses this is the attack-breadth table of the calibrated
+    attacks, one batch per attack so that post-fusion defenses share its trainings)."""
     frozen = frozen_rungs(profile, tables_dir)
     attacks = tuple(a for a in LADDERS if a in set(frozen["attack"])) if attacks is None else attacks
-    cells = calibrated_cells(profile, frozen, attacks, seeds)
+    cells = calibrated_cells(profile, frozen, attacks, seeds, defense_names)
     return walk(cells, "attack_calibrated", profile, "attack", budget_minutes, tables_dir=tables_dir, **kw)
 
 
