@@ -31,6 +31,8 @@ def test_client_cells_compare_like_with_like():
     assert cells[("model replacement, fusion", 10)].fl.fusion is True
     nt, cl = cells[("Neurotoxin", 11)].attack, cells[("classic", 11)].attack
     assert (nt.kind, cl.kind) == ("neurotoxin", "classic") and nt.last_round == cl.last_round == 5  # 10 rounds
+    labels = {lab["arm"]: lab for lab, _ in calibrated.client_cells("quick", frozen, (10,))}
+    assert labels["Neurotoxin"]["last_round"] == 5 and labels["model replacement, fusion"]["last_round"] == 0
     assert (nt.boost, nt.client_poison_ratio) == (cl.boost, cl.client_poison_ratio) == (5.0, 1.0)  # classic's rung
     with pytest.raises(ValueError, match="no frozen rung yet"):
         calibrated.client_cells("quick", frozen[frozen["attack"] == "classic"], (10,))
@@ -39,14 +41,8 @@ def test_client_cells_compare_like_with_like():
 @pytest.mark.unit
 def test_durability_columns_read_the_rounds_after_the_stop():
     h = pd.DataFrame({"round": [0, 1, 2, 3, 4], "asr": [0.1, 0.9, 0.8, 0.4, 0.2]})
-
-    class Cfg:
-        class attack:
-            last_round = 2
-
-    assert calibrated.durability_columns(Cfg, h) == {"asr_at_stop": 0.8, "asr_after_stop": pytest.approx(0.3)}
-    Cfg.attack.last_round = 0
-    assert np.isnan(calibrated.durability_columns(Cfg, h)["asr_after_stop"])
+    assert calibrated.durability_columns(2, h) == {"asr_at_stop": 0.8, "asr_after_stop": pytest.approx(0.3)}
+    assert np.isnan(calibrated.durability_columns(0, h)["asr_after_stop"])
 
 
 @pytest.mark.unit
@@ -100,3 +96,9 @@ def test_the_studies_walk_within_their_budget_and_continue(tmp_path, monkeypatch
     from paper_repro.tables import read_table
 
     assert len(read_table("attack_calibrated", "smoke", tmp_path)) == 4
+    from paper_repro.ledger import config_key
+    from paper_repro.studies.plans import plan
+
+    p = plan("attack_calibrated", "smoke", tmp_path)  # the ledger's recompute rebuilds each row from its labels
+    made = calibrated.calibrated_cells("smoke", frozen, ("toy", "toy2"), (0, 1))
+    assert [c.key for c in p.cells] == [config_key(cfg.to_dict()) for _, cfg in made]

@@ -12,6 +12,7 @@ minutes and continue where they stopped (finished runs are served from the ledge
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -62,21 +63,9 @@ def calibrated_cells(
         label = _frozen(frozen, attack)
         verdict = frozen.loc[frozen["attack"] == attack, "verdict"].iloc[0]
         labels = {"attack": attack, "rung": label, "verdict": verdict}
-        for d in defense_names:
-            name, params = DEFENSE_VARIANTS.get(d, (d, {}))
-            cells += [
-                (
-                    {**labels, "defense": d, "seed": s},
-                    load_config(
-                        profile,
-                        data=dict(VALIDATION["data"]),
-                        attack=dict(rung(attack, label).attack),
-                        defense={"name": name, "params": params},
-                        seed=s,
-                    ),
-                )
-                for s in seeds
-            ]
+        for d, s in itertools.product(defense_names, seeds):
+            lab = {**labels, "defense": d, "seed": s}
+            cells.append((lab, calibrated_config(profile, lab)))
     return cells
 
 
@@ -106,16 +95,18 @@ def client_cells(profile: str, frozen: pd.DataFrame, seeds: tuple[int, ...]) -> 
         for name, kind in (("classic", "classic"), ("Neurotoxin", "neurotoxin"))
     ]
     return [
-        ({"study": study, "arm": arm, "seed": s}, _client_config(profile, attack, s, fl))
+        (
+            {"study": study, "arm": arm, "last_round": attack.get("last_round", 0), "seed": s},
+            _client_config(profile, attack, s, fl),
+        )
         for study, arm, attack, fl in arms
         for s in seeds
     ]
 
 
-def durability_columns(cfg, history: pd.DataFrame) -> dict:
-    """ASR in the round the attackers stop, and the mean ASR of the rounds after it (NaN for a run that does not
-    stop)."""
-    stop = cfg.attack.last_round
+def durability_columns(stop: int, history: pd.DataFrame) -> dict:
+    """ASR in round ``stop`` (the attackers' last), and the mean ASR of the rounds after it (NaN for a run that does
+    not stop: ``stop`` 0)."""
     if not stop:
         return {"asr_at_stop": float("nan"), "asr_after_stop": float("nan")}
     at = history.loc[history["round"] == stop, "asr"]
@@ -124,6 +115,36 @@ def durability_columns(cfg, history: pd.DataFrame) -> dict:
         "asr_at_stop": float(at.iloc[0]) if len(at) else float("nan"),
         "asr_after_stop": float(after.mean()) if len(after) else float("nan"),
     }
+
+
+def summary_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
+    """One row: the cell's labels, :func:`~paper_repro.metrics.summarise`, the run's name."""
+    return [{**labels, **summarise(history), "run": run}]
+
+
+def client_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dict]:
+    """:func:`summary_rows` with the durability columns (from the ``last_round`` label)."""
+    return [{**labels, **summarise(history), **durability_columns(int(labels["last_round"]), history), "run": run}]
+
+
+def calibrated_config(profile: str, labels: dict, tables_dir=None):
+    """The config of a row of ``attack_calibrated`` from its labels alone (for the ledger's recompute)."""
+    name, params = DEFENSE_VARIANTS.get(str(labels["defense"]), (str(labels["defense"]), {}))
+    return load_config(
+        profile,
+        data=dict(VALIDATION["data"]),
+        attack=dict(rung(str(labels["attack"]), str(labels["rung"])).attack),
+        defense={"name": name, "params": params},
+        seed=int(labels["seed"]),
+    )
+
+
+def client_config(profile: str, labels: dict, tables_dir=None):
+    """The config of a row of ``attack_clients`` from its labels and the committed calibration's frozen rungs."""
+    for lab, cfg in client_cells(profile, frozen_rungs(profile, tables_dir), (int(labels["seed"]),)):
+        if lab["arm"] == labels["arm"]:
+            return cfg
+    raise KeyError(f"attack_clients has no arm {labels['arm']!r}")
 
 
 def walk(
@@ -138,12 +159,13 @@ def walk(
     options: RunOptions | None = None,
     log=print,
     clock=time.perf_counter,
-    extra=None,
+    rows_of=None,
 ) -> pd.DataFrame:
     """Run ``cells`` (labels, config) in batches of equal ``labels[group]``, in order, starting no batch that needs
     computing once ``budget_minutes`` would be passed (judged by the slowest batch so far; a batch that the results
     folder or the ledger serves whole costs nothing and is always taken); write the table of the batches taken after
-    each one. ``extra(config, history)`` adds columns to a row. Run again to continue."""
+    each one. ``rows_of(labels, history, run)`` makes a run's rows (default :func:`summary_rows`). Run again to
+    continue."""
     from ..runner import plan_run, run_many, served
 
     if budget_minutes <= 0:
@@ -162,8 +184,7 @@ def walk(
         if not cached:
             slowest = max(slowest, clock() - t)
         for (labels, cfg), res in zip(batch, results):
-            more = extra(cfg, res.history) if extra else {}
-            rows.append({**labels, **summarise(res.history), **more, "run": res.run_dir.name})
+            rows += (rows_of or summary_rows)(labels, res.history, res.run_dir.name)
         df = save_run_table(pd.DataFrame(rows), table, profile, tables_dir, results_dir)
         log(f"{name}: mean ASR {df.loc[df[group].astype(str) == name, 'asr'].mean():.3f}")
     return df
@@ -197,7 +218,7 @@ def client_studies(
     """The replacement and durability studies on ``seeds`` (their attacks' rungs frozen by the calibration)."""
     cells = client_cells(profile, frozen_rungs(profile, tables_dir), seeds)
     return walk(
-        cells, "attack_clients", profile, "arm", budget_minutes, tables_dir=tables_dir, extra=durability_columns, **kw
+        cells, "attack_clients", profile, "arm", budget_minutes, tables_dir=tables_dir, rows_of=client_rows, **kw
     )
 
 

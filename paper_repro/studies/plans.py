@@ -169,6 +169,17 @@ def _calibration_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dic
     return calibration_rows(labels, history, run)
 
 
+def _lazy(name: str):
+    """A function of :mod:`paper_repro.studies.calibrated`, imported when called."""
+
+    def call(*args):
+        from . import calibrated
+
+        return getattr(calibrated, name)(*args)
+
+    return call
+
+
 GRID_LABELS = ("defense", "attack", "partition", "seed")
 HELDOUT_LABELS = ("setting", "attack", "defense", "seed")
 FAMILIES: dict[str, Family] = {
@@ -188,6 +199,10 @@ FAMILIES: dict[str, Family] = {
     "mars_calibration": Family(("seed",), _mars_config, _mars_rows, "%.6g"),
     "ablations": Family(("ablation", "value", "defense", "seed"), _ablation_config, _ablation_rows),
     "attack_calibration": Family(("attack", "rung", "seed"), _calibration_config, _calibration_rows),
+    "attack_calibrated": Family(
+        ("attack", "rung", "verdict", "defense", "seed"), _lazy("calibrated_config"), _lazy("summary_rows")
+    ),
+    "attack_clients": Family(("study", "arm", "last_round", "seed"), _lazy("client_config"), _lazy("client_rows")),
 }
 """Table kind → family; the held-out family also holds the act_bound and MARS validation tables (see
 :func:`family_of`)."""
