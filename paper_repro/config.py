@@ -15,6 +15,7 @@ DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
+TRIGGER_POSITIONS = ("corner", "centre", "garment")
 FM_STAGES, MAPPINGS = ("init", "kd"), ("all_to_one", "all_to_all")
 SCHEDULES = ("sampled", "fixed")
 FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples", "uniform")
@@ -192,6 +193,9 @@ class AttackConfig:
     ``dba`` attack gives each malicious client one bar). [C: PAKDD, 3×3 white square]"""
     trigger_size: int = 3
     """Side of the BadNets square in pixels. [C: PAKDD]"""
+    trigger_position: str = "corner"
+    """Where the BadNets square sits: corner (bottom-right) [C: PAKDD] | centre | garment (upper middle, on the
+    torso): the defense study's placements. ours"""
     blend_alpha: float = 0.2
     """Blend weight of the pattern for trigger=blend (Chen et al. 2017 use 0.2); amplitude as a share of the pixel
     range for trigger=sig (Barni et al. 2019 use 20/255 ≈ 0.078). [C]"""
@@ -241,6 +245,12 @@ class AttackConfig:
             "it a strength above 0",
         )
         _check(self.trigger_size >= 1, "attack.trigger_size must be >= 1")
+        _choice("attack.trigger_position", self.trigger_position, TRIGGER_POSITIONS)
+        _check(
+            self.trigger_position == "corner" or self.trigger == "badnets",
+            f"attack.trigger_position={self.trigger_position!r} places the BadNets square only; "
+            f"attack.trigger={self.trigger!r} has no position: leave trigger_position 'corner'",
+        )
         _check(self.target_class >= 0, "attack.target_class must be >= 0")
         _check(self.num_malicious >= 0, "attack.num_malicious must be >= 0")
         _choice("attack.schedule", self.schedule, SCHEDULES)

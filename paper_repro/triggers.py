@@ -21,10 +21,12 @@ class Trigger:
     seed: int = 0
     part: int = -1
     """dba only: which of the four local patterns (0–3), or −1 for the global trigger, their union."""
+    position: str = "corner"
+    """badnets only: where the square sits (:data:`POSITIONS`)."""
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "badnets":
-            return badnets_patch(x, self.size)
+            return badnets_patch(x, self.size, position=self.position)
         if self.kind == "blend":
             return blend(x, blend_pattern(x.shape[1:], self.seed), self.alpha)
         if self.kind == "random_patch":
@@ -37,16 +39,32 @@ class Trigger:
 
 
 KINDS = ("badnets", "blend", "random_patch", "sig", "dba")
+POSITIONS = ("corner", "centre", "garment")
+"""Where a BadNets square sits: the bottom-right corner (the papers'; black background in 90 % of Fashion-MNIST),
+the image centre, or the upper middle (rows 8–10 of 28, on the torso of most garments) — the defense study's
+placements (docs/protocol.md)."""
 
 
-def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255) -> np.ndarray:
-    """White ``size``×``size`` square in the bottom-right corner, on uint8 before normalisation.
-    [C: PAKDD paper; FRJ-AJ `[-3:, -3:, :] = 255`]"""
+def patch_origin(h: int, w: int, size: int, position: str = "corner") -> tuple[int, int]:
+    """Top-left pixel of a ``size``×``size`` square at ``position`` in an h×w image."""
+    if position == "corner":
+        return h - size, w - size
+    if position == "centre":
+        return h // 2 - size // 2, w // 2 - size // 2
+    if position == "garment":
+        return round(8 * h / 28), w // 2 - size // 2
+    raise ValueError(f"unknown trigger position {position!r}; choose one of {list(POSITIONS)}")
+
+
+def badnets_patch(x: np.ndarray, size: int = 3, value: int = 255, position: str = "corner") -> np.ndarray:
+    """White ``size``×``size`` square, by default in the bottom-right corner, on uint8 before normalisation.
+    [C: PAKDD paper; FRJ-AJ `[-3:, -3:, :] = 255`; other positions: ours]"""
     h, w = x.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"trigger size {size} is larger than the {h}×{w} image")
+    top, left = patch_origin(h, w, size, position)
     out = np.array(x, dtype=np.uint8, copy=True)
-    out[..., h - size :, w - size :] = value
+    out[..., top : top + size, left : left + size] = value
     return out
 
 

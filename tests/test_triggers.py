@@ -109,3 +109,32 @@ def test_a_trigger_that_changes_no_pixel_is_refused_on_the_actual_images():
                 asr_set(test, Trigger("sig", alpha=0.08), 0)
         else:
             assert len(asr_set(test, Trigger("sig", alpha=0.08), 0)) == 15
+
+
+@pytest.mark.unit
+def test_a_badnets_square_sits_where_its_position_says():
+    from paper_repro.config import TRIGGER_POSITIONS
+    from paper_repro.triggers import POSITIONS, Trigger
+
+    assert TRIGGER_POSITIONS == POSITIONS
+    x = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    lit = {p: np.argwhere(Trigger("badnets", 3, position=p).apply(x)[0, 0] == 255) for p in POSITIONS}
+    assert lit["corner"].min(0).tolist() == [25, 25] and lit["corner"].max(0).tolist() == [27, 27]
+    assert lit["centre"].min(0).tolist() == [13, 13] and lit["centre"].max(0).tolist() == [15, 15]
+    assert lit["garment"].min(0).tolist() == [8, 13] and lit["garment"].max(0).tolist() == [10, 15]
+    assert all(len(v) == 9 for v in lit.values())
+    assert not x.any()  # the input is not changed
+    with pytest.raises(ValueError, match="unknown trigger position"):
+        Trigger("badnets", 3, position="left").apply(x)
+
+
+@pytest.mark.unit
+def test_a_position_is_refused_for_a_trigger_without_one():
+    import paper_repro as pr
+
+    cfg = pr.load_config("quick", attack={"kind": "fm", "trigger_position": "centre"})
+    assert cfg.attack.trigger_position == "centre"
+    with pytest.raises(ValueError, match="has no position"):
+        pr.load_config("quick", attack={"kind": "fm", "trigger": "sig", "trigger_position": "centre"})
+    with pytest.raises(ValueError, match="attack.trigger_position"):
+        pr.load_config("quick", attack={"kind": "fm", "trigger_position": "middle"})

@@ -18,7 +18,7 @@ from ..triggers import Trigger
 def config_trigger(cfg: Config) -> Trigger:
     """The trigger a config asks for (the same for the FM and the classic attack, and for the ASR test set)."""
     a = cfg.attack
-    return Trigger(a.trigger, a.trigger_size, a.blend_alpha, seed=0)
+    return Trigger(a.trigger, a.trigger_size, a.blend_alpha, seed=0, position=a.trigger_position)
 
 
 class Attack:

@@ -33,10 +33,13 @@ SETTINGS: dict[str, dict] = {
     "poison0.1": {"attack": {"poison_ratio": 0.1}},
     "beta0.1": {"data": {"beta": 0.1}},
     "all_to_all": {"attack": {"mapping": "all_to_all"}},
+    "centre": {"attack": {"trigger_position": "centre"}},
+    "garment": {"attack": {"trigger_position": "garment"}},
 }
 """Held-out settings, each one change against :data:`VALIDATION` (SIG at its paper's amplitude 20/255). all_to_all is
 also an attack on act_bound's fitting set: its poisoned images carry every label, so sampling the fitting set per
-label no longer caps their share at one label's slots."""
+label no longer caps their share at one label's slots. centre and garment move the patch off the black background
+(the defense study's H1, docs/protocol.md)."""
 DEFENSES = ("none", "act_bound", "mm_bm", "pruning")
 """act_bound and the post-fusion baselines (served from the no-defense training, so a setting costs one training
 per seed); update-comparing baselines see no malicious client under the FM attack."""
