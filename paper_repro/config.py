@@ -16,6 +16,7 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
 TRIGGER_POSITIONS = ("corner", "centre", "garment")
+TEST_HALVES = ("all", "even", "odd")
 FM_STAGES, MAPPINGS = ("init", "kd"), ("all_to_one", "all_to_all")
 SCHEDULES = ("sampled", "fixed")
 FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples", "uniform")
@@ -98,6 +99,10 @@ class DataConfig:
     """Real training images spread over the clients (0 = all that remain after the public split). ours"""
     test_size: int = 0
     """Clean test images used for ACC/ASR (0 = the whole test split). ours"""
+    test_half: str = "all"
+    """Which test images ACC/ASR are measured on: all | even (the images of even index: where knobs are selected) |
+    odd (the other half: where selected settings are reported). The defense study selects on one half and reports
+    on the other (docs/protocol.md). ours"""
     partition: str = "iid"
     """iid | dirichlet | shards. [C: 2401.10375 uses IID and Dirichlet]"""
     beta: float = 0.5
@@ -117,6 +122,7 @@ class DataConfig:
         _check(self.beta > 0, f"data.beta={self.beta} must be > 0 (Dirichlet concentration; 0.1 = very skewed)")
         _check(self.public_size > 0, "data.public_size must be > 0: the FM needs public images to learn from")
         _check(self.client_size >= 0 and self.test_size >= 0, "data.client_size/test_size must be >= 0 (0 = all)")
+        _choice("data.test_half", self.test_half, TEST_HALVES)
         _check(self.min_size >= 1, "data.min_size must be >= 1")
         _check(self.shards_per_client >= 1, "data.shards_per_client must be >= 1")
         _check(self.split_seed >= 0, f"data.split_seed={self.split_seed} must be >= 0")
