@@ -205,3 +205,20 @@ def test_class_conditional_bounds_clip_each_image_with_its_predicted_class_bound
     torch.testing.assert_close(out, torch.tensor([[4.0, 1.0], [0.5, 6.0]]))
     _, fallback = class_bounds(model, x, ["1"], "neuron", 1.0, 3, 2)
     assert fallback == [0, 1]  # two images each: below min_images, both take the bounds of all four
+
+
+def test_the_fitting_subset_varies_with_the_run_only_when_asked():
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import RoundContext
+
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(36, 10))
+
+    def fitted(fit_draw, run_seed):
+        ctx = RoundContext(3, np.array([0]), model, syn, torch.Generator().manual_seed(run_seed))
+        return pr.defenses.get("act_bound", per_class=2, fit_draw=fit_draw).fit_data(ctx)
+
+    torch.testing.assert_close(fitted("round", 0), fitted("round", 1))  # the round alone: every seed the same
+    assert not torch.equal(fitted("run", 0), fitted("run", 1))
+    torch.testing.assert_close(fitted("run", 2), fitted("run", 2))  # repeatable
+    assert len(fitted("run", 0)) == 2 * syn.num_classes  # still two per label

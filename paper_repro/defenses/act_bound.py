@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..activation_bounds import (
@@ -60,6 +61,9 @@ class BoundParams:
     adapt_after: int = Field(0, ge=0, description="epochs before c first moves (MM-BM: 10)")
     schedule: Literal["every_round", "final"] = Field(
         "every_round", description="fit after every fusion, or only after the last"
+    )
+    fit_draw: Literal["round", "run"] = Field(
+        "round", description="the fitting images drawn by the round alone (as first defined), or by run seed and round"
     )
 
 
@@ -123,9 +127,16 @@ class ActBound(Defense):
         bounds = self.bounds
         return lambda model: clip_hooks(model, bounds)
 
+    def fit_rng(self, ctx: RoundContext, by_round) -> np.random.Generator:
+        """The fitting subset's randomness: ``by_round`` (the round alone: every seed fits on the same images, as
+        first defined) or, with ``fit_draw="run"``, a draw from the round's generator (run seed and round), so that
+        seeds also vary the defense's fitting subset (the defense study)."""
+        if self.fit_draw == "round":
+            return by_round
+        return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator)))
+
     def fit_data(self, ctx: RoundContext):
-        # the fitting images depend on the round only (not the run seed): kept so that committed numbers stay valid
-        idx = fit_subset(ctx.synthetic.y, self.per_class, np_rng(ctx.round, "act_bound_fit"))
+        idx = fit_subset(ctx.synthetic.y, self.per_class, self.fit_rng(ctx, np_rng(ctx.round, "act_bound_fit")))
         return ctx.synthetic.subset(idx).tensors(ctx.device)[0]
 
     def initial_bounds(self, model: nn.Module, x, sites: list[str]) -> dict:

@@ -37,6 +37,9 @@ class ClassBoundParams:
     schedule: Literal["every_round", "final"] = Field(
         "every_round", description="fit after every fusion, or only after the last"
     )
+    fit_draw: Literal["round", "run"] = Field(
+        "round", description="the fitting images drawn by the round alone, or by run seed and round"
+    )
 
 
 def _per_sample(b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

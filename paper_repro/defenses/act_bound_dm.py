@@ -97,6 +97,7 @@ class ActBoundDM(ActBound):
         )
 
     granularity, epochs, trim, penalty, deploy = "channel", 0, 0.0, "l2", "server"  # per-channel, no MM-BM fitting
+    fit_draw = "round"
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
         if self.schedule == "final" and not ctx.is_final:

@@ -39,7 +39,7 @@ class MMBM(ActBound):
 
     def fit_data(self, ctx: RoundContext) -> torch.Tensor:
         """50 synthetic images per class, kept only if the fused model classifies them as labelled [C]."""
-        idx = fit_subset(ctx.synthetic.y, self.per_class, legacy_rng(ctx.round))  # by round, as first defined
+        idx = fit_subset(ctx.synthetic.y, self.per_class, self.fit_rng(ctx, legacy_rng(ctx.round)))
         x, y = ctx.synthetic.subset(idx).tensors(ctx.device)
         keep = ctx.predict(ctx.global_model, x).argmax(1) == y
         return x[keep] if keep.any() else x
