@@ -241,16 +241,19 @@ def fuse(
     flagged: list[int],
     kd: tuple[torch.Tensor, torch.Tensor],
     rnd: int,
+    hooks=None,
 ) -> nn.Module:
     """Step 4, FedDF fusion: a copy of the aggregated ``model`` distilled on the synthetic set ``kd`` toward the mean
     logits of the admitted (not flagged) clients' local models ``thetas`` (all of them if every one was flagged).
-    Without fusion (or zero KD epochs), the aggregated model itself."""
+    Without fusion (or zero KD epochs), the aggregated model itself. ``hooks``: the defense's
+    :class:`~paper_repro.defenses.base.FusionHooks` for this round, or None."""
     fl, cl = cfg.fl, cfg.model.channels_last
     if not (fl.fusion and fl.kd_epochs > 0):
         return model
     x_kd, y_kd = kd
     admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-    teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl, fl.precision)  # (N_syn, C)
+    teacher_ctx, student_ctx = (hooks.teacher, hooks.student) if hooks is not None else (None, None)
+    teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl, fl.precision, teacher_ctx)
     student = copy.deepcopy(model)
     return distill(
         student,
@@ -266,6 +269,7 @@ def fuse(
         torch_gen(cfg.seed, "kd", rnd),
         cl,
         fl.precision,
+        student_ctx,
     )
 
 
@@ -401,7 +405,8 @@ def run_federated(
             model = load_flat_state(copy.deepcopy(model), agg.state)
         # 4. FedDF fusion on the server's synthetic set
         with timer("fusion"):
-            model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd)
+            hooks = defense.fusion_hooks(dataclasses.replace(ctx, global_model=model))
+            model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd, hooks)
         trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp, active), **agg.columns}
         trained.update(timer.take())
         if not is_finite(model):  # diverged: the run ends here and reports no ACC/ASR

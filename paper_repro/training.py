@@ -134,23 +134,27 @@ def distill(
     generator: torch.Generator,
     channels_last: bool = False,
     precision: str = "fp32",
+    context=None,
 ) -> nn.Module:
     """Step 4, FedDF fusion on the synthetic set: minimise α·τ²·KL(σ(t/τ) ‖ σ(s/τ)) + (1−α)·CE(s, y) with the
     student in train mode; teacher logits are matched per sample index (docs/paper.md, traps). [C: FRJ-AJ]
-    ``precision="bf16"``: the student's forward and backward under bf16 autocast, the loss in fp32."""
+    ``precision="bf16"``: the student's forward and backward under bf16 autocast, the loss in fp32.
+    ``context``: None, or a function student → context manager under which the student is distilled (a defense's
+    bounds on its activations, say)."""
     student, x = _prep(student, x, channels_last)
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum)
     t_prob = F.softmax(teacher_logits / temperature, dim=1)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
-            with autocast(x.device.type, precision):
-                s = student(x[idx]).float()
-            kl = F.kl_div(F.log_softmax(s / temperature, dim=1), t_prob[idx], reduction="batchmean")
-            loss = alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with context(student) if context is not None else contextlib.nullcontext():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+                with autocast(x.device.type, precision):
+                    s = student(x[idx]).float()
+                kl = F.kl_div(F.log_softmax(s / temperature, dim=1), t_prob[idx], reduction="batchmean")
+                loss = alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(s, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return student
 
 
@@ -187,10 +191,15 @@ def ensemble_logits(
     batch_size: int = 1000,
     channels_last: bool = False,
     precision: str = "fp32",
+    context=None,
 ) -> torch.Tensor:
     """Mean logits (N, C) on ``x`` of the models whose flat states are the rows of ``states`` (K, P), built on a copy
-    of ``model`` (which is not modified): the FedDF teacher ensemble."""
+    of ``model`` (which is not modified): the FedDF teacher ensemble. ``context``: None, or a function teacher →
+    context manager under which each teacher predicts (a defense's bounds on its activations, say)."""
     tmp = copy.deepcopy(model)
-    return torch.stack(
-        [predict_logits(load_flat_state(tmp, s), x, batch_size, channels_last, precision) for s in states]
-    ).mean(0)
+    out = []
+    for s in states:
+        teacher = load_flat_state(tmp, s)
+        with context(teacher) if context is not None else contextlib.nullcontext():
+            out.append(predict_logits(teacher, x, batch_size, channels_last, precision))
+    return torch.stack(out).mean(0)

@@ -1,5 +1,6 @@
 """CLP (channel Lipschitzness-based pruning) and RLR (robust learning rate): hand-computed cases."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -222,3 +223,47 @@ def test_the_fitting_subset_varies_with_the_run_only_when_asked():
     assert not torch.equal(fitted("run", 0), fitted("run", 1))
     torch.testing.assert_close(fitted("run", 2), fitted("run", 2))  # repeatable
     assert len(fitted("run", 0)) == 2 * syn.num_classes  # still two per label
+
+
+def test_fusion_hooks_bound_the_teachers_and_the_student_when_asked():
+    from contextlib import contextmanager
+
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import RoundContext
+    from paper_repro.models import flat_state
+    from paper_repro.training import distill, ensemble_logits
+
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    x = syn.tensors()[0]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 10))
+    entered = []
+
+    @contextmanager
+    def silence(m):  # the ReLU's output zeroed: every teacher then predicts the last layer's bias
+        entered.append(m)
+        h = m[2].register_forward_hook(lambda _m, _i, out: out * 0)
+        try:
+            yield
+        finally:
+            h.remove()
+
+    states = torch.stack([flat_state(model)] * 2)
+    plain, silenced = ensemble_logits(model, states, x), ensemble_logits(model, states, x, context=silence)
+    torch.testing.assert_close(silenced, model[3].bias.detach().expand_as(silenced))
+    assert not torch.allclose(plain, silenced) and len(entered) == 2  # once per teacher
+    student = distill(
+        copy.deepcopy(model), x, syn.tensors()[1], plain, 1, 0.01, 0.0, 20, 0.5, 1.0, torch.Generator(), context=silence
+    )
+    assert len(entered) == 3 and not student[2]._forward_hooks  # entered around the distillation, then removed
+
+    ctx = RoundContext(1, np.array([0]), model, syn, torch.Generator().manual_seed(0))
+    off = pr.defenses.get("act_bound", sites=["2"])
+    assert off.fusion_hooks(ctx) is None and off.trains_like_none
+    both = pr.defenses.get("act_bound", sites=["2"], fusion="both", init_quantile=0.5, per_class=2)
+    hooks = both.fusion_hooks(ctx)
+    assert hooks.teacher is not None and hooks.student is not None and not both.trains_like_none
+    teachers = pr.defenses.get("act_bound", sites=["2"], fusion="teachers").fusion_hooks(ctx)
+    assert teachers.student is None
+    with hooks.teacher(model):  # bounded at the median of each unit: outputs change, and the hooks go away after
+        bounded = model(x)
+    assert not torch.allclose(bounded, model(x)) and not model[2]._forward_hooks

@@ -13,7 +13,7 @@ from .act_bound import ActBound
 from .act_bound_cc import ActBoundClassConditional
 from .act_bound_dm import ActBoundDM
 from .activation_clustering import ActivationClustering
-from .base import AggregateResult, Defense, LocalTraining, RoundContext, ScreenContext
+from .base import AggregateResult, Defense, FusionHooks, LocalTraining, RoundContext, ScreenContext
 from .clp import CLP
 from .deepsight import DeepSight
 from .detectors import GeminiGuard, WeiDetect
@@ -79,6 +79,7 @@ __all__ = [
     "resolved_params",
     "AggregateResult",
     "Defense",
+    "FusionHooks",
     "LocalTraining",
     "RoundContext",
     "ScreenContext",

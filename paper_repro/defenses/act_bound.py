@@ -9,6 +9,7 @@ optimised with synthetic data alongside FL training, parameters unchanged.] Ever
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..activation_bounds import (
 )
 from ..params import Field, params
 from ..rng import np_rng
-from .base import Defense, RoundContext
+from .base import Defense, FusionHooks, RoundContext
 
 Sites = Literal[SITE_PRESETS] | list[Annotated[str, Field(min_length=1)]]
 """Where bounds go: a preset of :func:`resolve_sites` or a list of module names (checked against the model)."""
@@ -78,6 +79,11 @@ class ActBoundParams(BoundParams):
     deploy: Literal["server", "clients"] = Field(
         "server", description="bounds only in the served model, or clients also train under last round's bounds"
     )
+    fusion: Literal["off", "teachers", "student", "both"] = Field(
+        "off",
+        description="bounds inside FedDF fusion too: each teacher predicts, and/or the student is distilled, under "
+        "bounds at the init_quantile of its own activations on the fitting images",
+    )
 
 
 def fit_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -117,9 +123,29 @@ class ActBound(Defense):
         super().check_config(cfg)
         check_sites(cfg, self.sites)
 
+    fusion = "off"
+    """Bounds inside fusion (a field of ``act_bound``'s Params; the variants that lack it never act there)."""
+
     @property
     def trains_like_none(self) -> bool:
-        return self.deploy == "server"  # bounds shipped to clients change their training
+        # bounds shipped to clients, or acting inside fusion, change the training
+        return self.deploy == "server" and self.fusion == "off"
+
+    def fusion_hooks(self, ctx: RoundContext) -> FusionHooks | None:
+        if self.fusion == "off":
+            return None
+        x = ctx.as_input(self.fit_data(ctx))
+        sites = resolve_sites(ctx.global_model, self.sites)
+
+        @contextmanager
+        def bounded(model: nn.Module):
+            with clip_hooks(model, self.initial_bounds(model, x, sites)):
+                yield
+
+        return FusionHooks(
+            teacher=bounded if self.fusion in ("teachers", "both") else None,
+            student=bounded if self.fusion in ("student", "both") else None,
+        )
 
     def client_context(self):
         if self.deploy != "clients" or self.bounds is None:

@@ -28,6 +28,16 @@ class LocalTraining:
     precision: str = "fp32"
 
 
+@dataclass(frozen=True)
+class FusionHooks:
+    """How a defense acts inside FedDF fusion (step 4): each a function model → context manager, or None."""
+
+    teacher: object = None
+    """Under which each client model (a teacher) predicts the synthetic set."""
+    student: object = None
+    """Under which the student is distilled."""
+
+
 @dataclass
 class RoundContext:
     """What a defense may look at in one round (read-only by convention)."""
@@ -152,6 +162,11 @@ class Defense:
     def client_context(self):
         """None, or a function model → context manager under which a client trains its copy of the global model
         (e.g. with the server's activation bounds active)."""
+        return None
+
+    def fusion_hooks(self, ctx: RoundContext) -> FusionHooks | None:
+        """None, or how this defense acts inside this round's FedDF fusion (``ctx.global_model``: the aggregated
+        model, the student's start). A defense that returns hooks changes training: it is not ``trains_like_none``."""
         return None
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:

@@ -211,7 +211,8 @@ class DefenseStrategy(Strategy):
             agg = aggregate(self.defense, g, updates, weights, ctx, self.inputs.attack.malicious)
             model = load_flat_state(copy.deepcopy(self.model), agg.state)
         with timer("fusion"):
-            model = fuse(self.cfg, self.opts, model, thetas, ids, agg.flagged, self._kd, server_round)
+            hooks = self.defense.fusion_hooks(dataclasses.replace(ctx, global_model=model))
+            model = fuse(self.cfg, self.opts, model, thetas, ids, agg.flagged, self._kd, server_round, hooks)
         self.model = model
         row.update({**agg.columns, **timer.take()})
         if not detection:

@@ -160,7 +160,16 @@ H2_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 """The defense study's H2 diagnostics (docs/protocol.md, "The defense study"), fixed before any was run: bounds at
 one layer only, bounds per predicted class, and the quantile 0.8 beside the existing 0.9 / 0.95 / 0.99."""
-DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS | BASELINE_VARIANTS | H2_VARIANTS
+H3_VARIANTS: dict[str, tuple[str, dict]] = {
+    "act_bound fusion teachers": ("act_bound", {"fusion": "teachers"}),
+    "act_bound fusion both": ("act_bound", {"fusion": "both"}),
+    "act_bound to clients": ("act_bound", {"deploy": "clients"}),
+    "act_bound fusion both to clients": ("act_bound", {"fusion": "both", "deploy": "clients"}),
+}
+"""The defense study's H3 (docs/protocol.md): bounds acting inside FedDF fusion (bounded teachers, and a bounded
+student), deployed to the clients, and both; fixed before any was run. The optimised-bounds variant is still to be
+built."""
+DEFENSE_VARIANTS = ACT_BOUND_VARIANTS | SCREENING_VARIANTS | BASELINE_VARIANTS | H2_VARIANTS | H3_VARIANTS
 """Every defense label a held-out table may hold besides plain defense names: label → (name, params)."""
 
 
