@@ -299,10 +299,12 @@ def serve(
     """Steps 5–6: the post-fusion defense acts on a view of the fused ``model`` (its weights stay as fused), then the
     served model is evaluated. Returns (served model, its ACC/ASR and the two steps' seconds)."""
     with timer("post_fusion"):
+        defense.info = {}
         served = defense.after_fusion(model, dataclasses.replace(ctx, global_model=model))
     with timer("eval"):
         metrics = evaluate_served(served, cfg, inp, opts)
-    return served, {**metrics, **timer.take()}
+    measured = {f"defense_{k}": float(v) for k, v in defense.info.items()}
+    return served, {**metrics, **measured, **timer.take()}
 
 
 def round_context(

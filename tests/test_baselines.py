@@ -267,3 +267,20 @@ def test_fusion_hooks_bound_the_teachers_and_the_student_when_asked():
     with hooks.teacher(model):  # bounded at the median of each unit: outputs change, and the hooks go away after
         bounded = model(x)
     assert not torch.allclose(bounded, model(x)) and not model[2]._forward_hooks
+
+
+def test_act_bound_reports_how_far_fitting_moved_its_bounds():
+    from paper_repro.data import make_synthetic_blobs
+    from paper_repro.defenses import RoundContext
+    from paper_repro.defenses.act_bound import bound_shift
+
+    assert bound_shift({"a": torch.tensor([1.0, 2.0])}, {"a": torch.tensor([1.5, 2.0])}) == pytest.approx(0.5 / 3)
+    syn, _ = make_synthetic_blobs(40, 10, size=6, seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 10))
+    ctx = RoundContext(1, np.array([0]), model, syn, torch.Generator().manual_seed(0))
+    still = pr.defenses.get("act_bound", sites=["2"], epochs=0)
+    still.after_fusion(model, ctx)
+    assert still.info == {"bound_shift": 0.0}  # no refinement: the bounds are the quantiles
+    moved = pr.defenses.get("act_bound", sites=["2"], epochs=5, lr=0.1)
+    moved.after_fusion(model, ctx)
+    assert moved.info["bound_shift"] > 0

@@ -95,6 +95,13 @@ def fit_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> 
     )
 
 
+def bound_shift(start: dict, end: dict) -> float:
+    """How far fitting moved the bounds: Σ|b_end − b_start| / Σ b_start over every bounded unit (0: not at all)."""
+    moved = sum(float((end[s].cpu() - start[s].cpu()).abs().sum()) for s in start)
+    total = sum(float(start[s].abs().sum()) for s in start)
+    return moved / total if total > 0 else 0.0
+
+
 class ActBound(Defense):
     """Upper bounds b ≥ 0 on the post-ReLU activations at ``sites`` of the fused global model, re-fitted after each
     fusion on the synthetic set; the server evaluates/serves the bounded model, the weights stay as fused.
@@ -176,7 +183,8 @@ class ActBound(Defense):
             return model
         x = ctx.as_input(self.fit_data(ctx))
         sites = resolve_sites(model, self.sites)
-        bounded = BoundedModel(model, self.initial_bounds(model, x, sites))
+        start = self.initial_bounds(model, x, sites)
+        bounded = BoundedModel(model, start)
         self.log = fit_bounds(
             bounded,
             x,
@@ -193,4 +201,5 @@ class ActBound(Defense):
             penalty=self.penalty,
         )
         self.bounds = bounded.bound_dict()
+        self.info = {"bound_shift": bound_shift(start, self.bounds)}
         return bounded

@@ -170,8 +170,12 @@ class Defense:
         return None
 
     def after_fusion(self, model: nn.Module, ctx: RoundContext) -> nn.Module:
-        """Return the model to evaluate/distribute (the same object when the defense does nothing here)."""
+        """Return the model to evaluate/distribute (the same object when the defense does nothing here). A defense
+        may leave numbers it measured in ``self.info`` (saved in the round's row as ``defense_<key>``)."""
         return model
+
+    info: dict = {}
+    """Numbers the last :meth:`after_fusion` measured (empty: none)."""
 
 
 def without_nonfinite(aggregate):
