@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROFILES = ("smoke", "quick", "paper")
-DATASETS = ("fashion_mnist", "cifar10", "synthetic_blobs")
+DATASETS = ("fashion_mnist", "fashion_mnist_textured", "cifar10", "synthetic_blobs")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("tiny", "cnn", "resnet18")
 TRIGGERS = ("badnets", "blend", "random_patch", "sig", "dba")
 TRIGGER_POSITIONS = ("corner", "centre", "garment")
 TEST_HALVES = ("all", "even", "odd")
+PLAIN_FM = "data/fm/fashion_mnist_ddpm"
+"""The embedded FM's folder: a DDPM trained on plain Fashion-MNIST's public split."""
 FM_STAGES, MAPPINGS = ("init", "kd"), ("all_to_one", "all_to_all")
 SCHEDULES = ("sampled", "fixed")
 FM_SOURCES, WEIGHTINGS = ("ddpm", "stable_diffusion", "real_public"), ("samples", "uniform")
@@ -92,7 +94,8 @@ class DataConfig:
     """Which real data, how it is split between the server (public) and the clients."""
 
     dataset: str = "fashion_mnist"
-    """fashion_mnist (offline, Debian package) | cifar10 (torchvision download) | synthetic_blobs (tests). ours"""
+    """fashion_mnist (offline, Debian package) | fashion_mnist_textured (its garments over natural-photo crops, made
+    offline: paper_repro.backgrounds) | cifar10 (torchvision download) | synthetic_blobs (tests). ours"""
     public_size: int = 10_000
     """Real training images held by the server to train the FM; no client sees them. ours"""
     client_size: int = 0
@@ -135,7 +138,7 @@ class FMConfig:
     source: str = "ddpm"
     """ddpm: our class-conditional diffusion model | stable_diffusion: local text-to-image weights |
     real_public: skip the FM and use the public real images (ablation). ours"""
-    checkpoint: str = "data/fm/fashion_mnist_ddpm"
+    checkpoint: str = PLAIN_FM
     """Folder of the FM weights (relative to the repository root, or absolute). ours"""
     n_per_class: int = 200
     """Synthetic images per class. [C: 1,000/class in 2401.10375; fewer in quick to fit 2 CPU cores]"""
@@ -402,6 +405,17 @@ class Config:
             f"attack.target_class={self.attack.target_class} is not a class of {self.data.dataset} "
             f"(0..{num_classes(self.data.dataset) - 1})",
         )
+        _check(
+            not (
+                self.data.dataset == "fashion_mnist_textured"
+                and self.fm.source == "ddpm"
+                and self.fm.checkpoint.rstrip("/") == PLAIN_FM
+            ),
+            f"data.dataset='fashion_mnist_textured' with fm.checkpoint={PLAIN_FM!r}: that FM was trained on plain "
+            "Fashion-MNIST, so its synthetic set would not look like the clients' data; train one on the textured "
+            "public split (python -m paper_repro.fm train --out data/fm/fashion_mnist_textured_ddpm, with "
+            "data.dataset set) and name it in fm.checkpoint",
+        )
         size = image_shape(self.data.dataset)[-1]
         _check(
             self.attack.trigger_size <= size,
@@ -417,4 +431,9 @@ def num_classes(dataset: str) -> int:
 
 
 def image_shape(dataset: str) -> tuple[int, int, int]:
-    return {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "synthetic_blobs": (1, 12, 12)}[dataset]
+    return {
+        "fashion_mnist": (1, 28, 28),
+        "fashion_mnist_textured": (1, 28, 28),
+        "cifar10": (3, 32, 32),
+        "synthetic_blobs": (1, 12, 12),
+    }[dataset]

@@ -245,16 +245,9 @@ class Splits:
 
 
 def split_public(
-    train: ImageSet,
-    test: ImageSet,
-    public_size: int,
-    client_size: int = 0,
-    test_size: int = 0,
-    seed: int = 0,
-    test_half: str = "all",
+    train: ImageSet, test: ImageSet, public_size: int, client_size: int = 0, test_size: int = 0, seed: int = 0
 ) -> Splits:
-    """Disjoint public / client pools drawn by a seeded permutation of ``train``; optional test subset, then
-    optionally one half of it (``test_half``: the images of even or of odd index in the test split)."""
+    """Disjoint public / client pools drawn by a seeded permutation of ``train``; optional test subset."""
     n = len(train)
     client_size = client_size or n - public_size
     if public_size + client_size > n:
@@ -263,8 +256,6 @@ def split_public(
     test_idx = np.arange(len(test))
     if test_size and test_size < len(test):
         test_idx = np.sort(np_rng(seed, "test_subset").permutation(len(test))[:test_size])
-    if test_half != "all":
-        test_idx = test_idx[test_idx % 2 == (0 if test_half == "even" else 1)]
     return Splits(
         train.subset(np.sort(perm[:public_size])),
         train.subset(np.sort(perm[public_size : public_size + client_size])),
@@ -277,6 +268,4 @@ def public_splits(cfg) -> Splits:
     test set, by ``cfg.data.split_seed`` (independent of the run seed, so the FM never saw a client's image)."""
     d = cfg.data
     train, test = load_dataset(d.dataset)
-    return split_public(
-        train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed, test_half=d.test_half
-    )
+    return split_public(train, test, d.public_size, d.client_size, d.test_size, seed=d.split_seed)

@@ -13,12 +13,13 @@ import numpy as np
 from . import attacks, defenses
 from .codehash import library_versions, run_code_digest
 from .config import Config
-from .data import ImageSet, _fashion_dirs, load_dataset, public_splits
+from .data import ImageSet, _fashion_dirs
 from .fl import FLInputs
 from .fm.synthetic import synthetic_key_hash, synthetic_set
 from .options import RunOptions, options_for
 from .partition import make_partition
 from .rng import np_rng
+from .splits import load_run_dataset, run_splits
 from .triggers import asr_set, backdoor_labels
 
 RESULTS_VERSION = 2
@@ -58,7 +59,7 @@ def dataset_digest(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _loaded_digest(name: str) -> str:
-    train, test = load_dataset(name)
+    train, test = load_run_dataset(name)
     return hashlib.sha256((train.digest() + test.digest()).encode()).hexdigest()
 
 
@@ -100,7 +101,7 @@ def prepare(
     it keeps state over a run)."""
     opts = options_for(cfg.profile, opts)
     d, a = cfg.data, cfg.attack
-    splits = public_splits(cfg)
+    splits = run_splits(cfg)
     parts = make_partition(
         splits.clients.y,
         cfg.fl.num_clients,

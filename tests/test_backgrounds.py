@@ -46,3 +46,18 @@ def test_textured_sets_are_deterministic_and_textured():
     assert (corner.std(1) > 0).all() and bg.region_busy_share(a.x, slice(25, 28), slice(25, 28)) > 0.5
     crops = bg.photo_crops(3, 28, rng)
     assert crops.shape == (3, 28, 28) and crops.dtype == np.uint8
+
+
+def test_the_textured_dataset_needs_its_own_fm_and_loads_offline():
+    import paper_repro as pr
+    from paper_repro.splits import load_run_dataset
+
+    with pytest.raises(ValueError, match="trained on plain"):
+        pr.load_config("quick", data={"dataset": "fashion_mnist_textured"})
+    cfg = pr.load_config(
+        "quick", data={"dataset": "fashion_mnist_textured"}, fm={"checkpoint": "data/fm/fashion_mnist_textured_ddpm"}
+    )
+    assert cfg.data.dataset == "fashion_mnist_textured"
+    train, test = load_run_dataset("fashion_mnist_textured")
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert bg.region_busy_share(test.x[:2000], slice(25, 28), slice(25, 28)) > 0.5  # the corner is no longer black

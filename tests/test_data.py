@@ -36,18 +36,22 @@ def test_public_split_is_disjoint_from_clients_and_seeded(blobs):
 
 
 def test_the_test_halves_split_the_test_images_by_index_parity(blobs):
-    train, test = blobs
-    marked = test.with_arrays(x=np.arange(len(test), dtype=np.int64)[:, None, None, None] % 256 * np.ones_like(test.x))
-    full = split_public(train, marked, 100, 300).test
-    even = split_public(train, marked, 100, 300, test_half="even").test
-    odd = split_public(train, marked, 100, 300, test_half="odd").test
-    assert len(even) + len(odd) == len(full) and len(even) == (len(full) + 1) // 2
-    assert (even.x[:, 0, 0, 0] % 2 == 0).all() and (odd.x[:, 0, 0, 0] % 2 == 1).all()  # index parity (i % 256 keeps it)
-    assert split_public(train, marked, 100, 300, test_size=20, test_half="odd").test.x.shape[0] <= 20
     import paper_repro as pr
+    from paper_repro.splits import run_splits, test_half
 
+    _, test = blobs
+    marked = test.with_arrays(x=np.arange(len(test), dtype=np.int64)[:, None, None, None] % 256 * np.ones_like(test.x))
+    even, odd = test_half(marked, "even"), test_half(marked, "odd")
+    assert len(even) + len(odd) == len(marked) and len(even) == (len(marked) + 1) // 2
+    assert (even.x[:, 0, 0, 0] % 2 == 0).all() and (odd.x[:, 0, 0, 0] % 2 == 1).all()  # index parity (i % 256 keeps it)
+    assert test_half(marked, "all") is marked
+    with pytest.raises(ValueError, match="test half"):
+        test_half(marked, "first")
     with pytest.raises(ValueError, match="data.test_half"):
         pr.load_config("quick", data={"test_half": "first"})
+    full = run_splits(pr.load_config("smoke")).test
+    halves = [run_splits(pr.load_config("smoke", data={"test_half": h})).test for h in ("even", "odd")]
+    assert sum(map(len, halves)) == len(full) and halves[0].digest() != halves[1].digest()
 
 
 def test_missing_fashion_mnist_names_the_fix(tmp_path, monkeypatch):

@@ -33,11 +33,12 @@ import torch
 
 from ..codehash import code_digest_of, library_versions
 from ..config import Config
-from ..data import ImageSet, public_splits
+from ..data import ImageSet
 from ..fm.ddpm import ClassConditionalDDPM, DDPMTrainConfig, ddpm_steps
 from ..fm.synthetic import checkpoint_digest, draw_synthetic
 from ..params import Field, params
 from ..rng import np_rng, torch_gen
+from ..splits import run_splits
 from ..store import cache_dir, resolve_path, save_atomic, stable_hash
 from ..triggers import poison
 from .base import config_trigger
@@ -129,7 +130,7 @@ class FMGenerated(FMPoisoning):
 
     def compromised_draw(self) -> np.ndarray:
         """``n_per_class`` target-class images from the fine-tuned FM (uint8), through the disk cache."""
-        public = public_splits(self.cfg).public
+        public = run_splits(self.cfg).public
         key = self._key(public)
         path = cache_dir() / "fm_generated" / f"{stable_hash(key)}.npz"
         if path.exists():

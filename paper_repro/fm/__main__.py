@@ -9,8 +9,8 @@ import shlex
 import sys
 
 from ..cliargs import PROFILES, nonneg_int, pos_int, writable_dir
-from ..data import public_splits
 from ..profiles import load_config
+from ..splits import run_splits
 from .ddpm import ClassConditionalDDPM, DDPMTrainConfig
 
 DIGEST_ROLE = "not computing"  # codehash: see its module docstring
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         for n in a.sizes or [load_config(a.profile).fm.n_per_class]:
             cfg = load_config(a.profile, fm={"n_per_class": n})
             t = time.perf_counter()
-            out = ship_synthetic(cfg, public_splits(cfg).public)
+            out = ship_synthetic(cfg, run_splits(cfg).public)
             print(f"n_per_class={n}: {out} ({time.perf_counter() - t:.0f} s)")
         return
     if why := writable_dir(a.out):
         p.error(f"--out: {why}")
-    public = public_splits(load_config(a.profile)).public
+    public = run_splits(load_config(a.profile)).public
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(steps=a.steps, seed=a.seed), progress=False)
     command = "python -m paper_repro.fm " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     fm.save(a.out, command=command)

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..codehash import code_digest_of, library_versions
 from ..config import Config, ConfigError, image_shape
-from ..data import ImageSet, load_dataset
+from ..data import ImageSet
+from ..splits import load_run_dataset
 from ..store import REPO_ROOT, cache_dir, resolve_path, save_atomic, stable_hash
 from .draw import draw_synthetic
 
@@ -140,7 +141,7 @@ def load_fm(cfg: Config, public: ImageSet | None = None, device: str = "cpu"):
         return fm
     if cfg.fm.source == "stable_diffusion":
         c, h, _ = image_shape(cfg.data.dataset)
-        classes = public.classes if public is not None else load_dataset(cfg.data.dataset)[1].classes
+        classes = public.classes if public is not None else load_run_dataset(cfg.data.dataset)[1].classes
         return StableDiffusionFM.load(path, classes, cfg.fm.prompt_template, resolution=h, channels=c)
     raise ConfigError(f"fm.source={cfg.fm.source!r} has no model to load")
 
