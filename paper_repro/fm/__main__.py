@@ -1,4 +1,5 @@
-"""Command line: ``python -m paper_repro.fm train --profile quick --out data/fm/fashion_mnist_ddpm [--steps N]``;
+"""Command line: ``python -m paper_repro.fm train --profile quick --out data/fm/fashion_mnist_ddpm [--steps N]
+[--dataset fashion_mnist_textured]``;
 ``python -m paper_repro.fm ship --profile quick --sizes 200 100 50`` draws (or takes from this machine's cache) the
 synthetic sets a fresh clone should not have to draw and writes them, with their keys, into ``data/synthetic``."""
 
@@ -9,6 +10,7 @@ import shlex
 import sys
 
 from ..cliargs import PROFILES, nonneg_int, pos_int, writable_dir
+from ..config import DATASETS
 from ..profiles import load_config
 from ..splits import run_splits
 from .ddpm import ClassConditionalDDPM, DDPMTrainConfig
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--profile", default="quick", choices=PROFILES, help="whose public split to train on (quick)")
     t.add_argument("--out", required=True, help="folder for the weights (created)")
     t.add_argument("--steps", type=pos_int, default=DDPMTrainConfig.steps, help="optimiser steps")
+    t.add_argument(
+        "--dataset", default=None, choices=DATASETS, help="whose public split (default: the profile's dataset)"
+    )
     t.add_argument(
         "--seed", type=nonneg_int, default=0, help="seed of FM training (the public split uses data.split_seed)"
     )
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if why := writable_dir(a.out):
         p.error(f"--out: {why}")
-    public = run_splits(load_config(a.profile)).public
+    data = {"dataset": a.dataset} if a.dataset else {}
+    public = run_splits(load_config(a.profile, data=data, fm={"checkpoint": a.out})).public
     fm = ClassConditionalDDPM.train(public, DDPMTrainConfig(steps=a.steps, seed=a.seed), progress=False)
     command = "python -m paper_repro.fm " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     fm.save(a.out, command=command)
