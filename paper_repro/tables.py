@@ -93,6 +93,7 @@ TABLE_KEYS = {
     "attack_calibration": ("attack", "rung", "seed"),
     "attack_calibrated": ("attack", "defense", "seed"),
     "attack_clients": ("arm", "seed"),
+    "defense_study": ("hypothesis", "setting", "defense", "half", "seed"),
     "mars_calibration": ("seed", "round"),
     "activation_metrics": ("attack", "seed"),
     "activations": ("attack", "site", "model", "input", "image"),

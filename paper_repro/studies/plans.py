@@ -169,13 +169,13 @@ def _calibration_rows(labels: dict, history: pd.DataFrame, run: str) -> list[dic
     return calibration_rows(labels, history, run)
 
 
-def _lazy(name: str):
-    """A function of :mod:`paper_repro.studies.calibrated`, imported when called."""
+def _lazy(name: str, module: str = "calibrated"):
+    """A function of ``paper_repro.studies.<module>``, imported when called."""
 
     def call(*args):
-        from . import calibrated
+        import importlib
 
-        return getattr(calibrated, name)(*args)
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args)
 
     return call
 
@@ -203,6 +203,11 @@ FAMILIES: dict[str, Family] = {
         ("attack", "rung", "verdict", "defense", "seed"), _lazy("calibrated_config"), _lazy("summary_rows")
     ),
     "attack_clients": Family(("study", "arm", "last_round", "seed"), _lazy("client_config"), _lazy("client_rows")),
+    "defense_study": Family(
+        ("batch", "hypothesis", "setting", "defense", "half", "seed"),
+        _lazy("labels_config", "defense_study"),
+        _lazy("summary_rows"),
+    ),
 }
 """Table kind → family; the held-out family also holds the act_bound and MARS validation tables (see
 :func:`family_of`)."""
