@@ -35,6 +35,8 @@ NOT_FROM_RUNS = {
     "attack_adaptive": "derived from attack_breadth and attack_strength (`python -m paper_repro attacks --study "
     "adaptive`)",
     "published": "the papers' published numbers (typed in, not computed)",
+    "mmac_centralised": "MMAC, MM-BM and act_bound in MMAC's own centralised setting, not FL runs "
+    "(`python benchmarks/mmac_centralised.py`)",
 }
 """Committed tables that are not made of runs, with what makes them: the ledger says nothing about them."""
 
