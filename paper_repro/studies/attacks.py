@@ -228,7 +228,7 @@ ADAPTIVE: dict[str, str] = {
     "no longer caps them at one label's slots",
     "FM SIG": "full-image low-amplitude trigger: no unit needs to fire far above its clean range",
     "FM-generated patch": "the FM draws the trigger into the target class (no paste)",
-    "3DFed": "decoys draw the update-comparing defenses; scale adapted to acceptance",
+    "adaptive decoys (3DFed-style)": "decoys draw the update-comparing defenses; scale adapted to acceptance",
 }
 """The attacks of the breadth table that adapt to a defense, with what each exploits."""
 
