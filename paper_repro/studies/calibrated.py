@@ -183,7 +183,7 @@ def walk(
         results = run_many([cfg for _, cfg in batch], results_dir, progress=progress, desc=name, options=options)
         if not cached:
             slowest = max(slowest, clock() - t)
-        for (labels, cfg), res in zip(batch, results):
+        for (labels, _), res in zip(batch, results):
             rows += (rows_of or summary_rows)(labels, res.history, res.run_dir.name)
         df = save_run_table(pd.DataFrame(rows), table, profile, tables_dir, results_dir)
         log(f"{name}: mean ASR {df.loc[df[group].astype(str) == name, 'asr'].mean():.3f}")
