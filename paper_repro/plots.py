@@ -375,3 +375,34 @@ def tradeoff(df: pd.DataFrame, title: str = ""):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+@styled
+def calibration_ladders(df: pd.DataFrame, target: float = 0.8, title: str = "", order: list | None = None):
+    """F8d: one panel per attack (in ``order``, else as they come), its ladder's rungs in order on x; final ASR per
+    seed (points), their mean (line) and the round-0 ASR mean (dashed), against the rule's target (grey). ``df``:
+    the calibration table (attack, step, rung, seed, asr, asr_round0)."""
+    present = list(dict.fromkeys(df["attack"]))
+    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+    cols = min(4, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.3 * cols, 2.7 * rows_n), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        sub = df[df["attack"] == name].sort_values("step")
+        order = list(dict.fromkeys(sub["rung"]))
+        x = sub["rung"].map(order.index)
+        ax.scatter(x, sub["asr"], s=12, color="C0", alpha=0.6, label="final ASR, per seed")
+        mean = sub.groupby("step", sort=True)[["asr", "asr_round0"]].mean()
+        ax.plot(range(len(mean)), mean["asr"], color="C0", marker="o", ms=4, label="mean final ASR")
+        ax.plot(range(len(mean)), mean["asr_round0"], color="C1", ls="--", marker="x", ms=4, label="mean round-0 ASR")
+        ax.axhline(target, color="0.5", lw=0.8)
+        ax.set_xticks(range(len(order)), [o.replace(", ", ",\n") for o in order], fontsize=6)
+        ax.set_title(name, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("ASR, no defense")
+    axes[0][0].legend(fontsize=6, loc="center left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
