@@ -152,3 +152,17 @@ def test_calibrate_remakes_committed_rows_whose_runs_no_current_code_holds(tmp_p
     assert now["asr"].tolist() != [0.5] and now["asr"].between(0, 1).all()  # made again, not copied
     served = cal.calibrate(budget_minutes=600, log=said.append, **where)
     assert served["asr"].tolist() == now["asr"].tolist() and served["run"].tolist() == now["run"].tolist()
+
+
+@pytest.mark.unit
+def test_the_calibration_figure_draws_one_panel_per_attack_in_the_ladders_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from paper_repro import plots
+
+    df = _table({("FM patch", "share 0.2"): [0.9, 0.8, 0.7], ("FM all-to-all", "share 0.2"): [0.1, 0.2, 0.3]})
+    df["step"] = 0
+    fig = plots.calibration_ladders(df, order=list(cal.LADDERS))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["FM patch", "FM all-to-all"]  # the ladders' order, not the table's
