@@ -54,3 +54,21 @@ def allocator_env():
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+def worker_init(num_threads: int, poll_seconds: float = 1.0) -> None:
+    """Initialiser of a run-worker process: ``num_threads`` torch threads, and a watchdog that ends the worker
+    when the process that started it is gone (killed, or stopped with Ctrl-C before it could shut its pool down),
+    instead of leaving it computing, unseen, beside the next job on the same cores."""
+    import threading
+    import time
+
+    torch.set_num_threads(num_threads)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)  # orphaned: the parent cannot collect a result any more
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

@@ -23,7 +23,7 @@ from .attacks import Attack
 from .cliargs import writable_dir
 from .codehash import run_code_files
 from .config import Config, DefenseConfig
-from .execution import allocator_env, check_device, threads
+from .execution import allocator_env, check_device, threads, worker_init
 from .fl import FLOutput, run_federated
 from .initial import cached_initial_model, initial_model_key
 from .inputs import Prepared, prepare, run_hashes
@@ -326,7 +326,7 @@ def _execute(work: list[Job], opts: RunOptions, jobs: int):
         share = max(1, torch.get_num_threads() // jobs)
         with (
             allocator_env(),
-            cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), torch.set_num_threads, (share,)) as pool,
+            cf.ProcessPoolExecutor(jobs, mp.get_context("spawn"), worker_init, (share,)) as pool,
         ):
             futures = {pool.submit(compute, job): job for job in work}
             for f in cf.as_completed(futures):

@@ -445,3 +445,58 @@ def test_torchs_opaque_write_error_on_a_nearly_full_disk_says_no_space(tmp_path,
         store.save_atomic(torch_fails, tmp_path / "model.pt")
     with pytest.raises(RuntimeError, match="not about files"):  # other errors pass through untouched
         store.save_atomic(lambda tmp: (_ for _ in ()).throw(RuntimeError("not about files")), tmp_path / "m.pt")
+
+
+_ORPHAN = """
+import concurrent.futures as cf, multiprocessing as mp, os, signal, sys, time
+from paper_repro.execution import worker_init
+if __name__ == "__main__":
+    init, args = (worker_init, (1, 0.1)) if sys.argv[1] == "watched" else (None, ())
+    pool = cf.ProcessPoolExecutor(1, mp.get_context("spawn"), init, args)
+    with open(sys.argv[2], "w") as f:
+        f.write(str(pool.submit(os.getpid).result()))
+    pool.submit(time.sleep, 120)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)  # the parent dies without shutting its pool down
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("mode", ["watched", "plain"])
+def test_a_run_worker_ends_when_the_process_that_started_it_is_killed(tmp_path, mode):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    pid_file = tmp_path / "worker.pid"
+    # no pipes: an orphan holding the test's stdout would keep subprocess.run waiting for it
+    subprocess.run(
+        [sys.executable, str(script), mode, str(pid_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
+    pid = int(pid_file.read_text())
+    try:
+        for _ in range(100):  # wait for the worker to notice (it polls every 0.1 s)
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        if mode == "watched":
+            assert not _alive(pid), "the orphaned worker kept running"
+        else:  # without the watchdog the worker outlives its parent: what the watchdog is for
+            assert _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
