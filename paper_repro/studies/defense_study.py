@@ -53,6 +53,8 @@ H3_DEFENSES = (
     "act_bound fusion both",
     "act_bound to clients",
     "act_bound fusion both to clients",
+    "act_bound optimised",
+    "act_bound optimised fusion both",
 )
 FIT_DRAWN = ("act_bound", "mm_bm", "mmac", "mm_bm_neuron", "mmac_neuron", "act_bound_cc")
 """Defenses whose fitting subset is drawn from the run in this study."""
