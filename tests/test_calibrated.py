@@ -19,7 +19,7 @@ def _frozen(**chosen_step) -> pd.DataFrame:
 
 @pytest.mark.unit
 def test_client_cells_compare_like_with_like():
-    frozen = _frozen(**{"model replacement": 1, "classic": 2})  # share 1, γ = n; share 1, boost 5
+    frozen = _frozen(**{"model replacement": 1, "classic": 2, "Neurotoxin": 3})  # γ = n; boost 5; boost 10
     cells = {(lab["arm"], lab["seed"]): cfg for lab, cfg in calibrated.client_cells("quick", frozen, (10, 11))}
     mr, dp = cells[("model replacement, fusion", 10)].attack, cells[("data poisoning, fusion", 10)].attack
     assert (mr.kind, dp.kind) == ("model_replacement", "classic")
@@ -34,6 +34,9 @@ def test_client_cells_compare_like_with_like():
     labels = {lab["arm"]: lab for lab, _ in calibrated.client_cells("quick", frozen, (10,))}
     assert labels["Neurotoxin"]["last_round"] == 5 and labels["model replacement, fusion"]["last_round"] == 0
     assert (nt.boost, nt.client_poison_ratio) == (cl.boost, cl.client_poison_ratio) == (5.0, 1.0)  # classic's rung
+    nt10 = cells[("Neurotoxin at Neurotoxin's rung", 10)].attack
+    assert (nt10.kind, nt10.boost) == ("neurotoxin", 10.0)
+    assert cells[("classic at Neurotoxin's rung", 10)].attack.kind == "classic"
     with pytest.raises(ValueError, match="no frozen rung yet"):
         calibrated.client_cells("quick", frozen[frozen["attack"] == "classic"], (10,))
 
@@ -75,7 +78,10 @@ def test_client_verdicts_are_paired_and_holm_corrected():
     assert v.loc["R2 fusion weakens replacement", "verdict"] == "holds"
     assert v.loc["R3 replacement beats poisoning under fusion", "verdict"] == "undecided"  # +0.02, mixed signs
     assert v.loc["N1 Neurotoxin lasts longer", "diff"] == pytest.approx(0.1)
-    assert (v["p_holm"] >= v["p_t"]).all()
+    ran = v[v["verdict"] != "not run"]
+    assert (ran["p_holm"] >= ran["p_t"]).all() and v.loc[
+        "N1b Neurotoxin lasts longer at its own rung", "verdict"
+    ] == "not run"
     assert calibrated.client_verdicts(pd.DataFrame(rows[:2]))["verdict"].eq("not run").sum() >= 2
 
 

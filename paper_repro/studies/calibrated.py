@@ -3,8 +3,9 @@ froze, run on the held-out seeds without defense; and two client-attack studies 
 
 * **replacement**: model replacement (γ = n) against plain data poisoning at the same poisoned share and schedule,
   each with FedDF fusion and without it (plain FedAvg), so that what fusion does to the replacement algebra shows;
-* **durability**: Neurotoxin against the classic attack at the classic attack's frozen rung, both stopping halfway
-  (``attack.last_round`` = half the rounds, :func:`stop_round`): the ASR in the rounds after the attackers leave.
+* **durability**: Neurotoxin against the classic attack at the classic attack's frozen rung, and both again at
+  Neurotoxin's own (stronger) rung, all stopping halfway (``attack.last_round`` = half the rounds,
+  :func:`stop_round`): the ASR in the rounds after the attackers leave.
 
 ``python -m paper_repro attacks --study calibrated`` and ``--study clients`` write ``attack_calibrated_<profile>.csv``
 and ``attack_clients_<profile>.csv`` (one row per run); both walk their cells in a fixed order within ``--budget``
@@ -85,13 +86,15 @@ def client_cells(profile: str, frozen: pd.DataFrame, seeds: tuple[int, ...]) -> 
     replacement = dict(rung("model replacement", _frozen(frozen, "model replacement")).attack)
     poisoning = {**replacement, "kind": "classic", "boost": 1.0}  # the same share and schedule, no scaling
     classic = dict(rung("classic", _frozen(frozen, "classic")).attack)
+    neurotoxin = dict(rung("Neurotoxin", _frozen(frozen, "Neurotoxin")).attack)
     stop = stop_round(load_config(profile))
     arms = [
         ("replacement", f"{name}, {'fusion' if fusion else 'FedAvg'}", attack, None if fusion else {"fusion": False})
         for fusion in (True, False)
         for name, attack in (("model replacement", replacement), ("data poisoning", poisoning))
     ] + [
-        ("durability", name, {**classic, "kind": kind, "last_round": stop}, None)
+        ("durability", f"{name}{where}", {**at, "kind": kind, "last_round": stop}, None)
+        for where, at in (("", classic), (" at Neurotoxin's rung", neurotoxin))
         for name, kind in (("classic", "classic"), ("Neurotoxin", "neurotoxin"))
     ]
     return [
@@ -227,6 +230,11 @@ COMPARISONS = {
     "R2 fusion weakens replacement": ("model replacement, FedAvg", "model replacement, fusion", "asr"),
     "R3 replacement beats poisoning under fusion": ("model replacement, fusion", "data poisoning, fusion", "asr"),
     "N1 Neurotoxin lasts longer": ("Neurotoxin", "classic", "asr_after_stop"),
+    "N1b Neurotoxin lasts longer at its own rung": (
+        "Neurotoxin at Neurotoxin's rung",
+        "classic at Neurotoxin's rung",
+        "asr_after_stop",
+    ),
 }
 """The pre-registered comparisons (docs/protocol.md): label → (arm a, arm b, metric); the hypothesis is a > b."""
 
@@ -255,6 +263,8 @@ def client_verdicts(df: pd.DataFrame) -> pd.DataFrame:
             continue
         out.append({"comparison": label, "metric": metric, **paired(wide[a], wide[b])})
     res = pd.DataFrame(out)
-    res["p_holm"] = holm(res["p_t"].fillna(1.0))
+    ran = res["n"] > 0
+    res["p_holm"] = float("nan")
+    res.loc[ran, "p_holm"] = holm(res.loc[ran, "p_t"].fillna(1.0))  # the family: the comparisons that were run
     res["verdict"] = [verdict(r) if r["n"] else "not run" for r in res.to_dict("records")]
     return res
