@@ -117,3 +117,23 @@ def save_atomic(write, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextmanager
+def file_lock(path: str | Path):
+    """Hold an exclusive lock on ``path`` (created) while the block runs, so that processes making the same cached
+    artefact (two run workers fine-tuning the same attacker FM) make it once: the second waits, then finds it.
+    Where ``fcntl`` is missing (Windows) it does not lock, and both make it (the same result, twice the time)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -500,3 +500,26 @@ def test_a_run_worker_ends_when_the_process_that_started_it_is_killed(tmp_path, 
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.unit
+def test_a_file_lock_excludes_another_process_until_it_is_released(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    from paper_repro.store import file_lock
+
+    lock = tmp_path / "draw.lock"
+    probe = (
+        "import fcntl, sys\n"
+        "f = open(sys.argv[1], 'a+')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n"
+    )
+
+    def other_can_take_it() -> bool:
+        return subprocess.run([sys.executable, "-c", probe, str(lock)], timeout=60).returncode == 0
+
+    with file_lock(lock):
+        assert not other_can_take_it()  # held here: a second worker would wait
+    assert other_can_take_it()  # released

@@ -39,7 +39,7 @@ from ..fm.synthetic import checkpoint_digest, draw_synthetic
 from ..params import Field, params
 from ..rng import np_rng, torch_gen
 from ..splits import run_splits
-from ..store import cache_dir, resolve_path, save_atomic, stable_hash
+from ..store import cache_dir, file_lock, resolve_path, save_atomic, stable_hash
 from ..triggers import poison
 from .base import config_trigger
 from .fm_poisoning import FMPoisoning
@@ -133,6 +133,10 @@ class FMGenerated(FMPoisoning):
         public = run_splits(self.cfg).public
         key = self._key(public)
         path = cache_dir() / "fm_generated" / f"{stable_hash(key)}.npz"
+        with file_lock(path.with_suffix(".lock")):  # run workers of other seeds wait for this draw, not redo it
+            return self._cached_or_drawn(path, key, public)
+
+    def _cached_or_drawn(self, path, key: dict, public: ImageSet) -> np.ndarray:
         if path.exists():
             with np.load(path) as z:
                 if json.loads(str(z["key"])) == json.loads(json.dumps(key)):
