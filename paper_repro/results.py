@@ -158,7 +158,8 @@ class RunResult:
 
 def git_state() -> dict:
     """The package's git commit and whether tracked files differ from it ("unknown" outside a git checkout). The run
-    ledger is left out: a recompute writes records into it while it runs, and they are its output, not its code."""
+    ledger and the tables are left out: a recompute or a study writes records and tables while it runs (the
+    calibration rewrites its table after every rung), and they are its output, not its code."""
     import subprocess
 
     from .store import REPO_ROOT
@@ -179,6 +180,7 @@ def git_state() -> dict:
                     "--",
                     ".",
                     ":(exclude)data/ledger",
+                    ":(exclude)data/tables",
                 ],
                 capture_output=True,
                 text=True,

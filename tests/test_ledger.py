@@ -260,14 +260,18 @@ def test_records_written_during_a_recompute_do_not_make_its_tree_dirty(tmp_path,
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
     (tmp_path / "data" / "ledger").mkdir(parents=True)
+    (tmp_path / "data" / "tables").mkdir(parents=True)
     (tmp_path / "code.py").write_text("x = 1\n")
     (tmp_path / "data" / "ledger" / "old.json").write_text("{}\n")
+    (tmp_path / "data" / "tables" / "t_quick.csv").write_text("a\n1\n")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     monkeypatch.setattr(store, "REPO_ROOT", tmp_path)
     assert results.git_state()["dirty"] is False
     (tmp_path / "data" / "ledger" / "old.json").unlink()  # a record superseded by the recompute
+    assert results.git_state()["dirty"] is False
+    (tmp_path / "data" / "tables" / "t_quick.csv").write_text("a\n2\n")  # a study rewrites its table as it goes
     assert results.git_state()["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results.git_state()["dirty"] is True
