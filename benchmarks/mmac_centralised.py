@@ -1,5 +1,5 @@
-"""MMAC (and MM-BM, act_bound) checked in MMAC's own setting before they are used in FL (issue: baselines at their
-best): a model trained **centrally** on BadNets-poisoned real data (10 % of each non-target class, the 3×3 corner
+"""MMAC (and MM-BM, act_bound) checked in MMAC's own setting before they are used in FL (a baseline is judged at
+its best): a model trained **centrally** on BadNets-poisoned real data (10 % of each non-target class, the 3×3 corner
 patch, target 0), then each defense fitted on a small **clean** set of real images (50 per class, as MMAC's clean
 set), as its paper does; ACC and ASR on held-out real test images. If MMAC does not remove the backdoor here, it
 cannot be expected to in FM-integrated FL; if it does, a failure in FL is the setting's, not the code's.

@@ -22,7 +22,7 @@ from torch import nn
 from .attacks import Attack
 from .config import Config
 from .data import ImageSet
-from .defenses import Defense, LocalTraining, RoundContext, ScreenContext
+from .defenses import Defense, FusionHooks, LocalTraining, RoundContext, ScreenContext
 from .local_training import train_clients
 from .metrics import class_shares, detection_rates, evaluate, no_metrics
 from .models import build_model, flat_state, load_flat_state
@@ -176,18 +176,9 @@ def attackers(ids: np.ndarray, inp: FLInputs, active: bool = True) -> int:
     return int(sum(int(k) in inp.attack.malicious for k in ids)) if active else 0
 
 
-def local_training(
-    cfg: Config,
-    opts: RunOptions,
-    model: nn.Module,
-    data: list,
-    ids: np.ndarray,
-    rnd: int,
-    context=None,
-    objectives: list | None = None,
-) -> torch.Tensor:
-    """Step 2: the sampled clients' local models (K, P), each trained from ``model`` (left as it is) on its own
-    data with its own generator (seed, client, round); ``context``: the defense's client-side context, if any;
+def local_training(cfg: Config, opts: RunOptions, model: nn.Module, data, ids, rnd: int, context=None, objectives=None):
+    """Step 2: the sampled clients' local models (K, P) as a tensor, each trained from ``model`` (left as it is) on
+    its own data with its own generator (seed, client, round); ``context``: the defense's client-side context, if any;
     ``objectives``: per client, the attack's change to its local steps (None: honest training)."""
     fl = cfg.fl
     gens = [torch_gen(cfg.seed, "client", int(k), "round", rnd) for k in ids]
@@ -252,8 +243,8 @@ def fuse(
         return model
     x_kd, y_kd = kd
     admitted = [i for i, k in enumerate(ids) if int(k) not in flagged] or list(range(len(ids)))
-    teacher_ctx, student_ctx = (hooks.teacher, hooks.student) if hooks is not None else (None, None)
-    teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl, fl.precision, teacher_ctx)
+    hooks = hooks or FusionHooks()
+    teacher = ensemble_logits(model, thetas[admitted], x_kd, opts.eval_batch_size, cl, fl.precision, hooks.teacher)
     student = copy.deepcopy(model)
     return distill(
         student,
@@ -269,7 +260,7 @@ def fuse(
         torch_gen(cfg.seed, "kd", rnd),
         cl,
         fl.precision,
-        student_ctx,
+        hooks.student,
     )
 
 
@@ -409,8 +400,8 @@ def run_federated(
         with timer("fusion"):
             hooks = defense.fusion_hooks(dataclasses.replace(ctx, global_model=model))
             model = fuse(cfg, opts, model, thetas, ids, agg.flagged, kd, rnd, hooks)
-        trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp, active), **agg.columns}
-        trained.update(timer.take())
+        trained = {"round": rnd, "status": OK, "num_attackers": attackers(ids, inp, active)}
+        trained |= {**agg.columns, **timer.take()}
         if not is_finite(model):  # diverged: the run ends here and reports no ACC/ASR
             for _, o in served_by:
                 o.history.append({**trained, "status": DIVERGED, **no_metrics()})

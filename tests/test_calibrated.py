@@ -87,10 +87,15 @@ def test_client_verdicts_are_paired_and_holm_corrected():
 
 @pytest.mark.smoke
 def test_the_studies_walk_within_their_budget_and_continue(tmp_path, monkeypatch):
-    ladder = [cal.Rung("share 0.4", {"kind": "fm", "poison_ratio": 0.4}, 255)]
-    monkeypatch.setattr(cal, "LADDERS", {"toy": ladder, "toy2": ladder})
+    ladders = {
+        "toy": [cal.Rung("share 0.4", {"kind": "fm", "poison_ratio": 0.4}, 255)],
+        "toy2": [cal.Rung("share 0.3", {"kind": "fm", "poison_ratio": 0.3}, 255)],  # other runs: not served by toy's
+    }
+    monkeypatch.setattr(cal, "LADDERS", ladders)
     monkeypatch.setattr(calibrated, "LADDERS", cal.LADDERS)
-    frozen = pd.DataFrame([{"attack": a, "verdict": "calibrated", "chosen": "share 0.4"} for a in ("toy", "toy2")])
+    frozen = pd.DataFrame(
+        [{"attack": a, "verdict": "calibrated", "chosen": ladders[a][0].label} for a in ("toy", "toy2")]
+    )
     monkeypatch.setattr(calibrated, "frozen_rungs", lambda profile, tables_dir=None: frozen)
     ticks = iter(range(0, 10**6, 1000))  # each reading 1000 s later: after one batch the budget is spent
     where = dict(seeds=(0, 1), tables_dir=tmp_path, results_dir=tmp_path / "res", progress=False, log=lambda m: None)
