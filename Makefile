@@ -15,7 +15,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data browser test test-fast figures results notebooks report main all bench clean lab nbval-refs
+.PHONY: setup data browser test test-fast figures prose results notebooks report main all bench clean lab nbval-refs
 
 setup: $(VENV)/.installed data
 
@@ -55,6 +55,10 @@ test-fast: setup
 # every figure from the committed tables in data/tables (figure notebooks through papermill; ~1 minute)
 figures: $(VENV)/.installed
 	$(PY) -m paper_repro figures --profile $(PROFILE)
+
+# the marked numbers and generated blocks of README and docs/, rewritten from the committed tables (paper_repro/prose.py)
+prose: $(VENV)/.installed
+	$(PY) -m paper_repro.prose --write
 
 # recompute those tables: defense grid (SEEDS), ablations, activation study, F1 samples (runs are cached);
 # JOBS=2 runs two at a time (faster on 2 cores, equal to JOBS=1 up to float rounding); FAST=1 runs in bf16

@@ -63,7 +63,7 @@ LAYERS = [
     ["initial", "inputs", "results", "ledger"],
     ["runner", "integrations", "integrations.*"],
     ["studies", "studies.*"],
-    ["notebooks", "teaching", "__main__", "fm.__main__", "__init__"],
+    ["notebooks", "teaching", "prose", "__main__", "fm.__main__", "__init__"],
 ]
 TORCH_FREE = [
     "store",
@@ -77,6 +77,7 @@ TORCH_FREE = [
     "plots",
     "notebooks",
     "teaching",
+    "prose",
     "figstamp",
 ]
 

@@ -113,3 +113,38 @@ def test_the_studies_walk_within_their_budget_and_continue(tmp_path, monkeypatch
     p = plan("attack_calibrated", "smoke", tmp_path)  # the ledger's recompute rebuilds each row from its labels
     made = calibrated.calibrated_cells("smoke", frozen, ("toy", "toy2"), (0, 1))
     assert [c.key for c in p.cells] == [config_key(cfg.to_dict()) for _, cfg in made]
+
+
+@pytest.mark.unit
+def test_calibration_markdown_draws_the_frozen_rung_and_its_heldout_seeds(tmp_path):
+    from paper_repro.tables import write_csv
+
+    lad = cal.LADDERS["classic"]
+    val = [
+        {"attack": "classic", "rung": lad[i].label, "seed": s, "asr": a, "asr_round0": 0.01, "acc": 0.8, "status": "ok"}
+        for i, a in ((0, 0.5), (1, 0.9))
+        for s in cal.VALIDATION_SEEDS
+    ]
+    write_csv(pd.DataFrame(val), tmp_path / "attack_calibration_quick.csv")
+    held = [
+        {
+            "attack": "classic",
+            "rung": lad[1].label,
+            "verdict": "calibrated",
+            "defense": "none",
+            "seed": s,
+            "asr": a,
+            "asr_round0": 0.0,
+            "acc": 0.8,
+            "attackers_mean": 1.0,
+            "status": "ok",
+        }
+        for s, a in ((10, 0.8), (11, 1.0))
+    ]
+    write_csv(pd.DataFrame(held), tmp_path / "attack_calibrated_quick.csv")
+    rows = {r.split(" | ")[0].strip("| "): r for r in calibrated.calibration_markdown("quick", tmp_path).splitlines()}
+    # the first rung reaching 0.8 is frozen; its held-out mean (0.8 + 1.0) / 2 with the bootstrap's range [0.8, 1.0]
+    assert f"| classic | calibrated | {lad[1].label} | 0.900 (0.010) | 0.900 [0.800, 1.000] |" in rows["classic"]
+    assert rows["classic"].endswith("| 0.000 | 0.800 | 1.000 | 10, 11 |")
+    assert "| DBA | undecided | – |" in rows["DBA"]  # no rung run
+    assert "Not run yet" in calibrated.clients_markdown("quick", tmp_path)

@@ -268,3 +268,92 @@ def client_verdicts(df: pd.DataFrame) -> pd.DataFrame:
     res.loc[ran, "p_holm"] = holm(res.loc[ran, "p_t"].fillna(1.0))  # the family: the comparisons that were run
     res["verdict"] = [verdict(r) if r["n"] else "not run" for r in res.to_dict("records")]
     return res
+
+
+def _interval(values) -> str:
+    from ..stats import bootstrap_interval
+
+    v = pd.Series(values, dtype=float).dropna()
+    if v.empty:
+        return "–"
+    lo, hi = bootstrap_interval(v)
+    return f"{v.mean():.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _mean(frame: pd.DataFrame, column: str) -> str:
+    v = pd.to_numeric(frame[column], errors="coerce").dropna() if column in frame else pd.Series(dtype=float)
+    return f"{v.mean():.3f}" if len(v) else "–"
+
+
+def _optional(kind: str, profile: str, tables_dir) -> pd.DataFrame:
+    from ..tables import read_table
+
+    try:
+        return read_table(kind, profile, tables_dir)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=["attack", "rung", "defense", "seed", "asr", "asr_round0", "acc", "attackers_mean"])
+
+
+def calibration_markdown(profile: str = "quick", tables_dir=None) -> str:
+    """The calibration table of the docs: per attack the rule's verdict and rung (validation seeds), and that rung
+    without defense on the held-out seeds (mean ASR with a percentile-bootstrap 95 % interval, round-0 ASR, ACC,
+    attackers per round)."""
+    from ..tables import read_table
+
+    v = verdicts(read_table("attack_calibration", profile, tables_dir))
+    held = _optional("attack_calibrated", profile, tables_dir)
+    held = held if "status" in held else held.assign(status="ok")
+    held = held[held["defense"].eq("none") & held["status"].fillna("ok").eq("ok")]
+    lines = [
+        "| attack | verdict | rung (frozen) | validation ASR (round 0) | held-out ASR [95 % bootstrap] | "
+        "held-out round-0 ASR | held-out ACC | attackers per round | held-out seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for attack in LADDERS:
+        mine = v[v["attack"] == attack]
+        verdict = mine["verdict"].iloc[0]
+        chosen = None if pd.isna(mine["chosen"].iloc[0]) else str(mine["chosen"].iloc[0])
+        at = mine[mine["rung"] == chosen] if chosen else mine.iloc[0:0]
+        val = f"{at['asr'].iloc[0]:.3f} ({at['asr_round0'].iloc[0]:.3f})" if len(at) else "–"
+        h = held[(held["attack"] == attack) & (held["rung"] == chosen)] if chosen else held.iloc[0:0]
+        seeds = ", ".join(str(int(s)) for s in sorted(h["seed"])) or "–"
+        lines.append(
+            f"| {attack} | {verdict} | {chosen or '–'} | {val} | {_interval(h['asr'])} | {_mean(h, 'asr_round0')} | "
+            f"{_mean(h, 'acc')} | {_mean(h, 'attackers_mean')} | {seeds} |"
+        )
+    return "\n".join(lines)
+
+
+def clients_markdown(profile: str = "quick", tables_dir=None) -> str:
+    """The client-attack studies of the docs: per arm the held-out seeds' ASR (bootstrap interval), ACC, attackers
+    per round and the durability columns; then each pre-registered comparison with its paired statistics."""
+    df = _optional("attack_clients", profile, tables_dir)
+    if df.empty:
+        return "_Not run yet: `python -m paper_repro attacks --study clients --budget 60 --jobs 2`._"
+    ok = df[df["status"].fillna("ok").eq("ok")]
+    lines = [
+        "| arm | ASR [95 % bootstrap] | ACC | attackers per round | ASR at the last attacking round | "
+        "ASR after it (mean of later rounds) | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, g in ok.groupby("arm", sort=False):
+        seeds = ", ".join(str(int(s)) for s in sorted(g["seed"]))
+        lines.append(
+            f"| {arm} | {_interval(g['asr'])} | {_mean(g, 'acc')} | {_mean(g, 'attackers_mean')} | "
+            f"{_mean(g, 'asr_at_stop')} | {_mean(g, 'asr_after_stop')} | {seeds} |"
+        )
+    res = client_verdicts(df)
+    lines += [
+        "",
+        "| comparison (a > b) | metric | seeds | a − b [95 % t] | paired t p | Holm p | exact p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res.to_dict("records"):
+        if not r["n"]:
+            lines.append(f"| {r['comparison']} | – | 0 | – | – | – | – | {r['verdict']} |")
+            continue
+        lines.append(
+            f"| {r['comparison']} | {r['metric']} | {r['n']} | {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | "
+            f"{r['p_t']:.3g} | {r['p_holm']:.3g} | {r['p_exact']:.3g} | {r['verdict']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""Numbers in prose come from the committed tables, never from a hand: two kinds of mark in the Markdown of README,
+``docs/`` and the notebooks' Markdown cells, checked against ``data/tables`` and rewritten from them.
+
+* **A cell**: a number followed by an HTML comment (invisible once rendered) that names where it comes from::
+
+      ASR 0.935<!-- cell attack_calibration: attack=FM patch; rung=share 0.2 | asr mean -->
+
+  ``TABLE[@PROFILE]: col=value; col=value | COLUMN [AGG] [x100]``: the rows of the table (profile ``quick`` unless
+  named) whose columns equal the values (text, or numbers compared as numbers), one column, an aggregate
+  (:data:`AGGREGATES`; ``one``, the default, wants exactly one row) and ``x100`` for percent or points. The written
+  number's decimals are the precision compared (``0.94`` against 0.9351 holds; ``0.936`` does not).
+* **A generated block**: Markdown that a function draws from the tables, between two comments::
+
+      <!-- BEGIN generated: calibration -->
+      ...
+      <!-- END generated -->
+
+  The name is a key of :data:`BLOCKS` (module and function; the function takes the profile and the tables folder
+  and returns Markdown).
+
+``python -m paper_repro.prose`` lists every mark whose text is not what its table says (exit 1 when one is);
+``--write`` rewrites those numbers and blocks from the tables; ``--unmarked`` also counts the decimal numbers that no
+mark covers, per file (the ones still typed by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tables import read_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = ("README.md", "docs/*.md", "notebooks/*.ipynb")
+"""Where marks are looked for (globs relative to the repository root)."""
+
+CELL = re.compile(r"(?P<value>-?\d+(?:\.\d+)?)<!--\s*cell\s+(?P<spec>.*?)\s*-->", re.S)
+BLOCK = re.compile(
+    r"(?P<open><!--\s*BEGIN generated:\s*(?P<name>[\w-]+)\s*-->\n)(?P<body>.*?)(?P<close><!--\s*END generated\s*-->)",
+    re.S,
+)
+AGGREGATES = {
+    "one": None,
+    "mean": np.mean,
+    "median": np.median,
+    "min": np.min,
+    "max": np.max,
+    "std": lambda v: np.std(v, ddof=1),
+    "n": len,
+}
+"""How the selected rows' values become one number (``one``: exactly one row, its value)."""
+
+BLOCKS = {
+    "calibration": "paper_repro.studies.calibrated:calibration_markdown",
+    "clients": "paper_repro.studies.calibrated:clients_markdown",
+}
+"""Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
+
+
+class MarkError(ValueError):
+    """A mark that names no table, column or row, or is written wrong: says which and how to write it."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    table: str
+    profile: str
+    where: tuple[tuple[str, str], ...]
+    column: str
+    aggregate: str
+    scale: float
+
+
+def parse_cell(spec: str) -> Cell:
+    """``TABLE[@PROFILE]: col=value; ... | COLUMN [AGG] [x100]`` → :class:`Cell` (see the module docstring)."""
+    head, bar, tail = spec.partition("|")
+    if not bar:
+        raise MarkError(f"cell mark {spec!r} has no '| COLUMN': write 'TABLE: col=value | COLUMN [AGG] [x100]'")
+    name, _, filters = head.partition(":")
+    table, _, profile = name.strip().partition("@")
+    where = []
+    for part in filter(None, (p.strip() for p in filters.split(";"))):
+        col, eq, value = part.partition("=")
+        if not eq:
+            raise MarkError(f"cell mark {spec!r}: filter {part!r} is not 'column=value'")
+        where.append((col.strip(), value.strip()))
+    words = tail.split()
+    if not words:
+        raise MarkError(f"cell mark {spec!r} names no column after '|'")
+    scale = 100.0 if "x100" in words[1:] else 1.0
+    rest = [w for w in words[1:] if w != "x100"]
+    aggregate = rest[0] if rest else "one"
+    if aggregate not in AGGREGATES or len(rest) > 1:
+        raise MarkError(f"cell mark {spec!r}: {' '.join(rest)!r} is not one of {', '.join(AGGREGATES)} (or x100)")
+    if not table:
+        raise MarkError(f"cell mark {spec!r} names no table before ':'")
+    return Cell(table, profile or "quick", tuple(where), words[0], aggregate, scale)
+
+
+def _matches(series: pd.Series, value: str) -> pd.Series:
+    try:
+        number = float(value)
+    except ValueError:
+        return series.astype(str) == value
+    as_number = pd.to_numeric(series, errors="coerce")
+    return np.isclose(as_number, number) | (series.astype(str) == value)
+
+
+def cell_value(cell: Cell, tables_dir=None, cache: dict | None = None) -> float:
+    """The number a cell mark names, from the committed table."""
+    cache = {} if cache is None else cache
+    key = (cell.table, cell.profile)
+    if key not in cache:
+        cache[key] = read_table(cell.table, cell.profile, tables_dir)
+    df = cache[key]
+    rows = df
+    for col, value in cell.where:
+        if col not in df:
+            raise MarkError(f"table {cell.table} has no column {col!r} (it has {', '.join(df.columns)})")
+        rows = rows[_matches(rows[col], value)]
+    if cell.column not in df:
+        raise MarkError(f"table {cell.table} has no column {cell.column!r} (it has {', '.join(df.columns)})")
+    values = rows[cell.column].dropna().astype(float).to_numpy()
+    if cell.aggregate == "n":
+        return float(len(rows))
+    if len(values) == 0:
+        raise MarkError(f"no row of {cell.table} has {dict(cell.where)} with a value of {cell.column!r}")
+    if cell.aggregate == "one":
+        if len(values) != 1:
+            raise MarkError(
+                f"{len(values)} rows of {cell.table} match {dict(cell.where)}: name more columns or an aggregate"
+            )
+        return float(values[0]) * cell.scale
+    return float(AGGREGATES[cell.aggregate](values)) * cell.scale
+
+
+def formatted(value: float, written: str) -> str:
+    """``value`` with as many decimals as ``written`` has (and no ``-0``)."""
+    decimals = len(written.partition(".")[2])
+    text = f"{value:.{decimals}f}"
+    return text[1:] if re.fullmatch(r"-0\.?0*", text) else text
+
+
+@dataclass
+class Problem:
+    path: str
+    line: int
+    written: str
+    expected: str
+    what: str
+
+    def __str__(self) -> str:
+        if self.what.startswith("block"):
+            return f"{self.path}:{self.line}: {self.what}"
+        return f"{self.path}:{self.line}: {self.what}: written {self.written!r}, the tables say {self.expected!r}"
+
+
+def render_block(name: str, profile: str = "quick", tables_dir=None) -> str:
+    if name not in BLOCKS:
+        raise MarkError(f"no generated block {name!r}: known are {', '.join(BLOCKS)} (paper_repro.prose.BLOCKS)")
+    module, _, func = BLOCKS[name].partition(":")
+    text = getattr(importlib.import_module(module), func)(profile, tables_dir)
+    return text.rstrip("\n") + "\n"
+
+
+def _line(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def fix_text(text: str, path: str = "<text>", tables_dir=None) -> tuple[str, list[Problem]]:
+    """The text with every marked number and block as the tables say, and the problems found (what was wrong)."""
+    problems: list[Problem] = []
+    cache: dict = {}
+
+    def block(m: re.Match) -> str:
+        body = render_block(m["name"], tables_dir=tables_dir)
+        if body != m["body"]:
+            problems.append(
+                Problem(path, _line(text, m.start()), "…", "…", f"block {m['name']!r} is not what its tables draw")
+            )
+        return m["open"] + body + m["close"]
+
+    out = BLOCK.sub(block, text)
+
+    def cell(m: re.Match) -> str:
+        try:
+            value = cell_value(parse_cell(m["spec"]), tables_dir, cache)
+        except (MarkError, FileNotFoundError, ValueError) as e:
+            raise MarkError(f"{path}:{_line(out, m.start())}: {e}") from None
+        want = formatted(value, m["value"])
+        if want != m["value"]:
+            problems.append(Problem(path, _line(out, m.start()), m["value"], want, "number"))
+        return want + m.group(0)[len(m["value"]) :]
+
+    return CELL.sub(cell, out), problems
+
+
+def _markdown_of(path: Path) -> list[str]:
+    if path.suffix != ".ipynb":
+        return [path.read_text()]
+    nb = json.loads(path.read_text())
+    return ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == "markdown"]
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    return sorted({p for g in DOCUMENTS for p in root.glob(g)})
+
+
+def check(paths=None, tables_dir=None, root: Path = ROOT) -> list[Problem]:
+    """Every mark of ``paths`` (default :func:`documents`) whose text differs from its tables."""
+    problems = []
+    for p in paths or documents(root):
+        rel = str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
+        for text in _markdown_of(Path(p)):
+            problems += fix_text(text, rel, tables_dir)[1]
+    return problems
+
+
+def write(paths=None, tables_dir=None, root: Path = ROOT) -> list[Problem]:
+    """Rewrite the marks of the Markdown files among ``paths`` from the tables (notebooks are only checked: their
+    Markdown cells are edited in the notebook); returns what was changed or is still wrong."""
+    problems = []
+    for p in paths or documents(root):
+        p = Path(p)
+        rel = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+        if p.suffix == ".ipynb":
+            problems += check([p], tables_dir, root)
+            continue
+        new, found = fix_text(p.read_text(), rel, tables_dir)
+        if found:
+            p.write_text(new)
+        problems += found
+    return problems
+
+
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?!\.?\w)")
+UNCOUNTED = re.compile(r"`[^`\n]*`|<!--.*?-->|\[[^\]]*\]\([^)]*\)", re.S)
+
+
+def unmarked(text: str) -> int:
+    """Decimal numbers no mark covers: outside generated blocks, code spans, links and comments, and not followed by
+    a cell mark."""
+    text = BLOCK.sub("", text)
+    text = CELL.sub("", text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return len(NUMBER.findall(UNCOUNTED.sub("", text)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m paper_repro.prose", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="*", type=Path, help="files (default: README.md, docs/*.md, notebooks)")
+    ap.add_argument("--write", action="store_true", help="rewrite marked numbers and blocks from the tables")
+    ap.add_argument("--unmarked", action="store_true", help="count the decimal numbers no mark covers, per file")
+    ap.add_argument("--tables-dir", type=Path, default=None, help="tables folder (default data/tables)")
+    a = ap.parse_args(argv)
+    paths = [p.resolve() for p in a.paths] or None
+    try:
+        problems = (write if a.write else check)(paths, a.tables_dir)
+    except MarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(("rewrote " if a.write else "") + str(p))
+    if a.unmarked:
+        for p in paths or documents():
+            n = sum(unmarked(t) for t in _markdown_of(p))
+            print(f"{n:5d} unmarked numbers  {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
+    if not problems:
+        print("every marked number and block is what the tables say")
+    return 1 if problems and not a.write else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

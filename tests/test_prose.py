@@ -1,0 +1,126 @@
+"""Numbers in prose come from the committed tables: the marks of ``paper_repro.prose`` on a small table written
+here, and on the repository's own README, docs and notebooks (a number changed by hand is caught)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from paper_repro import prose
+from paper_repro.tables import write_csv
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def tables(tmp_path):
+    df = pd.DataFrame(
+        {
+            "setting": ["val", "val", "val", "val"],
+            "attack": ["fm", "fm", "fm", "classic"],
+            "defense": ["none", "none", "none", "none"],
+            "seed": [0, 1, 2, 0],
+            "asr": [0.90, 0.95, 0.97, 0.5],
+            "acc": [0.81, 0.82, 0.86, 0.84],
+        }
+    )
+    write_csv(df, tmp_path / "demo_quick.csv")
+    return tmp_path
+
+
+def test_parse_cell_reads_table_filters_column_and_aggregate():
+    c = prose.parse_cell("demo@full: attack=FM patch; rung=1 per round, share 0.5 | asr mean x100")
+    assert (c.table, c.profile, c.column, c.aggregate, c.scale) == ("demo", "full", "asr", "mean", 100.0)
+    assert c.where == (("attack", "FM patch"), ("rung", "1 per round, share 0.5"))
+    assert prose.parse_cell("demo: seed=0 | acc").aggregate == "one"
+    for bad, says in (
+        ("demo: attack=fm", "no '| COLUMN'"),
+        ("demo: attack | asr", "not 'column=value'"),
+        ("demo: a=b | asr average", "not one of"),
+        (": a=b | asr", "names no table"),
+    ):
+        with pytest.raises(prose.MarkError, match=says):
+            prose.parse_cell(bad)
+
+
+def test_a_marked_number_is_checked_at_its_written_precision(tables):
+    # mean of fm's asr: (0.90 + 0.95 + 0.97) / 3 = 0.94
+    ok = "ASR 0.94<!-- cell demo: attack=fm | asr mean --> and 0.940<!-- cell demo: attack=fm | asr mean -->"
+    assert prose.fix_text(ok, tables_dir=tables)[1] == []
+    # median 0.95, min of acc 0.81 → 81.0 %, seed as a number (0 matches 0.0), n of rows 3
+    more = (
+        "0.95<!-- cell demo: attack=fm | asr median --> 81.0<!-- cell demo: attack=fm | acc min x100 --> "
+        "0.5<!-- cell demo: attack=classic; seed=0 | asr --> 3<!-- cell demo: attack=fm | asr n -->"
+    )
+    assert prose.fix_text(more, tables_dir=tables)[1] == []
+
+
+def test_a_number_changed_by_hand_is_caught_and_rewritten(tables):
+    text = "before\nASR 0.93<!-- cell demo: attack=fm | asr mean --> after"
+    new, problems = prose.fix_text(text, "doc.md", tables_dir=tables)
+    assert [(p.line, p.written, p.expected) for p in problems] == [(2, "0.93", "0.94")]
+    assert "doc.md:2" in str(problems[0])
+    assert new == text.replace("0.93<", "0.94<")
+    assert prose.fix_text(new, tables_dir=tables)[1] == []
+
+
+def test_a_mark_that_names_nothing_says_what_is_wrong(tables):
+    for spec, says in (
+        ("demo: attack=fm | asr", "3 rows of demo match"),
+        ("demo: attack=sig | asr mean", "no row of demo"),
+        ("demo: colour=red | asr mean", "no column 'colour'"),
+        ("demo: attack=fm | ASR mean", "no column 'ASR'"),
+    ):
+        with pytest.raises(prose.MarkError, match=says):
+            prose.fix_text(f"x 0.1<!-- cell {spec} -->", "doc.md", tables_dir=tables)
+    with pytest.raises(prose.MarkError, match="does not exist"):
+        prose.fix_text("0.1<!-- cell nosuch: a=b | asr mean -->", tables_dir=tables)
+
+
+def test_a_generated_block_is_compared_with_what_draws_and_rewritten(tables, monkeypatch, tmp_path):
+    import sys
+    import types
+
+    mod = types.ModuleType("_prose_demo")
+    mod.draw = lambda profile, tables_dir: f"| n |\n|---|\n| {len(pd.read_csv(tables_dir / 'demo_quick.csv'))} |"
+    monkeypatch.setitem(sys.modules, "_prose_demo", mod)
+    monkeypatch.setitem(prose.BLOCKS, "demo", "_prose_demo:draw")
+    doc = tmp_path / "doc.md"
+    doc.write_text("# t\n<!-- BEGIN generated: demo -->\n| n |\n|---|\n| 3 |\n<!-- END generated -->\ntail\n")
+    problems = prose.check([doc], tables, root=tmp_path)
+    assert len(problems) == 1 and "block 'demo'" in problems[0].what and problems[0].line == 2
+    prose.write([doc], tables, root=tmp_path)
+    assert "| 4 |" in doc.read_text() and doc.read_text().endswith("<!-- END generated -->\ntail\n")
+    assert prose.check([doc], tables, root=tmp_path) == []
+    with pytest.raises(prose.MarkError, match="no generated block 'nope'"):
+        prose.fix_text("<!-- BEGIN generated: nope -->\n<!-- END generated -->", tables_dir=tables)
+
+
+def test_unmarked_counts_the_numbers_still_typed_by_hand():
+    text = (
+        "ASR 0.93 and 0.94<!-- cell demo: a=b | asr mean --> `0.5` [v0.1](x.md) 12 and 1.5.\n"
+        "```\n0.7\n```\n<!-- BEGIN generated: demo -->\n0.8\n<!-- END generated -->\n"
+    )
+    assert prose.unmarked(text) == 2  # 0.93 and 1.5; the marked, code, link, fenced and generated ones are not
+
+
+def test_every_marked_number_in_the_repository_is_what_its_table_says():
+    problems = prose.check()
+    assert not problems, "\n".join(map(str, problems)) + "\nrun `python -m paper_repro.prose --write`"
+
+
+def test_changing_one_marked_number_in_the_docs_by_hand_fails_the_check(tmp_path):
+    marked = [p for p in prose.documents() if p.suffix == ".md" and prose.CELL.search(p.read_text())]
+    assert marked, "no document carries a cell mark"
+    src = marked[0]
+    text = src.read_text()
+    m = prose.CELL.search(text)
+    digits = m["value"]
+    changed = digits[:-1] + ("1" if digits[-1] != "1" else "2")
+    copy = tmp_path / src.name
+    copy.write_text(text[: m.start()] + changed + text[m.start() + len(digits) :])
+    problems = prose.check([copy], root=tmp_path)
+    assert [(p.written, p.expected) for p in problems] == [(changed, digits)]
+    assert re.fullmatch(r"-?\d+(\.\d+)?", changed)
