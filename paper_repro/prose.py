@@ -60,6 +60,7 @@ AGGREGATES = {
 BLOCKS = {
     "calibration": "paper_repro.studies.calibrated:calibration_markdown",
     "clients": "paper_repro.studies.calibrated:clients_markdown",
+    "claims": "paper_repro.studies.claims:claims_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
 
