@@ -3,12 +3,14 @@
 
 * **A cell**: a number followed by an HTML comment (invisible once rendered) that names where it comes from::
 
-      ASR 0.935<!-- cell attack_calibration: attack=FM patch; rung=share 0.2 | asr mean -->
+      ASR 0.935<!-- cell attack_calibration: attack=FM patch; rung=share 0.2 :: asr mean -->
 
-  ``TABLE[@PROFILE]: col=value; col=value | COLUMN [AGG] [x100]``: the rows of the table (profile ``quick`` unless
-  named) whose columns equal the values (text, or numbers compared as numbers), one column, an aggregate
-  (:data:`AGGREGATES`; ``one``, the default, wants exactly one row) and ``x100`` for percent or points. The written
-  number's decimals are the precision compared (``0.94`` against 0.9351 holds; ``0.936`` does not).
+  ``TABLE[@PROFILE]: col=value; col=value :: COLUMN [AGG] [x100] [below col=value; ...]``: the rows of the table
+  (profile ``quick`` unless named) whose columns equal the values (text, or numbers compared as numbers), one column,
+  an aggregate (:data:`AGGREGATES`; ``one``, the default, wants exactly one row) and ``x100`` for percent or points;
+  ``below`` gives how far the number lies below the same rows with those columns changed (an ACC cost against no
+  defense: ``:: acc mean x100 below defense=none``). The written number's decimals are the precision compared
+  (``0.94`` against 0.9351 holds; ``0.936`` does not).
 * **A generated block**: Markdown that a function draws from the tables, between two comments::
 
       <!-- BEGIN generated: calibration -->
@@ -29,7 +31,7 @@ import importlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,24 +79,22 @@ class Cell:
     column: str
     aggregate: str
     scale: float
+    below: tuple[tuple[str, str], ...] = ()
 
 
 def parse_cell(spec: str) -> Cell:
-    """``TABLE[@PROFILE]: col=value; ... | COLUMN [AGG] [x100]`` → :class:`Cell` (see the module docstring)."""
-    head, bar, tail = spec.partition("|")
+    """``TABLE[@PROFILE]: col=value; ... :: COLUMN [AGG] [x100]`` → :class:`Cell` (see the module docstring). The
+    column follows ``::``, not ``|``: a pipe would split a Markdown table's cell even inside a comment."""
+    head, bar, tail = spec.partition("::")
     if not bar:
-        raise MarkError(f"cell mark {spec!r} has no '| COLUMN': write 'TABLE: col=value | COLUMN [AGG] [x100]'")
+        raise MarkError(f"cell mark {spec!r} has no ':: COLUMN': write 'TABLE: col=value :: COLUMN [AGG] [x100]'")
     name, _, filters = head.partition(":")
     table, _, profile = name.strip().partition("@")
-    where = []
-    for part in filter(None, (p.strip() for p in filters.split(";"))):
-        col, eq, value = part.partition("=")
-        if not eq:
-            raise MarkError(f"cell mark {spec!r}: filter {part!r} is not 'column=value'")
-        where.append((col.strip(), value.strip()))
+    tail, _, below = tail.partition(" below ")
+    where, base = _filters(spec, filters), _filters(spec, below)
     words = tail.split()
     if not words:
-        raise MarkError(f"cell mark {spec!r} names no column after '|'")
+        raise MarkError(f"cell mark {spec!r} names no column after '::'")
     scale = 100.0 if "x100" in words[1:] else 1.0
     rest = [w for w in words[1:] if w != "x100"]
     aggregate = rest[0] if rest else "one"
@@ -102,7 +102,17 @@ def parse_cell(spec: str) -> Cell:
         raise MarkError(f"cell mark {spec!r}: {' '.join(rest)!r} is not one of {', '.join(AGGREGATES)} (or x100)")
     if not table:
         raise MarkError(f"cell mark {spec!r} names no table before ':'")
-    return Cell(table, profile or "quick", tuple(where), words[0], aggregate, scale)
+    return Cell(table, profile or "quick", where, words[0], aggregate, scale, base)
+
+
+def _filters(spec: str, text: str) -> tuple[tuple[str, str], ...]:
+    where = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        col, eq, value = part.partition("=")
+        if not eq:
+            raise MarkError(f"cell mark {spec!r}: filter {part!r} is not 'column=value'")
+        where.append((col.strip(), value.strip()))
+    return tuple(where)
 
 
 def _matches(series: pd.Series, value: str) -> pd.Series:
@@ -117,6 +127,9 @@ def _matches(series: pd.Series, value: str) -> pd.Series:
 def cell_value(cell: Cell, tables_dir=None, cache: dict | None = None) -> float:
     """The number a cell mark names, from the committed table."""
     cache = {} if cache is None else cache
+    if cell.below:
+        base = replace(cell, where=tuple({**dict(cell.where), **dict(cell.below)}.items()), below=())
+        return cell_value(base, tables_dir, cache) - cell_value(replace(cell, below=()), tables_dir, cache)
     key = (cell.table, cell.profile)
     if key not in cache:
         cache[key] = read_table(cell.table, cell.profile, tables_dir)

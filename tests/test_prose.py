@@ -31,15 +31,16 @@ def tables(tmp_path):
 
 
 def test_parse_cell_reads_table_filters_column_and_aggregate():
-    c = prose.parse_cell("demo@full: attack=FM patch; rung=1 per round, share 0.5 | asr mean x100")
+    c = prose.parse_cell("demo@full: attack=FM patch; rung=1 per round, share 0.5 :: asr mean x100")
     assert (c.table, c.profile, c.column, c.aggregate, c.scale) == ("demo", "full", "asr", "mean", 100.0)
     assert c.where == (("attack", "FM patch"), ("rung", "1 per round, share 0.5"))
-    assert prose.parse_cell("demo: seed=0 | acc").aggregate == "one"
+    assert prose.parse_cell("demo: seed=0 :: acc").aggregate == "one"
     for bad, says in (
-        ("demo: attack=fm", "no '| COLUMN'"),
-        ("demo: attack | asr", "not 'column=value'"),
-        ("demo: a=b | asr average", "not one of"),
-        (": a=b | asr", "names no table"),
+        ("demo: attack=fm", "no ':: COLUMN'"),
+        ("demo: attack=fm | asr", "no ':: COLUMN'"),
+        ("demo: attack :: asr", "not 'column=value'"),
+        ("demo: a=b :: asr average", "not one of"),
+        (": a=b :: asr", "names no table"),
     ):
         with pytest.raises(prose.MarkError, match=says):
             prose.parse_cell(bad)
@@ -47,18 +48,25 @@ def test_parse_cell_reads_table_filters_column_and_aggregate():
 
 def test_a_marked_number_is_checked_at_its_written_precision(tables):
     # mean of fm's asr: (0.90 + 0.95 + 0.97) / 3 = 0.94
-    ok = "ASR 0.94<!-- cell demo: attack=fm | asr mean --> and 0.940<!-- cell demo: attack=fm | asr mean -->"
+    ok = "ASR 0.94<!-- cell demo: attack=fm :: asr mean --> and 0.940<!-- cell demo: attack=fm :: asr mean -->"
     assert prose.fix_text(ok, tables_dir=tables)[1] == []
     # median 0.95, min of acc 0.81 → 81.0 %, seed as a number (0 matches 0.0), n of rows 3
     more = (
-        "0.95<!-- cell demo: attack=fm | asr median --> 81.0<!-- cell demo: attack=fm | acc min x100 --> "
-        "0.5<!-- cell demo: attack=classic; seed=0 | asr --> 3<!-- cell demo: attack=fm | asr n -->"
+        "0.95<!-- cell demo: attack=fm :: asr median --> 81.0<!-- cell demo: attack=fm :: acc min x100 --> "
+        "0.5<!-- cell demo: attack=classic; seed=0 :: asr --> 3<!-- cell demo: attack=fm :: asr n -->"
     )
     assert prose.fix_text(more, tables_dir=tables)[1] == []
+    # how far fm's mean ACC (0.83) lies below classic's (0.84), in points: 1.0
+    cost = "1.0<!-- cell demo: attack=fm :: acc mean x100 below attack=classic -->"
+    assert prose.fix_text(cost, tables_dir=tables)[1] == []
+    assert prose.parse_cell("demo: attack=fm :: acc mean below attack=classic; seed=0").below == (
+        ("attack", "classic"),
+        ("seed", "0"),
+    )
 
 
 def test_a_number_changed_by_hand_is_caught_and_rewritten(tables):
-    text = "before\nASR 0.93<!-- cell demo: attack=fm | asr mean --> after"
+    text = "before\nASR 0.93<!-- cell demo: attack=fm :: asr mean --> after"
     new, problems = prose.fix_text(text, "doc.md", tables_dir=tables)
     assert [(p.line, p.written, p.expected) for p in problems] == [(2, "0.93", "0.94")]
     assert "doc.md:2" in str(problems[0])
@@ -68,15 +76,15 @@ def test_a_number_changed_by_hand_is_caught_and_rewritten(tables):
 
 def test_a_mark_that_names_nothing_says_what_is_wrong(tables):
     for spec, says in (
-        ("demo: attack=fm | asr", "3 rows of demo match"),
-        ("demo: attack=sig | asr mean", "no row of demo"),
-        ("demo: colour=red | asr mean", "no column 'colour'"),
-        ("demo: attack=fm | ASR mean", "no column 'ASR'"),
+        ("demo: attack=fm :: asr", "3 rows of demo match"),
+        ("demo: attack=sig :: asr mean", "no row of demo"),
+        ("demo: colour=red :: asr mean", "no column 'colour'"),
+        ("demo: attack=fm :: ASR mean", "no column 'ASR'"),
     ):
         with pytest.raises(prose.MarkError, match=says):
             prose.fix_text(f"x 0.1<!-- cell {spec} -->", "doc.md", tables_dir=tables)
     with pytest.raises(prose.MarkError, match="does not exist"):
-        prose.fix_text("0.1<!-- cell nosuch: a=b | asr mean -->", tables_dir=tables)
+        prose.fix_text("0.1<!-- cell nosuch: a=b :: asr mean -->", tables_dir=tables)
 
 
 def test_a_generated_block_is_compared_with_what_draws_and_rewritten(tables, monkeypatch, tmp_path):
@@ -100,7 +108,7 @@ def test_a_generated_block_is_compared_with_what_draws_and_rewritten(tables, mon
 
 def test_unmarked_counts_the_numbers_still_typed_by_hand():
     text = (
-        "ASR 0.93 and 0.94<!-- cell demo: a=b | asr mean --> `0.5` [v0.1](x.md) 12 and 1.5.\n"
+        "ASR 0.93 and 0.94<!-- cell demo: a=b :: asr mean --> `0.5` [v0.1](x.md) 12 and 1.5.\n"
         "```\n0.7\n```\n<!-- BEGIN generated: demo -->\n0.8\n<!-- END generated -->\n"
     )
     assert prose.unmarked(text) == 2  # 0.93 and 1.5; the marked, code, link, fenced and generated ones are not
