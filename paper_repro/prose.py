@@ -63,6 +63,7 @@ BLOCKS = {
     "calibration": "paper_repro.studies.calibrated:calibration_markdown",
     "clients": "paper_repro.studies.calibrated:clients_markdown",
     "claims": "paper_repro.studies.claims:claims_markdown",
+    "heldout": "paper_repro.studies.heldout:heldout_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
 
