@@ -64,6 +64,7 @@ BLOCKS = {
     "clients": "paper_repro.studies.calibrated:clients_markdown",
     "claims": "paper_repro.studies.claims:claims_markdown",
     "heldout": "paper_repro.studies.heldout:heldout_markdown",
+    "breadth": "paper_repro.studies.calibrated:breadth_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
 

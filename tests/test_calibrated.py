@@ -148,3 +148,23 @@ def test_calibration_markdown_draws_the_frozen_rung_and_its_heldout_seeds(tmp_pa
     assert rows["classic"].endswith("| 0.000 | 0.800 | 1.000 | 10, 11 |")
     assert "| DBA | undecided | – |" in rows["DBA"]  # no rung run
     assert "Not run yet" in calibrated.clients_markdown("quick", tmp_path)
+
+
+@pytest.mark.unit
+def test_breadth_markdown_gives_asr_seeds_at_target_and_paired_cost(tmp_path):
+    from paper_repro.tables import write_csv
+
+    rows = [
+        {"attack": "classic", "rung": "r", "verdict": "calibrated", "defense": d, "seed": s, "asr": a, "acc": c}
+        for d, s, a, c in (
+            ("none", 10, 0.9, 0.80),
+            ("none", 11, 0.8, 0.82),
+            ("act_bound", 10, 0.05, 0.78),
+            ("act_bound", 11, 0.2, 0.81),
+        )
+    ]
+    assert "No defense run" in calibrated.breadth_markdown("quick", tmp_path / "none")  # no table at all
+    write_csv(pd.DataFrame(rows), tmp_path / "attack_calibrated_quick.csv")
+    text = calibrated.breadth_markdown("quick", tmp_path)
+    # mean ASR (0.05 + 0.2) / 2; one seed of two ≤ 0.10; cost ((0.80 − 0.78) + (0.82 − 0.81)) / 2 = 1.5 points
+    assert "| classic | 0.850 | 0.125 (1/2 ≤ 0.10; +1.5 pt) |" in text

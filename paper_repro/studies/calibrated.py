@@ -357,3 +357,31 @@ def clients_markdown(profile: str = "quick", tables_dir=None) -> str:
             f"{r['p_t']:.3g} | {r['p_holm']:.3g} | {r['p_exact']:.3g} | {r['verdict']} |"
         )
     return "\n".join(lines)
+
+
+def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
+    """The calibrated attacks against each defense run on them: per attack × defense the mean final ASR, how many
+    seeds are at ≤ 0.10, and the paired mean ACC cost against no defense on the same seeds (points)."""
+    df = _optional("attack_calibrated", profile, tables_dir)
+    df = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
+    if not defenses:
+        return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"
+    lines = [
+        "| attack | none | " + " | ".join(defenses) + " |",
+        "|---|---|" + "---|" * len(defenses),
+    ]
+    for attack in (a for a in LADDERS if a in set(df["attack"])):
+        g = df[df["attack"] == attack]
+        base = g[g["defense"] == "none"].set_index("seed")
+        cells = []
+        for d in defenses:
+            r = g[g["defense"] == d].set_index("seed")
+            if r.empty:
+                cells.append("–")
+                continue
+            cost = 100 * (base["acc"].reindex(r.index) - r["acc"]).mean()
+            k = int((r["asr"] <= 0.10).sum())
+            cells.append(f"{r['asr'].mean():.3f} ({k}/{len(r)} ≤ 0.10; {cost:+.1f} pt)")
+        lines.append(f"| {attack} | {_mean(base, 'asr')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
