@@ -56,8 +56,8 @@ def test_a_marked_number_is_checked_at_its_written_precision(tables):
         "0.5<!-- cell demo: attack=classic; seed=0 :: asr --> 3<!-- cell demo: attack=fm :: asr n -->"
     )
     assert prose.fix_text(more, tables_dir=tables)[1] == []
-    # how far fm's mean ACC (0.83) lies below classic's (0.84), in points: 1.0
-    cost = "1.0<!-- cell demo: attack=fm :: acc mean x100 below attack=classic -->"
+    # how far fm's ACC lies below classic's on the seeds both have (seed 0: 0.84 − 0.81), in points: 3.0
+    cost = "3.0<!-- cell demo: attack=fm :: acc mean x100 below attack=classic -->"
     assert prose.fix_text(cost, tables_dir=tables)[1] == []
     assert prose.parse_cell("demo: attack=fm :: acc mean below attack=classic; seed=0").below == (
         ("attack", "classic"),
@@ -132,3 +132,37 @@ def test_changing_one_marked_number_in_the_docs_by_hand_fails_the_check(tmp_path
     problems = prose.check([copy], root=tmp_path)
     assert [(p.written, p.expected) for p in problems] == [(changed, digits)]
     assert re.fullmatch(r"-?\d+(\.\d+)?", changed)
+
+
+def test_rounding_is_half_up_and_a_number_is_read_whole(tables):
+    assert (prose.formatted(0.125, "0.00"), prose.formatted(0.9351, "0.00"), prose.formatted(-0.0001, "0.0")) == (
+        "0.13",
+        "0.94",
+        "0.0",
+    )
+    assert prose.fix_text("0.936<!-- cell demo: attack=fm :: asr max -->", tables_dir=tables)[1][0].expected == "0.970"
+    # the tail of a longer token is not a number: '0.3-0.5' is a range, never rewritten as '0.3' and '-0.5'
+    with pytest.raises(prose.MarkError, match="no number stands right before it"):
+        prose.fix_text("ASR 0.3-0.5<!-- cell demo: attack=fm :: asr mean -->", tables_dir=tables)
+    with pytest.raises(prose.MarkError, match="doc.md:2: a cell mark that is not read"):
+        prose.fix_text("x\nASR 0.94 <!-- cell demo: attack=fm :: asr mean -->", "doc.md", tables_dir=tables)
+    with pytest.raises(prose.MarkError, match="no row of demo"):  # n of nothing is a typo, not 0
+        prose.fix_text("0<!-- cell demo: attack=FM :: asr n -->", tables_dir=tables)
+
+
+def test_a_block_without_its_end_is_an_error_and_lines_count_in_the_written_text(tables, monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("_prose_short")
+    mod.draw = lambda profile, tables_dir: "one line"
+    monkeypatch.setitem(sys.modules, "_prose_short", mod)
+    monkeypatch.setitem(prose.BLOCKS, "short", "_prose_short:draw")
+    text = "<!-- BEGIN generated: short -->\na\nb\nc\n<!-- END generated -->\n"
+    text += "ASR 0.93<!-- cell demo: attack=fm :: asr mean -->"
+    assert [p.line for p in prose.fix_text(text, tables_dir=tables)[1]] == [6, 1]  # the cell first, then the block
+    with pytest.raises(prose.MarkError, match="no END generated of its own"):
+        prose.fix_text(
+            "<!-- BEGIN generated: short -->\nx\n<!-- BEGIN generated: short -->\n<!-- END generated -->",
+            tables_dir=tables,
+        )
