@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tables import read_table
+from .tables import ok_rows, read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ("README.md", "docs/*.md", "notebooks/*.ipynb")
@@ -173,8 +173,7 @@ def _rows(cell: Cell, tables_dir, cache: dict) -> pd.DataFrame:
     """The rows a cell names (runs that diverged left out, as the tables' summaries do)."""
     key = (cell.table, cell.profile)
     if key not in cache:
-        df = read_table(cell.table, cell.profile, tables_dir)
-        cache[key] = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+        cache[key] = ok_rows(read_table(cell.table, cell.profile, tables_dir))
     df = rows = cache[key]
     for col, value in cell.where:
         if col not in df:

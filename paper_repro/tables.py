@@ -288,12 +288,22 @@ def _pm(mean: float, std: float) -> str:
 CELL_LABELS = ("setting", "ablation", "knob", "value", "defense", "attack", "partition")
 
 
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs that did not diverge (all rows of a table without a ``status`` column)."""
+    return df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+
+
+def seed_list(seeds) -> str:
+    """Seeds as the docs list them: sorted, comma-separated ("10, 11, 12")."""
+    return ", ".join(str(int(s)) for s in sorted(seeds))
+
+
 def seeds_text(df: pd.DataFrame) -> str:
     """ "seed 0" or "mean ± std over seeds 0, 1, 2" — for figure titles; it says so when some cells have fewer
     seeds than that (a missing seed) or runs that diverged (left out of the means)."""
     s = sorted(int(x) for x in df["seed"].unique())
     text = f"seed {s[0]}" if len(s) == 1 else f"mean ± std over seeds {', '.join(map(str, s))}"
-    ok = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    ok = ok_rows(df)
     cells = [c for c in CELL_LABELS if c in df]
     n = ok.groupby(cells)["seed"].nunique() if cells else pd.Series([ok["seed"].nunique()])
     n = n.reindex(df.groupby(cells).size().index, fill_value=0) if cells else n

@@ -22,6 +22,7 @@ import pandas as pd
 from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
+from ..tables import ok_rows, seed_list
 from .calibration import LADDERS, rung, verdicts
 from .heldout import DEFENSE_VARIANTS, HELDOUT_SEEDS, VALIDATION, save_run_table
 
@@ -302,8 +303,8 @@ def calibration_markdown(profile: str = "quick", tables_dir=None) -> str:
 
     v = verdicts(read_table("attack_calibration", profile, tables_dir))
     held = _optional("attack_calibrated", profile, tables_dir)
-    held = held if "status" in held else held.assign(status="ok")
-    held = held[held["defense"].eq("none") & held["status"].fillna("ok").eq("ok")]
+    held = ok_rows(held)
+    held = held[held["defense"].eq("none")]
     lines = [
         "| attack | verdict | rung (frozen) | validation ASR (round 0) | held-out ASR [95 % bootstrap] | "
         "held-out round-0 ASR | held-out ACC | attackers per round | held-out seeds |",
@@ -316,7 +317,7 @@ def calibration_markdown(profile: str = "quick", tables_dir=None) -> str:
         at = mine[mine["rung"] == chosen] if chosen else mine.iloc[0:0]
         val = f"{at['asr'].iloc[0]:.3f} ({at['asr_round0'].iloc[0]:.3f})" if len(at) else "–"
         h = held[(held["attack"] == attack) & (held["rung"] == chosen)] if chosen else held.iloc[0:0]
-        seeds = ", ".join(str(int(s)) for s in sorted(h["seed"])) or "–"
+        seeds = seed_list(h["seed"]) or "–"
         lines.append(
             f"| {attack} | {verdict} | {chosen or '–'} | {val} | {_interval(h['asr'])} | {_mean(h, 'asr_round0')} | "
             f"{_mean(h, 'acc')} | {_mean(h, 'attackers_mean')} | {seeds} |"
@@ -330,14 +331,14 @@ def clients_markdown(profile: str = "quick", tables_dir=None) -> str:
     df = _optional("attack_clients", profile, tables_dir)
     if df.empty:
         return "_Not run yet: `python -m paper_repro attacks --study clients --budget 60 --jobs 2`._"
-    ok = df[df["status"].fillna("ok").eq("ok")]
+    ok = ok_rows(df)
     lines = [
         "| arm | ASR [95 % bootstrap] | ACC | attackers per round | ASR at the last attacking round | "
         "ASR after it (mean of later rounds) | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
     for arm, g in ok.groupby("arm", sort=False):
-        seeds = ", ".join(str(int(s)) for s in sorted(g["seed"]))
+        seeds = seed_list(g["seed"])
         lines.append(
             f"| {arm} | {_interval(g['asr'])} | {_mean(g, 'acc')} | {_mean(g, 'attackers_mean')} | "
             f"{_mean(g, 'asr_at_stop')} | {_mean(g, 'asr_after_stop')} | {seeds} |"
@@ -363,7 +364,7 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
     """The calibrated attacks against each defense run on them: per attack × defense the mean final ASR, how many
     seeds are at ≤ 0.10, and the paired mean ACC cost against no defense on the same seeds (points)."""
     df = _optional("attack_calibrated", profile, tables_dir)
-    df = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    df = ok_rows(df)
     defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
     if not defenses:
         return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"

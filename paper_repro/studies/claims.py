@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..tables import read_table
+from ..tables import ok_rows, read_table, seed_list
 
 ASR_TARGET, ACC_COST_TARGET, WORKS = 0.10, 0.02, 0.80
 MIN_SEEDS = 5
@@ -24,11 +24,11 @@ def _table(kind: str, profile: str, tables_dir) -> pd.DataFrame | None:
         df = read_table(kind, profile, tables_dir)
     except FileNotFoundError:
         return None
-    return df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    return ok_rows(df)
 
 
 def _seeds(s: pd.Series) -> str:
-    return f"seeds {', '.join(str(int(x)) for x in sorted(s))}"
+    return f"seeds {seed_list(s)}"
 
 
 def _settled(verdict: str, n: int) -> str:

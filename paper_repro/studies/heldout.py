@@ -243,10 +243,9 @@ def heldout_markdown(profile: str = "quick", tables_dir=None, kind: str = "heldo
     """A held-out table as the docs show it: per setting and defense the mean with a logit-scale 95 % interval of
     ACC and ASR over the seeds (bounded metrics: the interval stays inside [0, 1]), ``acc_triggered`` and the seeds."""
     from ..stats import logit_interval
-    from ..tables import read_table
+    from ..tables import ok_rows, read_table, seed_list
 
-    df = read_table(kind, profile, tables_dir)
-    df = df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
+    df = ok_rows(read_table(kind, profile, tables_dir))
 
     def cell(v) -> str:
         c, lo, hi = logit_interval(v)
@@ -259,7 +258,7 @@ def heldout_markdown(profile: str = "quick", tables_dir=None, kind: str = "heldo
         defenses = ["none"] + sorted(set(g["defense"]) - {"none"})
         for i, d in enumerate(x for x in defenses if x in set(g["defense"])):
             r = g[g["defense"] == d]
-            seeds = ", ".join(str(int(x)) for x in sorted(r["seed"]))
+            seeds = seed_list(r["seed"])
             lines.append(
                 f"| {SETTING_NAMES.get(s, s) if i == 0 else ''} | {d} | {cell(r['acc'])} | {cell(r['asr'])} | "
                 f"{r['acc_triggered'].mean():.3f} | {seeds} |"
