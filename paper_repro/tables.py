@@ -293,6 +293,15 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].fillna("ok").eq("ok")] if "status" in df else df
 
 
+def read_optional(kind: str, profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """The rows of runs that did not diverge (:func:`ok_rows`) of a committed table, or None when it is not made
+    yet (a damaged table still raises)."""
+    try:
+        return ok_rows(read_table(kind, profile, tables_dir))
+    except FileNotFoundError:
+        return None
+
+
 def seed_list(seeds) -> str:
     """Seeds as the docs list them: sorted, comma-separated ("10, 11, 12")."""
     return ", ".join(str(int(s)) for s in sorted(seeds))

@@ -37,3 +37,52 @@ def test_the_committed_claims_table_names_every_claim_once():
     assert sorted(t["claim"]) == sorted(claims.CLAIMS)
     kinds = ("holds", "does not hold", "undecided", "not run")
     assert t["verdict"].map(lambda v: v.startswith(kinds)).all(), t["verdict"].tolist()
+
+
+def test_stops_is_paired_on_the_shared_seeds_and_not_run_without_a_baseline():
+    none = _rows([0.9] * 3, [0.82] * 3, (10, 11, 12))
+    # seeds 13 and 14 have no baseline: they are left out (n = 3 shared seeds), however bad they are
+    d = _rows([0.05, 0.05, 0.05, 0.9, 0.9], [0.81] * 5)
+    v, ev = claims.stops(d, none)
+    assert v == "undecided (3 < 5 seeds; as they stand: holds)" and "3 of 3 seeds" in ev
+    assert claims.stops(d, _rows([], [], ()))[0] == "not run"
+
+
+def _grid(defense_asr: dict, none_asr=0.95, seeds=(0, 1, 2, 3, 4)):
+    rows = []
+    for d, asr in {"none": none_asr, **defense_asr}.items():
+        for s in seeds:
+            rows.append(dict(attack="fm", partition="dirichlet0.5", defense=d, seed=s, asr=asr, acc=0.8))
+    return pd.DataFrame(rows)
+
+
+def test_p2_needs_an_attack_that_works_and_fails_when_one_update_defense_stops_it():
+    assert claims.p2(_grid({"median": 0.9, "flame": 0.85}))[0] == "holds"
+    v, ev = claims.p2(_grid({"median": 0.9, "flame": 0.05}))
+    assert v == "does not hold" and "stopped by flame" in ev
+    assert claims.p2(_grid({"median": 0.9}, none_asr=0.5))[0].startswith("undecided (the attack does not work")
+    assert claims.p2(_grid({"act_bound": 0.05}))[0] == "not run"  # no update-comparing defense in the table
+
+
+def _calibrated(cells: dict, seeds=(10, 11, 12, 13, 14)):
+    rows = []
+    for (attack, defense), asr in cells.items():
+        for s in seeds:
+            rows.append(dict(attack=attack, defense=defense, seed=s, asr=asr, acc=0.8))
+    return pd.DataFrame(rows)
+
+
+def test_p5_rests_on_the_working_fm_attacks_only():
+    rung = {"FM patch": ("calibrated", "r"), "FM SIG": ("calibrated", "r"), "FM random": ("weak", "r")}
+    stopped = {("FM patch", "none"): 0.9, ("FM patch", "act_bound"): 0.02}
+    stopped |= {("FM SIG", "none"): 0.9, ("FM SIG", "act_bound"): 0.03}
+    # the weak attack is not stopped, and carries no claim
+    both = _calibrated(stopped | {("FM random", "none"): 0.3, ("FM random", "act_bound"): 0.5})
+    assert claims.p5(rung, both)[0] == "holds"
+    missed = _calibrated(stopped | {("FM SIG", "act_bound"): 0.5})
+    assert claims.p5(rung, missed)[0] == "does not hold"
+    one = {"FM patch": ("calibrated", "r"), "FM random": ("weak", "r")}
+    assert claims.p5(one, both)[0] == "undecided (one working FM trigger)"
+    only_patch = _calibrated({k: v for k, v in stopped.items() if k[0] == "FM patch"})
+    assert claims.p5(rung, only_patch)[0] == "undecided (not run on every working FM attack)"
+    assert claims.p5(rung, _calibrated({("FM patch", "none"): 0.9}))[0] == "not run"

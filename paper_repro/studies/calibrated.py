@@ -255,7 +255,7 @@ def client_verdicts(df: pd.DataFrame) -> pd.DataFrame:
     p-values, Holm's adjustment over the family, and the verdict."""
     from ..stats import holm, paired
 
-    ok = df[df["status"].fillna("ok").eq("ok")]
+    ok = ok_rows(df)
     out = []
     for label, (a, b, metric) in COMPARISONS.items():
         wide = ok[ok["arm"].isin([a, b])].pivot_table(index="seed", columns="arm", values=metric)
@@ -287,12 +287,13 @@ def _mean(frame: pd.DataFrame, column: str) -> str:
 
 
 def _optional(kind: str, profile: str, tables_dir) -> pd.DataFrame:
-    from ..tables import read_table
+    """:func:`~paper_repro.tables.read_optional`, with an empty frame of the columns used here when not made."""
+    from ..tables import read_optional
 
-    try:
-        return read_table(kind, profile, tables_dir)
-    except FileNotFoundError:
+    df = read_optional(kind, profile, tables_dir)
+    if df is None:
         return pd.DataFrame(columns=["attack", "rung", "defense", "seed", "asr", "asr_round0", "acc", "attackers_mean"])
+    return df
 
 
 def calibration_markdown(profile: str = "quick", tables_dir=None) -> str:
@@ -303,7 +304,6 @@ def calibration_markdown(profile: str = "quick", tables_dir=None) -> str:
 
     v = verdicts(read_table("attack_calibration", profile, tables_dir))
     held = _optional("attack_calibrated", profile, tables_dir)
-    held = ok_rows(held)
     held = held[held["defense"].eq("none")]
     lines = [
         "| attack | verdict | rung (frozen) | validation ASR (round 0) | held-out ASR [95 % bootstrap] | "
@@ -331,7 +331,7 @@ def clients_markdown(profile: str = "quick", tables_dir=None) -> str:
     df = _optional("attack_clients", profile, tables_dir)
     if df.empty:
         return "_Not run yet: `python -m paper_repro attacks --study clients --budget 60 --jobs 2`._"
-    ok = ok_rows(df)
+    ok = df  # read_optional keeps the runs that did not diverge
     lines = [
         "| arm | ASR [95 % bootstrap] | ACC | attackers per round | ASR at the last attacking round | "
         "ASR after it (mean of later rounds) | seeds |",
@@ -364,7 +364,6 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
     """The calibrated attacks against each defense run on them: per attack × defense the mean final ASR, how many
     seeds are at ≤ 0.10, and the paired mean ACC cost against no defense on the same seeds (points)."""
     df = _optional("attack_calibrated", profile, tables_dir)
-    df = ok_rows(df)
     defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
     if not defenses:
         return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"

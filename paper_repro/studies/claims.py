@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..tables import ok_rows, read_table, seed_list
+from ..tables import read_optional, seed_list
 
 ASR_TARGET, ACC_COST_TARGET, WORKS = 0.10, 0.02, 0.80
 MIN_SEEDS = 5
@@ -20,14 +20,10 @@ UPDATE_COMPARING = ("norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_
 
 
 def _table(kind: str, profile: str, tables_dir) -> pd.DataFrame | None:
-    try:
-        df = read_table(kind, profile, tables_dir)
-    except FileNotFoundError:
-        return None
-    return ok_rows(df)
+    return read_optional(kind, profile, tables_dir)
 
 
-def _seeds(s: pd.Series) -> str:
+def _seeds(s) -> str:
     return f"seeds {seed_list(s)}"
 
 
@@ -35,20 +31,36 @@ def _settled(verdict: str, n: int) -> str:
     return verdict if n >= MIN_SEEDS else f"undecided ({n} < {MIN_SEEDS} seeds; as they stand: {verdict})"
 
 
+def _tentative(verdict: str) -> str:
+    """The verdict a cell's seeds show, also when too few to settle it ("undecided (…; as they stand: X)" → X)."""
+    return verdict.rsplit("as they stand: ", 1)[-1].rstrip(")")
+
+
+def _not_run(claim: str, table: str) -> dict:
+    return dict(claim=claim, verdict="not run", table=table, evidence="–")
+
+
+def _by_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed (the mean where a table repeats a seed)."""
+    return rows.groupby("seed")[["asr", "acc"]].mean()
+
+
 def stops(defended: pd.DataFrame, undefended: pd.DataFrame) -> tuple[str, str]:
-    """The protocol's "stops" on rows of one cell (a defense and no defense, one row per seed): verdict, evidence."""
-    d, u = defended.set_index("seed"), undefended.set_index("seed")
+    """The protocol's "stops" on rows of one cell (a defense and no defense): on the seeds both have (paired), ASR ≤
+    0.10 on every seed and mean ACC cost ≤ 2 points. Not run without a defended row or without a shared seed."""
+    d, u = _by_seed(defended), _by_seed(undefended)
     seeds = d.index.intersection(u.index)
-    if d.empty:
+    if seeds.empty:
         return "not run", "–"
+    d, u = d.loc[seeds], u.loc[seeds]
     k = int((d["asr"] <= ASR_TARGET).sum())
-    cost = (u.loc[seeds, "acc"] - d.loc[seeds, "acc"]).mean()
-    ok = k == len(d) and cost <= ACC_COST_TARGET
+    cost = (u["acc"] - d["acc"]).mean()
+    ok = k == len(seeds) and cost <= ACC_COST_TARGET
     text = (
-        f"ASR {d['asr'].mean():.3f} (max {d['asr'].max():.3f}; {k} of {len(d)} seeds ≤ {ASR_TARGET:.2f}) against "
-        f"{u['asr'].mean():.3f} without defense; ACC cost {100 * cost:.1f} points ({_seeds(d.index)})"
+        f"ASR {d['asr'].mean():.3f} (max {d['asr'].max():.3f}; {k} of {len(seeds)} seeds ≤ {ASR_TARGET:.2f}) against "
+        f"{u['asr'].mean():.3f} without defense; ACC cost {100 * cost:.1f} points ({_seeds(seeds)})"
     )
-    return _settled("holds" if ok else "does not hold", len(d)), text
+    return _settled("holds" if ok else "does not hold", len(seeds)), text
 
 
 def _cell(df: pd.DataFrame, **eq) -> pd.DataFrame:
@@ -57,53 +69,106 @@ def _cell(df: pd.DataFrame, **eq) -> pd.DataFrame:
     return df
 
 
+def _frozen(cal: pd.DataFrame, calib: pd.DataFrame | None) -> tuple[dict, pd.DataFrame]:
+    """Each attack's calibration (verdict, frozen rung) and the rows of ``attack_calibrated`` at that rung."""
+    from .calibration import verdicts
+
+    if calib is None:
+        return {}, cal.iloc[0:0]
+    vv = verdicts(calib).drop_duplicates("attack").set_index("attack")
+    rung = {a: (vv.loc[a, "verdict"], vv.loc[a, "chosen"]) for a in vv.index}
+    keep = [rung.get(a, (None, None))[1] == r for a, r in zip(cal["attack"], cal["rung"])]
+    return rung, cal[keep]
+
+
+def p2(grid: pd.DataFrame) -> tuple[str, str]:
+    """P2 on the grid (FM attack, Dirichlet 0.5): holds when the attack works without defense and none of the
+    update-comparing defenses present stops it (the protocol's "stops", per seed, paired); does not hold when one
+    stops it. Undecided when the attack does not work (no claim rests on a weak attack)."""
+    g = grid[(grid["attack"] == "fm") & (grid["partition"] == "dirichlet0.5")]
+    none = _cell(g, defense="none")
+    present = [d for d in UPDATE_COMPARING if d in set(g["defense"])]
+    if none.empty or not present:
+        return "not run", "–"
+    results = {d: stops(_cell(g, defense=d), none) for d in present}
+    n = min(_by_seed(_cell(g, defense=d)).index.intersection(_by_seed(none).index).size for d in present)
+    means = {d: _cell(g, defense=d)["asr"].mean() for d in present}
+    lowest = min(present, key=means.get)
+    stoppers = [d for d, (v, _) in results.items() if _tentative(v) == "holds"]
+    ev = (
+        f"FM attack, Dirichlet 0.5, no defense {none['asr'].mean():.3f}; {len(present)} update-comparing defenses "
+        f"leave ASR at {min(means.values()):.3f}–{max(means.values()):.3f} (lowest: {lowest}: {results[lowest][1]})"
+    )
+    if none["asr"].mean() < WORKS:
+        return f"undecided (the attack does not work without defense: {none['asr'].mean():.3f} < {WORKS:.2f})", ev
+    if stoppers:
+        return _settled("does not hold", n), f"{ev}; stopped by {', '.join(stoppers)}"
+    return _settled("holds", n), ev
+
+
+def p5(rung: dict, cal: pd.DataFrame, defense: str = "act_bound") -> tuple[str, str]:
+    """P5 on the calibrated attacks: the defense stops every FM attack that works (calibrated) at its frozen rung
+    → holds (needs two or more working FM triggers, else undecided); does not hold when one working FM attack is
+    not stopped. Weak attacks carry no claim; an attack whose calibration is open is listed as such."""
+    fm = [a for a in rung if a.startswith("FM")]
+    working = [a for a in fm if rung[a][0] == "calibrated"]
+    weak = [a for a in fm if rung[a][0] == "weak"]
+    open_ = [a for a in fm if rung[a][0] not in ("calibrated", "weak")]
+    per = {a: stops(_cell(cal, attack=a, defense=defense), _cell(cal, attack=a, defense="none")) for a in working}
+    ran = {a: r for a, r in per.items() if r[0] != "not run"}
+    ev = "; ".join(f"{a}: {e}" for a, (_, e) in ran.items()) or f"{defense} not run on the working FM attacks"
+    ev += f" (working FM attacks: {', '.join(working) or 'none'}; weak: {', '.join(weak) or 'none'}"
+    ev += f"; calibration open: {', '.join(open_) or 'none'})"
+    if not ran:
+        return "not run", ev
+    n = min(_by_seed(_cell(cal, attack=a, defense=defense)).shape[0] for a in ran)
+    if any(_tentative(v) == "does not hold" for v, _ in ran.values()):
+        return _settled("does not hold", n), ev
+    if len(ran) < len(working):
+        return "undecided (not run on every working FM attack)", ev
+    if len(working) < 2:
+        return "undecided (one working FM trigger)", ev
+    return _settled("holds", n), ev
+
+
 def paper_claims(profile: str, tables_dir) -> list[dict]:
     grid, held = _table("grid", profile, tables_dir), _table("heldout", profile, tables_dir)
+    cal, calib = _table("attack_calibrated", profile, tables_dir), _table("attack_calibration", profile, tables_dir)
     rows = []
-    cal = _table("attack_calibrated", profile, tables_dir)
-    fm = None if cal is None else _cell(cal, attack="FM patch", defense="none")
+    if cal is None:
+        rung, frozen = {}, None
+    else:
+        rung, frozen = _frozen(cal, calib)
+    fm = None if frozen is None else _cell(frozen, attack="FM patch", defense="none")
     if fm is None or fm.empty:
-        rows.append(dict(claim="P1", verdict="not run", table="attack_calibrated", evidence="–"))
+        rows.append(_not_run("P1", "attack_calibrated"))
     else:
         v = "holds" if fm["asr"].mean() >= WORKS else "does not hold"
-        ev = f"FM patch, no defense: ASR {fm['asr'].mean():.3f}, round 0 {fm['asr_round0'].mean():.3f}"
-        ev += f", {_seeds(fm['seed'])}"
-        rows.append(dict(claim="P1", verdict=_settled(v, len(fm)), table="attack_calibrated", evidence=ev))
-    if grid is not None:
-        fm_grid = grid[(grid["attack"] == "fm") & (grid["partition"] == "dirichlet0.5")]
-        means = fm_grid.groupby("defense")["asr"].mean()
-        present = [d for d in UPDATE_COMPARING if d in means]
-        lowest = min(present, key=lambda d: means[d])
-        v = "holds" if all(means[d] > ASR_TARGET for d in present) else "does not hold"
-        n = int(fm_grid[fm_grid["defense"] == lowest]["seed"].nunique())
-        ev = (
-            f"FM attack, Dirichlet 0.5: {len(present)} update-comparing defenses leave ASR at "
-            f"{min(means[present]):.3f}–{max(means[present]):.3f} (lowest: {lowest})"
-        )
-        rows.append(dict(claim="P2", verdict=_settled(v, n), table="grid", evidence=ev))
-    if held is not None:
+        ev = f"FM patch ({rung['FM patch'][1]}), no defense: ASR {fm['asr'].mean():.3f}, round 0 "
+        ev += f"{fm['asr_round0'].mean():.3f}, {_seeds(fm['seed'].unique())}"
+        rows.append(dict(claim="P1", verdict=_settled(v, fm["seed"].nunique()), table="attack_calibrated", evidence=ev))
+    if grid is None:
+        rows.append(_not_run("P2", "grid"))
+    else:
+        v, ev = p2(grid)
+        rows.append(dict(claim="P2", verdict=v, table="grid", evidence=ev))
+    if held is None:
+        rows.append(_not_run("P3", "heldout (validation setting)"))
+    else:
         val = _cell(held, setting="validation", attack="fm")
         v, ev = stops(_cell(val, defense="act_bound"), _cell(val, defense="none"))
         rows.append(dict(claim="P3", verdict=v, table="heldout (validation setting)", evidence=ev))
-    if grid is not None:
+    if grid is None:
+        rows.append(_not_run("P4", "grid (classic, Dirichlet 0.5)"))
+    else:
         g = grid[(grid["attack"] == "classic") & (grid["partition"] == "dirichlet0.5")]
         v, ev = stops(_cell(g, defense="act_bound"), _cell(g, defense="none"))
         rows.append(dict(claim="P4", verdict=v, table="grid (classic, Dirichlet 0.5)", evidence=ev))
-    calib = _table("attack_calibration", profile, tables_dir)
-    if calib is not None:
-        from .calibration import LADDERS, verdicts
-
-        vv = verdicts(calib).drop_duplicates("attack").set_index("attack")
-        fm_attacks = [a for a in LADDERS if a.startswith("FM")]
-        working = [a for a in fm_attacks if vv.loc[a, "verdict"] == "calibrated"]
-        weak = [a for a in fm_attacks if vv.loc[a, "verdict"] == "weak"]
-        open_ = [a for a in fm_attacks if vv.loc[a, "verdict"] == "undecided"]
-        ev = (
-            f"FM attacks that work without defense: {', '.join(working) or 'none'}; weak: {', '.join(weak) or 'none'}; "
-            f"undecided: {', '.join(open_) or 'none'}"
-        )
-        v = "undecided (one working FM trigger)" if len(working) < 2 else "undecided (breadth table not run)"
-        rows.append(dict(claim="P5", verdict=v, table="attack_calibration", evidence=ev))
+    if frozen is None or not rung:
+        rows.append(_not_run("P5", "attack_calibrated"))
+    else:
+        v, ev = p5(rung, frozen)
+        rows.append(dict(claim="P5", verdict=v, table="attack_calibrated", evidence=ev))
     return rows
 
 
