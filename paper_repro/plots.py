@@ -406,3 +406,41 @@ def calibration_ladders(df: pd.DataFrame, target: float = 0.8, title: str = "", 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+@styled
+def calibrated_seeds(
+    df: pd.DataFrame, order: list | None = None, weak: set | None = None, target: float = 0.8, title: str = ""
+):
+    """F8e: one panel per calibrated attack (in ``order``), defenses on x (no defense first); final ASR per held-out
+    seed (points) and their mean (bar), against the calibration's target (grey) and the "stops" line at 0.10
+    (dotted). Attacks in ``weak`` say so in their title. ``df``: the attack_calibrated table (attack, defense, seed,
+    asr)."""
+    present = list(dict.fromkeys(df["attack"]))
+    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+    defenses = ["none"] + [d for d in dict.fromkeys(df["defense"]) if d != "none"]
+    cols = min(4, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        sub = df[df["attack"] == name]
+        here = [d for d in defenses if d in set(sub["defense"])]
+        means = sub.groupby("defense")["asr"].mean().reindex(here)
+        ax.bar(range(len(here)), means.values, color="C0", alpha=0.25, width=0.7, label="mean")
+        for i, d in enumerate(here):
+            v = sub.loc[sub["defense"] == d, "asr"].to_numpy()
+            jitter = np.linspace(-0.18, 0.18, len(v)) if len(v) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, v, s=10, color="C0", zorder=3, label="per seed" if i == 0 else None)
+        ax.axhline(target, color="0.5", lw=0.8)
+        ax.axhline(0.10, color="0.3", lw=0.8, ls=":")
+        ax.set_xticks(range(len(here)), here, rotation=45, ha="right", fontsize=6)
+        ax.set_title(name + (" (weak)" if weak and name in weak else ""), fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    for r in range(rows_n):
+        axes[r][0].set_ylabel("final ASR")
+    axes[0][0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -166,3 +166,29 @@ def test_the_calibration_figure_draws_one_panel_per_attack_in_the_ladders_order(
     fig = plots.calibration_ladders(df, order=list(cal.LADDERS))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["FM patch", "FM all-to-all"]  # the ladders' order, not the table's
+
+
+@pytest.mark.unit
+def test_the_calibrated_figure_shows_every_seed_with_no_defense_first_and_marks_weak_attacks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from paper_repro import plots
+
+    rows = [
+        dict(attack=a, defense=d, seed=s, asr=asr + 0.01 * s)
+        for a, d, asr in [
+            ("FM all-to-all", "act_bound", 0.2),
+            ("FM all-to-all", "none", 0.4),
+            ("FM patch", "act_bound", 0.05),
+            ("FM patch", "none", 0.9),
+        ]
+        for s in range(5)
+    ]
+    fig = plots.calibrated_seeds(pd.DataFrame(rows), order=list(cal.LADDERS), weak={"FM all-to-all"})
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["FM patch", "FM all-to-all (weak)"]
+    first = panels[0]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["none", "act_bound"]
+    points = np.concatenate([c.get_offsets()[:, 1] for c in first.collections])
+    assert len(points) == 10 and np.isclose(points.max(), 0.94)  # every seed drawn, none averaged away
