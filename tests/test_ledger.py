@@ -376,3 +376,13 @@ def test_the_shipped_synthetic_set_is_the_draw_the_current_code_would_make():
         assert len(s) == 10 * n and np.bincount(s.y).tolist() == [n] * 10
     with pytest.raises(ValueError, match="another key"):
         read_synthetic(path, {**key, "seed": key["seed"] + 1})
+
+
+@pytest.mark.unit
+def test_a_table_row_the_code_no_longer_plans_names_the_row_and_the_command_that_remakes_it(tmp_path):
+    from paper_repro.studies import plans
+
+    rows = [("FM patch", "none", 10), ("3DFed", "none", 10)]  # a label the attack study has renamed since
+    pd.DataFrame(rows, columns=["attack", "defense", "seed"]).to_csv(tmp_path / "attack_breadth_quick.csv", index=False)
+    with pytest.raises(ValueError, match=r"'3DFed'.*remake it with `python -m paper_repro attacks --profile quick`"):
+        plans.plan("attack_breadth", "quick", tmp_path)

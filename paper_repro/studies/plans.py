@@ -274,7 +274,16 @@ def plan(kind: str, profile: str = "quick", tables_dir: str | Path | None = None
     cells = []
     for labels in rows.to_dict("records"):
         labels = {k: (int(v) if k == "seed" else v) for k, v in labels.items()}
-        cfg = fam.config(profile, labels, base)
+        try:
+            cfg = fam.config(profile, labels, base)
+        except KeyError as e:
+            from ..tables import WRITTEN_BY
+
+            raise ValueError(
+                f"{path.name} has a row the current code cannot plan ({labels}: no cell named {e}); the table "
+                "predates a renamed or retired cell: remake it with "
+                f"`python -m paper_repro {WRITTEN_BY.get(kind, 'results')} --profile {profile}`"
+            ) from e
         cells.append(Cell(labels, cfg, lg.config_key(cfg.to_dict())))
     return Plan(kind, profile, path, fam, cells)
 
