@@ -69,6 +69,7 @@ BLOCKS = {
     "claims": "paper_repro.studies.claims:claims_markdown",
     "heldout": "paper_repro.studies.heldout:heldout_markdown",
     "breadth": "paper_repro.studies.calibrated:breadth_markdown",
+    "grid": "paper_repro.tables:grid_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
 
