@@ -70,6 +70,7 @@ BLOCKS = {
     "heldout": "paper_repro.studies.heldout:heldout_markdown",
     "breadth": "paper_repro.studies.calibrated:breadth_markdown",
     "grid": "paper_repro.tables:grid_markdown",
+    "defense_study": "paper_repro.studies.defense_study:study_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""
 

@@ -85,3 +85,20 @@ def test_h3_is_chosen_on_the_selection_half_within_the_acc_budget():
             rows[-1] |= {"acc": acc, "half": "even", "status": "ok"}
     assert ds.h3_choice(pd.DataFrame(rows)) == "act_bound fusion teachers"
     assert ds.k_of_n_below([0.05, 0.2, 0.01])["k"] == 2
+
+
+def test_the_study_block_gives_each_cell_its_intervals_and_each_hypothesis_its_verdict(tmp_path):
+    corner = _rows("corner", [0.95, 0.93, 0.94, 0.96, 0.92], [0.05, 0.08, 0.04, 0.06, 0.20])
+    centre = _rows("centre", [0.94, 0.95, 0.93, 0.96, 0.95], [0.90, 0.93, 0.85, 0.92, 0.91])
+    df = pd.DataFrame(corner + centre).assign(status="ok", asr_last_k=0.5)
+    df.to_csv(tmp_path / "defense_study_quick.csv", index=False)
+    summary = ds.cell_summary(df).set_index(["setting", "defense"])
+    cell = summary.loc[("corner", "act_bound")]
+    assert (cell["n"], cell["below_k"], cell["below_n"]) == (5, 4, 5)
+    assert cell["logit_lo"] < cell["asr"] < cell["logit_hi"] and 0 < cell["logit_lo"]  # inside (0, 1), no clipping
+    assert cell["boot_lo"] >= 0.04 and cell["boot_hi"] <= 0.20  # within the data's range
+    text = ds.study_markdown(tables_dir=tmp_path)
+    assert "| H1 | corner | act_bound | odd | 10, 11, 12, 13, 14 | 0.086 |" in text
+    assert "**H1: undecided.**" in text  # the garment and textured placements are not run yet
+    assert "| centre | 5 |" in text and "**H3: not run**" in text
+    assert ds.study_markdown(tables_dir=tmp_path / "none").startswith("_Not run yet")

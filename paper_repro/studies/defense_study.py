@@ -257,6 +257,86 @@ def verdicts(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def cell_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The protocol's per-cell analysis: per hypothesis × setting × defense × half, the seeds, mean final ASR with a
+    logit-scale and a percentile-bootstrap 95 % interval, "k of n seeds ≤ 0.10" with its Clopper–Pearson interval,
+    the ASR over the last rounds (``asr_last_k``) and the mean ACC."""
+    from ..stats import bootstrap_interval, logit_interval
+
+    ok = df[df["status"].fillna("ok").eq("ok")]
+    rows = []
+    for (h, setting, defense, half), g in ok.groupby(["hypothesis", "setting", "defense", "half"], sort=False):
+        centre, lo, hi = logit_interval(g["asr"])
+        blo, bhi = bootstrap_interval(g["asr"])
+        below = k_of_n_below(g["asr"])
+        last = g["asr_last_k"].mean() if "asr_last_k" in g else float("nan")
+        rows.append(
+            dict(hypothesis=h, setting=setting, defense=defense, half=half, n=len(g), asr=g["asr"].mean(),
+                 logit_lo=lo, logit_hi=hi, boot_lo=blo, boot_hi=bhi, asr_last=last, acc=g["acc"].mean(),
+                 seeds=", ".join(str(int(x)) for x in sorted(g["seed"])), **{f"below_{k}": v for k, v in below.items()})
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "–" if pd.isna(x) else format(x, fmt)
+
+
+def study_markdown(profile: str = "quick", tables_dir=None) -> str:
+    """The defense study in the docs: every cell run so far (the protocol's per-cell analysis), then each
+    hypothesis's comparisons with their paired statistics and its verdict."""
+    from ..tables import read_optional
+
+    df = read_optional("defense_study", profile, tables_dir)
+    if df is None or df.empty:
+        return "_Not run yet: `python -m paper_repro.studies.defense_study --budget 60 --jobs 2`._"
+    lines = [
+        "| hypothesis | setting | defense | test half | seeds | ASR | logit 95 % | bootstrap 95 % | ≤ 0.10 (k/n) "
+        "[Clopper–Pearson] | ASR, last rounds | ACC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cell_summary(df).to_dict("records"):
+        lines.append(
+            f"| {r['hypothesis']} | {r['setting']} | {r['defense']} | {r['half']} | {r['seeds']} | {_f(r['asr'])} | "
+            f"[{_f(r['logit_lo'])}, {_f(r['logit_hi'])}] | [{_f(r['boot_lo'])}, {_f(r['boot_hi'])}] | "
+            f"{r['below_k']}/{r['below_n']} [{_f(r['below_share_lo'], '.2f')}, "
+            f"{_f(r['below_share_hi'], '.2f')}] | {_f(r['asr_last'])} | {_f(r['acc'])} |"
+        )
+    v1, res1 = h1(df)
+    v2, res2 = h2(df)
+    choice = h3_choice(df)
+    v3, res3 = h3(df, choice)
+    lines += ["", f"**H1: {v1}.** Paired D = ASR(none) − ASR(act_bound) at the corner minus at each placement:", ""]
+    if len(res1):
+        lines += ["| placement | seeds | D(corner) − D(placement) [95 % t] | paired t p | Holm p | exact p | "
+                  "act_bound ≤ 0.10 (k/n) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in res1.to_dict("records"):
+            lines.append(
+                f"| {r['setting']} | {r['n']} | {r['diff']:+.3f} [{_f(r['lo'], '+.3f')}, {_f(r['hi'], '+.3f')}] | "
+                f"{_f(r['p_t'], '.3g')} | {_f(r['p_holm'], '.3g')} | {_f(r['p_exact'], '.3g')} | "
+                f"{r['below_k']}/{r['below_n']} |"
+            )
+    lines += ["", f"**H2: {v2}.** Paired rise ASR(variant) − ASR(none) per amplified attack:", ""]
+    if len(res2):
+        lines += ["| attack | variant | seeds | rise [95 % t] | paired t p | Holm p | exact p |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in res2.to_dict("records"):
+            lines.append(
+                f"| {r['attack']} | {r['defense']} | {r['n']} | {r['diff']:+.3f} [{_f(r['lo'], '+.3f')}, "
+                f"{_f(r['hi'], '+.3f')}] | {_f(r['p_t'], '.3g')} | {_f(r['p_holm'], '.3g')} | "
+                f"{_f(r['p_exact'], '.3g')} |"
+            )
+    lines += ["", f"**H3: {v3}** (variant chosen on the selection cells: {choice or 'none yet'})."]
+    if len(res3):
+        lines += ["", "| setting | seeds | reduction [95 % t] | paired t p | ACC cost |", "|---|---|---|---|---|"]
+        for r in res3.to_dict("records"):
+            lines.append(
+                f"| {r['setting']} | {r['n']} | {r['diff']:+.3f} [{_f(r['lo'], '+.3f')}, {_f(r['hi'], '+.3f')}] | "
+                f"{_f(r['p_t'], '.3g')} | {100 * r['cost']:.1f} pt |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m paper_repro.studies.defense_study [--budget MINUTES] [--jobs N]``: continue the study through the
     run ledger, then print the verdicts."""
