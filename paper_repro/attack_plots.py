@@ -1,0 +1,79 @@
+"""Figures of the attack studies (F8d, F8e): the calibration ladders and the calibrated attacks seed by seed, in the
+style of :mod:`paper_repro.plots` (no torch)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .plots import styled
+
+
+@styled
+def calibration_ladders(df: pd.DataFrame, target: float = 0.8, title: str = "", order: list | None = None):
+    """F8d: one panel per attack (in ``order``, else as they come), its ladder's rungs in order on x; final ASR per
+    seed (points), their mean (line) and the round-0 ASR mean (dashed), against the rule's target (grey). ``df``:
+    the calibration table (attack, step, rung, seed, asr, asr_round0)."""
+    present = list(dict.fromkeys(df["attack"]))
+    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+    cols = min(4, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.3 * cols, 2.7 * rows_n), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        sub = df[df["attack"] == name].sort_values("step")
+        order = list(dict.fromkeys(sub["rung"]))
+        x = sub["rung"].map(order.index)
+        ax.scatter(x, sub["asr"], s=12, color="C0", alpha=0.6, label="final ASR, per seed")
+        mean = sub.groupby("step", sort=True)[["asr", "asr_round0"]].mean()
+        ax.plot(range(len(mean)), mean["asr"], color="C0", marker="o", ms=4, label="mean final ASR")
+        ax.plot(range(len(mean)), mean["asr_round0"], color="C1", ls="--", marker="x", ms=4, label="mean round-0 ASR")
+        ax.axhline(target, color="0.5", lw=0.8)
+        ax.set_xticks(range(len(order)), [o.replace(", ", ",\n") for o in order], fontsize=6)
+        ax.set_title(name, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("ASR, no defense")
+    axes[0][0].legend(fontsize=6, loc="center left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def calibrated_seeds(
+    df: pd.DataFrame, order: list | None = None, weak: set | None = None, target: float = 0.8, title: str = ""
+):
+    """F8e: one panel per calibrated attack (in ``order``), defenses on x (no defense first); final ASR per held-out
+    seed (points) and their mean (bar), against the calibration's target (grey) and the "stops" line at 0.10
+    (dotted). Attacks in ``weak`` say so in their title. ``df``: the attack_calibrated table (attack, defense, seed,
+    asr)."""
+    present = list(dict.fromkeys(df["attack"]))
+    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+    defenses = ["none"] + [d for d in dict.fromkeys(df["defense"]) if d != "none"]
+    cols = min(4, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        sub = df[df["attack"] == name]
+        here = [d for d in defenses if d in set(sub["defense"])]
+        means = sub.groupby("defense")["asr"].mean().reindex(here)
+        ax.bar(range(len(here)), means.values, color="C0", alpha=0.25, width=0.7, label="mean")
+        for i, d in enumerate(here):
+            v = sub.loc[sub["defense"] == d, "asr"].to_numpy()
+            jitter = np.linspace(-0.18, 0.18, len(v)) if len(v) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, v, s=10, color="C0", zorder=3, label="per seed" if i == 0 else None)
+        ax.axhline(target, color="0.5", lw=0.8)
+        ax.axhline(0.10, color="0.3", lw=0.8, ls=":")
+        ax.set_xticks(range(len(here)), here, rotation=45, ha="right", fontsize=6)
+        ax.set_title(name + (" (weak)" if weak and name in weak else ""), fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    for r in range(rows_n):
+        axes[r][0].set_ylabel("final ASR")
+    axes[0][0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
