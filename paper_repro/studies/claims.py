@@ -193,11 +193,30 @@ def own_findings(profile: str, tables_dir) -> list[dict]:
     if study is None:
         rows += [dict(claim=h, verdict="not run", table="defense_study", evidence="–") for h in ("H1", "H2", "H3")]
     else:
-        from .defense_study import verdicts
+        from . import defense_study as ds
 
-        for r in verdicts(study).to_dict("records"):
-            ev = f"variant {r['variant']}" if r.get("variant") else "–"
-            rows.append(dict(claim=r["hypothesis"], verdict=r["verdict"], table="defense_study", evidence=ev))
+        v1, r1 = ds.h1(study)
+        ev = "; ".join(
+            f"{r['setting']}: D(corner) − D({r['setting']}) {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}], Holm p "
+            f"{r['p_holm']:.3g}, act_bound ≤ 0.10 on {r['below_k']}/{r['below_n']}"
+            for r in r1.to_dict("records")
+        )
+        rows.append(dict(claim="H1", verdict=v1, table="defense_study", evidence=ev or "–"))
+        v2, r2 = ds.h2(study)
+        ev = "; ".join(
+            f"{r['attack']}, {r['defense']}: rise {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+            for r in r2.to_dict("records")
+        )
+        rows.append(dict(claim="H2", verdict=v2, table="defense_study", evidence=ev or "–"))
+        choice = ds.h3_choice(study)
+        v3, r3 = ds.h3(study, choice)
+        ev = f"variant {choice}" if choice else "no variant chosen yet"
+        ev += "".join(
+            f"; {r['setting']}: reduction {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}], cost "
+            f"{100 * r['cost']:.1f} pt"
+            for r in r3.to_dict("records")
+        )
+        rows.append(dict(claim="H3", verdict=v3, table="defense_study", evidence=ev))
     return rows
 
 
