@@ -159,11 +159,11 @@ def test_the_calibration_figure_draws_one_panel_per_attack_in_the_ladders_order(
     import matplotlib
 
     matplotlib.use("Agg")
-    from paper_repro import attack_plots
+    from paper_repro import study_plots
 
     df = _table({("FM patch", "share 0.2"): [0.9, 0.8, 0.7], ("FM all-to-all", "share 0.2"): [0.1, 0.2, 0.3]})
     df["step"] = 0
-    fig = attack_plots.calibration_ladders(df, order=list(cal.LADDERS))
+    fig = study_plots.calibration_ladders(df, order=list(cal.LADDERS))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["FM patch", "FM all-to-all"]  # the ladders' order, not the table's
 
@@ -173,7 +173,7 @@ def test_the_calibrated_figure_shows_every_seed_with_no_defense_first_and_marks_
     import matplotlib
 
     matplotlib.use("Agg")
-    from paper_repro import attack_plots
+    from paper_repro import study_plots
 
     rows = [
         dict(attack=a, defense=d, seed=s, asr=asr + 0.01 * s)
@@ -185,7 +185,7 @@ def test_the_calibrated_figure_shows_every_seed_with_no_defense_first_and_marks_
         ]
         for s in range(5)
     ]
-    fig = attack_plots.calibrated_seeds(pd.DataFrame(rows), order=list(cal.LADDERS), weak={"FM all-to-all"})
+    fig = study_plots.calibrated_seeds(pd.DataFrame(rows), order=list(cal.LADDERS), weak={"FM all-to-all"})
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["FM patch", "FM all-to-all (weak)"]
     first = panels[0]

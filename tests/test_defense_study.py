@@ -102,3 +102,18 @@ def test_the_study_block_gives_each_cell_its_intervals_and_each_hypothesis_its_v
     assert "**H1: undecided.**" in text  # the garment and textured placements are not run yet
     assert "| centre | 5 |" in text and "**H3: not run**" in text
     assert ds.study_markdown(tables_dir=tmp_path / "none").startswith("_Not run yet")
+
+
+def test_the_study_figure_joins_each_seeds_points_and_keeps_the_defenses_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from paper_repro import study_plots
+
+    df = pd.DataFrame(_rows("corner", [0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) + _rows("centre", [0.9] * 3, [0.8] * 3))
+    fig = study_plots.paired_seeds(df, ["centre", "corner", "textured"], ["none", "act_bound"], busy={"corner": 0.097})
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(" (")[0] for ax in panels] == ["centre", "corner"]  # textured not run: no panel
+    assert "busy region: 10% of test images" in panels[1].get_title()
+    corner_lines = [np.asarray(ln.get_ydata()).tolist() for ln in panels[1].get_lines() if ln.get_marker() == "o"]
+    assert sorted(corner_lines) == [[0.7, 0.3], [0.8, 0.2], [0.9, 0.1]]  # one line per seed, none → act_bound

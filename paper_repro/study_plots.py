@@ -1,5 +1,5 @@
-"""Figures of the attack studies (F8d, F8e): the calibration ladders and the calibrated attacks seed by seed, in the
-style of :mod:`paper_repro.plots` (no torch)."""
+"""Figures of the studies (F8d, F8e, F9): the attack calibration ladders, the calibrated attacks seed by seed and the
+defense study's paired seeds, in the style of :mod:`paper_repro.plots` (no torch)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,40 @@ def calibrated_seeds(
     for r in range(rows_n):
         axes[r][0].set_ylabel("final ASR")
     axes[0][0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def paired_seeds(
+    df: pd.DataFrame, panels: list[str], defenses: list[str], panel_col: str = "setting", busy: dict | None = None,
+    title: str = "",
+):  # fmt: skip
+    """F9: one panel per ``panels`` value (rows of ``df[panel_col]``), ``defenses`` on x in that order; each seed's
+    final ASR as a point, the points of one seed joined by a line (the comparisons are paired: post-fusion defenses
+    share the seed's training), the mean as a black bar; the 0.10 line dotted. ``busy`` (panel → share of real test
+    images with something other than background in the trigger's region) goes under each panel's title."""
+    names = [p for p in panels if p in set(df[panel_col])]
+    cols = min(4, max(1, len(names)))
+    rows_n = -(-max(1, len(names)) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        sub = df[df[panel_col] == name]
+        here = [d for d in defenses if d in set(sub["defense"])]
+        wide = sub.pivot_table(index="seed", columns="defense", values="asr").reindex(columns=here)
+        for _, seed_row in wide.iterrows():
+            ax.plot(range(len(here)), seed_row.values, color="C0", alpha=0.35, lw=0.8, marker="o", ms=3)
+        ax.scatter(range(len(here)), wide.mean().values, marker="_", s=400, color="k", zorder=3, label="mean")
+        ax.axhline(0.10, color="0.3", lw=0.8, ls=":")
+        ax.set_xticks(range(len(here)), here, rotation=30, ha="right", fontsize=6)
+        extra = f"\nbusy region: {busy[name]:.0%} of test images" if busy and name in busy else ""
+        ax.set_title(f"{name} ({len(wide)} seeds){extra}", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    for r in range(rows_n):
+        axes[r][0].set_ylabel("final ASR (odd test half)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
