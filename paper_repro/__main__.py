@@ -162,9 +162,7 @@ def _parser(components: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="seeds (breadth: 10 11 12; strength: 10; calibration: the validation seeds 0 1 2)",
     )
-    at.add_argument(
-        "--attacks", nargs="+", default=None, help="breadth, calibration, calibrated: attack labels (default: all)"
-    )
+    at.add_argument("--attacks", nargs="+", default=None, help="breadth, calibration(s): attack labels (all)")
     at.add_argument(
         "--defenses",
         nargs="+",

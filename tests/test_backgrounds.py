@@ -61,3 +61,13 @@ def test_the_textured_dataset_needs_its_own_fm_and_loads_offline():
     train, test = load_run_dataset("fashion_mnist_textured")
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert bg.region_busy_share(test.x[:2000], slice(25, 28), slice(25, 28)) > 0.5  # the corner is no longer black
+
+
+def test_placement_shares_read_the_square_where_the_patch_goes():
+    from paper_repro.backgrounds import placement_shares
+    from paper_repro.triggers import badnets_patch
+
+    x = np.zeros((4, 1, 28, 28), np.uint8)
+    x[:2] = badnets_patch(x[:2], position="centre")  # two of four images busy at the centre only
+    shares = placement_shares(x)
+    assert shares == {"corner": 0.0, "centre": 0.5, "garment": 0.0}
