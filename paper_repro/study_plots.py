@@ -10,16 +10,37 @@ import pandas as pd
 from .plots import styled
 
 
+def _ordered(present, order: list | None) -> list:
+    """``present`` values in ``order`` first, the rest as they come."""
+    present = list(dict.fromkeys(present))
+    return [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+
+
+def _panels(n: int, width: float, height: float):
+    """A grid of ``n`` panels, at most four a row, sharing the ASR axis."""
+    cols = min(4, max(1, n))
+    rows_n = -(-max(1, n) // cols)
+    return plt.subplots(rows_n, cols, figsize=(width * cols, height * rows_n), squeeze=False, sharey=True)
+
+
+def _finish(fig, axes, n: int, ylabel: str, title: str):
+    """Blank the unused panels, label each row's ASR axis, title and lay out."""
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 @styled
 def calibration_ladders(df: pd.DataFrame, target: float = 0.8, title: str = "", order: list | None = None):
     """F8d: one panel per attack (in ``order``, else as they come), its ladder's rungs in order on x; final ASR per
     seed (points), their mean (line) and the round-0 ASR mean (dashed), against the rule's target (grey). ``df``:
     the calibration table (attack, step, rung, seed, asr, asr_round0)."""
-    present = list(dict.fromkeys(df["attack"]))
-    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
-    cols = min(4, len(names))
-    rows_n = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.3 * cols, 2.7 * rows_n), squeeze=False, sharey=True)
+    names = _ordered(df["attack"], order)
+    fig, axes = _panels(len(names), 3.3, 2.7)
     for ax, name in zip(axes.flat, names):
         sub = df[df["attack"] == name].sort_values("step")
         order = list(dict.fromkeys(sub["rung"]))
@@ -32,13 +53,8 @@ def calibration_ladders(df: pd.DataFrame, target: float = 0.8, title: str = "", 
         ax.set_xticks(range(len(order)), [o.replace(", ", ",\n") for o in order], fontsize=6)
         ax.set_title(name, fontsize=8)
         ax.set_ylim(-0.02, 1.02)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("ASR, no defense")
     axes[0][0].legend(fontsize=6, loc="center left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(names), "ASR, no defense", title)
 
 
 @styled
@@ -49,12 +65,9 @@ def calibrated_seeds(
     seed (points) and their mean (bar), against the calibration's target (grey) and the "stops" line at 0.10
     (dotted). Attacks in ``weak`` say so in their title. ``df``: the attack_calibrated table (attack, defense, seed,
     asr)."""
-    present = list(dict.fromkeys(df["attack"]))
-    names = [a for a in (order or []) if a in present] + [a for a in present if a not in (order or [])]
+    names = _ordered(df["attack"], order)
     defenses = ["none"] + [d for d in dict.fromkeys(df["defense"]) if d != "none"]
-    cols = min(4, len(names))
-    rows_n = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False, sharey=True)
+    fig, axes = _panels(len(names), 3.4, 2.8)
     for ax, name in zip(axes.flat, names):
         sub = df[df["attack"] == name]
         here = [d for d in defenses if d in set(sub["defense"])]
@@ -69,14 +82,8 @@ def calibrated_seeds(
         ax.set_xticks(range(len(here)), here, rotation=45, ha="right", fontsize=6)
         ax.set_title(name + (" (weak)" if weak and name in weak else ""), fontsize=8)
         ax.set_ylim(-0.02, 1.02)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    for r in range(rows_n):
-        axes[r][0].set_ylabel("final ASR")
     axes[0][0].legend(fontsize=6, loc="upper right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(names), "final ASR", title)
 
 
 @styled
@@ -89,9 +96,7 @@ def paired_seeds(
     share the seed's training), the mean as a black bar; the 0.10 line dotted. ``busy`` (panel → share of real test
     images with something other than background in the trigger's region) goes under each panel's title."""
     names = [p for p in panels if p in set(df[panel_col])]
-    cols = min(4, max(1, len(names)))
-    rows_n = -(-max(1, len(names)) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False, sharey=True)
+    fig, axes = _panels(len(names), 3.2, 3.0)
     for ax, name in zip(axes.flat, names):
         sub = df[df[panel_col] == name]
         here = [d for d in defenses if d in set(sub["defense"])]
@@ -104,10 +109,4 @@ def paired_seeds(
         extra = f"\nbusy region: {busy[name]:.0%} of test images" if busy and name in busy else ""
         ax.set_title(f"{name} ({len(wide)} seeds){extra}", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    for r in range(rows_n):
-        axes[r][0].set_ylabel("final ASR (odd test half)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(names), "final ASR (odd test half)", title)
