@@ -62,15 +62,3 @@ def textured(data: ImageSet, seed: int) -> ImageSet:
     """``data`` with every image composited over its own photo crop (drawn from ``seed``); labels unchanged."""
     rng = np.random.default_rng(seed)
     return data.with_arrays(x=composite(data.x, photo_crops(len(data), data.x.shape[-1], rng)))
-
-
-def placement_shares(x: np.ndarray, size: int = 3, bright: int = BRIGHT) -> dict[str, float]:
-    """Per trigger position of :data:`paper_repro.triggers.POSITIONS`, :func:`region_busy_share` of its
-    ``size``×``size`` square (where :func:`paper_repro.triggers.badnets_patch` puts it) in images ``x``."""
-    from .triggers import POSITIONS, patch_origin
-
-    out = {}
-    for pos in POSITIONS:
-        top, left = patch_origin(x.shape[-2], x.shape[-1], size, pos)
-        out[pos] = region_busy_share(x, slice(top, top + size), slice(left, left + size), bright)
-    return out

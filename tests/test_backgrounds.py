@@ -64,7 +64,7 @@ def test_the_textured_dataset_needs_its_own_fm_and_loads_offline():
 
 
 def test_placement_shares_read_the_square_where_the_patch_goes():
-    from paper_repro.backgrounds import placement_shares
+    from paper_repro.studies.defense_study import placement_shares
     from paper_repro.triggers import badnets_patch
 
     x = np.zeros((4, 1, 28, 28), np.uint8)

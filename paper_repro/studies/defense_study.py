@@ -107,6 +107,21 @@ def cells(profile: str = "quick", h3_variant: str | None = None) -> list:
     return out
 
 
+def placement_shares(x: np.ndarray, size: int = 3) -> dict[str, float]:
+    """Per trigger position of :data:`paper_repro.triggers.POSITIONS`, the share of images ``x`` (N, C, H, W uint8)
+    with something other than background inside the ``size``×``size`` square where
+    :func:`paper_repro.triggers.badnets_patch` puts it (:func:`paper_repro.backgrounds.region_busy_share`). Kept out
+    of ``backgrounds``, which every run's code digest covers."""
+    from ..backgrounds import region_busy_share
+    from ..triggers import POSITIONS, patch_origin
+
+    out = {}
+    for pos in POSITIONS:
+        top, left = patch_origin(x.shape[-2], x.shape[-1], size, pos)
+        out[pos] = region_busy_share(x, slice(top, top + size), slice(left, left + size))
+    return out
+
+
 def _wide(df: pd.DataFrame, setting: str, metric: str = "asr") -> pd.DataFrame:
     """seed × defense of ``metric`` for one setting (held-out, odd half)."""
     g = df[(df["setting"] == setting) & (df["half"] == "odd") & df["status"].fillna("ok").eq("ok")]
