@@ -152,18 +152,23 @@ def paper_claims(profile: str, tables_dir) -> list[dict]:
     else:
         v, ev = p2(grid)
         rows.append(dict(claim="P2", verdict=v, table="grid", evidence=ev))
-    if held is None:
-        rows.append(_not_run("P3", "heldout (validation setting)"))
-    else:
-        val = _cell(held, setting="validation", attack="fm")
-        v, ev = stops(_cell(val, defense="act_bound"), _cell(val, defense="none"))
-        rows.append(dict(claim="P3", verdict=v, table="heldout (validation setting)", evidence=ev))
-    if grid is None:
-        rows.append(_not_run("P4", "grid (classic, Dirichlet 0.5)"))
-    else:
-        g = grid[(grid["attack"] == "classic") & (grid["partition"] == "dirichlet0.5")]
-        v, ev = stops(_cell(g, defense="act_bound"), _cell(g, defense="none"))
-        rows.append(dict(claim="P4", verdict=v, table="grid (classic, Dirichlet 0.5)", evidence=ev))
+    for claim, attack, fallback in (("P3", "FM patch", "heldout"), ("P4", "classic", "grid")):
+        cell = None if frozen is None else _cell(frozen, attack=attack)
+        if cell is not None and not _cell(cell, defense="act_bound").empty:
+            v, ev = stops(_cell(cell, defense="act_bound"), _cell(cell, defense="none"))
+            table = f"attack_calibrated ({attack} at its frozen rung)"
+        elif fallback == "heldout" and held is not None:
+            val = _cell(held, setting="validation", attack="fm")
+            v, ev = stops(_cell(val, defense="act_bound"), _cell(val, defense="none"))
+            table = "heldout (validation setting)"
+        elif fallback == "grid" and grid is not None:
+            g = grid[(grid["attack"] == "classic") & (grid["partition"] == "dirichlet0.5")]
+            v, ev = stops(_cell(g, defense="act_bound"), _cell(g, defense="none"))
+            table = "grid (classic, Dirichlet 0.5)"
+        else:
+            rows.append(_not_run(claim, "attack_calibrated"))
+            continue
+        rows.append(dict(claim=claim, verdict=v, table=table, evidence=ev))
     if frozen is None or not rung:
         rows.append(_not_run("P5", "attack_calibrated"))
     else:
