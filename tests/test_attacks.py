@@ -289,11 +289,14 @@ def test_best_defense_follows_the_protocol_rule_with_no_defense_a_candidate():
             ("A", "cheap", 0.85, 0.79),
             ("B", "none", 0.30, 0.80),
             ("B", "worse", 0.50, 0.80),  # raises ASR: no defense is the best
+            ("C", "none", 0.926, 0.80),
+            ("C", "no-op", 0.927, 0.8001),  # a hair "cheaper" than none, same ASR: not better than no defense
+            ("C", "slight", 0.920, 0.80),  # within the 0.01 tie of none: not better either
         ]:
             rows.append({"attack": attack, "defense": d, "seed": seed, "asr": asr + seed / 100, "acc": acc})
     best = st.best_defense(pd.DataFrame(rows)).set_index("attack")
     assert best.loc["A", "best"] == "cheap" and best.loc["A", "best_cost"] == pytest.approx(0.01)
-    assert best.loc["B", "best"] == "none"
+    assert best.loc["B", "best"] == "none" and best.loc["C", "best"] == "none"
 
 
 def test_strength_threshold_names_the_weakest_value_reaching_the_level():

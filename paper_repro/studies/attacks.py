@@ -149,7 +149,9 @@ def best_defense(df: pd.DataFrame, max_cost: float = 0.02, tie: float = 0.01) ->
         row["none_acc"] = b["acc_mean"]
         if ok:
             low = min(s.loc[(attack, d), "asr_mean"] for d in ok)
-            d = min((d for d in ok if s.loc[(attack, d), "asr_mean"] <= low + tie), key=lambda d: (cost[d], d))
+            near = [d for d in ok if s.loc[(attack, d), "asr_mean"] <= low + tie]
+            # no defense within the tie of the lowest: no defense does better (a cost below 0 is seed noise)
+            d = "none" if "none" in near else min(near, key=lambda d: (cost[d], d))
             c = s.loc[(attack, d)]
             row |= {"best": d, "best_asr": c["asr_mean"], "best_lo": c["asr_lo"], "best_hi": c["asr_hi"]}
             row |= {"best_acc": c["acc_mean"], "best_cost": cost[d]}

@@ -367,9 +367,12 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
     defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
     if not defenses:
         return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"
+    from .attacks import best_defense
+
+    best = best_defense(df).set_index("attack")
     lines = [
-        "| attack | none | " + " | ".join(defenses) + " |",
-        "|---|---|" + "---|" * len(defenses),
+        "| attack | none | " + " | ".join(defenses) + " | best (≤ 2 pt, no defense a candidate) |",
+        "|---|---|" + "---|" * len(defenses) + "---|",
     ]
     for attack in (a for a in LADDERS if a in set(df["attack"])):
         g = df[df["attack"] == attack]
@@ -383,5 +386,7 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
             cost = 100 * (base["acc"].reindex(r.index) - r["acc"]).mean()
             k = int((r["asr"] <= 0.10).sum())
             cells.append(f"{r['asr'].mean():.3f} ({k}/{len(r)} ≤ 0.10; {cost:+.1f} pt)")
-        lines.append(f"| {attack} | {_mean(base, 'asr')} | " + " | ".join(cells) + " |")
+        b = best.loc[attack] if attack in best.index else None
+        pick = "–" if b is None or pd.isna(b.get("best")) else f"{b['best']} ({b['best_asr']:.3f})"
+        lines.append(f"| {attack} | {_mean(base, 'asr')} | " + " | ".join(cells) + f" | {pick} |")
     return "\n".join(lines)
