@@ -35,6 +35,7 @@ NOT_FROM_RUNS = {
     "attack_adaptive": "derived from attack_breadth and attack_strength (`python -m paper_repro attacks --study "
     "adaptive`)",
     "published": "the papers' published numbers (typed in, not computed)",
+    "amplification": "H2's margin decomposition of trained models (`python -m paper_repro.studies.amplification`)",
     "mmac_centralised": "MMAC, MM-BM and act_bound in MMAC's own centralised setting, not FL runs "
     "(`python benchmarks/mmac_centralised.py`)",
 }
