@@ -69,7 +69,7 @@ BLOCKS = {
     "claims": "paper_repro.studies.claims:claims_markdown",
     "heldout": "paper_repro.studies.heldout:heldout_markdown",
     "breadth": "paper_repro.studies.calibrated:breadth_markdown",
-    "grid": "paper_repro.tables:grid_markdown",
+    "grid": "paper_repro.studies.grid:grid_markdown",
     "defense_study": "paper_repro.studies.defense_study:study_markdown",
 }
 """Generated blocks: name → ``module:function(profile, tables_dir) -> str``."""

@@ -202,41 +202,34 @@ def pivot(
     return wide.reindex(order)
 
 
-def grid_markdown(profile: str = "quick", tables_dir: str | Path | None = None) -> str:
-    """The defense grid of the docs, one table per partition: per defense the final ACC / ASR (mean ± std over
-    seeds) for no attack, the classic and the FM attack, TPR/FPR of flagging the classic attack's clients, the
-    defense's share of a round's seconds (mean over the partition's runs) and the seeds."""
-    df = ok_rows(read_table("grid", profile, tables_dir))
-    out = []
-    parts = list(dict.fromkeys(df["partition"]))
-    for part in [x for x in ("iid", "dirichlet0.5") if x in parts] + [
-        x for x in parts if x not in ("iid", "dirichlet0.5")
-    ]:
-        sub = df[df["partition"] == part]
-        mean, std = pivot(sub, part), pivot(sub, part, stat="std")
-        out += [
-            f"**{part}** — final ACC / ASR",
-            "",
-            "| defense | no attack | classic | FM attack | TPR (classic) | FPR (classic) | overhead | seeds |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for d in mean.index:
-            cells = [
-                f"{mean.loc[d, ('acc', a)]:.3f} ± {std.loc[d, ('acc', a)]:.3f} / "
-                f"{mean.loc[d, ('asr', a)]:.3f} ± {std.loc[d, ('asr', a)]:.3f}"
-                if pd.notna(mean.loc[d, ("acc", a)])
-                else "–"
-                for a in ("none", "classic", "fm")
-            ]
-            mine = sub[sub["defense"] == d]
-            classic = mine[mine["attack"] == "classic"]
-            seeds = ",".join(str(int(x)) for x in sorted(mine["seed"].unique()))
-            out.append(
-                f"| {d} | " + " | ".join(cells) + f" | {classic['tpr'].mean():.2f} | {classic['fpr'].mean():.2f} | "
-                f"{100 * mine['overhead'].mean():.1f}% | {seeds} |"
-            )
-        out.append("")
-    return "\n".join(out).rstrip()
+def best_defense(df: pd.DataFrame, max_cost: float = 0.02, tie: float = 0.01) -> pd.DataFrame:
+    """Per attack, the protocol's rule (docs/protocol.md, "Choosing knobs"): among every defense run, no defense
+    included, whose mean clean-ACC cost against no defense (paired by seed) is at most ``max_cost``, the lowest mean
+    ASR; within ``tie`` of it, the lowest cost. ``best`` is "none" when no defense does better within the budget.
+    With the no-defense ASR and both 95 % intervals."""
+    s = seed_intervals(df, by=("attack", "defense")).set_index(["attack", "defense"])
+    rows = []
+    for attack in dict.fromkeys(df["attack"]):
+        mine = df[df["attack"] == attack]
+        base = mine[mine["defense"] == "none"].set_index("seed")["acc"]
+        cost = {
+            d: float(np.nanmean(base.reindex(g["seed"]).values - g["acc"].values))
+            for d, g in mine.groupby("defense", sort=False)
+        }
+        ok = [d for d in cost if cost[d] <= max_cost]
+        b = s.loc[(attack, "none")]
+        row = {"attack": attack, "none_asr": b["asr_mean"], "none_lo": b["asr_lo"], "none_hi": b["asr_hi"]}
+        row["none_acc"] = b["acc_mean"]
+        if ok:
+            low = min(s.loc[(attack, d), "asr_mean"] for d in ok)
+            near = [d for d in ok if s.loc[(attack, d), "asr_mean"] <= low + tie]
+            # no defense within the tie of the lowest: no defense does better (a cost below 0 is seed noise)
+            d = "none" if "none" in near else min(near, key=lambda d: (cost[d], d))
+            c = s.loc[(attack, d)]
+            row |= {"best": d, "best_asr": c["asr_mean"], "best_lo": c["asr_lo"], "best_hi": c["asr_hi"]}
+            row |= {"best_acc": c["acc_mean"], "best_cost": cost[d]}
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------- F1 samples

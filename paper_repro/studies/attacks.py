@@ -19,7 +19,7 @@ import pandas as pd
 from ..metrics import summarise
 from ..options import RunOptions
 from ..runner import run_many
-from ..tables import seed_intervals, table_path
+from ..tables import best_defense, seed_intervals, table_path  # noqa: F401  (best_defense: the F8 notebook's)
 from .heldout import HELDOUT_SEEDS, attack_config, save_run_table
 
 SIG_AMPLITUDE = round(20 / 255, 4)
@@ -127,36 +127,6 @@ def attack_strength(
 def breadth_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % interval per attack × defense (:func:`paper_repro.tables.seed_intervals`)."""
     return seed_intervals(df, by=("attack", "defense"))
-
-
-def best_defense(df: pd.DataFrame, max_cost: float = 0.02, tie: float = 0.01) -> pd.DataFrame:
-    """Per attack, the protocol's rule (docs/protocol.md, "Choosing knobs"): among every defense run, no defense
-    included, whose mean clean-ACC cost against no defense (paired by seed) is at most ``max_cost``, the lowest mean
-    ASR; within ``tie`` of it, the lowest cost. ``best`` is "none" when no defense does better within the budget.
-    With the no-defense ASR and both 95 % intervals."""
-    s = breadth_summary(df).set_index(["attack", "defense"])
-    rows = []
-    for attack in dict.fromkeys(df["attack"]):
-        mine = df[df["attack"] == attack]
-        base = mine[mine["defense"] == "none"].set_index("seed")["acc"]
-        cost = {
-            d: float(np.nanmean(base.reindex(g["seed"]).values - g["acc"].values))
-            for d, g in mine.groupby("defense", sort=False)
-        }
-        ok = [d for d in cost if cost[d] <= max_cost]
-        b = s.loc[(attack, "none")]
-        row = {"attack": attack, "none_asr": b["asr_mean"], "none_lo": b["asr_lo"], "none_hi": b["asr_hi"]}
-        row["none_acc"] = b["acc_mean"]
-        if ok:
-            low = min(s.loc[(attack, d), "asr_mean"] for d in ok)
-            near = [d for d in ok if s.loc[(attack, d), "asr_mean"] <= low + tie]
-            # no defense within the tie of the lowest: no defense does better (a cost below 0 is seed noise)
-            d = "none" if "none" in near else min(near, key=lambda d: (cost[d], d))
-            c = s.loc[(attack, d)]
-            row |= {"best": d, "best_asr": c["asr_mean"], "best_lo": c["asr_lo"], "best_hi": c["asr_hi"]}
-            row |= {"best_acc": c["acc_mean"], "best_cost": cost[d]}
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def strength_threshold(df: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:

@@ -367,7 +367,7 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
     defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
     if not defenses:
         return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"
-    from .attacks import best_defense
+    from ..tables import best_defense
 
     best = best_defense(df).set_index("attack")
     lines = [

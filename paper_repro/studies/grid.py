@@ -140,3 +140,42 @@ def collect_rounds(results_dir: str | Path | None = None, profile: str = "quick"
     return df[[c for c in ROUND_COLUMNS if c in df]].sort_values(
         ["partition", "defense", "attack", "seed", "round"], ignore_index=True
     )
+
+
+def grid_markdown(profile: str = "quick", tables_dir: str | Path | None = None) -> str:
+    """The defense grid of the docs, one table per partition: per defense the final ACC / ASR (mean ± std over
+    seeds) for no attack, the classic and the FM attack, TPR/FPR of flagging the classic attack's clients, the
+    defense's share of a round's seconds (mean over the partition's runs) and the seeds."""
+    from ..tables import ok_rows, read_table
+
+    df = ok_rows(read_table("grid", profile, tables_dir))
+    out = []
+    parts = list(dict.fromkeys(df["partition"]))
+    for part in [x for x in ("iid", "dirichlet0.5") if x in parts] + [
+        x for x in parts if x not in ("iid", "dirichlet0.5")
+    ]:
+        sub = df[df["partition"] == part]
+        mean, std = pivot(sub, part), pivot(sub, part, stat="std")
+        out += [
+            f"**{part}** — final ACC / ASR",
+            "",
+            "| defense | no attack | classic | FM attack | TPR (classic) | FPR (classic) | overhead | seeds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for d in mean.index:
+            cells = [
+                f"{mean.loc[d, ('acc', a)]:.3f} ± {std.loc[d, ('acc', a)]:.3f} / "
+                f"{mean.loc[d, ('asr', a)]:.3f} ± {std.loc[d, ('asr', a)]:.3f}"
+                if pd.notna(mean.loc[d, ("acc", a)])
+                else "–"
+                for a in ("none", "classic", "fm")
+            ]
+            mine = sub[sub["defense"] == d]
+            classic = mine[mine["attack"] == "classic"]
+            seeds = ",".join(str(int(x)) for x in sorted(mine["seed"].unique()))
+            out.append(
+                f"| {d} | " + " | ".join(cells) + f" | {classic['tpr'].mean():.2f} | {classic['fpr'].mean():.2f} | "
+                f"{100 * mine['overhead'].mean():.1f}% | {seeds} |"
+            )
+        out.append("")
+    return "\n".join(out).rstrip()
