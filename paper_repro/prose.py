@@ -148,10 +148,6 @@ def cell_value(cell: Cell, tables_dir=None, cache: dict | None = None) -> float:
         return cell_value(base, tables_dir, cache) - cell_value(mine, tables_dir, cache)
     rows = _rows(cell, tables_dir, cache)
     df = cache[(cell.table, cell.profile)]
-    for col, value in cell.where:
-        if col not in df:
-            raise MarkError(f"table {cell.table} has no column {col!r} (it has {', '.join(df.columns)})")
-        rows = rows[_matches(rows[col], value)]
     if cell.column not in df:
         raise MarkError(f"table {cell.table} has no column {cell.column!r} (it has {', '.join(df.columns)})")
     values = rows[cell.column].dropna().astype(float).to_numpy()

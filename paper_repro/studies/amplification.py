@@ -59,7 +59,6 @@ def decompose(
     terms = margin_terms(acts, bound, weight, labels, target)
     labels = np.asarray(labels)
     own = torch.as_tensor(labels[:, None] == np.asarray(top_class)[None, :])  # image of the unit's preferred class
-    total = terms.sum(0)
     df = pd.DataFrame(
         {
             "unit": np.arange(acts.shape[1]),
@@ -72,7 +71,6 @@ def decompose(
         }
     )
     df["selective"] = df["selectivity"] >= selective
-    df.attrs["margin_change"] = float(total.sum() / len(acts))
     return df.sort_values("margin_term", ascending=False, ignore_index=True)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from ..metrics import summarise
 from ..options import RunOptions
 from ..profiles import load_config
-from ..tables import ok_rows, seed_list
+from ..tables import best_defense, ok_rows, read_optional, seed_list
 from .calibration import LADDERS, rung, verdicts
 from .heldout import DEFENSE_VARIANTS, HELDOUT_SEEDS, VALIDATION, save_run_table
 
@@ -288,8 +288,6 @@ def _mean(frame: pd.DataFrame, column: str) -> str:
 
 def _optional(kind: str, profile: str, tables_dir) -> pd.DataFrame:
     """:func:`~paper_repro.tables.read_optional`, with an empty frame of the columns used here when not made."""
-    from ..tables import read_optional
-
     df = read_optional(kind, profile, tables_dir)
     if df is None:
         return pd.DataFrame(columns=["attack", "rung", "defense", "seed", "asr", "asr_round0", "acc", "attackers_mean"])
@@ -331,13 +329,12 @@ def clients_markdown(profile: str = "quick", tables_dir=None) -> str:
     df = _optional("attack_clients", profile, tables_dir)
     if df.empty:
         return "_Not run yet: `python -m paper_repro attacks --study clients --budget 60 --jobs 2`._"
-    ok = df  # read_optional keeps the runs that did not diverge
     lines = [
         "| arm | ASR [95 % bootstrap] | ACC | attackers per round | ASR at the last attacking round | "
         "ASR after it (mean of later rounds) | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
-    for arm, g in ok.groupby("arm", sort=False):
+    for arm, g in df.groupby("arm", sort=False):
         seeds = seed_list(g["seed"])
         lines.append(
             f"| {arm} | {_interval(g['asr'])} | {_mean(g, 'acc')} | {_mean(g, 'attackers_mean')} | "
@@ -367,8 +364,6 @@ def breadth_markdown(profile: str = "quick", tables_dir=None) -> str:
     defenses = [d for d in dict.fromkeys(df["defense"]) if d != "none"]
     if not defenses:
         return "_No defense run on the calibrated attacks yet (`attacks --study calibrated --defenses ...`)._"
-    from ..tables import best_defense
-
     best = best_defense(df).set_index("attack")
     lines = [
         "| attack | none | " + " | ".join(defenses) + " | best (≤ 2 pt, no defense a candidate) |",

@@ -19,10 +19,6 @@ MIN_SEEDS = 5
 UPDATE_COMPARING = ("norm_clip", "dp", "krum", "multi_krum", "median", "trimmed_mean", "flame", "foolsgold", "mars")
 
 
-def _table(kind: str, profile: str, tables_dir) -> pd.DataFrame | None:
-    return read_optional(kind, profile, tables_dir)
-
-
 def _seeds(s) -> str:
     return f"seeds {seed_list(s)}"
 
@@ -132,8 +128,11 @@ def p5(rung: dict, cal: pd.DataFrame, defense: str = "act_bound") -> tuple[str, 
 
 
 def paper_claims(profile: str, tables_dir) -> list[dict]:
-    grid, held = _table("grid", profile, tables_dir), _table("heldout", profile, tables_dir)
-    cal, calib = _table("attack_calibrated", profile, tables_dir), _table("attack_calibration", profile, tables_dir)
+    grid, held = read_optional("grid", profile, tables_dir), read_optional("heldout", profile, tables_dir)
+    cal, calib = (
+        read_optional("attack_calibrated", profile, tables_dir),
+        read_optional("attack_calibration", profile, tables_dir),
+    )
     rows = []
     if cal is None:
         rung, frozen = {}, None
@@ -181,7 +180,7 @@ def own_findings(profile: str, tables_dir) -> list[dict]:
     from .calibrated import COMPARISONS, client_verdicts
 
     rows = []
-    clients = _table("attack_clients", profile, tables_dir)
+    clients = read_optional("attack_clients", profile, tables_dir)
     res = None if clients is None else client_verdicts(clients).set_index("comparison")
     for label in COMPARISONS:
         code, _, text = label.partition(" ")
@@ -194,7 +193,7 @@ def own_findings(profile: str, tables_dir) -> list[dict]:
             f"{int(r['n'])} paired seeds"
         )
         rows.append(dict(claim=code, verdict=_settled(r["verdict"], int(r["n"])), table="attack_clients", evidence=ev))
-    study = _table("defense_study", profile, tables_dir)
+    study = read_optional("defense_study", profile, tables_dir)
     if study is None:
         rows += [dict(claim=h, verdict="not run", table="defense_study", evidence="–") for h in ("H1", "H2", "H3")]
     else:

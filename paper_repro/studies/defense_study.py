@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..profiles import load_config
 from ..stats import clopper_pearson, holm, paired
+from ..tables import ok_rows, seed_list
 from .heldout import DEFENSE_VARIANTS, VALIDATION
 
 HEADLINE_SEEDS = tuple(range(10, 20))
@@ -124,7 +125,8 @@ def placement_shares(x: np.ndarray, size: int = 3) -> dict[str, float]:
 
 def _wide(df: pd.DataFrame, setting: str, metric: str = "asr") -> pd.DataFrame:
     """seed × defense of ``metric`` for one setting (held-out, odd half)."""
-    g = df[(df["setting"] == setting) & (df["half"] == "odd") & df["status"].fillna("ok").eq("ok")]
+    g = ok_rows(df)
+    g = g[(g["setting"] == setting) & (g["half"] == "odd")]
     return g.pivot_table(index="seed", columns="defense", values=metric)
 
 
@@ -278,7 +280,7 @@ def cell_summary(df: pd.DataFrame) -> pd.DataFrame:
     the ASR over the last rounds (``asr_last_k``) and the mean ACC."""
     from ..stats import bootstrap_interval, logit_interval
 
-    ok = df[df["status"].fillna("ok").eq("ok")]
+    ok = ok_rows(df)
     rows = []
     for (h, setting, defense, half), g in ok.groupby(["hypothesis", "setting", "defense", "half"], sort=False):
         centre, lo, hi = logit_interval(g["asr"])
@@ -288,7 +290,7 @@ def cell_summary(df: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             dict(hypothesis=h, setting=setting, defense=defense, half=half, n=len(g), asr=g["asr"].mean(),
                  logit_lo=lo, logit_hi=hi, boot_lo=blo, boot_hi=bhi, asr_last=last, acc=g["acc"].mean(),
-                 seeds=", ".join(str(int(x)) for x in sorted(g["seed"])), **{f"below_{k}": v for k, v in below.items()})
+                 seeds=seed_list(g["seed"]), **{f"below_{k}": v for k, v in below.items()})
         )  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -150,10 +150,9 @@ def grid_markdown(profile: str = "quick", tables_dir: str | Path | None = None) 
 
     df = ok_rows(read_table("grid", profile, tables_dir))
     out = []
-    parts = list(dict.fromkeys(df["partition"]))
-    for part in [x for x in ("iid", "dirichlet0.5") if x in parts] + [
-        x for x in parts if x not in ("iid", "dirichlet0.5")
-    ]:
+    first = list(PARTITIONS)  # iid, then dirichlet0.5; any other partition after them, as the table has it
+    parts = sorted(dict.fromkeys(df["partition"]), key=lambda x: first.index(x) if x in first else len(first))
+    for part in parts:
         sub = df[df["partition"] == part]
         mean, std = pivot(sub, part), pivot(sub, part, stat="std")
         out += [
