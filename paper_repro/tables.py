@@ -48,22 +48,30 @@ def table_path(kind: str, profile: str, tables_dir: str | Path | None = None, su
 
 
 WRITTEN_BY = {
-    "attack_breadth": "attacks",
-    "attack_strength": "attacks --study strength",
-    "attack_adaptive": "attacks --study adaptive",
-    "attack_calibration": "attacks --study calibration",
-    "attack_calibrated": "attacks --study calibrated",
-    "attack_clients": "attacks --study clients",
-    "heldout": "heldout",
+    "attack_breadth": "python -m paper_repro attacks --profile {profile}",
+    "attack_strength": "python -m paper_repro attacks --study strength --profile {profile}",
+    "attack_adaptive": "python -m paper_repro attacks --study adaptive --profile {profile}",
+    "attack_calibration": "python -m paper_repro attacks --study calibration --profile {profile}",
+    "attack_calibrated": "python -m paper_repro attacks --study calibrated --profile {profile}",
+    "attack_clients": "python -m paper_repro attacks --study clients --profile {profile}",
+    "heldout": "python -m paper_repro heldout --profile {profile}",
+    "defense_study": "python -m paper_repro.studies.defense_study --budget 60 --jobs 2",
+    "amplification": "python -m paper_repro.studies.amplification",
+    "mmac_centralised": "python benchmarks/mmac_centralised.py",
 }
-"""The command that writes a table kind, where it is not ``results``."""
+"""The command that writes a table kind, where it is not ``python -m paper_repro results``."""
+
+
+def writer_command(kind: str, profile: str = "quick") -> str:
+    """The command that writes table ``kind`` of ``profile``, for the messages that ask a user to (re)make it."""
+    return WRITTEN_BY.get(kind, "python -m paper_repro results --profile {profile}").format(profile=profile)
 
 
 def read_table(kind: str, profile: str = "quick", tables_dir: str | Path | None = None) -> pd.DataFrame:
     """A committed table, checked (:func:`check_table`); a missing or damaged one raises with the command that
     writes it."""
     p = table_path(kind, profile, tables_dir)
-    how = f"`python -m paper_repro {WRITTEN_BY.get(kind, 'results')} --profile {profile}`"
+    how = f"`{writer_command(kind, profile)}`"
     if not p.is_file():
         raise FileNotFoundError(
             f"{p} does not exist. Write it with {how} (runs the experiments) or use the committed quick tables "

@@ -90,6 +90,9 @@ def test_samples_round_trip(tmp_path):
 def test_missing_table_says_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="paper_repro results"):
         tables.read_table("grid", "quick", tmp_path)
+    # a table no `python -m paper_repro` subcommand writes names its own module, not `results`
+    with pytest.raises(FileNotFoundError, match=r"python -m paper_repro\.studies\.defense_study --budget"):
+        tables.read_table("defense_study", "quick", tmp_path)
 
 
 def test_compare_published_matches_our_cells_and_marks_missing_ones():

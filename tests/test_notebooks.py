@@ -1,6 +1,7 @@
 """Smoke tier: every notebook runs top to bottom under papermill in the `smoke` profile, and is stored commit-ready
 (a `parameters` cell, outputs stripped)."""
 
+import json
 import os
 import re
 import subprocess
@@ -30,6 +31,9 @@ def test_every_numbered_notebook_is_known_and_declares_its_figures():
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS + FIGURE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_commit_ready(nb_path):
+    raw = json.loads(nb_path.read_text(encoding="utf-8"))
+    # nbformat 4.5 wants an id on every cell; without one, every papermill run writes new random ids into the diff
+    assert all("id" in c for c in raw["cells"]), "a cell without an id (open and save it in Jupyter, or nbformat)"
     nb = nbformat.read(nb_path, as_version=4)
     assert nb.cells[0].cell_type == "markdown", "the first cell must state the claim/figure, inputs, deviations"
     params = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]

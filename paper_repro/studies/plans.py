@@ -278,12 +278,12 @@ def plan(kind: str, profile: str = "quick", tables_dir: str | Path | None = None
         try:
             cfg = fam.config(profile, labels, base)
         except KeyError as e:
-            from ..tables import WRITTEN_BY
+            from ..tables import writer_command
 
             raise ValueError(
                 f"{path.name} has a row the current code cannot plan ({labels}: no cell named {e}); the table "
                 "predates a renamed or retired cell: remake it with "
-                f"`python -m paper_repro {WRITTEN_BY.get(kind, 'results')} --profile {profile}`"
+                f"`{writer_command(kind, profile)}`"
             ) from e
         cells.append(Cell(labels, cfg, lg.config_key(cfg.to_dict())))
     return Plan(kind, profile, path, fam, cells)
