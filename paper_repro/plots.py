@@ -139,6 +139,13 @@ def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dp
 
 
 @styled
+def _short_labels(labels: list[str]) -> list[str]:
+    """Each label without its parenthesised tail, unless two labels would then read the same (``FM SIG (clean
+    label)`` and ``FM SIG (dirty label)`` keep theirs)."""
+    short = [x.split(" (")[0] for x in labels]
+    return [s if short.count(s) == 1 else x for s, x in zip(short, labels)]
+
+
 def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame | None = None):
     """Annotated heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as
     returned by ``paper_repro.tables.pivot`` (columns (metric, attack)); ``spread`` of the same shape (e.g. the std
@@ -174,7 +181,7 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
         )
         ax.set_xticks(
             np.arange(sub.shape[1]) + 0.5,
-            [ATTACK_LABELS.get(a, a).split(" (")[0] for a in sub.columns],
+            _short_labels([ATTACK_LABELS.get(a, a) for a in sub.columns]),
             fontsize=8,
             rotation=30 if wide else 0,
             ha="right" if wide else "center",

@@ -148,3 +148,22 @@ def test_tables_are_never_replaced_by_empty_or_partial_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="1 cells of .* have no finished run"):
         export_tables("smoke", results, out)
     assert (out / "grid_smoke.csv").read_bytes() == before
+
+
+def test_heatmap_labels_shorten_only_where_they_stay_distinct():
+    from paper_repro.plots import _short_labels
+
+    got = _short_labels(["FM SIG (clean label)", "FM SIG (dirty label)", "model replacement (constrain-and-scale)"])
+    assert got == ["FM SIG (clean label)", "FM SIG (dirty label)", "model replacement"]
+
+
+def test_breadth_pivot_orders_attacks_as_asked_and_others_after():
+    from paper_repro.studies.attacks import breadth_pivot
+
+    df = pd.DataFrame(
+        {"attack": ["b", "a", "c", "b"], "defense": ["none", "none", "none", "act_bound"], "seed": [1, 1, 1, 1],
+         "acc": [0.8, 0.7, 0.6, 0.5], "asr": [0.9, 0.1, 0.2, 0.3]}
+    )  # fmt: skip
+    wide = breadth_pivot(df, order=["c", "b"])
+    assert list(wide["asr"].columns) == ["c", "b", "a"]
+    assert wide.loc["act_bound", ("asr", "b")] == 0.3 and np.isnan(wide.loc["act_bound", ("asr", "a")])

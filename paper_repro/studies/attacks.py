@@ -180,11 +180,15 @@ def trigger_examples(
     return out
 
 
-def breadth_pivot(df: pd.DataFrame, stat: str = "mean", metrics: tuple[str, ...] = ("acc", "asr")) -> pd.DataFrame:
-    """One row per defense (in :data:`DEFENSES` order), one column per (metric, attack) (in :data:`ATTACKS`
-    order), ``stat`` over seeds: the input of :func:`paper_repro.plots.defense_heatmap`."""
+def breadth_pivot(
+    df: pd.DataFrame, stat: str = "mean", metrics: tuple[str, ...] = ("acc", "asr"), order=None
+) -> pd.DataFrame:
+    """One row per defense (in :data:`DEFENSES` order), one column per (metric, attack) (in ``order``, default
+    :data:`ATTACKS`'s; others after it, sorted), ``stat`` over seeds: the input of
+    :func:`paper_repro.plots.defense_heatmap`."""
     wide = df.groupby(["defense", "attack"])[list(metrics)].agg(stat).unstack("attack")
-    attacks = [a for a in ATTACKS if a in set(df["attack"])] + sorted(set(df["attack"]) - set(ATTACKS))
+    order = list(ATTACKS) if order is None else list(order)
+    attacks = [a for a in order if a in set(df["attack"])] + sorted(set(df["attack"]) - set(order))
     defenses = [d for d in DEFENSES if d in wide.index] + sorted(set(wide.index) - set(DEFENSES))
     return wide.reindex(columns=attacks, level=1).reindex(defenses)
 
