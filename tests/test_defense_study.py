@@ -23,6 +23,9 @@ def test_cells_vary_the_fm_draw_and_the_fitting_subset_and_measure_on_the_odd_ha
     assert t.data.dataset == "fashion_mnist_textured" and t.fm.checkpoint == ds.TEXTURED_FM
     assert len({k[3] for k in by if k[:3] == ("H1", "corner", "none")}) == 10  # headline: ten seeds
     assert len({k[3] for k in by if k[:3] == ("H1", "garment", "none")}) == 5
+    base = by[("H1", "textured", ds.TEXTURED_BASELINE, 14)]  # the validation setting's best baseline, five seeds
+    assert base.data.dataset == "fashion_mnist_textured" and base.defense.params["fit_draw"] == "run"
+    assert len({k[3] for k in by if k[:3] == ("H1", "textured", ds.TEXTURED_BASELINE)}) == 5
     sel = [lab for lab, _ in cells if lab["hypothesis"] == "H3 selection"]
     assert {lab["half"] for lab in sel} == {"even"} and {lab["seed"] for lab in sel} == {0, 1, 2}
     assert not any(lab["hypothesis"] == "H3" for lab, _ in cells)  # held-out H3 cells wait for the choice
@@ -117,3 +120,11 @@ def test_the_study_figure_joins_each_seeds_points_and_keeps_the_defenses_order()
     assert "busy region: 10% of test images" in panels[1].get_title()
     corner_lines = [np.asarray(ln.get_ydata()).tolist() for ln in panels[1].get_lines() if ln.get_marker() == "o"]
     assert sorted(corner_lines) == [[0.7, 0.3], [0.8, 0.2], [0.9, 0.1]]  # one line per seed, none → act_bound
+
+
+def test_the_textured_baseline_is_what_the_best_defense_rule_picks_on_the_committed_grid():
+    from paper_repro.tables import best_defense, read_table
+
+    g = read_table("grid", "quick")
+    fm = g[(g["partition"] == "dirichlet0.5") & (g["attack"] == "fm") & (g["defense"] != "act_bound")]
+    assert best_defense(fm)["best"].item() == ds.TEXTURED_BASELINE

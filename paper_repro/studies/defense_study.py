@@ -33,6 +33,12 @@ SELECTION_SEEDS = (0, 1, 2)
 TEXTURED_FM = "data/fm/fashion_mnist_textured_ddpm"
 """The textured dataset's own FM (``python -m paper_repro.fm train --dataset fashion_mnist_textured --out ...``)."""
 
+TEXTURED_BASELINE = "mmac"
+"""The best baseline of the validation setting, which the protocol runs on the textured set beside act_bound: the
+protocol's best-defense rule (:func:`paper_repro.tables.best_defense`: ≤ 2 points of ACC, no defense a candidate) on
+the defense grid's FM attack under Dirichlet 0.5 with act_bound left out picks MMAC (0.888 against 0.932, 0.5 points;
+written before the textured cells ran). Post-fusion, so it shares their trainings; five seeds (not a headline cell)."""
+
 PLACEMENTS = {
     "corner": {},
     "centre": {"attack": {"trigger_position": "centre"}},
@@ -100,6 +106,7 @@ def cells(profile: str = "quick", h3_variant: str | None = None) -> list:
     for a, setting in AMPLIFIED.items():
         add("H2", a, setting, H2_DEFENSES, SEEDS)
     add("H1", "textured", PLACEMENTS["textured"], ("none", "act_bound"), HEADLINE_SEEDS)
+    add("H1", "textured", PLACEMENTS["textured"], (TEXTURED_BASELINE,), SEEDS)
     for p in ("corner", "centre", "textured"):
         add("H3 selection", p, PLACEMENTS[p], H3_DEFENSES, SELECTION_SEEDS, half="even")
     if h3_variant is not None:
