@@ -138,7 +138,6 @@ def savefig(fig, path: str | Path, formats: tuple[str, ...] = ("png", "pdf"), dp
     return out
 
 
-@styled
 def _short_labels(labels: list[str]) -> list[str]:
     """Each label without its parenthesised tail, unless two labels would then read the same (``FM SIG (clean
     label)`` and ``FM SIG (dirty label)`` keep theirs)."""
@@ -146,6 +145,7 @@ def _short_labels(labels: list[str]) -> list[str]:
     return [s if short.count(s) == 1 else x for s, x in zip(short, labels)]
 
 
+@styled
 def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame | None = None):
     """Annotated heatmaps of final ACC (left) and ASR (right): rows = defenses, columns = attacks; ``table`` as
     returned by ``paper_repro.tables.pivot`` (columns (metric, attack)); ``spread`` of the same shape (e.g. the std

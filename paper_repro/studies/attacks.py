@@ -19,7 +19,7 @@ import pandas as pd
 from ..metrics import summarise
 from ..options import RunOptions
 from ..runner import run_many
-from ..tables import best_defense, seed_intervals, table_path  # noqa: F401  (best_defense: the F8 notebook's)
+from ..tables import best_defense, seed_intervals, table_path
 from .heldout import HELDOUT_SEEDS, attack_config, save_run_table
 
 SIG_AMPLITUDE = round(20 / 255, 4)
