@@ -86,3 +86,15 @@ def test_p5_rests_on_the_working_fm_attacks_only():
     only_patch = _calibrated({k: v for k, v in stopped.items() if k[0] == "FM patch"})
     assert claims.p5(rung, only_patch)[0] == "undecided (not run on every working FM attack)"
     assert claims.p5(rung, _calibrated({("FM patch", "none"): 0.9}))[0] == "not run"
+
+
+def test_p2_counts_a_variant_label_by_its_defense_and_reads_the_calibrated_breadth_first():
+    rows = []
+    for d, asr in {"none": 0.95, "dp sigma0.01": 0.05, "act_bound": 0.05}.items():
+        for s in (10, 11, 12, 13, 14):
+            rows.append(dict(attack="FM patch", defense=d, seed=s, asr=asr, acc=0.8))
+    cells = pd.DataFrame(rows)
+    v, ev = claims.p2_cells(cells, "FM patch")
+    # dp at the sweep's sigma is an update-comparing defense; act_bound is not one (not counted, not named)
+    assert v == "does not hold" and "stopped by dp sigma0.01" in ev and "1 update-comparing" in ev
+    assert claims.p2_cells(cells[cells["defense"] != "dp sigma0.01"], "FM patch")[0] == "not run"

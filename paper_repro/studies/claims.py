@@ -77,13 +77,26 @@ def _frozen(cal: pd.DataFrame, calib: pd.DataFrame | None) -> tuple[dict, pd.Dat
     return rung, cal[keep]
 
 
+def _base(defense: str) -> str:
+    """A defense label's defense name (``"dp sigma0.01"`` → ``dp``; a plain name is its own)."""
+    from .heldout import DEFENSE_VARIANTS
+
+    return str(DEFENSE_VARIANTS.get(defense, (defense, {}))[0])
+
+
 def p2(grid: pd.DataFrame) -> tuple[str, str]:
-    """P2 on the grid (FM attack, Dirichlet 0.5): holds when the attack works without defense and none of the
-    update-comparing defenses present stops it (the protocol's "stops", per seed, paired); does not hold when one
-    stops it. Undecided when the attack does not work (no claim rests on a weak attack)."""
+    """P2 on the grid (FM attack, Dirichlet 0.5): :func:`p2_cells` on its rows."""
     g = grid[(grid["attack"] == "fm") & (grid["partition"] == "dirichlet0.5")]
+    return p2_cells(g, "FM attack, Dirichlet 0.5")
+
+
+def p2_cells(g: pd.DataFrame, where: str) -> tuple[str, str]:
+    """P2 on the rows ``g`` of one attack (defense, seed, asr, acc): holds when the attack works without defense and
+    none of the update-comparing defenses present (a variant label counts by its defense's name) stops it (the
+    protocol's "stops", per seed, paired); does not hold when one stops it. Undecided when the attack does not work
+    (no claim rests on a weak attack)."""
     none = _cell(g, defense="none")
-    present = [d for d in UPDATE_COMPARING if d in set(g["defense"])]
+    present = [d for d in dict.fromkeys(g["defense"]) if _base(d) in UPDATE_COMPARING]
     if none.empty or not present:
         return "not run", "–"
     results = {d: stops(_cell(g, defense=d), none) for d in present}
@@ -92,7 +105,7 @@ def p2(grid: pd.DataFrame) -> tuple[str, str]:
     lowest = min(present, key=means.get)
     stoppers = [d for d, (v, _) in results.items() if _tentative(v) == "holds"]
     ev = (
-        f"FM attack, Dirichlet 0.5, no defense {none['asr'].mean():.3f}; {len(present)} update-comparing defenses "
+        f"{where}, no defense {none['asr'].mean():.3f}; {len(present)} update-comparing defenses "
         f"leave ASR at {min(means.values()):.3f}–{max(means.values()):.3f} (lowest: {lowest}: {results[lowest][1]})"
     )
     if none["asr"].mean() < WORKS:
@@ -146,7 +159,12 @@ def paper_claims(profile: str, tables_dir) -> list[dict]:
         ev = f"FM patch ({rung['FM patch'][1]}), no defense: ASR {fm['asr'].mean():.3f}, round 0 "
         ev += f"{fm['asr_round0'].mean():.3f}, {_seeds(fm['seed'].unique())}"
         rows.append(dict(claim="P1", verdict=_settled(v, fm["seed"].nunique()), table="attack_calibrated", evidence=ev))
-    if grid is None:
+    patch = None if frozen is None else _cell(frozen, attack="FM patch")
+    if patch is not None and any(_base(d) in UPDATE_COMPARING for d in set(patch["defense"])):
+        where = f"FM patch ({rung['FM patch'][1]}), Dirichlet 0.5"
+        v, ev = p2_cells(patch, where)
+        rows.append(dict(claim="P2", verdict=v, table="attack_calibrated (FM patch at its frozen rung)", evidence=ev))
+    elif grid is None:
         rows.append(_not_run("P2", "grid"))
     else:
         v, ev = p2(grid)
