@@ -11,6 +11,18 @@
   ``below`` gives how far the number lies below the same rows with those columns changed (an ACC cost against no
   defense: ``:: acc mean x100 below defense=none``). The written number's decimals are the precision compared
   (``0.94`` against 0.9351 holds; ``0.936`` does not).
+* **A value of a committed JSON file** (a benchmark's results) or **a constant of the code** (a pre-registered
+  threshold), with the same number-then-comment form::
+
+      0.43<!-- json benchmarks/results/speed_cpu.json :: engines_seconds_per_round.threads_bf16 -->
+      2.08<!-- json benchmarks/results/speed_cpu.json :: ratios."loop / ours(threads_bf16)" -->
+      151<!-- json benchmarks/results/speed_cpu.json :: achieved_fraction_of_peak.threads_bf16 x100 -->
+      6.40<!-- json F.json :: a.seconds / b.seconds -->   (a ratio of two values of one file)
+      0.80<!-- const paper_repro.studies.claims:WORKS -->
+
+  The JSON path is relative to the repository root; after ``::`` (json) or ``:`` (const) comes a dotted key path
+  (``"a key.with dots"`` quoted; list items by number), optionally ``/`` a second path (the ratio of the two), and
+  ``x100`` for percent.
 * **A generated block**: Markdown that a function draws from the tables, between two comments::
 
       <!-- BEGIN generated: calibration -->
@@ -43,9 +55,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ("README.md", "docs/*.md", "notebooks/*.ipynb")
 """Where marks are looked for (globs relative to the repository root)."""
 
-CELL = re.compile(r"(?<![\w.,+\-])(?P<value>-?\d+(?:\.\d+)?)<!--\s*cell\s+(?P<spec>.*?)\s*-->", re.S)
+KINDS = ("cell", "json", "const")
+"""The kinds of number mark: a table's cell, a value of a committed JSON file, a constant of the code."""
+CELL = re.compile(
+    r"(?<![\w.,+\-])(?P<value>-?\d+(?:\.\d+)?)<!--\s*(?P<kind>" + "|".join(KINDS) + r")\s+(?P<spec>.*?)\s*-->", re.S
+)
 """A number right before its mark, not the tail of a longer token (``1,234.5``, ``v1.0.94``, ``0.3-0.5``, ``1e-3``)."""
-ANY_CELL = re.compile(r"<!--\s*cell\s")
+ANY_CELL = re.compile(r"<!--\s*(?:" + "|".join(KINDS) + r")\s")
+KEY = r'(?:"[^"]*"|[^\s."/]+)(?:\.(?:"[^"]*"|[^\s."/]+))*'
+EXPRESSION = re.compile(rf"^\s*(?P<a>{KEY})(?:\s*/\s*(?P<b>{KEY}))?(?P<x100>\s+x100)?\s*$")
+"""What follows ``::`` in a json mark and the name in a const mark: a dotted key path (a segment with dots, spaces or
+slashes in double quotes; list items by number), optionally ``/`` a second one (their ratio), optionally ``x100``."""
 BLOCK = re.compile(
     r"(?P<open><!--\s*BEGIN generated:\s*(?P<name>[\w-]+)\s*-->[ \t]*\r?\n)"
     r"(?P<body>(?:(?!<!--\s*BEGIN generated).)*?)(?P<close><!--\s*END generated\s*-->)",
@@ -167,6 +187,81 @@ def cell_value(cell: Cell, tables_dir=None, cache: dict | None = None) -> float:
     return value
 
 
+def _segments(key: str) -> list[str]:
+    return [m.strip('"') for m in re.findall(r'"[^"]*"|[^."]+', key)]
+
+
+def _lookup(obj, key: str, what: str):
+    for seg in _segments(key):
+        if isinstance(obj, dict) and seg in obj:
+            obj = obj[seg]
+        elif isinstance(obj, (list, tuple)) and seg.lstrip("-").isdigit() and -len(obj) <= int(seg) < len(obj):
+            obj = obj[int(seg)]
+        elif not isinstance(obj, (dict, list, tuple)) and hasattr(obj, seg):
+            obj = getattr(obj, seg)
+        else:
+            have = (
+                list(obj)[:12]
+                if isinstance(obj, dict)
+                else f"{type(obj).__name__} of {len(obj)}"
+                if isinstance(obj, (list, tuple))
+                else type(obj).__name__
+            )
+            raise MarkError(f"{what}: no {seg!r} in {key!r} (there: {have})")
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        raise MarkError(f"{what}: {key!r} is {obj!r}, not a number")
+    return float(obj)
+
+
+def _expression(spec: str, what: str, source) -> float:
+    m = EXPRESSION.match(spec)
+    if not m:
+        raise MarkError(f"{what}: {spec!r} is not 'KEY[.KEY...] [/ KEY...] [x100]' (quote a key with dots or spaces)")
+    value = _lookup(source, m["a"], what)
+    if m["b"]:
+        den = _lookup(source, m["b"], what)
+        if den == 0:
+            raise MarkError(f"{what}: {m['b']!r} is 0, the ratio has no value")
+        value /= den
+    return value * (100.0 if m["x100"] else 1.0)
+
+
+def json_value(spec: str, cache: dict | None = None) -> float:
+    """The number a json mark names: ``PATH :: KEY [/ KEY] [x100]``, PATH relative to the repository root."""
+    path, bar, expr = spec.partition("::")
+    if not bar:
+        raise MarkError(f"json mark {spec!r} has no ':: KEY': write 'PATH :: key.path [x100]'")
+    file = ROOT / path.strip()
+    cache = {} if cache is None else cache
+    if file not in cache:
+        if not file.is_file():
+            raise MarkError(f"json mark {spec!r}: {path.strip()} does not exist (the path is from the repository root)")
+        cache[file] = json.loads(file.read_text())
+    return _expression(expr, f"json mark {spec!r}", cache[file])
+
+
+def const_value(spec: str) -> float:
+    """The number a const mark names: ``module:NAME[.KEY...] [/ ...] [x100]`` (a constant of the package's code)."""
+    module, colon, expr = spec.partition(":")
+    if not colon or not module.strip():
+        raise MarkError(f"const mark {spec!r} is not 'module:NAME' (for example paper_repro.studies.claims:WORKS)")
+    try:
+        mod = importlib.import_module(module.strip())
+    except ImportError as e:
+        raise MarkError(f"const mark {spec!r}: cannot import {module.strip()!r} ({e})") from None
+    return _expression(expr, f"const mark {spec!r}", mod)
+
+
+def mark_value(kind: str, spec: str, tables_dir=None, cache: dict | None = None) -> float:
+    """The number a mark of ``kind`` (:data:`KINDS`) names."""
+    cache = {} if cache is None else cache
+    if kind == "json":
+        return json_value(spec, cache)
+    if kind == "const":
+        return const_value(spec)
+    return cell_value(parse_cell(spec), tables_dir, cache)
+
+
 def _rows(cell: Cell, tables_dir, cache: dict) -> pd.DataFrame:
     """The rows a cell names (runs that diverged left out, as the tables' summaries do)."""
     key = (cell.table, cell.profile)
@@ -248,13 +343,14 @@ def fix_text(text: str, path: str = "<text>", tables_dir=None) -> tuple[str, lis
                     if what == "BEGIN generated"
                     else "no number stands right before it (no space between)"
                 )
-                raise MarkError(f"{path}:{_line(text, m.start())}: a {what} mark that is not read: {hint}")
+                kind = what if what == "BEGIN generated" else m.group(0)[4:].split()[0]
+                raise MarkError(f"{path}:{_line(text, m.start())}: a {kind} mark that is not read: {hint}")
 
     def cell(m: re.Match) -> str:
         if any(b.start() <= m.start() < b.end() for b in blocks):
             return m.group(0)  # a generated block's text is the block's, not a mark's
         try:
-            value = cell_value(parse_cell(m["spec"]), tables_dir, cache)
+            value = mark_value(m["kind"], m["spec"], tables_dir, cache)
         except (MarkError, FileNotFoundError, ValueError) as e:
             raise MarkError(f"{path}:{_line(text, m.start())}: {e}") from None
         want = formatted(value, m["value"])

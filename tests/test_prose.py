@@ -166,3 +166,30 @@ def test_a_block_without_its_end_is_an_error_and_lines_count_in_the_written_text
             "<!-- BEGIN generated: short -->\nx\n<!-- BEGIN generated: short -->\n<!-- END generated -->",
             tables_dir=tables,
         )
+
+
+def test_json_and_const_marks_read_a_committed_file_and_a_constant_of_the_code(tmp_path):
+    f = tmp_path / "bench.json"
+    f.write_text('{"a": {"s": 6.4, "t": 0.6}, "ratios": {"x / y": 2.5}, "runs": [{"s": 1.25}], "name": "cpu"}')
+    mark = f"<!-- json {f} :: "
+    const = "<!-- const paper_repro.studies.claims:WORKS -->"
+    text = f'10.7{mark}a.s / a.t --> 2.5{mark}ratios."x / y" --> 125{mark}runs.0.s x100 --> 0.8{const}'
+    assert prose.fix_text(text)[1] == []
+    assert prose.unmarked(text) == 0
+    # a number changed by hand is caught and rewritten from the file
+    new, problems = prose.fix_text(f"10.6{mark}a.s / a.t -->")
+    assert [(p.written, p.expected) for p in problems] == [("10.6", "10.7")] and new.startswith("10.7")
+    assert prose.fix_text("0.7<!-- const paper_repro.studies.claims:WORKS -->")[1][0].expected == "0.8"
+    for bad, msg in (
+        (f"1{mark}a.u -->", "no 'u' in 'a.u'"),
+        (f"1{mark}name -->", "not a number"),
+        (f"1{mark}runs.3.s -->", "no '3'"),
+        ("1<!-- json nope.json :: a -->", "does not exist"),
+        (f"1<!-- json {f} a -->", "has no ':: KEY'"),
+        ("1<!-- const paper_repro.nope:X -->", "cannot import"),
+        ("1<!-- const WORKS -->", "is not 'module:NAME'"),
+    ):
+        with pytest.raises(prose.MarkError, match=re.escape(msg)):
+            prose.fix_text(bad)
+    with pytest.raises(prose.MarkError, match="a json mark that is not read"):
+        prose.fix_text(f"x 1.0 {mark}a.s -->")
