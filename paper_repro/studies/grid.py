@@ -146,7 +146,7 @@ def grid_markdown(profile: str = "quick", tables_dir: str | Path | None = None) 
     """The defense grid of the docs, one table per partition: per defense the final ACC / ASR (mean ± std over
     seeds) for no attack, the classic and the FM attack, TPR/FPR of flagging the classic attack's clients, the
     defense's share of a round's seconds (mean over the partition's runs) and the seeds."""
-    from ..tables import ok_rows, read_table
+    from ..tables import ok_rows, read_table, seed_list
 
     df = ok_rows(read_table("grid", profile, tables_dir))
     out = []
@@ -171,7 +171,7 @@ def grid_markdown(profile: str = "quick", tables_dir: str | Path | None = None) 
             ]
             mine = sub[sub["defense"] == d]
             classic = mine[mine["attack"] == "classic"]
-            seeds = ",".join(str(int(x)) for x in sorted(mine["seed"].unique()))
+            seeds = seed_list(mine["seed"].unique())
             out.append(
                 f"| {d} | " + " | ".join(cells) + f" | {classic['tpr'].mean():.2f} | {classic['fpr'].mean():.2f} | "
                 f"{100 * mine['overhead'].mean():.1f}% | {seeds} |"
