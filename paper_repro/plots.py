@@ -179,6 +179,11 @@ def defense_heatmap(table: pd.DataFrame, title: str = "", spread: pd.DataFrame |
             linewidths=0.5,
             linecolor="white",
         )
+        # a cell not run is masked by seaborn: grey, no grid line through it, and its dash written
+        ax.grid(False)
+        ax.set_facecolor("0.93")
+        for i, j in zip(*np.nonzero(sub.isna().to_numpy())):
+            ax.text(j + 0.5, i + 0.5, "–", ha="center", va="center", fontsize=7, color="0.45")
         ax.set_xticks(
             np.arange(sub.shape[1]) + 0.5,
             _short_labels([ATTACK_LABELS.get(a, a) for a in sub.columns]),

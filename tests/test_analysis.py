@@ -160,6 +160,21 @@ def test_heatmap_labels_shorten_only_where_they_stay_distinct():
     assert hasattr(plots.defense_heatmap, "__wrapped__") and not hasattr(_short_labels, "__wrapped__")
 
 
+def test_heatmap_writes_a_dash_in_a_cell_not_run_and_draws_no_grid_through_it():
+    import matplotlib.pyplot as plt
+
+    from paper_repro import plots
+
+    cols = pd.MultiIndex.from_product([["acc", "asr"], ["classic", "fm"]])
+    table = pd.DataFrame([[0.8, 0.81, 0.9, 0.95], [0.79, float("nan"), 0.1, float("nan")]], ["none", "krum"], cols)
+    fig = plots.defense_heatmap(table)
+    for ax in fig.axes[:2]:
+        texts = [t.get_text() for t in ax.texts]
+        assert texts.count("–") == 1, texts  # the one cell krum did not run, in each panel
+        assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+    plt.close(fig)
+
+
 def test_breadth_pivot_orders_attacks_as_asked_and_others_after():
     from paper_repro.studies.attacks import breadth_pivot
 
