@@ -57,7 +57,9 @@ def _grid(defense_asr: dict, none_asr=0.95, seeds=(0, 1, 2, 3, 4)):
 
 
 def test_p2_needs_an_attack_that_works_and_fails_when_one_update_defense_stops_it():
-    assert claims.p2(_grid({"median": 0.9, "flame": 0.85}))[0] == "holds"
+    every = {d: 0.9 for d in claims.UPDATE_COMPARING}
+    assert claims.p2(_grid({**every, "flame": 0.85}))[0] == "holds"
+    assert claims.p2(_grid({"median": 0.9, "flame": 0.85}))[0].startswith("undecided (not run yet: norm_clip")
     v, ev = claims.p2(_grid({"median": 0.9, "flame": 0.05}))
     assert v == "does not hold" and "stopped by flame" in ev
     assert claims.p2(_grid({"median": 0.9}, none_asr=0.5))[0].startswith("undecided (the attack does not work")
@@ -98,3 +100,7 @@ def test_p2_counts_a_variant_label_by_its_defense_and_reads_the_calibrated_bread
     # dp at the sweep's sigma is an update-comparing defense; act_bound is not one (not counted, not named)
     assert v == "does not hold" and "stopped by dp sigma0.01" in ev and "1 update-comparing" in ev
     assert claims.p2_cells(cells[cells["defense"] != "dp sigma0.01"], "FM patch")[0] == "not run"
+    # none of those run stops it, but "none stops it" needs every update-comparing defense run
+    cells.loc[cells["defense"] == "dp sigma0.01", "asr"] = 0.9
+    v, _ = claims.p2_cells(cells, "FM patch")
+    assert v.startswith("undecided (not run yet: norm_clip, krum,") and "dp" not in v.split("yet:")[1]

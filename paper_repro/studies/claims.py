@@ -94,7 +94,8 @@ def p2_cells(g: pd.DataFrame, where: str) -> tuple[str, str]:
     """P2 on the rows ``g`` of one attack (defense, seed, asr, acc): holds when the attack works without defense and
     none of the update-comparing defenses present (a variant label counts by its defense's name) stops it (the
     protocol's "stops", per seed, paired); does not hold when one stops it. Undecided when the attack does not work
-    (no claim rests on a weak attack)."""
+    (no claim rests on a weak attack) and, short of a defense that stops it, while one of :data:`UPDATE_COMPARING`
+    is not run on these rows."""
     none = _cell(g, defense="none")
     present = [d for d in dict.fromkeys(g["defense"]) if _base(d) in UPDATE_COMPARING]
     if none.empty or not present:
@@ -112,6 +113,9 @@ def p2_cells(g: pd.DataFrame, where: str) -> tuple[str, str]:
         return f"undecided (the attack does not work without defense: {none['asr'].mean():.3f} < {WORKS:.2f})", ev
     if stoppers:
         return _settled("does not hold", n), f"{ev}; stopped by {', '.join(stoppers)}"
+    missing = [d for d in UPDATE_COMPARING if d not in {_base(x) for x in present}]
+    if missing:  # "none stops it" needs every one of them run
+        return f"undecided (not run yet: {', '.join(missing)})", ev
     return _settled("holds", n), ev
 
 
