@@ -320,6 +320,8 @@ CLI_CASES = [
     (["heldout", "--attacks", "evil"], "evil"),
     (["attacks", "--study", "calibration", "--attacks", "FM patch", "evil"], "evil"),
     (["attacks", "--study", "calibration", "--budget", "0"], "--budget"),
+    (["attacks", "--study", "breadth", "--defenses", "dp sigma0.01"], "dp sigma0.01"),  # variants: calibrated only
+    (["attacks", "--study", "calibrated", "--defenses", "dp sigma9"], "dp sigma9"),
     (["attacks", "--study", "calibration", "--budget", "nan"], "--budget"),
     (["recompute", "--budget", "-5"], "--budget"),
     (["bogus"], "bogus"),
@@ -490,3 +492,19 @@ if __name__ == "__main__":
         f"{n - good['correct'] - good['refused']} |"
     )
     sys.exit(0 if total["clear"] == sum(total.values()) and good["correct"] == n else 1)
+
+
+def test_the_calibrated_study_takes_a_defense_variant_label_as_the_held_out_tables_do():
+    import argparse
+
+    from paper_repro.__main__ import _validate
+
+    class Refused(Exception):
+        pass
+
+    parser = argparse.ArgumentParser()
+    parser.error = lambda msg: (_ for _ in ()).throw(Refused(msg))
+    ns = dict(cmd="attacks", attacks=["FM patch"], seeds=None, settings=None, table=None, tables_dir=None)
+    _validate(parser, argparse.Namespace(**ns, study="calibrated", defenses=["none", "dp sigma0.01"]))
+    with pytest.raises(Refused, match="dp sigma0.01"):
+        _validate(parser, argparse.Namespace(**ns, study="breadth", defenses=["none", "dp sigma0.01"]))

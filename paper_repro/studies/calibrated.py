@@ -151,6 +151,37 @@ def client_config(profile: str, labels: dict, tables_dir=None):
     raise KeyError(f"attack_clients has no arm {labels['arm']!r}")
 
 
+def trainings_needed(batch: list, results_dir=None, options: RunOptions | None = None) -> int:
+    """How many trainings the (labels, config) pairs of ``batch`` still need: the runs neither the results folder nor
+    the ledger serves, counted once per training they use (post-fusion defenses share their no-defense training)."""
+    from ..runner import jobs_for, plan_run, served
+
+    todo = {}
+    for _, cfg in batch:
+        run = plan_run(cfg, results_dir, options)
+        if run.key not in todo and served(run) is None:
+            todo[run.key] = run
+    return len(jobs_for(list(todo.values())))
+
+
+def packed(sizes: dict[str, int], jobs: int) -> list[list[str]]:
+    """Batch names in order, packed into groups that run together: a batch whose trainings leave a worker idle at
+    its end (its count not a multiple of ``jobs``) takes the next batch that needs trainings with it, once (so a
+    group is at most two batches that compute, and the budget is still judged group by group). Batches that need
+    no training ride with the group before them."""
+    groups: list[list[str]] = []
+    open_ = False  # the last group has one computing batch whose count leaves a worker idle
+    for name, n in sizes.items():
+        if groups and (n == 0 or open_):
+            groups[-1].append(name)
+            if n:
+                open_ = False
+            continue
+        groups.append([name])
+        open_ = jobs > 1 and n % jobs != 0
+    return groups
+
+
 def walk(
     cells: list,
     table: str,
@@ -168,29 +199,36 @@ def walk(
     """Run ``cells`` (labels, config) in batches of equal ``labels[group]``, in order, starting no batch that needs
     computing once ``budget_minutes`` would be passed (judged by the slowest batch so far; a batch that the results
     folder or the ledger serves whole costs nothing and is always taken); write the table of the batches taken after
-    each one. ``rows_of(labels, history, run)`` makes a run's rows (default :func:`summary_rows`). Run again to
-    continue."""
-    from ..runner import plan_run, run_many, served
+    each one. With ``options.jobs`` > 1, a batch whose trainings would leave a worker idle runs together with the
+    next one (:func:`packed`). ``rows_of(labels, history, run)`` makes a run's rows (default :func:`summary_rows`).
+    Run again to continue."""
+    from ..runner import run_many
 
     if budget_minutes <= 0:
         raise ValueError(f"budget_minutes={budget_minutes} must be > 0")
     batches: dict[str, list] = {}
     for labels, cfg in cells:
         batches.setdefault(str(labels[group]), []).append((labels, cfg))
+    sizes = {name: trainings_needed(batch, results_dir, options) for name, batch in batches.items()}
+    jobs = (options or RunOptions()).jobs
     rows, t0, slowest, df = [], clock(), 0.0, pd.DataFrame()
-    for name, batch in batches.items():
-        cached = all(served(plan_run(cfg, results_dir, options)) is not None for _, cfg in batch)
+    for names in packed(sizes, jobs):
+        cached = all(sizes[n] == 0 for n in names)
         if not cached and clock() - t0 + slowest > 60 * budget_minutes:
-            log(f"budget reached: next would be {name!r}; run the same command again to continue")
+            log(f"budget reached: next would be {names[0]!r}; run the same command again to continue")
             break
         t = clock()
-        results = run_many([cfg for _, cfg in batch], results_dir, progress=progress, desc=name, options=options)
+        todo = [pair for n in names for pair in batches[n]]
+        results = run_many(
+            [cfg for _, cfg in todo], results_dir, progress=progress, desc=" + ".join(names), options=options
+        )
         if not cached:
             slowest = max(slowest, clock() - t)
-        for (labels, _), res in zip(batch, results):
+        for (labels, _), res in zip(todo, results):
             rows += (rows_of or summary_rows)(labels, res.history, res.run_dir.name)
         df = save_run_table(pd.DataFrame(rows), table, profile, tables_dir, results_dir)
-        log(f"{name}: mean ASR {df.loc[df[group].astype(str) == name, 'asr'].mean():.3f}")
+        for name in names:
+            log(f"{name}: mean ASR {df.loc[df[group].astype(str) == name, 'asr'].mean():.3f}")
     return df
 
 
