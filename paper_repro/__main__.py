@@ -231,11 +231,6 @@ def _known(parser: argparse.ArgumentParser, option: str, given: list[str], known
         parser.error(f"{option}: unknown {unknown}; known: {' '.join(known)}")
 
 
-def _takes_variants(a: argparse.Namespace) -> bool:
-    """The commands whose cells may name a defense variant label (``"dp sigma0.01"``) besides a defense name."""
-    return a.cmd == "heldout" or (a.cmd == "attacks" and getattr(a, "study", None) == "calibrated")
-
-
 def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before any work: a bad one ends the command with a one-line usage error."""
     check_unique(parser, "--seeds", getattr(a, "seeds", None))
@@ -257,11 +252,12 @@ def _validate(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         from .defenses import names
         from .studies.heldout import DEFENSE_VARIANTS
 
+        variants = a.cmd == "heldout" or (a.cmd == "attacks" and getattr(a, "study", None) == "calibrated")
         _known(
             parser,
             "--defenses",
             a.defenses,
-            list(dict.fromkeys([*names(), *(DEFENSE_VARIANTS if _takes_variants(a) else ())])),
+            list(dict.fromkeys([*names(), *(DEFENSE_VARIANTS if variants else ())])),
         )
     if getattr(a, "table", None) and not re.fullmatch(r"heldout(_[a-z0-9]+)*", a.table):
         parser.error(f"--table {a.table}: a held-out table's name is heldout or heldout_<words> (a-z, 0-9)")

@@ -64,7 +64,7 @@ LAYERS = [
     ["initial", "inputs", "results", "ledger"],
     ["runner", "integrations", "integrations.*"],
     ["studies", "studies.*"],
-    ["notebooks", "teaching", "prose", "__main__", "fm.__main__", "__init__"],
+    ["notebooks", "teaching", "prose", "marks", "__main__", "fm.__main__", "__init__"],
 ]
 TORCH_FREE = [
     "store",
@@ -80,6 +80,7 @@ TORCH_FREE = [
     "notebooks",
     "teaching",
     "prose",
+    "marks",
     "figstamp",
 ]
 
