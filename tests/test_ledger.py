@@ -129,7 +129,7 @@ def test_every_committed_ledger_record_is_intact_and_within_budget():
     assert recs, "the committed ledger is empty"
     for p in recs:
         lg.read_record(p)
-        assert p.stat().st_size <= 12_000, f"{p.name}: {p.stat().st_size} bytes (budget: docs/ledger.md)"
+        assert p.stat().st_size <= 13_000, f"{p.name}: {p.stat().st_size} bytes (budget: docs/ledger.md)"
 
 
 def _recompute_cmd(tables: Path, budget: float = 30) -> list[str]:
