@@ -49,10 +49,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .marks import MarkError, const_value, json_value
+from .marks import ROOT, MarkError, const_value, json_value
 from .tables import ok_rows, read_table
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ("README.md", "docs/*.md", "notebooks/*.ipynb")
 """Where marks are looked for (globs relative to the repository root)."""
 
