@@ -7,7 +7,8 @@
 
   ``TABLE[@PROFILE]: col=value; col=value :: COLUMN [AGG] [x100] [below col=value; ...]``: the rows of the table
   (profile ``quick`` unless named) whose columns equal the values (text, or numbers compared as numbers), one column,
-  an aggregate (:data:`AGGREGATES`; ``one``, the default, wants exactly one row) and ``x100`` for percent or points;
+  an aggregate (:data:`AGGREGATES`; ``one``, the default, wants exactly one row; ``lo``/``hi`` the tables'
+  95 % seed interval, Student-t clipped to [0, 1]) and ``x100`` for percent or points;
   ``below`` gives how far the number lies below the same rows with those columns changed (an ACC cost against no
   defense: ``:: acc mean x100 below defense=none``). The written number's decimals are the precision compared
   (``0.94`` against 0.9351 holds; ``0.936`` does not).
@@ -50,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .marks import ROOT, MarkError, const_value, json_value
+from .stats import t_interval
 from .tables import ok_rows, read_table
 
 DOCUMENTS = ("README.md", "docs/*.md", "notebooks/*.ipynb")
@@ -76,6 +78,8 @@ AGGREGATES = {
     "max": np.max,
     "std": lambda v: np.std(v, ddof=1),
     "n": len,
+    "lo": lambda v: t_interval(v)[0],
+    "hi": lambda v: t_interval(v)[1],
 }
 """How the selected rows' values become one number (``one``: exactly one row, its value)."""
 

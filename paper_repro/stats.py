@@ -63,6 +63,19 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def t_interval(x, level: float = 0.95) -> tuple[float, float]:
+    """Student-t ``level`` interval of the mean of a share over seeds, clipped to [0, 1] (NaN with fewer than two
+    values): the interval of the tables' ``<m>_lo``/``<m>_hi`` columns and of the prose's ``lo``/``hi`` marks."""
+    from scipy import stats
+
+    v = np.asarray(x, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return max(float(v.mean() - half), 0.0), min(float(v.mean() + half), 1.0)
+
+
 def logit_interval(x, level: float = 0.95, eps: float = 1e-3) -> tuple[float, float, float]:
     """(centre, low, high): a Student-t interval of the mean on the logit scale, mapped back to [0, 1]; values are
     clamped to [eps, 1 − eps] first (an ASR of 0 or 1 has no logit). It stays inside (0, 1) without clipping and is

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .data import ImageSet
+from .stats import t_interval
 from .store import REPO_ROOT
 
 DIGEST_ROLE = "not computing"  # codehash: see its module docstring
@@ -372,8 +373,6 @@ def seed_intervals(
     seeds (``<m>_lo``/``<m>_hi``, clipped to [0, 1]; NaN with one seed). Diverged runs (status ≠ ok) are left out
     and counted in ``diverged``. A defense beats another on a metric only where their intervals do not overlap
     (:func:`separated`)."""
-    from scipy import stats
-
     is_ok = df["status"].fillna("ok").eq("ok") if "status" in df else pd.Series(True, index=df.index)
     diverged = df.assign(_bad=~is_ok).groupby(list(by))["_bad"].sum()
     rows = []
@@ -384,9 +383,8 @@ def seed_intervals(
         for m in (m for m in metrics if m in g):
             v = g[m].astype(float).dropna()
             mean, std = v.mean(), v.std(ddof=1) if len(v) > 1 else float("nan")
-            half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * std / np.sqrt(len(v)) if len(v) > 1 else float("nan")
             # every metric here is a share: the interval is clipped to [0, 1] (a t-interval on a bounded metric)
-            lo, hi = max(mean - half, 0.0), min(mean + half, 1.0)
+            lo, hi = t_interval(v, level)
             row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_lo": lo, f"{m}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)

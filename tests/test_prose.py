@@ -134,6 +134,14 @@ def test_changing_one_marked_number_in_the_docs_by_hand_fails_the_check(tmp_path
     assert re.fullmatch(r"-?\d+(\.\d+)?", changed)
 
 
+def test_an_interval_is_marked_as_the_tables_seed_interval(tables):
+    # fm's asr 0.90, 0.95, 0.97: mean 0.94, sd 0.0361, t(0.975, 2) = 4.303 → 0.94 ± 0.0896, clipped at 1
+    ok = "[0.850<!-- cell demo: attack=fm :: asr lo -->, 1.000<!-- cell demo: attack=fm :: asr hi -->]"
+    assert prose.fix_text(ok, tables_dir=tables)[1] == []
+    bad = prose.fix_text("[0.860<!-- cell demo: attack=fm :: asr lo -->]", tables_dir=tables)[1]
+    assert [(p.written, p.expected) for p in bad] == [("0.860", "0.850")]
+
+
 def test_rounding_is_half_up_and_a_number_is_read_whole(tables):
     assert (prose.formatted(0.125, "0.00"), prose.formatted(0.9351, "0.00"), prose.formatted(-0.0001, "0.0")) == (
         "0.13",

@@ -55,3 +55,11 @@ def test_holm_adjusts_step_down_and_keeps_the_order():
     # sorted 0.01, 0.02, 0.04 → 3·0.01 = 0.03, 2·0.02 = 0.04, 1·0.04 = 0.04 (monotone)
     np.testing.assert_allclose(stats.holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])
     np.testing.assert_allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])
+
+
+def test_t_interval_is_the_clipped_student_t_interval_of_a_share():
+    # 0.90, 0.95, 0.97: mean 0.94, sd sqrt(0.0013), t(0.975, 2) = 4.3027 → half 0.08957; the top is clipped at 1
+    lo, hi = stats.t_interval([0.90, 0.95, 0.97])
+    assert lo == pytest.approx(0.94 - 4.302653 * np.sqrt(0.0013 / 3), abs=1e-6) and hi == 1.0
+    assert stats.t_interval([0.01, 0.02, 0.0])[0] == 0.0
+    assert all(np.isnan(stats.t_interval([0.5, np.nan])))
